@@ -1,0 +1,17 @@
+//! cni-common: the library every plugin of the suite shares.
+//!
+//! - [`error`]: the typed error and the spec's error codes
+//! - [`version`]: spec versions
+//! - [`config`]: network configuration (conflist and plugin config) types
+//! - [`result`]: results of every spec version and conversions between them
+//! - [`args`]: `CNI_ARGS` parsing
+//! - [`skel`]: the entry point every plugin calls (env, stdin, version negotiation, dispatch)
+//! - [`invoke`]: delegation to other plugins (IPAM) through `CNI_PATH`
+//! - [`netns`]: entering network namespaces
+//! - [`netlink`]: links, addresses, routes over rtnetlink; [`sysctl`]
+
+pub mod error;
+pub mod netns;
+pub mod version;
+
+pub use error::{CniError, Result};

@@ -1,0 +1,104 @@
+//! Network namespaces: open one by path and run code inside it, always returning to the
+//! namespace the thread started in (also on error and on panic).
+
+use crate::error::CniError;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+
+/// An open handle on a network namespace.
+#[derive(Debug)]
+pub struct NetNs {
+    file: File,
+    path: PathBuf,
+}
+
+impl NetNs {
+    /// Open the namespace at `path` (e.g. `/run/netns/x` or `/proc/<pid>/ns/net`) and check that it is
+    /// a network namespace.
+    pub fn open(path: impl AsRef<Path>) -> Result<NetNs, CniError> {
+        let path = path.as_ref();
+        let bad = |reason: String| CniError::InvalidNetns { path: path.display().to_string(), reason };
+        let file = File::open(path).map_err(|e| bad(e.to_string()))?;
+        // A netns file is an nsfs inode; check the namespace type through the NS_GET_NSTYPE ioctl.
+        const NS_GET_NSTYPE: libc::c_ulong = 0xb703; // _IO(0xb7, 0x3)
+        // SAFETY: ioctl on an fd we own, with no argument.
+        let t = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if t < 0 {
+            return Err(bad(format!("not a namespace file: {}", std::io::Error::last_os_error())));
+        }
+        if t != libc::CLONE_NEWNET {
+            return Err(bad("not a network namespace".into()));
+        }
+        Ok(NetNs { file, path: path.to_path_buf() })
+    }
+
+    /// The namespace of the calling thread.
+    pub fn current() -> Result<NetNs, CniError> {
+        let path = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
+        let file = File::open(&path).map_err(|e| CniError::InvalidNetns { path: path.clone(), reason: e.to_string() })?;
+        Ok(NetNs { file, path: PathBuf::from(path) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Device and inode that identify the namespace.
+    pub fn id(&self) -> Result<(u64, u64), CniError> {
+        let st = nix::sys::stat::fstat(self.file.as_fd())
+            .map_err(|e| CniError::InvalidNetns { path: self.path.display().to_string(), reason: e.to_string() })?;
+        Ok((st.st_dev as u64, st.st_ino as u64))
+    }
+
+    /// Whether `self` is the namespace the calling thread is in.
+    pub fn is_current(&self) -> Result<bool, CniError> {
+        Ok(self.id()? == NetNs::current()?.id()?)
+    }
+
+    /// Move the calling thread into this namespace.
+    pub fn enter(&self) -> Result<(), CniError> {
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| CniError::InvalidNetns {
+            path: self.path.display().to_string(),
+            reason: format!("setns: {e}"),
+        })
+    }
+
+    /// Run `f` inside this namespace, then return to the thread's original namespace, even when `f`
+    /// fails or panics.
+    pub fn run<T>(&self, f: impl FnOnce() -> Result<T, CniError>) -> Result<T, CniError> {
+        let guard = Return { origin: NetNs::current()? };
+        self.enter()?;
+        let out = f();
+        guard.restore()?;
+        out
+    }
+}
+
+/// Restores the original namespace when dropped (on panic) or explicitly.
+struct Return {
+    origin: NetNs,
+}
+
+impl Return {
+    fn restore(self) -> Result<(), CniError> {
+        let r = self.origin.enter();
+        std::mem::forget(self);
+        r
+    }
+}
+
+impl Drop for Return {
+    fn drop(&mut self) {
+        // Only reached while unwinding: a thread left in the wrong namespace must not go on.
+        if self.origin.enter().is_err() {
+            std::process::abort();
+        }
+    }
+}
