@@ -15,3 +15,5 @@ pub mod netns;
 pub mod version;
 
 pub use error::{CniError, Result};
+pub mod netlink;
+pub mod sysctl;

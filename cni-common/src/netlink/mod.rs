@@ -1,0 +1,1 @@
+//! rtnetlink operations every plugin needs (links, addresses, routes), over a synchronous socket.

@@ -1,0 +1,1 @@
+//! conformance: sandbox namespaces, a libcni-like runner and differential harness.
