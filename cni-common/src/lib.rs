@@ -17,3 +17,8 @@ pub mod version;
 pub use error::{CniError, Result};
 pub mod netlink;
 pub mod sysctl;
+pub mod config;
+pub mod result;
+pub mod args;
+pub mod skel;
+pub mod invoke;

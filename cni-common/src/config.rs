@@ -1,0 +1,127 @@
+//! Network configuration types: the conflist a runtime loads and the plugin config a plugin reads on
+//! stdin. Unknown fields are kept (`extra`) so configs pass through chains intact.
+
+use crate::error::CniError;
+use crate::result::Dns;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A network configuration list (`*.conflist`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct NetConfList {
+    #[serde(rename = "cniVersion", default)]
+    pub cni_version: String,
+    #[serde(rename = "cniVersions", default, skip_serializing_if = "Option::is_none")]
+    pub cni_versions: Option<Vec<String>>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "disableCheck", default, skip_serializing_if = "is_false")]
+    pub disable_check: bool,
+    #[serde(rename = "disableGC", default, skip_serializing_if = "is_false")]
+    pub disable_gc: bool,
+    #[serde(rename = "loadOnlyInlinedPlugins", default, skip_serializing_if = "is_false")]
+    pub load_only_inlined_plugins: bool,
+    #[serde(default)]
+    pub plugins: Vec<PluginConf>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One plugin's configuration, as found in a conflist or received on stdin.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct PluginConf {
+    #[serde(rename = "cniVersion", default, skip_serializing_if = "String::is_empty")]
+    pub cni_version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub plugin_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Map<String, Value>>,
+    #[serde(rename = "runtimeConfig", default, skip_serializing_if = "Option::is_none")]
+    pub runtime_config: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Value>,
+    #[serde(rename = "prevResult", default, skip_serializing_if = "Option::is_none")]
+    pub prev_result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The regular expression of network names and container IDs, `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+pub fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphanumeric() => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+}
+
+impl PluginConf {
+    /// The IPAM plugin type, if the config delegates to one (`ipam: {}` means none: L2 only).
+    pub fn ipam_type(&self) -> Option<&str> {
+        self.ipam.as_ref()?.get("type")?.as_str().filter(|t| !t.is_empty())
+    }
+
+    /// `args.cni.<key>`, the conventional place for per-attachment arguments.
+    pub fn args_cni(&self, key: &str) -> Option<&Value> {
+        self.args.as_ref()?.get("cni")?.get(key)
+    }
+
+    /// `runtimeConfig.<key>`.
+    pub fn runtime(&self, key: &str) -> Option<&Value> {
+        self.runtime_config.as_ref()?.get(key)
+    }
+}
+
+/// Deserialize a plugin's own typed config from the request JSON, mapping serde errors to a
+/// code-7 error that names the field path where serde reports one.
+pub fn parse_typed<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T, CniError> {
+    T::deserialize(raw).map_err(|e| CniError::config(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("cni0-net_1.x"));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name("a b"));
+    }
+
+    #[test]
+    fn unknown_fields_survive() {
+        let raw = r#"{"cniVersion":"1.1.0","name":"n","type":"bridge","bridge":"br0","ipam":{"type":"host-local","x":1},
+                     "capabilities":{"portMappings":true},"custom":{"a":[1,2]}}"#;
+        let p: PluginConf = serde_json::from_str(raw).unwrap();
+        assert_eq!(p.ipam_type(), Some("host-local"));
+        assert_eq!(p.extra["bridge"], "br0");
+        let back: Value = serde_json::to_value(&p).unwrap();
+        let orig: Value = serde_json::from_str(raw).unwrap();
+        assert_eq!(back, orig);
+    }
+
+    #[test]
+    fn conflist_fields() {
+        let raw = r#"{"cniVersion":"1.0.0","cniVersions":["1.0.0","1.1.0"],"name":"n","disableGC":true,
+                     "plugins":[{"type":"loopback"}],"future":true}"#;
+        let l: NetConfList = serde_json::from_str(raw).unwrap();
+        assert!(l.disable_gc && !l.disable_check);
+        assert_eq!(l.cni_versions.as_ref().unwrap().len(), 2);
+        assert_eq!(l.plugins[0].plugin_type, "loopback");
+        assert_eq!(l.extra["future"], true);
+    }
+}
