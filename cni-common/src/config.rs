@@ -84,9 +84,17 @@ impl PluginConf {
 }
 
 /// Deserialize a plugin's own typed config from the request JSON, mapping serde errors to a
-/// code-7 error that names the field path where serde reports one.
+/// code-7 error that names the field at fault (e.g. `field "ipam.ranges[0][0].subnet": ...`).
 pub fn parse_typed<T: serde::de::DeserializeOwned>(raw: &Value) -> Result<T, CniError> {
-    T::deserialize(raw).map_err(|e| CniError::config(e.to_string()))
+    serde_path_to_error::deserialize(raw).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            CniError::config(inner.to_string())
+        } else {
+            CniError::config(format!("field {path:?}: {inner}"))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -112,6 +120,26 @@ mod tests {
         let back: Value = serde_json::to_value(&p).unwrap();
         let orig: Value = serde_json::from_str(raw).unwrap();
         assert_eq!(back, orig);
+    }
+
+    #[test]
+    fn typed_errors_name_the_field() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct T {
+            mtu: Option<u32>,
+            ipam: Inner,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Inner {
+            ranges: Vec<u8>,
+        }
+        let e = parse_typed::<T>(&serde_json::json!({"mtu": "big", "ipam": {"ranges": []}})).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("\"mtu\""), "{e}");
+        let e = parse_typed::<T>(&serde_json::json!({"ipam": {"ranges": [1, "x"]}})).unwrap_err();
+        assert!(e.to_string().contains("ipam.ranges[1]"), "{e}");
     }
 
     #[test]
