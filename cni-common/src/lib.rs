@@ -22,3 +22,4 @@ pub mod result;
 pub mod args;
 pub mod skel;
 pub mod invoke;
+pub mod gc;
