@@ -1,0 +1,372 @@
+//! Links: listing, lookup, creation of veth pairs, deletion and attribute changes.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, State,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::{check_ifname, format_mac, Netlink, NlError};
+
+/// A network interface as the kernel reports it (`RTM_NEWLINK`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND`: `"bridge"`, `"veth"`, ...; `None` for devices without one (loopback,
+    /// physical NICs).
+    pub kind: Option<String>,
+    /// Hardware address, when it is a 6-byte one.
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Operationally up (`IFLA_OPERSTATE` is `UP`).
+    pub oper_up: bool,
+    /// Index of the master device (bridge), if enslaved.
+    pub master: Option<u32>,
+    /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
+    pub link: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the id, in this namespace, of the namespace `link` refers to.
+    pub link_netnsid: Option<i32>,
+    /// Promiscuous mode requested by user space (`IFF_PROMISC`).
+    pub promisc: bool,
+}
+
+impl Link {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Link {
+        let flags = msg.header.flags;
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mac: None,
+            mtu: 0,
+            up: flags.contains(LinkFlags::Up),
+            oper_up: false,
+            master: None,
+            link: None,
+            link_netnsid: None,
+            promisc: flags.contains(LinkFlags::Promisc),
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name.clone(),
+                LinkAttribute::Address(bytes) => link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::OperState(state) => link.oper_up = *state == State::Up,
+                LinkAttribute::Controller(master) if *master != 0 => link.master = Some(*master),
+                LinkAttribute::Link(peer) if *peer != 0 => link.link = Some(*peer),
+                LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(*id),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.kind = infos.iter().find_map(|i| match i {
+                        LinkInfo::Kind(kind) => Some(kind.to_string()),
+                        _ => None,
+                    })
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// A veth pair to create.
+#[derive(Debug, Clone)]
+pub struct VethSpec<'a> {
+    /// Name of the local end (created in the handle's namespace).
+    pub name: &'a str,
+    /// Name of the peer end.
+    pub peer_name: &'a str,
+    /// Namespace to create the peer directly in (`IFLA_NET_NS_FD` in the peer's attributes, no
+    /// move afterwards); `None` keeps it in the handle's namespace.
+    pub peer_netns: Option<BorrowedFd<'a>>,
+    /// MTU of both ends.
+    pub mtu: Option<u32>,
+    /// MAC address of the local end.
+    pub mac: Option<[u8; 6]>,
+    /// MAC address of the peer end.
+    pub peer_mac: Option<[u8; 6]>,
+    /// Master (bridge) of the local end, set at creation (`IFLA_MASTER`).
+    pub master: Option<u32>,
+    /// Bring the local end up at creation (`IFF_UP`).
+    pub up: bool,
+}
+
+impl<'a> VethSpec<'a> {
+    /// A pair with both ends in the handle's namespace and nothing else set.
+    pub fn new(name: &'a str, peer_name: &'a str) -> VethSpec<'a> {
+        VethSpec { name, peer_name, peer_netns: None, mtu: None, mac: None, peer_mac: None, master: None, up: false }
+    }
+}
+
+/// `IFLA_EXT_MASK` asking the kernel to leave statistics out of link replies.
+fn skip_stats() -> LinkAttribute {
+    LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])
+}
+
+/// An `AF_UNSPEC` link message for `index`.
+pub(crate) fn link_msg(index: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg
+}
+
+/// `RTM_NEWLINK` creating the veth pair of `spec`.
+pub(crate) fn veth_message(spec: &VethSpec<'_>) -> RouteNetlinkMessage {
+    let mut peer = LinkMessage::default();
+    peer.attributes.push(LinkAttribute::IfName(spec.peer_name.to_string()));
+    if let Some(mtu) = spec.mtu {
+        peer.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = spec.peer_mac {
+        peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    }
+    if let Some(fd) = spec.peer_netns {
+        peer.attributes.push(LinkAttribute::NetNsFd(fd.as_raw_fd()));
+    }
+
+    let mut msg = LinkMessage::default();
+    if spec.up {
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+    }
+    msg.attributes.push(LinkAttribute::IfName(spec.name.to_string()));
+    if let Some(mtu) = spec.mtu {
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = spec.mac {
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    }
+    if let Some(master) = spec.master {
+        msg.attributes.push(LinkAttribute::Controller(master));
+    }
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ]));
+    RouteNetlinkMessage::NewLink(msg)
+}
+
+impl Netlink {
+    /// Every link of the namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>, NlError> {
+        let mut req = LinkMessage::default();
+        req.attributes.push(skip_stats());
+        let msgs = self.sock.dump(RouteNetlinkMessage::GetLink(req)).map_err(|e| e.with_op("list links"))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The link called `name`, or `None` if there is none.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NlError> {
+        let op = || format!("get link {name:?}");
+        check_ifname(&op(), name)?;
+        let mut req = LinkMessage::default();
+        req.attributes.push(LinkAttribute::IfName(name.to_string()));
+        req.attributes.push(skip_stats());
+        self.get_link(req).map_err(|e| e.with_op(op()))
+    }
+
+    /// The link with index `index`, or `None` if there is none.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, NlError> {
+        let mut req = link_msg(index);
+        req.attributes.push(skip_stats());
+        self.get_link(req).map_err(|e| e.with_op(format!("get link index {index}")))
+    }
+
+    fn get_link(&mut self, req: LinkMessage) -> Result<Option<Link>, NlError> {
+        match self.sock.request(RouteNetlinkMessage::GetLink(req), 0) {
+            Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Create a veth pair. `EEXIST` (either name taken) is returned as an error for the caller to
+    /// handle, e.g. by drawing another [`super::random_veth_name`].
+    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<(), NlError> {
+        let op = || {
+            let mut op = format!("add veth {:?} (peer {:?}", spec.name, spec.peer_name);
+            if spec.peer_netns.is_some() {
+                op.push_str(" in another netns");
+            }
+            op.push(')');
+            op
+        };
+        check_ifname(&op(), spec.name)?;
+        check_ifname(&op(), spec.peer_name)?;
+        if spec.peer_netns.is_none() && spec.name == spec.peer_name {
+            return Err(NlError::invalid(op(), "both ends have the same name"));
+        }
+        self.sock.request(veth_message(spec), NLM_F_CREATE | NLM_F_EXCL).map(drop).map_err(|e| {
+            let mut e = e.with_op(op());
+            if let (Some(master), Some(libc::ENODEV | libc::EINVAL)) = (spec.master, e.errno) {
+                e.reason.push_str(&format!(" (master index {master})"));
+            }
+            e
+        })
+    }
+
+    /// Delete a link (deleting one end of a veth deletes both).
+    pub fn delete_link(&mut self, index: u32) -> Result<(), NlError> {
+        match self.sock.request(RouteNetlinkMessage::DelLink(link_msg(index)), 0) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.with_op(format!("delete link {}", self.link_label(index)))),
+        }
+    }
+
+    /// Bring a link up.
+    pub fn set_up(&mut self, index: u32) -> Result<(), NlError> {
+        self.set_flag(index, LinkFlags::Up, true, "up")
+    }
+
+    /// Bring a link down.
+    pub fn set_down(&mut self, index: u32) -> Result<(), NlError> {
+        self.set_flag(index, LinkFlags::Up, false, "down")
+    }
+
+    /// Turn promiscuous mode on or off.
+    pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<(), NlError> {
+        self.set_flag(index, LinkFlags::Promisc, on, if on { "promisc on" } else { "promisc off" })
+    }
+
+    /// Set the MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NlError> {
+        let mut msg = link_msg(index);
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.set_link(msg, index, &format!("mtu {mtu}"))
+    }
+
+    /// Set the hardware address.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), NlError> {
+        let mut msg = link_msg(index);
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.set_link(msg, index, &format!("address {}", format_mac(&mac)))
+    }
+
+    /// Enslave the link to `master` (a bridge), or release it from its master with `None`.
+    pub fn set_master(&mut self, index: u32, master: Option<u32>) -> Result<(), NlError> {
+        let mut msg = link_msg(index);
+        msg.attributes.push(LinkAttribute::Controller(master.unwrap_or(0)));
+        let what = match master {
+            Some(m) => format!("master index {m}"),
+            None => "nomaster".to_string(),
+        };
+        self.set_link(msg, index, &what)
+    }
+
+    fn set_flag(&mut self, index: u32, flag: LinkFlags, on: bool, what: &str) -> Result<(), NlError> {
+        let mut msg = link_msg(index);
+        msg.header.change_mask = flag;
+        if on {
+            msg.header.flags = flag;
+        }
+        self.set_link(msg, index, what)
+    }
+
+    /// Send `RTM_SETLINK`; on error name the link and the change (`set link "eth0" (index 3) mtu 9000`).
+    fn set_link(&mut self, msg: LinkMessage, index: u32, what: &str) -> Result<(), NlError> {
+        match self.sock.request(RouteNetlinkMessage::SetLink(msg), 0) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.with_op(format!("set link {} {what}", self.link_label(index)))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::socket::encode;
+    use super::*;
+    use netlink_packet_core::NLM_F_REQUEST;
+
+    #[test]
+    fn link_from_message() {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 7;
+        msg.header.flags = LinkFlags::Up | LinkFlags::Promisc;
+        msg.attributes = vec![
+            LinkAttribute::IfName("veth0".into()),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
+            LinkAttribute::Mtu(1400),
+            LinkAttribute::OperState(State::Up),
+            LinkAttribute::Controller(3),
+            LinkAttribute::Link(2),
+            LinkAttribute::LinkNetNsId(0),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+        ];
+        let link = Link::from_message(&msg);
+        assert_eq!(
+            link,
+            Link {
+                index: 7,
+                name: "veth0".into(),
+                kind: Some("veth".into()),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                mtu: 1400,
+                up: true,
+                oper_up: true,
+                master: Some(3),
+                link: Some(2),
+                link_netnsid: Some(0),
+                promisc: true,
+            }
+        );
+    }
+
+    /// Find the attribute `kind` at the top level of an attribute stream.
+    fn find_attr(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
+        while attrs.len() >= 4 {
+            let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+            let k = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+            if k == kind {
+                return Some(&attrs[4..len]);
+            }
+            attrs = attrs.get((len + 3) & !3..)?;
+        }
+        None
+    }
+
+    #[test]
+    fn veth_message_puts_netns_fd_in_peer() {
+        let file = std::fs::File::open("/dev/null").expect("open /dev/null");
+        let fd = std::os::fd::AsFd::as_fd(&file);
+        let spec = VethSpec {
+            peer_netns: Some(fd),
+            master: Some(9),
+            up: true,
+            mtu: Some(1400),
+            ..VethSpec::new("veth1a2b3c4d", "eth0")
+        };
+        let bytes = encode(veth_message(&spec), NLM_F_REQUEST, 1);
+        assert_eq!(u16::from_ne_bytes([bytes[4], bytes[5]]), libc::RTM_NEWLINK);
+        let ifi = &bytes[16..32];
+        assert_eq!(u32::from_ne_bytes(ifi[8..12].try_into().unwrap()), libc::IFF_UP as u32); // flags
+        assert_eq!(u32::from_ne_bytes(ifi[12..16].try_into().unwrap()), libc::IFF_UP as u32); // change
+        let attrs = &bytes[32..];
+        assert_eq!(find_attr(attrs, libc::IFLA_IFNAME).unwrap(), b"veth1a2b3c4d\0");
+        assert_eq!(find_attr(attrs, libc::IFLA_MASTER).unwrap(), 9u32.to_ne_bytes());
+        assert!(find_attr(attrs, libc::IFLA_NET_NS_FD).is_none(), "netns fd belongs to the peer only");
+        let info = find_attr(attrs, libc::IFLA_LINKINFO).unwrap();
+        assert_eq!(find_attr(info, libc::IFLA_INFO_KIND).unwrap(), b"veth\0");
+        let data = find_attr(info, libc::IFLA_INFO_DATA).unwrap();
+        let peer = find_attr(data, 1 /* VETH_INFO_PEER */).unwrap();
+        let peer_attrs = &peer[16..]; // after the peer's ifinfomsg
+        assert_eq!(find_attr(peer_attrs, libc::IFLA_IFNAME).unwrap(), b"eth0\0");
+        assert_eq!(find_attr(peer_attrs, libc::IFLA_MTU).unwrap(), 1400u32.to_ne_bytes());
+        assert_eq!(
+            find_attr(peer_attrs, libc::IFLA_NET_NS_FD).unwrap(),
+            (std::os::fd::AsRawFd::as_raw_fd(&file) as u32).to_ne_bytes()
+        );
+    }
+}
