@@ -115,7 +115,10 @@ fn differential_loopback() {
     ours();
     for version in ["0.4.0", "1.0.0"] {
         let report = diff::run(&lifecycle_case(version)).unwrap();
-        report.assert_equivalent(&Normalize::new());
+        // The reference (v1.1.1) prints 0.x results without `ips[].version`, which the 0.3.x/0.4.0
+        // spec requires; we print it. Everything else must match.
+        let norm = if version.starts_with("0.") { Normalize::new().drop_key("version") } else { Normalize::new() };
+        report.assert_equivalent(&norm);
         // the harness saw what it should: ADD set lo up, CHECK with lo down failed on both sides
         let add = &report.reference.steps[0];
         assert!(add.outcome.is_ok());
@@ -136,15 +139,27 @@ fn differential_loopback_prev_result_and_old_versions() {
     .snapshot(diff::ip_in_container(&["addr", "show", "lo"]))
     .steps([Step::add(), Step::check(), Step::del()]);
     diff::run(&chained).unwrap().assert_equivalent(&Normalize::new());
-    for version in ["0.3.1", "0.2.0"] {
-        let case = Case::new(
+    let old = |version: &str| {
+        Case::new(
             &format!("loopback-{version}"),
             json!({"cniVersion": version, "name": "lo-old", "plugins": [{"type": "loopback"}]}),
         )
         .snapshot(diff::ip_in_container(&["addr", "show", "lo"]))
-        .steps([Step::add(), Step::del()]);
-        diff::run(&case).unwrap().assert_equivalent(&Normalize::new());
+        .steps([Step::add(), Step::del()])
+    };
+    // 0.3.1: same result but for `ips[].version`, which the reference omits against the spec.
+    diff::run(&old("0.3.1")).unwrap().assert_equivalent(&Normalize::new().drop_key("version"));
+    // 0.2.0: the reference prints a 1.0.0-shaped result labelled 0.2.0; we print the 0.2.0 shape
+    // (`ip4`/`ip6`). The kernel state after each step must still be the same.
+    let report = diff::run(&old("0.2.0")).unwrap();
+    for (ours, theirs) in report.ours.steps.iter().zip(&report.reference.steps) {
+        assert_eq!(ours.outcome.is_ok(), theirs.outcome.is_ok(), "step {}", ours.label);
+        assert_eq!(report.ours.normalize(&ours.snapshot, &Normalize::new()), report.reference.normalize(&theirs.snapshot, &Normalize::new()), "step {}", ours.label);
     }
+    let add = report.ours.steps[0].outcome.value().expect("ADD result");
+    assert_eq!(add["ip4"]["ip"], "127.0.0.1/8", "{add}");
+    assert_eq!(add["ip6"]["ip"], "::1/128", "{add}");
+    assert!(add.get("ips").is_none(), "{add}");
 }
 
 // ---- bad input against our plugin: a JSON error object on stdout, non-zero exit, nothing changed ----

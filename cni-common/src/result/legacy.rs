@@ -32,7 +32,7 @@ struct V02 {
     ip4: Option<IpBlock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip6: Option<IpBlock>,
-    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    #[serde(default)]
     dns: Dns,
 }
 

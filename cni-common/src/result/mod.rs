@@ -24,7 +24,8 @@ pub struct CniResult {
     pub ips: Vec<IpConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    /// Always emitted (as `{}` when empty), as the reference library does.
+    #[serde(default)]
     pub dns: Dns,
     #[serde(flatten)]
     pub extra: Map<String, Value>,

@@ -68,7 +68,7 @@ fn empty_version_defaults() {
 
 #[test]
 fn unknown_fields_pass_through() {
-    let v = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "vendor": {"x": 1}}], "custom": "y"});
+    let v = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "vendor": {"x": 1}}], "custom": "y", "dns": {}});
     let r = CniResult::parse(&v, "1.0.0").unwrap();
     assert_eq!(r.to_value("1.0.0").unwrap(), v);
 }
@@ -147,7 +147,7 @@ proptest! {
     /// Converting up from 0.2.0 and back down is the identity.
     #[test]
     fn v02_up_and_down(a4 in arb_v4(), ver in 2usize..SUPPORTED.len()) {
-        let v02 = json!({"cniVersion": "0.2.0", "ip4": {"ip": a4.to_string(), "routes": [{"dst": "0.0.0.0/0"}]}});
+        let v02 = json!({"cniVersion": "0.2.0", "ip4": {"ip": a4.to_string(), "routes": [{"dst": "0.0.0.0/0"}]}, "dns": {}});
         let r = CniResult::parse(&v02, "0.2.0").unwrap();
         let up = CniResult::parse(&r.to_value(SUPPORTED[ver]).unwrap(), SUPPORTED[ver]).unwrap();
         prop_assert_eq!(up.to_value("0.2.0").unwrap(), v02);
