@@ -1,0 +1,750 @@
+//! The on-disk store: the reference's layout plus an index that keeps ADD and DEL from reading every
+//! lease file.
+//!
+//! Layout of `<dataDir>/<network>/` (the reference's, unchanged):
+//! - `<ip>`: one file per lease, named by the address, mode 0600, content `<container ID>\r\n<ifname>`
+//!   (legacy files hold only the container ID);
+//! - `last_reserved_ip.<N>`: the last address handed out from range set N (round-robin start);
+//! - `lock`: `flock(LOCK_EX)` on it around every access that may change anything.
+//!
+//! Our addition, `.host-local-index/` (a name no address can have):
+//! - `a/<container ID>:<ifname>`: per attachment, the addresses it holds (legacy leases under
+//!   `<container ID>:`; names too long for a file name are hashed);
+//! - `stamp`: the inode and modification time of the network directory and of `a/` as we left them.
+//!
+//! Every lease the index lists is verified against its lease file before use, so a stale entry can
+//! never cause a wrong release or a false duplicate. What the index could miss is a lease written by
+//! someone else (the reference plugin, an admin): any such write creates or removes a directory entry
+//! and so moves the directory's mtime. After each change we *pin* the mtime to a value just below
+//! the one the kernel set (`futimens`), and record it in `stamp`; any later entry change by anyone
+//! sets the mtime to the current time, which cannot equal the pinned value, whatever the timestamp
+//! granularity. So "stamp matches" proves nobody else changed the directory since our last change,
+//! and a mismatch (or a missing index, or an entry contradicting its lease) triggers a rebuild from a
+//! full scan. A crash between a change and the stamp update leaves a mismatch, hence a rebuild.
+//!
+//! Writes are crash-safe: a lease is written into an unnamed `O_TMPFILE` inode in the directory and
+//! then `linkat`ed to its name (fails if the name exists, never follows a symlink), so it is either
+//! complete or absent; without `O_TMPFILE` a named temporary file (`O_CREAT|O_EXCL|O_NOFOLLOW`) is
+//! linked instead. `last_reserved_ip.N` and `stamp` are replaced with write-then-rename. Every path
+//! is opened relative to the network directory's descriptor with `O_NOFOLLOW`.
+
+use crate::allocator::{Owner, Store};
+use crate::config::Storage;
+use crate::range::{canonical, RangeSet};
+use cni_common::error::CniError;
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, AtFlags, Flock, FlockArg, OFlag, AT_FDCWD};
+use nix::sys::stat::{fchmod, fstat, fstatat, futimens, mkdirat, Mode, SFlag};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+pub const LOCK: &str = "lock";
+pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+pub const INDEX_DIR: &str = ".host-local-index";
+const BY_ATTACHMENT: &str = "a";
+const STAMP: &str = "stamp";
+const HEADER: &str = "# cni host-local index v1";
+/// Prefix of our temporary files in the network directory (garbage only after a crash).
+pub const TMP_PREFIX: &str = ".host-local-tmp.";
+/// Largest lease or index file we read.
+const MAX_FILE: u64 = 64 * 1024;
+
+/// One lease file found by a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedLease {
+    pub ip: IpAddr,
+    pub name: String,
+    /// `None` when the name is not a regular file (symlink, directory): it blocks the address but is
+    /// not a lease we read, release or follow.
+    pub owner: Option<Owner>,
+}
+
+enum FileRead {
+    Missing,
+    NotRegular,
+    Data(Vec<u8>),
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// Read a small regular file at `dir/name` without following symlinks.
+fn read_at(dir: impl AsFd, name: &str) -> Result<FileRead, Errno> {
+    let fd = match openat(dir, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(FileRead::Missing),
+        Err(Errno::ELOOP) | Err(Errno::ENXIO) | Err(Errno::EISDIR) => return Ok(FileRead::NotRegular),
+        Err(e) => return Err(e),
+    };
+    let st = fstat(&fd)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Ok(FileRead::NotRegular);
+    }
+    let mut buf = Vec::new();
+    File::from(fd).take(MAX_FILE).read_to_end(&mut buf).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    Ok(FileRead::Data(buf))
+}
+
+fn write_fd(fd: OwnedFd, content: &[u8]) -> Result<OwnedFd, Errno> {
+    let mut f = File::from(fd);
+    f.write_all(content).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    fchmod(&f, Mode::from_bits_truncate(0o600))?;
+    Ok(OwnedFd::from(f))
+}
+
+/// Replace `dir/name` with `content`: write a temporary file in `dir`, then rename it over.
+fn replace_at(dir: &OwnedFd, name: &str, content: &[u8]) -> Result<(), Errno> {
+    let tmp = format!("{TMP_PREFIX}{}.{name}", std::process::id());
+    let fd = openat(
+        dir,
+        tmp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    let res = write_fd(fd, content).and_then(|_| renameat(dir, tmp.as_str(), dir, name));
+    if res.is_err() {
+        let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    res
+}
+
+/// Remove `parent/name` if it is a file or symlink, or a directory holding only such entries.
+fn remove_tree(parent: &OwnedFd, name: &str) -> Result<(), Errno> {
+    match openat(parent, name, dir_flags(), Mode::empty()) {
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {
+            return unlinkat(parent, name, UnlinkatFlags::NoRemoveDir).or_else(|e| if e == Errno::ENOENT { Ok(()) } else { Err(e) })
+        }
+        Err(e) => return Err(e),
+        Ok(fd) => {
+            for n in list_dir(&fd)? {
+                match unlinkat(&fd, n.as_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(Errno::EISDIR) => remove_tree(&fd, &n)?,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    unlinkat(parent, name, UnlinkatFlags::RemoveDir).or_else(|e| if e == Errno::ENOENT { Ok(()) } else { Err(e) })
+}
+
+/// Names in a directory (without `.` and `..`).
+fn list_dir(dir: &OwnedFd) -> Result<Vec<String>, Errno> {
+    let mut d = Dir::openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let Ok(name) = e.file_name().to_str() else { continue };
+        if name != "." && name != ".." {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Open `parent/name` as a directory, creating it (mode `mode`) if missing; a symlink or file in
+/// its place is removed first.
+fn open_or_create_dir(parent: &OwnedFd, name: &str, mode: u32) -> Result<OwnedFd, Errno> {
+    for _ in 0..3 {
+        match openat(parent, name, dir_flags(), Mode::empty()) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::ENOENT) => match mkdirat(parent, name, Mode::from_bits_truncate(mode)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            },
+            Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Errno::EAGAIN)
+}
+
+/// The index file name of an attachment (`ifname` empty for legacy leases).
+pub fn entry_name(cid: &str, ifname: &str) -> String {
+    let plain = format!("{cid}:{ifname}");
+    let safe = plain.len() <= 200 && !plain.starts_with('.') && !plain.contains('/') && !plain.contains('\0');
+    if safe {
+        plain
+    } else {
+        let mut h = Sha256::new();
+        h.update(cid.as_bytes());
+        h.update([0u8]);
+        h.update(ifname.as_bytes());
+        let d = h.finalize();
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        format!("h-{hex}")
+    }
+}
+
+fn entry_content(cid: &str, ifname: &str, ips: &[IpAddr]) -> String {
+    let mut s = format!("{HEADER}\n{cid}\n{ifname}\n");
+    for ip in ips {
+        s.push_str(&ip.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+/// Parse an index entry; `None` if it is not one for (cid, ifname).
+fn parse_entry(data: &[u8], cid: &str, ifname: &str) -> Option<Vec<IpAddr>> {
+    let text = std::str::from_utf8(data).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != HEADER || lines.next()? != cid || lines.next()? != ifname {
+        return None;
+    }
+    lines.filter(|l| !l.is_empty()).map(|l| l.parse::<IpAddr>().ok()).collect()
+}
+
+/// State of temporary-file creation for one process.
+#[derive(Debug, Default)]
+struct Tmp {
+    /// `O_TMPFILE` + `linkat` works here (unknown until tried).
+    tmpfile_ok: Option<bool>,
+    seq: u32,
+}
+
+/// Create `dir/name` holding `content`, complete or not at all. `false` if the name exists.
+fn create_exclusive(tmp: &mut Tmp, dir: &OwnedFd, name: &str, content: &[u8]) -> Result<bool, Errno> {
+    if tmp.tmpfile_ok != Some(false) {
+        match openat(dir, ".", OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o600)) {
+            Ok(fd) => {
+                let fd = write_fd(fd, content)?;
+                let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                let linked = match linkat(AT_FDCWD, proc_path.as_str(), dir, name, AtFlags::AT_SYMLINK_FOLLOW) {
+                    Err(Errno::ENOENT) => linkat(&fd, "", dir, name, AtFlags::AT_EMPTY_PATH),
+                    other => other,
+                };
+                match linked {
+                    Ok(()) => {
+                        tmp.tmpfile_ok = Some(true);
+                        return Ok(true);
+                    }
+                    Err(Errno::EEXIST) => return Ok(false),
+                    Err(e) if tmp.tmpfile_ok == Some(true) => return Err(e),
+                    Err(_) => tmp.tmpfile_ok = Some(false),
+                }
+            }
+            Err(Errno::EOPNOTSUPP) | Err(Errno::EISDIR) | Err(Errno::EINVAL) => tmp.tmpfile_ok = Some(false),
+            Err(e) => return Err(e),
+        }
+    }
+    // Named temporary file, linked into place.
+    tmp.seq += 1;
+    let tmp = format!("{TMP_PREFIX}{}.{}", std::process::id(), tmp.seq);
+    let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    let fd = openat(
+        dir,
+        tmp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    let res = write_fd(fd, content).and_then(|_| linkat(dir, tmp.as_str(), dir, name, AtFlags::empty()));
+    let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    match res {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// (inode, mtime seconds, mtime nanoseconds)
+type DirStamp = (u64, i64, i64);
+
+fn dir_stamp(fd: impl AsFd) -> Result<DirStamp, Errno> {
+    let st = fstat(fd)?;
+    Ok((st.st_ino, st.st_mtime, st.st_mtime_nsec))
+}
+
+/// Set the directory's mtime 1 ns below its current value, and return the stamp as stored.
+fn pin_mtime(fd: &OwnedFd) -> Result<DirStamp, Errno> {
+    let (_, s, ns) = dir_stamp(fd)?;
+    let (s2, ns2) = if ns == 0 { (s - 1, 999_999_999) } else { (s, ns - 1) };
+    futimens(fd, &TimeSpec::UTIME_OMIT, &TimeSpec::new(s2, ns2))?;
+    dir_stamp(fd)
+}
+
+fn io(path: &Path, what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+/// The open, locked state directory of one network.
+pub struct DiskStore {
+    path: PathBuf,
+    dir: OwnedFd,
+    _lock: Flock<File>,
+    index: Option<OwnedFd>,
+    by_attachment: Option<OwnedFd>,
+    /// The index is known to match the leases.
+    valid: bool,
+    /// We changed something: refresh the stamp at the end.
+    dirty: bool,
+    /// No failure left the index possibly out of step with the leases.
+    consistent: bool,
+    tmp: Tmp,
+    /// Number of full scans done (for tests and diagnostics).
+    pub scans: u32,
+}
+
+impl DiskStore {
+    /// Open (and with `create`, create) `<dataDir>/<network>` and take its lock. Without `create`, a
+    /// missing directory gives `None`: there is nothing to release.
+    pub fn open(storage: &Storage, create: bool) -> Result<Option<DiskStore>, CniError> {
+        let path = storage.dir();
+        if create {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&storage.data_dir)
+                .map_err(|e| io(&storage.data_dir, "cannot create dataDir", e))?;
+        }
+        let data = match nix::fcntl::open(
+            &storage.data_dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) if !create => return Ok(None),
+            Err(e) => return Err(io(&storage.data_dir, "cannot open dataDir", e)),
+        };
+        if create {
+            match mkdirat(&data, storage.network.as_str(), Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(io(&path, "cannot create network directory", e)),
+            }
+        }
+        let dir = match openat(&data, storage.network.as_str(), dir_flags(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) if !create => return Ok(None),
+            Err(Errno::ELOOP) => return Err(io(&path, "network directory", "is a symlink; refusing to follow it")),
+            Err(Errno::ENOTDIR) => return Err(io(&path, "network directory", "is not a directory")),
+            Err(e) => return Err(io(&path, "cannot open network directory", e)),
+        };
+        let lock_path = path.join(LOCK);
+        let lockfd = openat(
+            &dir,
+            LOCK,
+            OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| match e {
+            Errno::ELOOP => io(&lock_path, "lock file", "is a symlink; refusing to follow it"),
+            e => io(&lock_path, "cannot open lock file", e),
+        })?;
+        let mut file = File::from(lockfd);
+        let lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusive) {
+                Ok(l) => break l,
+                Err((f, Errno::EINTR)) => file = f,
+                Err((_, e)) => return Err(io(&lock_path, "cannot lock", e)),
+            }
+        };
+        let mut s = DiskStore {
+            path,
+            dir,
+            _lock: lock,
+            index: None,
+            by_attachment: None,
+            valid: false,
+            dirty: false,
+            consistent: true,
+            tmp: Tmp::default(),
+            scans: 0,
+        };
+        s.valid = s.stamp_matches();
+        Ok(Some(s))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn ioe(&self, what: &str, e: impl std::fmt::Display) -> CniError {
+        io(&self.path, what, e)
+    }
+
+    /// The stamp proves nobody changed the directory or the index since our last change.
+    fn stamp_matches(&mut self) -> bool {
+        let Ok(index) = openat(&self.dir, INDEX_DIR, dir_flags(), Mode::empty()) else { return false };
+        let Ok(by) = openat(&index, BY_ATTACHMENT, dir_flags(), Mode::empty()) else { return false };
+        let Ok(FileRead::Data(data)) = read_at(&index, STAMP) else { return false };
+        self.index = Some(index);
+        self.by_attachment = Some(by);
+        let Ok(text) = std::str::from_utf8(&data) else { return false };
+        let mut lines = text.lines();
+        if lines.next() != Some(HEADER) {
+            return false;
+        }
+        let nums: Vec<i128> = lines.next().unwrap_or("").split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        if nums.len() != 6 {
+            return false;
+        }
+        let (Ok(d), Ok(a)) = (dir_stamp(&self.dir), dir_stamp(self.by_attachment.as_ref().unwrap())) else { return false };
+        let want = [d.0 as i128, d.1 as i128, d.2 as i128, a.0 as i128, a.1 as i128, a.2 as i128];
+        nums == want
+    }
+
+    /// Whether the index was trusted without a scan (for tests).
+    pub fn index_was_valid(&self) -> bool {
+        self.valid
+    }
+
+    /// Write the stamp for the current state. On failure remove it: the next call rebuilds.
+    fn write_stamp(&mut self) {
+        let (Some(index), Some(by)) = (&self.index, &self.by_attachment) else { return };
+        let res = (|| -> Result<(), Errno> {
+            let d = pin_mtime(&self.dir)?;
+            let a = pin_mtime(by)?;
+            let text = format!("{HEADER}\n{} {} {} {} {} {}\n", d.0, d.1, d.2, a.0, a.1, a.2);
+            replace_at(index, STAMP, text.as_bytes())
+        })();
+        if res.is_err() {
+            let _ = unlinkat(index, STAMP, UnlinkatFlags::NoRemoveDir);
+        }
+    }
+
+    /// End of the operation: record the stamp if we changed things and left them consistent, then
+    /// unlock (drop).
+    pub fn finish(mut self) {
+        if self.dirty && self.valid && self.consistent {
+            self.write_stamp();
+        }
+    }
+
+    /// Rebuild the index if it cannot be trusted.
+    fn ensure_index(&mut self) -> Result<(), CniError> {
+        if !self.valid || self.index.is_none() || self.by_attachment.is_none() {
+            self.rebuild()?;
+        }
+        Ok(())
+    }
+
+    /// Read every lease file (and remove our temporary files left by a crash).
+    pub fn scan(&mut self) -> Result<Vec<ScannedLease>, CniError> {
+        self.scans += 1;
+        let names = list_dir(&self.dir).map_err(|e| self.ioe("cannot list", e))?;
+        let mut out = Vec::new();
+        for name in names {
+            if name.starts_with(TMP_PREFIX) {
+                // Only the lock holder creates these, and it removes them before unlocking.
+                let _ = unlinkat(&self.dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
+                self.dirty = true;
+                continue;
+            }
+            let Ok(ip) = name.parse::<IpAddr>() else { continue };
+            let owner = match read_at(&self.dir, &name) {
+                Ok(FileRead::Missing) => continue,
+                Ok(FileRead::NotRegular) => None,
+                Ok(FileRead::Data(d)) => Some(Owner::parse(&d)),
+                Err(e) => return Err(self.ioe(&format!("cannot read lease {name} in"), e)),
+            };
+            out.push(ScannedLease { ip: canonical(ip), name, owner });
+        }
+        out.sort_by(|a, b| a.ip.cmp(&b.ip));
+        Ok(out)
+    }
+
+    /// Rebuild the index from a full scan: write a fresh `a/` beside the old one and swap.
+    pub fn rebuild(&mut self) -> Result<(), CniError> {
+        let leases = self.scan()?;
+        let index = open_or_create_dir(&self.dir, INDEX_DIR, 0o700).map_err(|e| self.ioe(&format!("cannot open {INDEX_DIR} in"), e))?;
+        let res = (|| -> Result<OwnedFd, Errno> {
+            remove_tree(&index, "a.new")?;
+            remove_tree(&index, "a.old")?;
+            for n in list_dir(&index)? {
+                if n.starts_with(TMP_PREFIX) {
+                    let _ = unlinkat(&index, n.as_str(), UnlinkatFlags::NoRemoveDir);
+                }
+            }
+            mkdirat(&index, "a.new", Mode::from_bits_truncate(0o700))?;
+            let new = openat(&index, "a.new", dir_flags(), Mode::empty())?;
+            let mut groups: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
+            for l in &leases {
+                match &l.owner {
+                    Some(Owner::Attachment { container_id, ifname }) => {
+                        groups.entry((container_id.clone(), ifname.clone())).or_default().push(l.ip)
+                    }
+                    Some(Owner::Legacy { container_id }) => groups.entry((container_id.clone(), String::new())).or_default().push(l.ip),
+                    _ => {}
+                }
+            }
+            for ((cid, ifname), ips) in &groups {
+                let name = entry_name(cid, ifname);
+                if !create_exclusive(&mut self.tmp, &new, &name, entry_content(cid, ifname, ips).as_bytes())? {
+                    // Two attachments hashing alike cannot happen; a leftover would be a bug.
+                    return Err(Errno::EEXIST);
+                }
+            }
+            match renameat(&index, BY_ATTACHMENT, &index, "a.old") {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            renameat(&index, "a.new", &index, BY_ATTACHMENT)?;
+            remove_tree(&index, "a.old")?;
+            Ok(new)
+        })();
+        let by = res.map_err(|e| self.ioe("cannot rebuild the index in", e))?;
+        self.index = Some(index);
+        self.by_attachment = Some(by);
+        self.valid = true;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn read_owner(&self, ip: IpAddr) -> Result<Option<Owner>, CniError> {
+        match read_at(&self.dir, &ip.to_string()) {
+            Ok(FileRead::Data(d)) => Ok(Some(Owner::parse(&d))),
+            Ok(FileRead::Missing) => Ok(None),
+            Ok(FileRead::NotRegular) => Ok(Some(Owner::Unknown)),
+            Err(e) => Err(self.ioe(&format!("cannot read lease {ip} in"), e)),
+        }
+    }
+
+    /// Leases listed for `owner_key` whose files confirm `expect`; `None` if the entry contradicts
+    /// the files (the index is stale).
+    fn entry_leases(&self, cid: &str, ifname: &str, expect: &Owner) -> Result<Option<Vec<IpAddr>>, CniError> {
+        let by = self.by_attachment.as_ref().expect("index open");
+        let data = match read_at(by, &entry_name(cid, ifname)) {
+            Ok(FileRead::Missing) => return Ok(Some(vec![])),
+            Ok(FileRead::NotRegular) => return Ok(None),
+            Ok(FileRead::Data(d)) => d,
+            Err(e) => return Err(self.ioe("cannot read the index in", e)),
+        };
+        let Some(ips) = parse_entry(&data, cid, ifname) else { return Ok(None) };
+        for ip in &ips {
+            if self.read_owner(*ip)?.as_ref() != Some(expect) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(ips))
+    }
+
+    /// (exact leases of (cid, ifname), legacy leases of cid), verified; rebuilds the index when it
+    /// is missing, stale or contradicted.
+    pub fn lookup(&mut self, cid: &str, ifname: &str) -> Result<(Vec<IpAddr>, Vec<IpAddr>), CniError> {
+        self.ensure_index()?;
+        for attempt in 0..2 {
+            let exact = self.entry_leases(cid, ifname, &Owner::attachment(cid, ifname))?;
+            let legacy = self.entry_leases(cid, "", &Owner::Legacy { container_id: cid.to_string() })?;
+            if let (Some(e), Some(l)) = (exact, legacy) {
+                return Ok((e, l));
+            }
+            if attempt == 0 {
+                self.rebuild()?;
+            }
+        }
+        Err(self.ioe("the index stays inconsistent after a rebuild in", "giving up"))
+    }
+
+    /// Write the index entry of an attachment that was just given `ips`.
+    pub fn record(&mut self, cid: &str, ifname: &str, ips: &[IpAddr]) -> Result<(), CniError> {
+        self.ensure_index()?;
+        let name = entry_name(cid, ifname);
+        let content = entry_content(cid, ifname, ips);
+        let by = self.by_attachment.take().expect("index open");
+        let res = (|| -> Result<(), Errno> {
+            self.dirty = true;
+            if !create_exclusive(&mut self.tmp, &by, &name, content.as_bytes())? {
+                unlinkat(&by, name.as_str(), UnlinkatFlags::NoRemoveDir)?;
+                if !create_exclusive(&mut self.tmp, &by, &name, content.as_bytes())? {
+                    return Err(Errno::EEXIST);
+                }
+            }
+            Ok(())
+        })();
+        self.by_attachment = Some(by);
+        res.map_err(|e| {
+            self.consistent = false;
+            self.ioe("cannot write the index entry in", e)
+        })
+    }
+
+    /// Release every lease of (cid, ifname) (or, if it has none, the legacy leases of cid).
+    pub fn release(&mut self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, CniError> {
+        let (exact, legacy) = self.lookup(cid, ifname)?;
+        let (ips, key_if) = if !exact.is_empty() { (exact, ifname) } else { (legacy, "") };
+        if ips.is_empty() {
+            return Ok(ips);
+        }
+        self.dirty = true;
+        let mut errors = Vec::new();
+        for ip in &ips {
+            match unlinkat(&self.dir, ip.to_string().as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => errors.push(format!("{ip}: {e}")),
+            }
+        }
+        let by = self.by_attachment.as_ref().expect("index open");
+        match unlinkat(by, entry_name(cid, key_if).as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => errors.push(format!("index entry: {e}")),
+        }
+        if !errors.is_empty() {
+            self.consistent = false;
+            return Err(self.ioe(&format!("cannot release {}", errors.join(", ")), "in"));
+        }
+        Ok(ips)
+    }
+
+    /// Release every lease whose holder `keep` rejects; leases of unknown holders (empty files)
+    /// go too; names that are not regular files stay. Returns the released addresses and the
+    /// errors met (GC continues past errors).
+    pub fn gc(&mut self, keep: &dyn Fn(&Owner) -> bool) -> Result<(Vec<IpAddr>, Vec<String>), CniError> {
+        let leases = self.scan()?;
+        let mut released = Vec::new();
+        let mut errors = Vec::new();
+        for l in leases {
+            let Some(owner) = &l.owner else { continue };
+            if *owner != Owner::Unknown && keep(owner) {
+                continue;
+            }
+            self.dirty = true;
+            match unlinkat(&self.dir, l.name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => released.push(l.ip),
+                Err(e) => errors.push(format!("release {}: {e}", l.ip)),
+            }
+        }
+        if let Err(e) = self.rebuild() {
+            errors.push(e.to_string());
+        }
+        Ok((released, errors))
+    }
+}
+
+impl Store for DiskStore {
+    fn held_by(&mut self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, CniError> {
+        let (exact, legacy) = self.lookup(cid, ifname)?;
+        Ok(if exact.is_empty() { legacy } else { exact })
+    }
+
+    fn is_free(&mut self, ip: IpAddr) -> Result<bool, CniError> {
+        match fstatat(&self.dir, ip.to_string().as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(_) => Ok(false),
+            Err(Errno::ENOENT) => Ok(true),
+            Err(e) => Err(self.ioe(&format!("cannot check {ip} in"), e)),
+        }
+    }
+
+    fn reserve(&mut self, ip: IpAddr, cid: &str, ifname: &str) -> Result<bool, CniError> {
+        self.dirty = true;
+        create_exclusive(&mut self.tmp, &self.dir, &ip.to_string(), Owner::content(cid, ifname).as_bytes())
+            .map_err(|e| self.ioe(&format!("cannot write lease {ip} in"), e))
+    }
+
+    fn unreserve(&mut self, ip: IpAddr) -> Result<(), CniError> {
+        self.dirty = true;
+        match unlinkat(&self.dir, ip.to_string().as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => {
+                self.consistent = false;
+                Err(self.ioe(&format!("cannot remove lease {ip} in"), e))
+            }
+        }
+    }
+
+    fn owner_of(&mut self, ip: IpAddr) -> Result<Option<Owner>, CniError> {
+        self.read_owner(ip)
+    }
+
+    fn last_reserved(&mut self, set: usize) -> Result<Option<IpAddr>, CniError> {
+        match read_at(&self.dir, &format!("{LAST_RESERVED_PREFIX}{set}")) {
+            Ok(FileRead::Data(d)) => Ok(std::str::from_utf8(&d).ok().and_then(|s| s.trim().parse::<IpAddr>().ok()).map(canonical)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(self.ioe(&format!("cannot read {LAST_RESERVED_PREFIX}{set} in"), e)),
+        }
+    }
+
+    fn commit(&mut self, cid: &str, ifname: &str, ips: &[IpAddr]) -> Result<(), CniError> {
+        self.record(cid, ifname, ips)
+    }
+
+    fn set_last_reserved(&mut self, set: usize, ip: IpAddr) -> Result<(), CniError> {
+        self.dirty = true;
+        let name = format!("{LAST_RESERVED_PREFIX}{set}");
+        replace_at(&self.dir, &name, ip.to_string().as_bytes()).map_err(|e| self.ioe(&format!("cannot write {name} in"), e))
+    }
+}
+
+/// STATUS: the data directory is usable and every range set has a free address. Takes no lock and
+/// changes nothing.
+pub fn status(storage: &Storage, sets: &[RangeSet]) -> Result<(), CniError> {
+    use nix::unistd::{access, AccessFlags};
+    let na = |m: String| CniError::NotAvailable(m);
+    let dir = storage.dir();
+    // The nearest existing directory on the way to the network directory must be writable.
+    let existing: PathBuf = match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.file_type().is_symlink() => return Err(na(format!("{} is a symlink; refusing to use it", dir.display()))),
+        Ok(m) if !m.is_dir() => return Err(na(format!("{} is not a directory", dir.display()))),
+        Ok(_) => dir.clone(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut p = storage.data_dir.clone();
+            loop {
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_dir() => break p,
+                    Ok(_) => return Err(na(format!("{} (on the way to dataDir {}) is not a directory", p.display(), storage.data_dir.display()))),
+                    Err(_) => match p.parent() {
+                        Some(q) => p = q.to_path_buf(),
+                        None => return Err(na(format!("no existing directory on the way to {}", dir.display()))),
+                    },
+                }
+            }
+        }
+        Err(e) => return Err(na(format!("{}: {e}", dir.display()))),
+    };
+    access(&existing, AccessFlags::W_OK | AccessFlags::X_OK)
+        .map_err(|e| na(format!("{} is not writable: {e}", existing.display())))?;
+    if let Ok(vfs) = nix::sys::statvfs::statvfs(&existing) {
+        if vfs.blocks_available() == 0 {
+            return Err(na(format!("no free space on the filesystem of {}", existing.display())));
+        }
+        if vfs.files() != 0 && vfs.files_available() == 0 {
+            return Err(na(format!("no free inodes on the filesystem of {}", existing.display())));
+        }
+    }
+    if existing != dir {
+        return Ok(()); // no state yet: every set is empty
+    }
+    let lock = dir.join(LOCK);
+    if let Ok(m) = std::fs::symlink_metadata(&lock) {
+        if !m.is_file() {
+            return Err(na(format!("{} is not a regular file", lock.display())));
+        }
+    }
+    let mut used = vec![0u128; sets.len()];
+    let entries = std::fs::read_dir(&dir).map_err(|e| na(format!("cannot list {}: {e}", dir.display())))?;
+    let mut seen = HashSet::new();
+    for e in entries.flatten() {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
+        let Ok(ip) = name.parse::<IpAddr>() else { continue };
+        let ip = canonical(ip);
+        if !seen.insert(ip) {
+            continue;
+        }
+        if let Some(i) = sets.iter().position(|s| s.usable(ip)) {
+            used[i] += 1;
+        }
+    }
+    for (i, set) in sets.iter().enumerate() {
+        if used[i] >= set.capacity() {
+            return Err(na(format!(
+                "range set {i} ({set}) is full: all {} addresses are allocated in {}",
+                set.capacity(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
