@@ -1,0 +1,243 @@
+//! nftables backend: project-owned tables, one `nft -f -` transaction per write.
+//!
+//! [`plan`] is pure; [`NftExecutor`] applies a list of [`ops::Op`] as one transaction and reads a
+//! table back. [`NftCli`] is the executor that runs the `nft` binary (a netlink executor can replace
+//! it without touching the planning).
+
+pub mod ops;
+pub mod plan;
+pub mod state;
+
+use crate::exec::{find_program, short_err, CommandRunner};
+use crate::names::{validate_ifname, validate_key};
+use crate::{AttachmentKey, Backend, CniError, Firewall, IpNetwork, IsolationSpec, MasqSpec, PortMapSpec};
+use ops::{render_script, Op, TableRef};
+use state::TableState;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Applies operations and reads tables.
+pub trait NftExecutor: Send + Sync {
+    /// Apply `ops` as one atomic transaction (nothing happens when it fails). Empty = no-op.
+    fn apply(&self, ops: &[Op]) -> Result<(), CniError>;
+    /// The current content of a table, `None` when it does not exist.
+    fn list_table(&self, table: &TableRef) -> Result<Option<TableState>, CniError>;
+    /// Whether nftables can be used at all (`NotAvailable` when not).
+    fn probe(&self) -> Result<(), CniError>;
+    /// Whether the executor has a way to reach the kernel at all (binary installed, ...).
+    fn present(&self) -> bool;
+}
+
+/// Executor running `nft -f -` (writes, script on stdin) and `nft -j list table` (reads).
+pub struct NftCli {
+    runner: Arc<dyn CommandRunner>,
+    nft: Option<PathBuf>,
+}
+
+impl NftCli {
+    pub fn new(runner: Arc<dyn CommandRunner>) -> Self {
+        NftCli { runner, nft: find_program("nft") }
+    }
+
+    fn bin(&self) -> Result<&std::path::Path, CniError> {
+        self.nft
+            .as_deref()
+            .ok_or_else(|| CniError::NotAvailable("nftables backend: the nft binary is not installed".into()))
+    }
+}
+
+impl NftExecutor for NftCli {
+    fn apply(&self, ops: &[Op]) -> Result<(), CniError> {
+        let script = render_script(ops);
+        if script.is_empty() {
+            return Ok(());
+        }
+        let out = self.runner.run(self.bin()?, &["-f", "-"], Some(script.as_bytes()))?;
+        if out.success {
+            Ok(())
+        } else {
+            Err(CniError::Firewall(format!("nft transaction failed: {}", short_err(&out))))
+        }
+    }
+
+    fn list_table(&self, table: &TableRef) -> Result<Option<TableState>, CniError> {
+        let out = self.runner.run(self.bin()?, &["-j", "list", "table", table.family.as_str(), &table.name], None)?;
+        if !out.success {
+            if out.stderr.contains("No such file or directory") {
+                return Ok(None);
+            }
+            return Err(CniError::Firewall(format!(
+                "nft list table {} {}: {}",
+                table.family.as_str(),
+                table.name,
+                short_err(&out)
+            )));
+        }
+        TableState::parse(&out.stdout).map(Some)
+    }
+
+    fn probe(&self) -> Result<(), CniError> {
+        let out = self.runner.run(self.bin()?, &["-j", "list", "tables"], None)?;
+        if out.success {
+            Ok(())
+        } else {
+            Err(CniError::NotAvailable(format!("nftables backend unusable: {}", short_err(&out))))
+        }
+    }
+
+    fn present(&self) -> bool {
+        self.nft.is_some()
+    }
+}
+
+/// How many read-plan-write rounds a write retries when a concurrent writer changed the table.
+const ATTEMPTS: usize = 5;
+
+/// The nftables [`Firewall`].
+pub struct NftFirewall {
+    exec: Arc<dyn NftExecutor>,
+}
+
+impl NftFirewall {
+    pub fn new(runner: Arc<dyn CommandRunner>) -> Self {
+        NftFirewall { exec: Arc::new(NftCli::new(runner)) }
+    }
+
+    pub fn with_executor(exec: Arc<dyn NftExecutor>) -> Self {
+        NftFirewall { exec }
+    }
+
+    /// Blind transaction first (one process); if it fails, read the table and apply the
+    /// state-aware plan (retried when the table keeps changing).
+    fn add(&self, table: &TableRef, plan: impl Fn(Option<&TableState>) -> Vec<Op>) -> Result<(), CniError> {
+        let blind = plan(None);
+        if blind.is_empty() {
+            return Ok(());
+        }
+        let mut last = match self.exec.apply(&blind) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        for _ in 0..ATTEMPTS {
+            let st = self.exec.list_table(table)?;
+            match self.exec.apply(&plan(st.as_ref())) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Read, plan, write; nothing to do when the table or the key's state is gone.
+    fn remove(&self, table: &TableRef, plan: impl Fn(&TableState) -> Vec<Op>) -> Result<(), CniError> {
+        if !self.exec.present() {
+            // Without the tool nothing can have been programmed through it.
+            return Ok(());
+        }
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            let Some(st) = self.exec.list_table(table)? else { return Ok(()) };
+            let ops = plan(&st);
+            if ops.is_empty() {
+                return Ok(());
+            }
+            match self.exec.apply(&ops) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| CniError::Firewall("nft: retries exhausted".into())))
+    }
+
+    fn check(&self, table: &TableRef, check: impl Fn(Option<&TableState>) -> Result<(), String>) -> Result<(), CniError> {
+        let st = self.exec.list_table(table)?;
+        check(st.as_ref()).map_err(CniError::CheckFailed)
+    }
+}
+
+fn validate_network(network: &str) -> Result<(), CniError> {
+    crate::names::validate_name("network name", network)
+}
+
+impl Firewall for NftFirewall {
+    fn backend(&self) -> Backend {
+        Backend::Nftables
+    }
+
+    fn add_masquerade(&self, spec: &MasqSpec) -> Result<(), CniError> {
+        validate_key(&spec.key)?;
+        self.add(&plan::masq_table(), |st| plan::plan_masq_add_with_state(spec, st))
+            .map_err(|e| e.context("masquerade"))
+    }
+
+    fn del_masquerade(&self, key: &AttachmentKey, _addrs: &[IpNetwork]) -> Result<(), CniError> {
+        validate_key(key)?;
+        self.remove(&plan::masq_table(), |st| plan::plan_masq_del(key, st)).map_err(|e| e.context("masquerade teardown"))
+    }
+
+    fn check_masquerade(&self, spec: &MasqSpec) -> Result<(), CniError> {
+        validate_key(&spec.key)?;
+        self.check(&plan::masq_table(), |st| plan::check_masq(spec, st))
+    }
+
+    fn gc_masquerade(&self, network: &str, valid: &[AttachmentKey]) -> Result<(), CniError> {
+        validate_network(network)?;
+        self.remove(&plan::masq_table(), |st| plan::plan_masq_gc(network, valid, st)).map_err(|e| e.context("masquerade gc"))
+    }
+
+    fn add_portmap(&self, spec: &PortMapSpec) -> Result<(), CniError> {
+        validate_key(&spec.key)?;
+        self.add(&plan::hostport_table(), |st| plan::plan_portmap_add_with_state(spec, st))
+            .map_err(|e| e.context("port mappings"))
+    }
+
+    fn del_portmap(&self, key: &AttachmentKey) -> Result<(), CniError> {
+        validate_key(key)?;
+        self.remove(&plan::hostport_table(), |st| plan::plan_portmap_del(key, st))
+            .map_err(|e| e.context("port mappings teardown"))
+    }
+
+    fn check_portmap(&self, spec: &PortMapSpec) -> Result<(), CniError> {
+        validate_key(&spec.key)?;
+        self.check(&plan::hostport_table(), |st| plan::check_portmap(spec, st))
+    }
+
+    fn gc_portmap(&self, network: &str, valid: &[AttachmentKey]) -> Result<(), CniError> {
+        validate_network(network)?;
+        self.remove(&plan::hostport_table(), |st| plan::plan_portmap_gc(network, valid, st))
+            .map_err(|e| e.context("port mappings gc"))
+    }
+
+    fn add_isolation(&self, spec: &IsolationSpec) -> Result<(), CniError> {
+        validate_ifname("bridge name", &spec.bridge)?;
+        self.add(&plan::isolation_table(), |st| plan::plan_isolation_add_with_state(spec, st))
+            .map_err(|e| e.context("isolation"))
+    }
+
+    fn del_isolation(&self, bridge: &str) -> Result<(), CniError> {
+        validate_ifname("bridge name", bridge)?;
+        if !self.exec.present() {
+            return Ok(());
+        }
+        // Bridge names do not suffer the reuse races of addresses: try the exact delete first.
+        if self.exec.apply(&plan::plan_isolation_del_blind(bridge)).is_ok() {
+            return Ok(());
+        }
+        self.remove(&plan::isolation_table(), |st| plan::plan_isolation_del(bridge, st))
+            .map_err(|e| e.context("isolation teardown"))
+    }
+
+    fn check_isolation(&self, spec: &IsolationSpec) -> Result<(), CniError> {
+        validate_ifname("bridge name", &spec.bridge)?;
+        self.check(&plan::isolation_table(), |st| plan::check_isolation(spec, st))
+    }
+
+    fn gc_isolation(&self, valid_bridges: &[String]) -> Result<(), CniError> {
+        self.remove(&plan::isolation_table(), |st| plan::plan_isolation_gc(valid_bridges, st))
+            .map_err(|e| e.context("isolation gc"))
+    }
+
+    fn status(&self) -> Result<(), CniError> {
+        self.exec.probe()
+    }
+}

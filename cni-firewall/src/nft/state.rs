@@ -1,0 +1,236 @@
+//! What the kernel holds: one table parsed from `nft -j list table`.
+
+use super::ops::{DataType, Element, Rule, Value, Verdict};
+use crate::{CniError, Protocol};
+use serde_json::Value as J;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableState {
+    pub chains: BTreeMap<String, ChainState>,
+    pub sets: BTreeMap<String, SetState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChainState {
+    pub name: String,
+    /// Hook name for base chains.
+    pub hook: Option<String>,
+    pub rules: Vec<RuleState>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleState {
+    pub handle: u64,
+    /// The `expr` array as printed.
+    pub exprs: J,
+    pub comment: Option<String>,
+}
+
+impl RuleState {
+    /// Whether this is `rule` (same statements and comment).
+    pub fn matches(&self, rule: &Rule) -> bool {
+        self.exprs == rule.exprs_json() && self.comment == rule.comment
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SetState {
+    pub name: String,
+    pub key: Vec<DataType>,
+    pub verdict_map: bool,
+    /// Elements we could parse (keys of the types above, verdict data).
+    pub elems: Vec<Element>,
+}
+
+impl SetState {
+    /// Elements whose verdict jumps/goes to `chain`.
+    pub fn pointing_to<'a>(&'a self, chain: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+        self.elems.iter().filter(move |e| e.verdict.as_ref().and_then(|v| v.target()) == Some(chain))
+    }
+    pub fn get(&self, key: &[Value]) -> Option<&Element> {
+        self.elems.iter().find(|e| e.key == key)
+    }
+}
+
+impl TableState {
+    /// Parse the output of `nft -j list table <family> <name>`.
+    pub fn parse(json_text: &str) -> Result<TableState, CniError> {
+        let v: J = serde_json::from_str(json_text)
+            .map_err(|e| CniError::Firewall(format!("cannot parse nft JSON output: {e}")))?;
+        let items = v
+            .get("nftables")
+            .and_then(J::as_array)
+            .ok_or_else(|| CniError::Firewall("nft JSON output has no \"nftables\" array".into()))?;
+        let mut st = TableState::default();
+        for item in items {
+            if let Some(c) = item.get("chain") {
+                let name = c.get("name").and_then(J::as_str).unwrap_or_default().to_string();
+                let hook = c.get("hook").and_then(J::as_str).map(str::to_string);
+                st.chains.entry(name.clone()).or_insert_with(|| ChainState { name, hook, rules: Vec::new() });
+            } else if let Some(s) = item.get("set").or_else(|| item.get("map")) {
+                let set = parse_set(s, item.get("map").is_some());
+                st.sets.insert(set.name.clone(), set);
+            } else if let Some(r) = item.get("rule") {
+                let chain = r.get("chain").and_then(J::as_str).unwrap_or_default().to_string();
+                let rule = RuleState {
+                    handle: r.get("handle").and_then(J::as_u64).unwrap_or(0),
+                    exprs: r.get("expr").cloned().unwrap_or(J::Array(vec![])),
+                    comment: r.get("comment").and_then(J::as_str).map(str::to_string),
+                };
+                st.chains
+                    .entry(chain.clone())
+                    .or_insert_with(|| ChainState { name: chain, hook: None, rules: Vec::new() })
+                    .rules
+                    .push(rule);
+            }
+        }
+        Ok(st)
+    }
+
+    pub fn chain(&self, name: &str) -> Option<&ChainState> {
+        self.chains.get(name)
+    }
+    pub fn set(&self, name: &str) -> Option<&SetState> {
+        self.sets.get(name)
+    }
+}
+
+fn parse_type(t: Option<&J>) -> Vec<DataType> {
+    let one = |s: &str| match s {
+        "ipv4_addr" => Some(DataType::Ipv4Addr),
+        "ipv6_addr" => Some(DataType::Ipv6Addr),
+        "inet_proto" => Some(DataType::InetProto),
+        "inet_service" => Some(DataType::InetService),
+        "ifname" => Some(DataType::Ifname),
+        _ => None,
+    };
+    match t {
+        Some(J::String(s)) => one(s).into_iter().collect(),
+        Some(J::Array(a)) => a.iter().filter_map(|x| x.as_str().and_then(one)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn parse_set(s: &J, is_map: bool) -> SetState {
+    let name = s.get("name").and_then(J::as_str).unwrap_or_default().to_string();
+    let key = parse_type(s.get("type"));
+    let verdict_map = is_map && s.get("map").and_then(J::as_str) == Some("verdict");
+    let mut elems = Vec::new();
+    if let Some(list) = s.get("elem").and_then(J::as_array) {
+        for e in list {
+            let (k, data) = if is_map {
+                match e.as_array() {
+                    Some(pair) if pair.len() == 2 => (&pair[0], Some(&pair[1])),
+                    _ => continue,
+                }
+            } else {
+                (e, None)
+            };
+            let Some(keyv) = parse_key(k, &key) else { continue };
+            let verdict = match data {
+                Some(d) if verdict_map => match parse_verdict(d) {
+                    Some(v) => Some(v),
+                    None => continue,
+                },
+                Some(_) => continue, // non-verdict maps are not used by our layouts
+                None => None,
+            };
+            elems.push(Element { key: keyv, verdict });
+        }
+    }
+    SetState { name, key, verdict_map, elems }
+}
+
+fn parse_key(k: &J, types: &[DataType]) -> Option<Vec<Value>> {
+    // {"elem": {"val": ..., "comment": ...}} wraps keys carrying element options.
+    let k = k.get("elem").and_then(|e| e.get("val")).unwrap_or(k);
+    if let Some(parts) = k.get("concat").and_then(J::as_array) {
+        if parts.len() != types.len() {
+            return None;
+        }
+        parts.iter().zip(types).map(|(p, t)| parse_value(p, *t)).collect()
+    } else if types.len() == 1 {
+        Some(vec![parse_value(k, types[0])?])
+    } else {
+        None
+    }
+}
+
+fn parse_value(v: &J, t: DataType) -> Option<Value> {
+    match t {
+        DataType::Ipv4Addr | DataType::Ipv6Addr => {
+            if let Some(s) = v.as_str() {
+                return s.parse::<IpAddr>().ok().map(Value::Addr);
+            }
+            let p = v.get("prefix")?;
+            let addr: IpAddr = p.get("addr")?.as_str()?.parse().ok()?;
+            let len = p.get("len")?.as_u64()? as u8;
+            Some(Value::Prefix(ipnetwork::IpNetwork::new(addr, len).ok()?))
+        }
+        DataType::InetProto => match v.as_str()? {
+            "tcp" => Some(Value::Proto(Protocol::Tcp)),
+            "udp" => Some(Value::Proto(Protocol::Udp)),
+            "sctp" => Some(Value::Proto(Protocol::Sctp)),
+            _ => None,
+        },
+        DataType::InetService => Some(Value::Port(u16::try_from(v.as_u64()?).ok()?)),
+        DataType::Ifname => Some(Value::Ifname(v.as_str()?.to_string())),
+    }
+}
+
+fn parse_verdict(d: &J) -> Option<Verdict> {
+    if let Some(j) = d.get("jump") {
+        return Some(Verdict::Jump(j.get("target")?.as_str()?.to_string()));
+    }
+    if let Some(g) = d.get("goto") {
+        return Some(Verdict::Goto(g.get("target")?.as_str()?.to_string()));
+    }
+    let o = d.as_object()?;
+    if o.contains_key("accept") {
+        Some(Verdict::Accept)
+    } else if o.contains_key("drop") {
+        Some(Verdict::Drop)
+    } else if o.contains_key("return") {
+        Some(Verdict::Return)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Captured from nft 1.0.6 (`nft -j list table inet t`), trimmed.
+    const SAMPLE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+ {"table": {"family": "inet", "name": "t", "handle": 1}},
+ {"map": {"family": "inet", "name": "any4", "table": "t", "type": ["inet_proto", "inet_service"], "handle": 8, "map": "verdict", "elem": [[{"concat": ["tcp", 8080]}, {"goto": {"target": "c"}}]]}},
+ {"map": {"family": "inet", "name": "v6", "table": "t", "type": "ipv6_addr", "handle": 4, "map": "verdict", "elem": [["fd00::5", {"goto": {"target": "c1"}}], [{"elem": {"val": "fd00::6", "comment": "x"}}, {"jump": {"target": "c2"}}]]}},
+ {"set": {"family": "inet", "name": "iso", "table": "t", "type": "ifname", "handle": 14, "elem": ["br1", "br2"]}},
+ {"chain": {"family": "inet", "table": "t", "name": "c", "handle": 1}},
+ {"chain": {"family": "inet", "table": "t", "name": "post", "handle": 10, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+ {"rule": {"family": "inet", "table": "t", "chain": "c", "handle": 5, "comment": "k", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "127.0.0.1"}}, {"masquerade": null}]}}
+]}"#;
+
+    #[test]
+    fn parse_sample() {
+        let st = TableState::parse(SAMPLE).unwrap();
+        assert_eq!(st.chains.len(), 2);
+        assert_eq!(st.chain("post").unwrap().hook.as_deref(), Some("postrouting"));
+        let c = st.chain("c").unwrap();
+        assert_eq!(c.rules.len(), 1);
+        assert_eq!(c.rules[0].comment.as_deref(), Some("k"));
+        let any4 = st.set("any4").unwrap();
+        assert!(any4.verdict_map);
+        assert_eq!(any4.elems[0].key, vec![Value::Proto(Protocol::Tcp), Value::Port(8080)]);
+        assert_eq!(any4.pointing_to("c").count(), 1);
+        let v6 = st.set("v6").unwrap();
+        assert_eq!(v6.elems.len(), 2);
+        assert_eq!(v6.elems[1].verdict, Some(Verdict::Jump("c2".into())));
+        let iso = st.set("iso").unwrap();
+        assert_eq!(iso.elems.len(), 2);
+        assert_eq!(iso.elems[1].key, vec![Value::Ifname("br2".into())]);
+    }
+}
