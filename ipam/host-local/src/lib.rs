@@ -25,6 +25,14 @@ use std::net::IpAddr;
 
 pub struct HostLocal;
 
+/// With `HOST_LOCAL_DEBUG` set, report on stderr how many full scans of the lease files a call
+/// made (0 when the index was trusted). A diagnostic used by the tests.
+fn debug_scans(store: &DiskStore) {
+    if std::env::var_os("HOST_LOCAL_DEBUG").is_some() {
+        eprintln!("host-local: full scans: {}", store.scans);
+    }
+}
+
 fn full_config(req: &Request) -> Result<config::IpamConfig, CniError> {
     config::parse(&config::Input {
         raw: &req.raw,
@@ -51,6 +59,7 @@ impl Plugin for HostLocal {
         };
         let mut store = DiskStore::open(&cfg.storage, true)?.ok_or_else(|| CniError::Internal("state directory vanished".into()))?;
         let leases = allocator::allocate(&cfg.range_sets, &cfg.requested, &req.container_id, &req.ifname, &mut store);
+        debug_scans(&store);
         store.finish();
         let leases = leases?;
         let ips = leases
@@ -70,6 +79,7 @@ impl Plugin for HostLocal {
         let storage = config::parse_storage(&req.raw, &req.conf.name)?;
         let Some(mut store) = DiskStore::open(&storage, false)? else { return Ok(()) };
         let res = store.release(&req.container_id, &req.ifname);
+        debug_scans(&store);
         store.finish();
         res.map(|_| ())
     }
@@ -84,6 +94,7 @@ impl Plugin for HostLocal {
         };
         let Some(mut store) = DiskStore::open(&cfg.storage, false)? else { return Err(missing()) };
         let held = store.held_by(&req.container_id, &req.ifname);
+        debug_scans(&store);
         store.finish();
         let held = held?;
         if held.is_empty() {
