@@ -262,6 +262,17 @@ pub fn parse_request(input: Input, plugin_versions: &[&str], known_args: &[&str]
     })))
 }
 
+/// Build a request from explicit environment pairs and a config, as [`parse_request`] would from
+/// the process: used by plugins' unit tests and by tools that call plugin logic in-process.
+pub fn request_from(env: &[(&str, &str)], conf: &Value, known_args: &[&str]) -> Result<Request, CniError> {
+    let lookup = |k: &str| env.iter().find(|(key, _)| *key == k).map(|(_, v)| v.to_string());
+    let stdin = serde_json::to_vec(conf).map_err(|e| CniError::Internal(format!("encode config: {e}")))?;
+    match parse_request(Input { env: &lookup, stdin }, version::SUPPORTED, known_args)? {
+        Parsed::Request(r) => Ok(*r),
+        Parsed::Version(_) => Err(CniError::invalid_env("CNI_COMMAND", "VERSION has no request")),
+    }
+}
+
 /// Refuse a `CNI_NETNS` that is the plugin's own namespace (unless `CNI_NETNS_OVERRIDE` is set):
 /// configuring it would rewire the host. Only checked when the namespace can be opened.
 fn check_not_own_netns(req: &Request, override_set: bool) -> Result<(), CniError> {

@@ -1,0 +1,93 @@
+//! Container-side work, run inside the container's network namespace: sysctls, addresses, link up,
+//! routes; and reading back for CHECK and DEL.
+
+use crate::config::BridgeConf;
+use crate::plan::{route_gateway, ContainerPlan};
+use cni_common::error::CniError;
+use cni_common::netlink::{AddrOpts, Link, Netlink, Route as NlRoute};
+use cni_common::result::{IpConfig, Route};
+use cni_common::sysctl;
+use ipnetwork::IpNetwork;
+
+/// Configure the container interface (already created, down) inside the current namespace.
+pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[IpConfig]) -> Result<Link, CniError> {
+    let mut nl = Netlink::open()?;
+    let link = nl
+        .link_by_name(ifname)?
+        .ok_or_else(|| CniError::netlink(format!("find container interface {ifname:?}"), "not found"))?;
+    if conf.disable_container_interface {
+        return Ok(link);
+    }
+    let has_v6 = plan.addrs.iter().any(|a| a.is_ipv6());
+    if has_v6 {
+        // IPv6 may be administratively disabled on new interfaces; addresses need it on.
+        sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
+        // Duplicate address detection delays the address by a second or more; skip it unless asked.
+        let dad = if conf.enable_dad { "1" } else { "0" };
+        sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad)?;
+        if conf.enable_dad {
+            let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+        }
+        let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
+    }
+    let _ = sysctl::write_if_different(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+    for addr in &plan.addrs {
+        nl.add_addr(link.index, *addr, AddrOpts { nodad: !conf.enable_dad, ..Default::default() })
+            .map_err(|e| CniError::netlink(format!("add address {addr} to {ifname:?}"), e))?;
+    }
+    nl.set_up(link.index)?;
+    for r in &plan.routes {
+        let route = to_netlink(r, ips, link.index);
+        match nl.add_route(&route) {
+            Ok(()) => {}
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(CniError::netlink(format!("add route {} via {:?} on {ifname:?}", r.dst, route.gw), e)),
+        }
+    }
+    nl.link_by_index(link.index)?
+        .ok_or_else(|| CniError::netlink(format!("read container interface {ifname:?}"), "vanished"))
+}
+
+/// The netlink form of a result route on the container interface.
+pub fn to_netlink(r: &Route, ips: &[IpConfig], oif: u32) -> NlRoute {
+    NlRoute {
+        dst: Some(r.dst),
+        gw: route_gateway(r, ips),
+        oif: Some(oif),
+        table: r.table,
+        scope: r.scope,
+        priority: r.priority,
+        mtu: r.mtu,
+        advmss: r.advmss,
+        src: None,
+    }
+}
+
+/// Delete the container interface (and so its veth peer); returns the addresses it had. A missing
+/// interface is not an error.
+pub fn remove(ifname: &str) -> Result<Vec<IpNetwork>, CniError> {
+    let mut nl = Netlink::open()?;
+    let Some(link) = nl.link_by_name(ifname)? else { return Ok(vec![]) };
+    let addrs = nl.addrs(Some(link.index), None)?.into_iter().map(|a| a.addr).collect();
+    match nl.delete_link(link.index) {
+        Ok(()) => Ok(addrs),
+        Err(e) if e.is_not_found() => Ok(addrs),
+        Err(e) => Err(CniError::netlink(format!("delete container interface {ifname:?}"), e)),
+    }
+}
+
+/// What CHECK reads of the container interface.
+pub struct Observed {
+    pub link: Link,
+    pub addrs: Vec<IpNetwork>,
+    pub routes: Vec<NlRoute>,
+}
+
+pub fn observe(ifname: &str) -> Result<Option<Observed>, CniError> {
+    let mut nl = Netlink::open()?;
+    let Some(link) = nl.link_by_name(ifname)? else { return Ok(None) };
+    let addrs = nl.addrs(Some(link.index), None)?.into_iter().map(|a| a.addr).collect();
+    let mut routes = nl.routes(cni_common::netlink::IpFamily::V4, None)?;
+    routes.extend(nl.routes(cni_common::netlink::IpFamily::V6, None)?);
+    Ok(Some(Observed { link, addrs, routes }))
+}

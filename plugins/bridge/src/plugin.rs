@@ -1,0 +1,218 @@
+//! The bridge verbs: parse, plan, apply, with rollback of everything an ADD made when it fails.
+
+use crate::config::{self, BridgeConf};
+use crate::{container, host, plan};
+use cni_common::error::CniError;
+use cni_common::invoke;
+use cni_common::netlink::Netlink;
+use cni_common::netns::NetNs;
+use cni_common::result::CniResult;
+use cni_common::skel::{Command, Plugin, Request};
+use cni_firewall::{AttachmentKey, MasqSpec};
+use ipnetwork::IpNetwork;
+
+pub struct Bridge;
+
+fn key(req: &Request) -> AttachmentKey {
+    AttachmentKey { network: req.conf.name.clone(), container_id: req.container_id.clone(), ifname: req.ifname.clone() }
+}
+
+fn firewall(conf: &BridgeConf) -> Result<Box<dyn cni_firewall::Firewall>, CniError> {
+    Ok(cni_firewall::firewall(cni_firewall::choose_backend(conf.ip_masq_backend.as_deref())?))
+}
+
+/// What an ADD has made so far, undone in reverse order when a later step fails.
+#[derive(Default)]
+struct Undo {
+    bridge_created: Option<u32>,
+    host_veth: Option<u32>,
+    ipam: Option<String>,
+    masq: Option<Vec<IpNetwork>>,
+}
+
+impl Undo {
+    /// Best effort: every step is tried; the original error is what the caller reports.
+    fn run(self, req: &Request, conf: &BridgeConf, nl: &mut Netlink) {
+        if let Some(addrs) = self.masq {
+            if let Ok(fw) = firewall(conf) {
+                if let Err(e) = fw.del_masquerade(&key(req), &addrs) {
+                    eprintln!("bridge: rollback: removing masquerade rules: {e}");
+                }
+            }
+        }
+        if let Some(ipam) = self.ipam {
+            if let Err(e) = invoke::delegate(&ipam, Command::Del, req) {
+                eprintln!("bridge: rollback: releasing addresses through {ipam}: {e}");
+            }
+        }
+        if let Some(index) = self.host_veth {
+            if let Err(e) = nl.delete_link(index) {
+                if !e.is_not_found() {
+                    eprintln!("bridge: rollback: deleting host veth {index}: {e}");
+                }
+            }
+        }
+        if let Some(index) = self.bridge_created {
+            if matches!(host::bridge_has_ports(nl, index, None), Ok(false)) {
+                if let Err(e) = nl.delete_link(index) {
+                    eprintln!("bridge: rollback: deleting bridge {:?}: {e}", conf.bridge);
+                }
+            }
+        }
+    }
+}
+
+fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> Result<CniResult, CniError> {
+    let netns = NetNs::open(&req.netns)?;
+    let bridge = host::ensure_bridge(nl, conf)?;
+    if bridge.created {
+        undo.bridge_created = Some(bridge.link.index);
+    }
+    let host_veth = host::create_veth(nl, conf, &bridge.link, &netns, &req.ifname)?;
+    undo.host_veth = Some(host_veth.index);
+    host::configure_port(nl, conf, &host_veth)?;
+
+    let mut ipam = match &conf.ipam_type {
+        Some(t) => {
+            let r = invoke::delegate_add(t, req)?;
+            undo.ipam = Some(t.clone());
+            r
+        }
+        None => CniResult::default(),
+    };
+    if ipam.ips.is_empty() && conf.ipam_type.is_some() {
+        return Err(CniError::Delegate {
+            plugin: conf.ipam_type.clone().unwrap_or_default(),
+            reason: "IPAM returned no IP addresses".into(),
+        });
+    }
+    plan::default_gateways(conf, &mut ipam.ips);
+    let cplan = plan::container_plan(conf, &ipam)?;
+    let ctr = netns.run(|| container::configure(conf, &req.ifname, &cplan, &ipam.ips))?;
+
+    if conf.is_gateway {
+        let gws = plan::bridge_gateways(&ipam.ips);
+        host::set_gateway_addrs(nl, conf, &bridge.link, &gws)?;
+        host::enable_forwarding(&gws)?;
+    }
+    if conf.ip_masq && !cplan.addrs.is_empty() {
+        let fw = firewall(conf)?;
+        fw.add_masquerade(&MasqSpec { key: key(req), addrs: cplan.addrs.clone() })?;
+        undo.masq = Some(cplan.addrs.clone());
+    }
+    // Read MACs as they are now: the bridge's may have changed when the port joined.
+    let bridge_now = nl.link_by_index(bridge.link.index)?.unwrap_or(bridge.link);
+    let links = plan::Links {
+        bridge: &conf.bridge,
+        bridge_mac: host::mac_string(&bridge_now),
+        host: &host_veth.name,
+        host_mac: host::mac_string(&host_veth),
+        container: &req.ifname,
+        container_mac: host::mac_string(&ctr),
+        netns: &req.netns,
+        mtu: None,
+    };
+    Ok(plan::result(&links, &ipam, cplan.routes, req.conf.dns.as_ref()))
+}
+
+impl Plugin for Bridge {
+    fn name(&self) -> &'static str {
+        "bridge"
+    }
+
+    fn known_args(&self) -> &'static [&'static str] {
+        &["MAC", "IP"]
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let conf = config::parse(req)?;
+        let mut nl = Netlink::open()?;
+        let mut undo = Undo::default();
+        match add(req, &conf, &mut nl, &mut undo) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                undo.run(req, &conf, &mut nl);
+                Err(e)
+            }
+        }
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        let conf = config::parse(req)?;
+        let mut errors: Vec<CniError> = Vec::new();
+        // Addresses for the masquerade teardown: from prevResult, else from the interface itself.
+        let mut addrs: Vec<IpNetwork> = match req.prev_result() {
+            Ok(Some(prev)) => prev.ips.iter().map(|ip| ip.address).collect(),
+            _ => vec![],
+        };
+        if let Some(t) = &conf.ipam_type {
+            if let Err(e) = invoke::delegate(t, Command::Del, req) {
+                errors.push(e);
+            }
+        }
+        if !req.netns.is_empty() {
+            match NetNs::open(&req.netns) {
+                Ok(ns) => match ns.run(|| container::remove(&req.ifname)) {
+                    Ok(found) => {
+                        if addrs.is_empty() {
+                            addrs = found;
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                },
+                // The namespace is gone, and with it the container end of the veth pair.
+                Err(_) => {}
+            }
+        }
+        if conf.ip_masq {
+            // Found by (network, container ID, ifname) even without addresses or netns.
+            match firewall(&conf).and_then(|fw| fw.del_masquerade(&key(req), &addrs)) {
+                Ok(()) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let conf = config::parse(req)?;
+        crate::check::check(req, &conf)
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        let conf = config::parse(req)?;
+        if let Some(t) = &conf.ipam_type {
+            invoke::delegate(t, Command::Status, req)?;
+        }
+        if conf.ip_masq {
+            firewall(&conf)?.status().map_err(|e| CniError::NotAvailable(format!("ipMasq firewall backend: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        let conf = config::parse(req)?;
+        let mut errors = Vec::new();
+        if let Some(t) = &conf.ipam_type {
+            if let Err(e) = invoke::delegate(t, Command::Gc, req) {
+                errors.push(e);
+            }
+        }
+        if conf.ip_masq {
+            let valid: Vec<AttachmentKey> = cni_common::gc::valid_attachments(&req.raw)?
+                .into_iter()
+                .map(|a| AttachmentKey { network: req.conf.name.clone(), container_id: a.container_id, ifname: a.ifname })
+                .collect();
+            if let Err(e) = firewall(&conf).and_then(|fw| fw.gc_masquerade(&req.conf.name, &valid)) {
+                errors.push(e);
+            }
+        }
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
