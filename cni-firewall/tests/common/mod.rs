@@ -1,0 +1,216 @@
+//! Sandbox helpers for the root integration tests.
+//!
+//! Every test runs its body in a thread that has unshared its network namespace: the firewall
+//! layer's children (iptables-restore, nft) inherit that thread's namespace, so nothing ever
+//! touches the machine's own netns. Named namespaces (for the reference bridge's CNI_NETNS) are
+//! deleted by a Drop guard.
+#![allow(dead_code)]
+
+use cni_firewall::detect::{IptablesTools, IptablesVariant};
+use cni_firewall::exec::{CommandRunner, ProcessRunner};
+use cni_firewall::ipt::IptablesFirewall;
+use cni_firewall::nft::NftFirewall;
+use cni_firewall::{AttachmentKey, Family, Firewall, MasqSpec};
+use nix::sched::{setns, unshare, CloneFlags};
+use serde_json::Value;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "these integration tests need root (they create throwaway network namespaces and program \
+             nftables/iptables inside them); run `sudo cargo test -p cni-firewall`"
+        );
+    }
+}
+
+/// Run `f` in a fresh network namespace (in a dedicated thread); panics propagate.
+pub fn in_sandbox<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    require_root();
+    std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        sh("ip", &["link", "set", "lo", "up"]);
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// A handle on the calling thread's netns, to enter from other threads (concurrent writers).
+pub struct NsHandle(File);
+
+impl NsHandle {
+    pub fn current() -> NsHandle {
+        let tid = nix::unistd::gettid();
+        NsHandle(File::open(format!("/proc/self/task/{tid}/ns/net")).expect("open own netns"))
+    }
+    /// Spawn a thread that runs `f` inside this namespace.
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let fd = self.0.try_clone().unwrap();
+        std::thread::spawn(move || {
+            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+}
+
+static NS_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A named netns (`ip netns add cnifw-<pid>-<n>`) deleted on drop.
+pub struct NamedNs {
+    pub name: String,
+}
+
+impl NamedNs {
+    pub fn new() -> NamedNs {
+        let name = format!("cnifw-{}-{}", std::process::id(), NS_COUNTER.fetch_add(1, Ordering::SeqCst));
+        sh("ip", &["netns", "add", &name]);
+        NamedNs { name }
+    }
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for NamedNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Run a command (in the calling thread's netns), panic on failure, return stdout.
+pub fn sh(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("{prog}: {e}"));
+    assert!(out.status.success(), "{prog} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run a command with stdin.
+pub fn sh_in(prog: &str, args: &[&str], input: &str) -> String {
+    let runner = ProcessRunner::new();
+    let out = runner.run(std::path::Path::new(prog), args, Some(input.as_bytes())).unwrap();
+    assert!(out.success, "{prog} {args:?} failed: {}", out.stderr);
+    out.stdout
+}
+
+/// Backends under test: nftables, iptables as the host's alternative, and iptables-legacy explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Nft,
+    IptHost,
+    IptLegacy,
+}
+
+pub const FLAVORS: [Flavor; 3] = [Flavor::Nft, Flavor::IptHost, Flavor::IptLegacy];
+
+impl Flavor {
+    pub fn variant(&self) -> IptablesVariant {
+        match self {
+            Flavor::IptLegacy => IptablesVariant::Legacy,
+            _ => IptablesTools::detect().expect("iptables installed").variant,
+        }
+    }
+    pub fn save_bin(&self, fam: Family) -> String {
+        let t = IptablesTools::for_variant(self.variant());
+        t.family(fam).expect("iptables tools").save.display().to_string()
+    }
+    pub fn restore_bin(&self, fam: Family) -> String {
+        let t = IptablesTools::for_variant(self.variant());
+        t.family(fam).expect("iptables tools").restore.display().to_string()
+    }
+    pub fn cmd_bin(&self, fam: Family) -> String {
+        let base = match fam {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        match self.variant() {
+            IptablesVariant::Legacy => format!("{base}-legacy"),
+            IptablesVariant::Nft => format!("{base}-nft"),
+            IptablesVariant::Unknown => base.to_string(),
+        }
+    }
+}
+
+/// A firewall of `flavor` with its own spawn counter.
+pub fn make(flavor: Flavor) -> (Box<dyn Firewall>, Arc<ProcessRunner>) {
+    let runner = Arc::new(ProcessRunner::new());
+    let fw: Box<dyn Firewall> = match flavor {
+        Flavor::Nft => Box::new(NftFirewall::new(runner.clone())),
+        Flavor::IptHost => Box::new(IptablesFirewall::new(runner.clone())),
+        Flavor::IptLegacy => {
+            Box::new(IptablesFirewall::with_tools(runner.clone(), IptablesTools::for_variant(IptablesVariant::Legacy)))
+        }
+    };
+    (fw, runner)
+}
+
+/// Processes spawned by `f` through `runner`.
+pub fn count(runner: &ProcessRunner, f: impl FnOnce()) -> usize {
+    let before = runner.spawned();
+    f();
+    runner.spawned() - before
+}
+
+pub fn key(net: &str, cid: &str) -> AttachmentKey {
+    AttachmentKey::new(net, cid, "eth0")
+}
+
+pub fn masq(net: &str, cid: &str, addrs: &[&str]) -> MasqSpec {
+    MasqSpec { key: key(net, cid), addrs: addrs.iter().map(|a| a.parse().unwrap()).collect() }
+}
+
+// ---- reading the state back, independently of the crate's own parsers ----
+
+/// `-A` lines of `iptables-save -t <table>` (comments and counters stripped).
+pub fn ipt_rules(flavor: Flavor, fam: Family, table: &str) -> Vec<String> {
+    sh(&flavor.save_bin(fam), &["-t", table]).lines().filter(|l| l.starts_with("-A ")).map(str::to_string).collect()
+}
+
+/// User chains (`:NAME - [..]`) of `iptables-save -t <table>`.
+pub fn ipt_user_chains(flavor: Flavor, fam: Family, table: &str) -> Vec<String> {
+    sh(&flavor.save_bin(fam), &["-t", table])
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter(|l| l.split_whitespace().nth(1) == Some("-"))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+/// The `nftables` array of `nft -j list ruleset`.
+pub fn nft_ruleset() -> Vec<Value> {
+    let v: Value = serde_json::from_str(&sh("nft", &["-j", "list", "ruleset"])).unwrap();
+    v["nftables"].as_array().unwrap().clone()
+}
+
+pub fn nft_objects<'a>(rs: &'a [Value], kind: &str, table: &str) -> Vec<&'a Value> {
+    rs.iter().filter_map(|o| o.get(kind)).filter(|o| o["table"] == table).collect()
+}
+
+pub fn nft_chain_names(rs: &[Value], table: &str) -> Vec<String> {
+    nft_objects(rs, "chain", table).iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// Rules of a chain, rendered as JSON strings of their `expr` arrays.
+pub fn nft_rules(rs: &[Value], table: &str, chain: &str) -> Vec<Value> {
+    nft_objects(rs, "rule", table).into_iter().filter(|r| r["chain"] == chain).map(|r| r["expr"].clone()).collect()
+}
+
+/// Elements of a map/set as (key JSON, data JSON or null).
+pub fn nft_elems(rs: &[Value], table: &str, set: &str) -> Vec<(Value, Value)> {
+    let mut out = Vec::new();
+    for kind in ["map", "set"] {
+        for s in nft_objects(rs, kind, table).into_iter().filter(|s| s["name"] == set) {
+            for e in s["elem"].as_array().cloned().unwrap_or_default() {
+                match e.as_array() {
+                    Some(pair) if kind == "map" => out.push((pair[0].clone(), pair[1].clone())),
+                    _ => out.push((e.clone(), Value::Null)),
+                }
+            }
+        }
+    }
+    out
+}
