@@ -23,3 +23,4 @@ pub mod args;
 pub mod skel;
 pub mod invoke;
 pub mod gc;
+pub mod conntrack;

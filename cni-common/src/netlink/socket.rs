@@ -1,4 +1,9 @@
-//! The synchronous NETLINK_ROUTE transport: send one request, read its replies.
+//! The synchronous netlink transport: send one request, read its replies.
+//!
+//! The loop is protocol-independent ([`Socket::open_protocol`], [`Socket::request_raw`],
+//! [`Socket::dump_raw`] work on whole messages as bytes); [`Socket::open`], [`Socket::request`]
+//! and [`Socket::dump`] are its NETLINK_ROUTE face, used by the rest of this module. Conntrack
+//! ([`crate::conntrack`]) uses the raw face over NETLINK_NETFILTER.
 //!
 //! Requests are sent with `NLM_F_ACK` and read until the acknowledgement (or the error that
 //! replaces it); dumps are read until `NLMSG_DONE` and repeated, up to [`DUMP_ATTEMPTS`] times in
@@ -25,7 +30,7 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 /// Initial receive buffer; grown when a datagram is larger.
 const RECV_BUF: usize = 32 * 1024;
 
-/// A NETLINK_ROUTE socket, bound to the network namespace it was created in.
+/// A netlink socket, bound to the network namespace it was created in.
 pub(crate) struct Socket {
     sock: SysSocket,
     seq: u32,
@@ -33,11 +38,16 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    /// Open and bind a socket in the calling thread's network namespace.
+    /// Open and bind a NETLINK_ROUTE socket in the calling thread's network namespace.
     pub(crate) fn open() -> Result<Socket, NlError> {
-        let mut sock =
-            SysSocket::new(NETLINK_ROUTE).map_err(|e| NlError::io(e).with_op("open NETLINK_ROUTE socket"))?;
-        sock.bind_auto().map_err(|e| NlError::io(e).with_op("bind NETLINK_ROUTE socket"))?;
+        Socket::open_protocol(NETLINK_ROUTE, "NETLINK_ROUTE")
+    }
+
+    /// Open and bind a socket of netlink `protocol` (called `name` in errors) in the calling
+    /// thread's network namespace.
+    pub(crate) fn open_protocol(protocol: isize, name: &str) -> Result<Socket, NlError> {
+        let mut sock = SysSocket::new(protocol).map_err(|e| NlError::io(e).with_op(format!("open {name} socket")))?;
+        sock.bind_auto().map_err(|e| NlError::io(e).with_op(format!("bind {name} socket")))?;
         // Both options are optional comforts (kernels since 4.3 and 4.12): error replies without a
         // copy of the request, and with the kernel's explanation. Failing to set them loses only that.
         let _ = sock.set_cap_ack(true);
@@ -52,18 +62,41 @@ impl Socket {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>, NlError> {
-        let seq = self.send(msg, NLM_F_REQUEST | NLM_F_ACK | flags)?;
-        self.collect(seq).map(|(msgs, _)| msgs)
+        self.request_raw(encode(msg, 0, 0), flags, decode_route)
     }
 
     /// Dump: send `msg` with `NLM_F_DUMP` and collect every reply until `NLMSG_DONE`, repeating
     /// the whole dump when it was interrupted by a concurrent change.
     pub(crate) fn dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+        self.dump_raw(encode(msg, 0, 0), decode_route)
+    }
+
+    /// [`Socket::request`] for any protocol. `msg` is a whole netlink message (header included,
+    /// its length filled in); its flags (`NLM_F_REQUEST | NLM_F_ACK | flags`) and sequence number
+    /// are set here. Every data message of the reply (whole, header included) goes through
+    /// `parse`; the values it keeps (`Some`) are returned.
+    pub(crate) fn request_raw<T>(
+        &mut self,
+        mut msg: Vec<u8>,
+        flags: u16,
+        mut parse: impl FnMut(&[u8]) -> Result<Option<T>, NlError>,
+    ) -> Result<Vec<T>, NlError> {
+        let seq = self.send(&mut msg, NLM_F_REQUEST | NLM_F_ACK | flags)?;
+        self.collect(seq, &mut parse).map(|(out, _)| out)
+    }
+
+    /// [`Socket::dump`] for any protocol; `msg` and `parse` as for [`Socket::request_raw`]. The
+    /// values of an interrupted attempt are discarded.
+    pub(crate) fn dump_raw<T>(
+        &mut self,
+        mut msg: Vec<u8>,
+        mut parse: impl FnMut(&[u8]) -> Result<Option<T>, NlError>,
+    ) -> Result<Vec<T>, NlError> {
         for _ in 0..DUMP_ATTEMPTS {
-            let seq = self.send(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP)?;
-            let (msgs, interrupted) = self.collect(seq)?;
+            let seq = self.send(&mut msg, NLM_F_REQUEST | NLM_F_DUMP)?;
+            let (out, interrupted) = self.collect(seq, &mut parse)?;
             if !interrupted {
-                return Ok(msgs);
+                return Ok(out);
             }
         }
         Err(NlError::os(
@@ -72,11 +105,19 @@ impl Socket {
         ))
     }
 
-    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32, NlError> {
+    /// Stamp `bytes` (a whole message) with `flags` and the next sequence number, and send it.
+    fn send(&mut self, bytes: &mut [u8], flags: u16) -> Result<u32, NlError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(NlError::invalid(
+                "send netlink message",
+                format!("{} bytes, shorter than a header", bytes.len()),
+            ));
+        }
         self.seq = self.seq.wrapping_add(1);
-        let bytes = encode(msg, flags, self.seq);
+        bytes[6..8].copy_from_slice(&flags.to_ne_bytes());
+        bytes[8..12].copy_from_slice(&self.seq.to_ne_bytes());
         loop {
-            match self.sock.send(&bytes, 0) {
+            match self.sock.send(bytes, 0) {
                 Ok(n) if n == bytes.len() => return Ok(self.seq),
                 Ok(n) => return Err(NlError::decode(format!("short netlink send: {n} of {} bytes", bytes.len()))),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -106,10 +147,14 @@ impl Socket {
         }
     }
 
-    /// Read replies to request `seq` until its ack, error or done. Returns the data messages and
-    /// whether any of them was flagged `NLM_F_DUMP_INTR`. Replies to other (earlier, abandoned)
-    /// requests are skipped.
-    fn collect(&mut self, seq: u32) -> Result<(Vec<RouteNetlinkMessage>, bool), NlError> {
+    /// Read replies to request `seq` until its ack, error or done. Returns what `parse` kept of the
+    /// data messages and whether any reply was flagged `NLM_F_DUMP_INTR`. Replies to other
+    /// (earlier, abandoned) requests are skipped.
+    fn collect<T>(
+        &mut self,
+        seq: u32,
+        parse: &mut impl FnMut(&[u8]) -> Result<Option<T>, NlError>,
+    ) -> Result<(Vec<T>, bool), NlError> {
         let mut out = Vec::new();
         let mut interrupted = false;
         loop {
@@ -157,18 +202,21 @@ impl Socket {
                         return Ok((out, interrupted));
                     }
                     NLMSG_OVERRUN => return Err(NlError::decode("netlink overrun: data lost")),
-                    _ => {
-                        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw).map_err(|e| {
-                            NlError::decode(format!("cannot decode netlink message of type {kind}: {e}"))
-                        })?;
-                        if let NetlinkPayload::InnerMessage(inner) = msg.payload {
-                            out.push(inner);
-                        }
-                    }
+                    _ => out.extend(parse(raw)?),
                 }
             }
         }
     }
+}
+
+/// Decode an rtnetlink data message; control payloads are dropped.
+fn decode_route(raw: &[u8]) -> Result<Option<RouteNetlinkMessage>, NlError> {
+    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
+        .map_err(|e| NlError::decode(format!("cannot decode netlink message of type {}: {e}", u16_at(raw, 4))))?;
+    Ok(match msg.payload {
+        NetlinkPayload::InnerMessage(inner) => Some(inner),
+        _ => None,
+    })
 }
 
 /// Serialize `msg` as a netlink message with the given header flags and sequence number.
