@@ -106,9 +106,9 @@ fn measure(bin: &Path, root: &Path, iterations: usize) -> Stats {
     let mut s = Stats { add: [vec![], vec![]], del: [vec![], vec![]] };
     for i in 0..iterations {
         let cid = format!("bench-{i}");
-        for k in 0..COUNTS.len() {
-            s.add[k].push(run(bin, "ADD", &cid, &confs[k]));
-            s.del[k].push(run(bin, "DEL", &cid, &confs[k]));
+        for (k, c) in confs.iter().enumerate() {
+            s.add[k].push(run(bin, "ADD", &cid, c));
+            s.del[k].push(run(bin, "DEL", &cid, c));
         }
     }
     s

@@ -147,7 +147,7 @@ fn parse_cidr(s: &str, what: &str) -> Result<IpNetwork, CniError> {
 }
 
 /// The `ipam` object.
-fn ipam_object<'a>(raw: &'a Value) -> Result<&'a Map<String, Value>, CniError> {
+fn ipam_object(raw: &Value) -> Result<&Map<String, Value>, CniError> {
     let obj = raw.as_object().ok_or_else(|| cfg("config is not a JSON object"))?;
     match get(obj, "ipam") {
         None => Err(cfg("missing \"ipam\" section: host-local needs its configuration there")),

@@ -22,11 +22,13 @@
 //! and a mismatch (or a missing index, or an entry contradicting its lease) triggers a rebuild from a
 //! full scan. A crash between a change and the stamp update leaves a mismatch, hence a rebuild.
 //!
-//! Writes are crash-safe: a lease is written into an unnamed `O_TMPFILE` inode in the directory and
-//! then `linkat`ed to its name (fails if the name exists, never follows a symlink), so it is either
-//! complete or absent; without `O_TMPFILE` a named temporary file (`O_CREAT|O_EXCL|O_NOFOLLOW`) is
-//! linked instead. `last_reserved_ip.N` and `stamp` are replaced with write-then-rename. Every path
-//! is opened relative to the network directory's descriptor with `O_NOFOLLOW`.
+//! Writes are crash-safe: a lease is written to a temporary file in the network directory
+//! (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600) and moved to its name with
+//! `renameat2(RENAME_NOREPLACE)` (`link` + `unlink` where unsupported), which fails if the name
+//! exists and never follows a symlink there; so a lease is complete or absent.
+//! `last_reserved_ip.N` is replaced with write-then-rename. Index entries are written in place (a
+//! torn one fails to parse and triggers a rebuild) and the stamp last, in place, fixed width. Every
+//! path is opened relative to the network directory's descriptor with `O_NOFOLLOW`.
 
 use crate::allocator::{Owner, Store};
 use crate::config::Storage;
@@ -34,7 +36,7 @@ use crate::range::{canonical, RangeSet};
 use cni_common::error::CniError;
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat, AtFlags, Flock, FlockArg, OFlag, AT_FDCWD};
+use nix::fcntl::{openat, renameat, renameat2, AtFlags, Flock, FlockArg, OFlag, RenameFlags};
 use nix::sys::stat::{fchmod, fstat, fstatat, futimens, mkdirat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
@@ -43,7 +45,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -212,53 +214,81 @@ fn parse_entry(data: &[u8], cid: &str, ifname: &str) -> Option<Vec<IpAddr>> {
 /// State of temporary-file creation for one process.
 #[derive(Debug, Default)]
 struct Tmp {
-    /// `O_TMPFILE` + `linkat` works here (unknown until tried).
-    tmpfile_ok: Option<bool>,
+    /// `renameat2(RENAME_NOREPLACE)` is unsupported here: link + unlink instead.
+    no_noreplace: bool,
     seq: u32,
 }
 
-/// Create `dir/name` holding `content`, complete or not at all. `false` if the name exists.
+/// Create `dir/name` holding `content` (mode 0600), complete or not at all: the content goes to a
+/// temporary file in the same directory (`O_CREAT|O_EXCL|O_NOFOLLOW`) which is then moved to `name`
+/// with `renameat2(RENAME_NOREPLACE)` (or `link` + `unlink` where that flag is unsupported); neither
+/// replaces nor follows anything at `name`. `false` if the name exists.
 fn create_exclusive(tmp: &mut Tmp, dir: &OwnedFd, name: &str, content: &[u8]) -> Result<bool, Errno> {
-    if tmp.tmpfile_ok != Some(false) {
-        match openat(dir, ".", OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o600)) {
-            Ok(fd) => {
-                let fd = write_fd(fd, content)?;
-                let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-                let linked = match linkat(AT_FDCWD, proc_path.as_str(), dir, name, AtFlags::AT_SYMLINK_FOLLOW) {
-                    Err(Errno::ENOENT) => linkat(&fd, "", dir, name, AtFlags::AT_EMPTY_PATH),
-                    other => other,
-                };
-                match linked {
-                    Ok(()) => {
-                        tmp.tmpfile_ok = Some(true);
-                        return Ok(true);
-                    }
-                    Err(Errno::EEXIST) => return Ok(false),
-                    Err(e) if tmp.tmpfile_ok == Some(true) => return Err(e),
-                    Err(_) => tmp.tmpfile_ok = Some(false),
-                }
+    tmp.seq += 1;
+    let t = format!("{TMP_PREFIX}{}.{}", std::process::id(), tmp.seq);
+    let fd = match create_new(dir, &t, content) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => {
+            // A leftover of a crashed process with our pid: garbage, since we hold the lock.
+            unlinkat(dir, t.as_str(), UnlinkatFlags::NoRemoveDir)?;
+            create_new(dir, &t, content)?.ok_or(Errno::EEXIST)?
+        }
+        Err(e) => return Err(e),
+    };
+    fchmod(&fd, Mode::from_bits_truncate(0o600)).inspect_err(|_| {
+        let _ = unlinkat(dir, t.as_str(), UnlinkatFlags::NoRemoveDir);
+    })?;
+    drop(fd);
+    let moved = if tmp.no_noreplace {
+        Err(Errno::EINVAL)
+    } else {
+        renameat2(dir, t.as_str(), dir, name, RenameFlags::RENAME_NOREPLACE)
+    };
+    let res = match moved {
+        Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
+            tmp.no_noreplace = true;
+            linkat(dir, t.as_str(), dir, name, AtFlags::empty())
+        }
+        other => other,
+    };
+    match res {
+        Ok(()) => {
+            if tmp.no_noreplace {
+                let _ = unlinkat(dir, t.as_str(), UnlinkatFlags::NoRemoveDir);
             }
-            Err(Errno::EOPNOTSUPP) | Err(Errno::EISDIR) | Err(Errno::EINVAL) => tmp.tmpfile_ok = Some(false),
-            Err(e) => return Err(e),
+            Ok(true)
+        }
+        Err(e) => {
+            let _ = unlinkat(dir, t.as_str(), UnlinkatFlags::NoRemoveDir);
+            if e == Errno::EEXIST {
+                Ok(false)
+            } else {
+                Err(e)
+            }
         }
     }
-    // Named temporary file, linked into place.
-    tmp.seq += 1;
-    let tmp = format!("{TMP_PREFIX}{}.{}", std::process::id(), tmp.seq);
-    let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-    let fd = openat(
+}
+
+/// Create `dir/name` with `content` in place (`O_CREAT|O_EXCL|O_NOFOLLOW`); `None` if it exists.
+/// Only for files whose partial content is harmless (index entries: a torn one fails to parse and
+/// triggers a rebuild; a crash also invalidates the stamp).
+fn create_new(dir: &OwnedFd, name: &str, content: &[u8]) -> Result<Option<OwnedFd>, Errno> {
+    let fd = match openat(
         dir,
-        tmp.as_str(),
+        name,
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
-    )?;
-    let res = write_fd(fd, content).and_then(|_| linkat(dir, tmp.as_str(), dir, name, AtFlags::empty()));
-    let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-    match res {
-        Ok(()) => Ok(true),
-        Err(Errno::EEXIST) => Ok(false),
-        Err(e) => Err(e),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::EEXIST) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut f = File::from(fd);
+    if let Err(e) = f.write_all(content) {
+        let _ = unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
+        return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
     }
+    Ok(Some(OwnedFd::from(f)))
 }
 
 /// (inode, mtime seconds, mtime nanoseconds)
@@ -408,8 +438,22 @@ impl DiskStore {
         let res = (|| -> Result<(), Errno> {
             let d = pin_mtime(&self.dir)?;
             let a = pin_mtime(by)?;
-            let text = format!("{HEADER}\n{} {} {} {} {} {}\n", d.0, d.1, d.2, a.0, a.1, a.2);
-            replace_at(index, STAMP, text.as_bytes())
+            // Fixed width, written in place: a torn write can only yield a stamp that does not
+            // match (hence a rebuild), or the complete new one, which is correct since the stamp
+            // is written last.
+            let text = format!("{HEADER}\n{:020} {:020} {:020} {:020} {:020} {:020}\n", d.0, d.1, d.2, a.0, a.1, a.2);
+            let fd = match openat(index, STAMP, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o600)) {
+                Err(Errno::ELOOP) => {
+                    unlinkat(index, STAMP, UnlinkatFlags::NoRemoveDir)?;
+                    return Err(Errno::ELOOP);
+                }
+                other => other?,
+            };
+            let n = nix::sys::uio::pwrite(&fd, text.as_bytes(), 0)?;
+            if n != text.len() {
+                return Err(Errno::EIO);
+            }
+            Ok(())
         })();
         if res.is_err() {
             let _ = unlinkat(index, STAMP, UnlinkatFlags::NoRemoveDir);
@@ -453,48 +497,59 @@ impl DiskStore {
             };
             out.push(ScannedLease { ip: canonical(ip), name, owner });
         }
-        out.sort_by(|a, b| a.ip.cmp(&b.ip));
+        out.sort_by_key(|l| l.ip);
         Ok(out)
     }
 
-    /// Rebuild the index from a full scan: write a fresh `a/` beside the old one and swap.
+    /// Rebuild the index from a full scan, incrementally: entries that already match the leases
+    /// are kept (read, not rewritten), wrong or missing ones rewritten, orphans removed.
     pub fn rebuild(&mut self) -> Result<(), CniError> {
         let leases = self.scan()?;
         let index = open_or_create_dir(&self.dir, INDEX_DIR, 0o700).map_err(|e| self.ioe(&format!("cannot open {INDEX_DIR} in"), e))?;
         let res = (|| -> Result<OwnedFd, Errno> {
-            remove_tree(&index, "a.new")?;
-            remove_tree(&index, "a.old")?;
             for n in list_dir(&index)? {
                 if n.starts_with(TMP_PREFIX) {
                     let _ = unlinkat(&index, n.as_str(), UnlinkatFlags::NoRemoveDir);
                 }
             }
-            mkdirat(&index, "a.new", Mode::from_bits_truncate(0o700))?;
-            let new = openat(&index, "a.new", dir_flags(), Mode::empty())?;
-            let mut groups: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
+            let by = open_or_create_dir(&index, BY_ATTACHMENT, 0o700)?;
+            let mut want: BTreeMap<String, (String, String, Vec<IpAddr>)> = BTreeMap::new();
             for l in &leases {
-                match &l.owner {
-                    Some(Owner::Attachment { container_id, ifname }) => {
-                        groups.entry((container_id.clone(), ifname.clone())).or_default().push(l.ip)
+                let (cid, ifname) = match &l.owner {
+                    Some(Owner::Attachment { container_id, ifname }) => (container_id.as_str(), ifname.as_str()),
+                    Some(Owner::Legacy { container_id }) => (container_id.as_str(), ""),
+                    _ => continue,
+                };
+                want.entry(entry_name(cid, ifname))
+                    .or_insert_with(|| (cid.to_string(), ifname.to_string(), Vec::new()))
+                    .2
+                    .push(l.ip);
+            }
+            for name in list_dir(&by)? {
+                let keep = match want.get(&name) {
+                    None => false,
+                    Some((cid, ifname, ips)) => match read_at(&by, &name)? {
+                        FileRead::Data(d) => parse_entry(&d, cid, ifname).is_some_and(|mut have| {
+                            have.sort();
+                            have == *ips
+                        }),
+                        _ => false,
+                    },
+                };
+                if keep {
+                    want.remove(&name);
+                } else {
+                    match unlinkat(&by, name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                        Ok(()) | Err(Errno::ENOENT) => {}
+                        Err(Errno::EISDIR) => remove_tree(&by, &name)?,
+                        Err(e) => return Err(e),
                     }
-                    Some(Owner::Legacy { container_id }) => groups.entry((container_id.clone(), String::new())).or_default().push(l.ip),
-                    _ => {}
                 }
             }
-            for ((cid, ifname), ips) in &groups {
-                let name = entry_name(cid, ifname);
-                if !create_exclusive(&mut self.tmp, &new, &name, entry_content(cid, ifname, ips).as_bytes())? {
-                    // Two attachments hashing alike cannot happen; a leftover would be a bug.
-                    return Err(Errno::EEXIST);
-                }
+            for (name, (cid, ifname, ips)) in &want {
+                create_new(&by, name, entry_content(cid, ifname, ips).as_bytes())?.ok_or(Errno::EEXIST)?;
             }
-            match renameat(&index, BY_ATTACHMENT, &index, "a.old") {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e) => return Err(e),
-            }
-            renameat(&index, "a.new", &index, BY_ATTACHMENT)?;
-            remove_tree(&index, "a.old")?;
-            Ok(new)
+            Ok(by)
         })();
         let by = res.map_err(|e| self.ioe("cannot rebuild the index in", e))?;
         self.index = Some(index);
@@ -557,11 +612,9 @@ impl DiskStore {
         let by = self.by_attachment.take().expect("index open");
         let res = (|| -> Result<(), Errno> {
             self.dirty = true;
-            if !create_exclusive(&mut self.tmp, &by, &name, content.as_bytes())? {
+            if create_new(&by, &name, content.as_bytes())?.is_none() {
                 unlinkat(&by, name.as_str(), UnlinkatFlags::NoRemoveDir)?;
-                if !create_exclusive(&mut self.tmp, &by, &name, content.as_bytes())? {
-                    return Err(Errno::EEXIST);
-                }
+                create_new(&by, &name, content.as_bytes())?.ok_or(Errno::EEXIST)?;
             }
             Ok(())
         })();
