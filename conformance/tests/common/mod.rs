@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
