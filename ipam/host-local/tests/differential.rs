@@ -165,6 +165,7 @@ fn invalid_configs_fail_in_both() {
         json!({"ranges": [[{"subnet": "10.7.0.0/24", "rangeStart": "10.8.0.1"}]]}),
         json!({"ranges": [[{"subnet": "10.7.0.0/24"}, {"subnet": "fd07::/64"}]]}),
         json!({"ranges": []}),
+        json!({"ranges": [[{"subnet": "10.7.0.0/24", "rangeStart": "10.7.0.50", "rangeEnd": "10.7.0.40"}]]}),
     ];
     for (i, ipam) in bad.into_iter().enumerate() {
         let c = conf(V, "net", &sb.data_dir(), ipam);
@@ -199,6 +200,22 @@ fn exhaustion_in_second_set_changes_nothing_unlike_reference() {
     let after_ref = state(&sb.root.join("ref/net"));
     assert_ne!(after_ref, before_ref, "the reference no longer advances last_reserved_ip on failure?");
     assert_eq!(after_ref["last_reserved_ip.0"], "10.8.0.3");
+}
+
+/// Deliberate difference: the network address inside rangeStart-rangeEnd is handed out by the
+/// reference, never by us.
+#[test]
+fn network_address_never_handed_out_unlike_reference() {
+    if !reference_available() {
+        return;
+    }
+    let sb = Sandbox::new("netaddr");
+    let ipam = json!({"ranges": [[{"subnet": "10.10.0.0/24", "rangeStart": "10.10.0.0", "rangeEnd": "10.10.0.2"}]]});
+    let c = conf(V, "net", &sb.root.join("ours"), ipam.clone());
+    let r = conf(V, "net", &sb.root.join("ref"), ipam);
+    assert_eq!(add(REFERENCE, "a", &r).ips(), ["10.10.0.0/24"]);
+    assert_eq!(add(OURS, "a", &c).ips(), ["10.10.0.2/24"]);
+    assert_eq!(add(OURS, "b", &c).code(), 102);
 }
 
 #[test]
