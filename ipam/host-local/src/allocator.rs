@@ -138,11 +138,11 @@ pub fn allocate(
     store: &mut dyn Store,
 ) -> Result<Vec<Lease>, CniError> {
     let held = store.held_by(cid, ifname)?;
-    if !held.is_empty() {
+    if let Some(first) = held.first() {
         let list: Vec<String> = held.iter().map(|ip| ip.to_string()).collect();
+        let who = store.owner_of(*first)?.map(|o| o.describe()).unwrap_or_else(|| format!("container {cid} interface {ifname}"));
         return Err(CniError::Conflict(format!(
-            "{} {} been allocated to container {cid} interface {ifname}: duplicate allocation is not allowed \
-             (DEL the attachment first)",
+            "{} {} been allocated to {who}: duplicate allocation is not allowed (DEL the attachment first)",
             list.join(", "),
             if list.len() == 1 { "has" } else { "have" }
         )));
@@ -341,7 +341,7 @@ mod tests {
         let mut st = MemStore::default();
         st.leases.insert(ip("10.0.0.7"), Owner::Legacy { container_id: "old".into() });
         let e = allocate(&sets, &[], "old", "eth0", &mut st).unwrap_err();
-        assert!(e.to_string().contains("10.0.0.7"));
+        assert!(e.to_string().contains("10.0.0.7") && e.to_string().contains("container old:"), "{e}");
         assert_eq!(st.release("old", "eth0"), vec![ip("10.0.0.7")]);
     }
 
