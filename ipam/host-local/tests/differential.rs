@@ -322,7 +322,7 @@ fn concurrent_mixed_implementations() {
             let (c, live) = (Arc::clone(&c), Arc::clone(&live));
             std::thread::spawn(move || {
                 // Workers alternate implementations per call, so each releases leases the other made.
-                let pick = |i: usize| if (w + i) % 2 == 0 { OURS } else { REFERENCE };
+                let pick = |i: usize| if (w + i) & 1 == 0 { OURS } else { REFERENCE };
                 let mut prev: Option<(String, String)> = None;
                 for i in 0..60 {
                     let cid = format!("m{w}-{i}");
