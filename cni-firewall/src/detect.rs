@@ -118,44 +118,126 @@ pub fn save_shows_rules(dump: &str) -> bool {
 }
 
 /// Pick the backend: the configured one when given (`"nftables"` / `"iptables"`, anything else is
-/// an `InvalidConfig` error naming the value); otherwise iptables when the host already has
-/// iptables rules and usable iptables tools, else nftables (iptables when `nft` is missing).
+/// an `InvalidConfig` error naming the value); otherwise, and stable across calls: nftables when
+/// this project's nftables tables already exist, iptables when the host already uses iptables and
+/// has usable iptables tools, else nftables (iptables when `nft` is missing).
 pub fn choose_backend(configured: Option<&str>) -> Result<Backend, CniError> {
     choose_backend_with(configured, &ProcessRunner::new())
 }
 
-/// [`choose_backend`] spawning through `runner` (at most two `iptables-save` processes, only when
-/// no backend is configured).
-pub fn choose_backend_with(configured: Option<&str>, runner: &dyn CommandRunner) -> Result<Backend, CniError> {
+fn configured_backend(configured: Option<&str>) -> Result<Option<Backend>, CniError> {
     match configured {
-        Some("nftables") => return Ok(Backend::Nftables),
-        Some("iptables") => return Ok(Backend::Iptables),
-        Some("") | None => {}
-        Some(other) => {
-            return Err(CniError::InvalidConfig(format!(
-                "unknown firewall backend {other:?} (expected \"nftables\" or \"iptables\")"
-            )))
+        Some("nftables") => Ok(Some(Backend::Nftables)),
+        Some("iptables") => Ok(Some(Backend::Iptables)),
+        Some("") | None => Ok(None),
+        Some(other) => Err(CniError::InvalidConfig(format!(
+            "unknown firewall backend {other:?} (expected \"nftables\" or \"iptables\")"
+        ))),
+    }
+}
+
+/// What the host's firewall looks like, as far as the backend choice is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostFirewall {
+    /// `nft` is installed.
+    pub nft: bool,
+    /// A table of this project (`cnirs_*`) exists in nf_tables.
+    pub ours_nft: bool,
+    /// iptables is in use: iptables-nft tables (`ip`/`ip6` nat, filter, mangle, raw, security) or
+    /// loaded iptables-legacy tables.
+    pub iptables_in_use: bool,
+    /// iptables-restore / ip6tables-restore exist.
+    pub iptables_tools: bool,
+}
+
+/// Whether `nft list tables` output names iptables-nft tables and tables of ours.
+pub fn classify_nft_tables(listing: &str) -> (bool, bool) {
+    let mut ours = false;
+    let mut ipt = false;
+    for line in listing.lines() {
+        let mut it = line.split_whitespace();
+        if it.next() != Some("table") {
+            continue;
+        }
+        let (family, name) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+        if name.starts_with("cnirs_") {
+            ours = true;
+        }
+        if matches!(family, "ip" | "ip6") && matches!(name, "nat" | "filter" | "mangle" | "raw" | "security") {
+            ipt = true;
         }
     }
+    (ours, ipt)
+}
+
+fn legacy_tables_loaded() -> bool {
+    ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
+        .iter()
+        .any(|p| std::fs::read_to_string(p).map(|s| !s.trim().is_empty()).unwrap_or(false))
+}
+
+/// Observe the host with at most one process (`nft list tables`) and two /proc reads.
+pub fn observe_host(runner: &dyn CommandRunner) -> HostFirewall {
     let ipt = IptablesTools::detect();
-    if let Some(tools) = &ipt {
-        for fam in Family::BOTH {
-            if let Some(t) = tools.family(fam) {
-                if let Ok(out) = runner.run(&t.save, &[], None) {
-                    if out.success && save_shows_rules(&out.stdout) {
-                        return Ok(Backend::Iptables);
-                    }
-                }
+    let mut host = HostFirewall {
+        iptables_tools: ipt.as_ref().is_some_and(|t| t.v4.is_some() || t.v6.is_some()),
+        iptables_in_use: legacy_tables_loaded(),
+        ..Default::default()
+    };
+    if let Some(nft) = find_program("nft") {
+        host.nft = true;
+        if let Ok(out) = runner.run(&nft, &["list", "tables"], None) {
+            if out.success {
+                let (ours, ipt_tables) = classify_nft_tables(&out.stdout);
+                host.ours_nft = ours;
+                host.iptables_in_use |= ipt_tables;
             }
         }
     }
-    if find_program("nft").is_some() {
+    host
+}
+
+/// The automatic choice for an observed host.
+pub fn choose_for(host: &HostFirewall) -> Result<Backend, CniError> {
+    if host.ours_nft {
         return Ok(Backend::Nftables);
     }
-    if ipt.map(|t| t.v4.is_some() || t.v6.is_some()).unwrap_or(false) {
+    if host.iptables_in_use && host.iptables_tools {
+        return Ok(Backend::Iptables);
+    }
+    if host.nft {
+        return Ok(Backend::Nftables);
+    }
+    if host.iptables_tools {
         return Ok(Backend::Iptables);
     }
     Err(CniError::NotAvailable("no firewall tool found: neither nft nor iptables-restore is installed".into()))
+}
+
+/// [`choose_backend`] spawning through `runner` (at most one `nft list tables`, only when no backend
+/// is configured).
+pub fn choose_backend_with(configured: Option<&str>, runner: &dyn CommandRunner) -> Result<Backend, CniError> {
+    if let Some(b) = configured_backend(configured)? {
+        return Ok(b);
+    }
+    choose_for(&observe_host(runner))
+}
+
+/// Backends to remove an attachment's state from (DEL, GC): the configured one, or, when the choice
+/// is automatic (and may have changed since ADD), every backend that may hold state of ours.
+pub fn teardown_backends(configured: Option<&str>) -> Result<Vec<Backend>, CniError> {
+    if let Some(b) = configured_backend(configured)? {
+        return Ok(vec![b]);
+    }
+    let host = observe_host(&ProcessRunner::new());
+    let mut out = Vec::new();
+    if host.ours_nft {
+        out.push(Backend::Nftables);
+    }
+    if host.iptables_in_use && host.iptables_tools {
+        out.push(Backend::Iptables);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -181,5 +263,27 @@ mod tests {
         assert!(save_shows_rules("*nat\n:CNI-abc - [0:0]\nCOMMIT\n"));
         assert!(save_shows_rules("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n"));
         assert!(save_shows_rules("*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j DOCKER\nCOMMIT\n"));
+    }
+
+    #[test]
+    fn nft_listing_classified() {
+        assert_eq!(classify_nft_tables(""), (false, false));
+        assert_eq!(classify_nft_tables("table inet cnirs_masquerade\n"), (true, false));
+        assert_eq!(classify_nft_tables("table ip nat\ntable inet firewalld\n"), (false, true));
+        assert_eq!(classify_nft_tables("table ip6 filter\ntable inet cnirs_hostport\n"), (true, true));
+        assert_eq!(classify_nft_tables("table inet nat\n"), (false, false));
+    }
+
+    #[test]
+    fn automatic_choice_is_sticky() {
+        let h = |nft, ours_nft, iptables_in_use, iptables_tools| HostFirewall { nft, ours_nft, iptables_in_use, iptables_tools };
+        // our nftables state wins over iptables that appeared later
+        assert_eq!(choose_for(&h(true, true, true, true)).unwrap(), Backend::Nftables);
+        assert_eq!(choose_for(&h(true, false, true, true)).unwrap(), Backend::Iptables);
+        assert_eq!(choose_for(&h(true, false, false, true)).unwrap(), Backend::Nftables);
+        assert_eq!(choose_for(&h(false, false, false, true)).unwrap(), Backend::Iptables);
+        // iptables in use but no tools: nftables
+        assert_eq!(choose_for(&h(true, false, true, false)).unwrap(), Backend::Nftables);
+        assert_eq!(choose_for(&h(false, false, false, false)).unwrap_err().code(), 50);
     }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub use cni_common::error::CniError;
 pub use ipnetwork::IpNetwork;
 
-pub use detect::choose_backend;
+pub use detect::{choose_backend, teardown_backends};
 
 /// Which tool programs the firewall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -222,6 +222,44 @@ pub trait Firewall: Send + Sync {
 
     /// Whether the backend can run here (binary present, kernel answers).
     fn status(&self) -> Result<(), CniError>;
+}
+
+/// Run a teardown (DEL, GC) on every backend that may hold state of ours: the configured one, or
+/// each one in use when the choice is automatic (it may have changed since ADD). Every backend is
+/// tried; the first error is returned.
+pub fn teardown_each(
+    configured: Option<&str>,
+    mut f: impl FnMut(&dyn Firewall) -> Result<(), CniError>,
+) -> Result<(), CniError> {
+    let mut first = None;
+    for b in teardown_backends(configured)? {
+        if let Err(e) = f(&*firewall(b)) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Run a CHECK on the chosen backend; when the choice is automatic and that fails, the state may
+/// live in another backend in use: it passes if any of them passes.
+pub fn check_any(
+    configured: Option<&str>,
+    f: impl Fn(&dyn Firewall) -> Result<(), CniError>,
+) -> Result<(), CniError> {
+    let chosen = choose_backend(configured)?;
+    let err = match f(&*firewall(chosen)) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if configured.is_some_and(|c| !c.is_empty()) {
+        return Err(err);
+    }
+    for b in teardown_backends(configured)?.into_iter().filter(|b| *b != chosen) {
+        if f(&*firewall(b)).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(err)
 }
 
 /// The firewall of `backend`, running the system's tools.

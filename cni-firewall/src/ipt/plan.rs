@@ -188,12 +188,22 @@ pub fn plan_masq_del_blind(key: &AttachmentKey, addrs: &[IpNetwork], fam: Family
 /// DEL knowing the table. With addresses: the POSTROUTING jumps from them (also the legacy
 /// `-s <subnet>` form); the chain goes when no other jump uses it (another ifname of the same
 /// container shares it: the reference chain name ignores ifname). Without addresses: every jump to
-/// the key's chain and the chain.
+/// the key's chain and the chain — unless the jumps come from more than one source, i.e. several
+/// interfaces of the container share the chain and this one's cannot be told apart: then nothing
+/// is removed (a later DEL with addresses, or GC once the container is gone, removes it).
 pub fn plan_masq_del(key: &AttachmentKey, addrs: &[IpNetwork], fam: Family, saved: &SavedTable) -> Option<RestoreScript> {
     let addrs = of_family(addrs, fam);
     let chain = masq_chain(key);
     let jumps: Vec<&SavedRule> = saved.rules.iter().filter(|r| r.target() == Some(chain.as_str()) && r.chain != chain).collect();
+    let sources: BTreeSet<&str> = jumps.iter().filter_map(|r| r.value("-s")).collect();
     let (del, keep): (Vec<&SavedRule>, Vec<&SavedRule>) = if addrs.is_empty() {
+        if sources.len() > 1 {
+            eprintln!(
+                "masquerade of {:?}: chain {chain} is shared by interfaces {sources:?} and no address of {:?} is known; left in place",
+                key.container_id, key.ifname
+            );
+            return None;
+        }
         (jumps, Vec::new())
     } else {
         let srcs: BTreeSet<String> = addrs.iter().flat_map(|a| [host_cidr(a.ip()), subnet_str(a)]).collect();

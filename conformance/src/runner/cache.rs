@@ -98,7 +98,8 @@ pub fn write(cache_dir: &Path, network: &str, config: &[u8], rc: &RuntimeConf, r
         result: result.clone(),
     };
     let bytes = serde_json::to_vec(&entry).map_err(|e| cache_err(&path, e))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", network, std::process::id()));
+    // Unique per attachment and process: concurrent ADDs of one network must not share a temp file.
+    let tmp = dir.join(format!(".{}-{}-{}.tmp-{}", network, rc.container_id, rc.ifname, std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

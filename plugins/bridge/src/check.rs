@@ -30,13 +30,13 @@ pub fn check(req: &Request, conf: &BridgeConf) -> Result<(), CniError> {
     if conf.ip_masq {
         let addrs = prev.ips.iter().map(|ip| ip.address).collect::<Vec<_>>();
         if !addrs.is_empty() {
-            let fw = cni_firewall::firewall(cni_firewall::choose_backend(conf.ip_masq_backend.as_deref())?);
             let key = cni_firewall::AttachmentKey {
                 network: req.conf.name.clone(),
                 container_id: req.container_id.clone(),
                 ifname: req.ifname.clone(),
             };
-            fw.check_masquerade(&cni_firewall::MasqSpec { key, addrs })?;
+            let spec = cni_firewall::MasqSpec { key, addrs };
+            cni_firewall::check_any(conf.ip_masq_backend.as_deref(), |fw| fw.check_masquerade(&spec))?;
         }
     }
     Ok(())

@@ -22,13 +22,17 @@ pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[I
     if has_v6 {
         // IPv6 may be administratively disabled on new interfaces; addresses need it on.
         sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
-        // Duplicate address detection delays the address by a second or more; skip it unless asked.
-        let dad = if conf.enable_dad { "1" } else { "0" };
-        sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad)?;
-        if conf.enable_dad {
-            let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
-        }
         let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
+    }
+    // Duplicate address detection delays addresses (also the link-local one) by a second or more;
+    // off unless asked, as the reference does. Absent when the kernel has IPv6 disabled: not an error.
+    let dad = if conf.enable_dad { "1" } else { "0" };
+    let dad_set = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad);
+    if has_v6 {
+        dad_set?;
+    }
+    if conf.enable_dad {
+        let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
     }
     let _ = sysctl::write_if_different(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
     for addr in &plan.addrs {

@@ -166,9 +166,9 @@ impl Plugin for Bridge {
         }
         if conf.ip_masq {
             // Found by (network, container ID, ifname) even without addresses or netns.
-            match firewall(&conf).and_then(|fw| fw.del_masquerade(&key(req), &addrs)) {
-                Ok(()) => {}
-                Err(e) => errors.push(e),
+            let k = key(req);
+            if let Err(e) = cni_firewall::teardown_each(conf.ip_masq_backend.as_deref(), |fw| fw.del_masquerade(&k, &addrs)) {
+                errors.push(e);
             }
         }
         match errors.into_iter().next() {
@@ -206,7 +206,8 @@ impl Plugin for Bridge {
                 .into_iter()
                 .map(|a| AttachmentKey { network: req.conf.name.clone(), container_id: a.container_id, ifname: a.ifname })
                 .collect();
-            if let Err(e) = firewall(&conf).and_then(|fw| fw.gc_masquerade(&req.conf.name, &valid)) {
+            let net = &req.conf.name;
+            if let Err(e) = cni_firewall::teardown_each(conf.ip_masq_backend.as_deref(), |fw| fw.gc_masquerade(net, &valid)) {
                 errors.push(e);
             }
         }

@@ -5,7 +5,7 @@ use crate::conntrack_flush;
 use cni_common::error::CniError;
 use cni_common::result::CniResult;
 use cni_common::skel::{Plugin, Request};
-use cni_firewall::{AttachmentKey, Backend, Firewall};
+use cni_firewall::{AttachmentKey, Firewall};
 
 pub struct Portmap;
 
@@ -15,19 +15,6 @@ fn key(req: &Request) -> AttachmentKey {
 
 fn firewall(conf: &PortmapConf) -> Result<Box<dyn Firewall>, CniError> {
     Ok(cni_firewall::firewall(cni_firewall::choose_backend(conf.backend.as_deref())?))
-}
-
-/// Backends to tear down in: the configured one, or every usable one when the choice was automatic
-/// (the automatic choice may differ between ADD and DEL).
-fn teardown_firewalls(conf: &PortmapConf) -> Vec<Box<dyn Firewall>> {
-    match conf.backend.as_deref() {
-        Some(_) => firewall(conf).into_iter().collect(),
-        None => [Backend::Nftables, Backend::Iptables]
-            .into_iter()
-            .map(cni_firewall::firewall)
-            .filter(|fw| fw.status().is_ok())
-            .collect(),
-    }
 }
 
 fn prev_required(req: &Request) -> Result<CniResult, CniError> {
@@ -64,13 +51,8 @@ impl Plugin for Portmap {
         if conf.mappings.is_empty() {
             return Ok(());
         }
-        let mut first_err = None;
-        for fw in teardown_firewalls(&conf) {
-            if let Err(e) = fw.del_portmap(&key(req)) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        let k = key(req);
+        cni_firewall::teardown_each(conf.backend.as_deref(), |fw| fw.del_portmap(&k))
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
@@ -80,7 +62,8 @@ impl Plugin for Portmap {
             return Ok(());
         }
         let (v4, v6) = config::container_addrs(&prev, &req.ifname);
-        firewall(&conf)?.check_portmap(&config::spec(req, &conf, v4, v6)?)
+        let spec = config::spec(req, &conf, v4, v6)?;
+        cni_firewall::check_any(conf.backend.as_deref(), |fw| fw.check_portmap(&spec))
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
@@ -94,12 +77,6 @@ impl Plugin for Portmap {
             .into_iter()
             .map(|a| AttachmentKey::new(req.conf.name.clone(), a.container_id, a.ifname))
             .collect();
-        let mut first_err = None;
-        for fw in teardown_firewalls(&conf) {
-            if let Err(e) = fw.gc_portmap(&req.conf.name, &valid) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        cni_firewall::teardown_each(conf.backend.as_deref(), |fw| fw.gc_portmap(&req.conf.name, &valid))
     }
 }
