@@ -185,6 +185,8 @@ pub struct IsolationSpec {
     pub bridge: String,
     /// Which families to program (iptables layout is per family; nftables `inet` covers both).
     pub families: Vec<Family>,
+    /// Connections DNAT-ed to this bridge (published ports) pass the isolation of other bridges.
+    pub allow_published: bool,
 }
 
 /// The firewall operations plugins need. One implementation per backend.

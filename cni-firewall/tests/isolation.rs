@@ -10,7 +10,7 @@ use common::*;
 use serde_json::json;
 
 fn iso(br: &str) -> IsolationSpec {
-    IsolationSpec { bridge: br.into(), families: vec![Family::V4, Family::V6] }
+    IsolationSpec { bridge: br.into(), families: vec![Family::V4, Family::V6], allow_published: false }
 }
 
 fn bridges_present(flavor: Flavor) -> Vec<String> {

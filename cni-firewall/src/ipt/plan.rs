@@ -603,6 +603,13 @@ pub fn iso_stage1_bridge(br: &str) -> SavedRule {
 pub fn iso_stage2_bridge(br: &str) -> SavedRule {
     SavedRule::new(STAGE2, sv(&["-o", br, "-m", "comment", "--comment", ISOLATION_COMMENT, "-j", "DROP"]))
 }
+/// `allowPublished`: connections DNAT-ed to the bridge (published ports) are not dropped.
+pub fn iso_stage2_published(br: &str) -> SavedRule {
+    SavedRule::new(
+        STAGE2,
+        sv(&["-o", br, "-m", "conntrack", "--ctstate", "DNAT", "-m", "comment", "--comment", ISOLATION_COMMENT, "-j", "RETURN"]),
+    )
+}
 pub fn iso_return(chain: &str) -> SavedRule {
     SavedRule::new(chain, sv(&["-m", "comment", "--comment", ISOLATION_COMMENT, "-j", "RETURN"]))
 }
@@ -617,6 +624,9 @@ pub fn plan_isolation_check_only(spec: &IsolationSpec) -> RestoreScript {
     let mut s = RestoreScript::new("filter");
     for r in iso_rules(&spec.bridge) {
         s_check(&mut s, &r);
+    }
+    if spec.allow_published {
+        s_check(&mut s, &iso_stage2_published(&spec.bridge));
     }
     s
 }
@@ -640,13 +650,20 @@ pub fn plan_isolation_add(spec: &IsolationSpec, saved: &SavedTable) -> Option<Re
             s.append(&iso_return(chain));
         }
     }
+    // Inserted after the DROP so it lands above it.
+    let published = iso_stage2_published(br);
+    match (spec.allow_published, saved.contains(&published)) {
+        (true, false) => s.insert(&published),
+        (false, true) => s.delete(&published),
+        _ => {}
+    }
     some(s)
 }
 
 fn bridge_of_stage_rule(r: &SavedRule) -> Option<&str> {
     if r.chain == STAGE1 && r.target() == Some(STAGE2) {
         r.value("-i")
-    } else if r.chain == STAGE2 && r.target() == Some("DROP") {
+    } else if r.chain == STAGE2 && (r.target() == Some("DROP") || (r.target() == Some("RETURN") && r.value("-o").is_some())) {
         r.value("-o")
     } else {
         None
@@ -711,6 +728,10 @@ pub fn check_isolation(spec: &IsolationSpec, fam: Family, saved: &SavedTable) ->
         if !saved.contains(&r) {
             return Err(format!("{} filter chain {} lacks `{}`", fam_name(fam), r.chain, r.line("-A")));
         }
+    }
+    let published = iso_stage2_published(&spec.bridge);
+    if spec.allow_published && !saved.contains(&published) {
+        return Err(format!("{} filter chain {STAGE2} lacks `{}`", fam_name(fam), published.line("-A")));
     }
     Ok(())
 }
@@ -934,7 +955,7 @@ COMMIT
 
     #[test]
     fn isolation_plans() {
-        let spec = IsolationSpec { bridge: "br1".into(), families: vec![Family::V4] };
+        let spec = IsolationSpec { bridge: "br1".into(), families: vec![Family::V4], allow_published: false };
         let s = plan_isolation_add(&spec, &SavedTable::default()).unwrap().render();
         assert_eq!(
             s,

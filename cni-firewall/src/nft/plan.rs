@@ -525,8 +525,9 @@ pub fn check_portmap(spec: &PortMapSpec, st: Option<&TableState>) -> Result<(), 
 // Isolation: table inet cnirs_isolation
 //
 //   set isolated { type ifname }                   every isolated bridge
+//   set published { type ifname }                  isolated bridges whose published ports others reach
 //   map by_iif { type ifname : verdict }           bridge -> goto b-<16 hex sha512(bridge)>
-//   chain forward { filter forward 0: iifname vmap @by_iif }
+//   chain forward { filter forward 0: ct status dnat oifname @published accept; iifname vmap @by_iif }
 //   chain b-<hash> { oifname != "<bridge>" oifname @isolated drop }
 // ---------------------------------------------------------------------------------------------
 
@@ -538,8 +539,19 @@ pub fn isolation_chain(bridge: &str) -> String {
     format!("b-{}", hash_parts(&[bridge], 16))
 }
 
-fn isolation_forward_rule() -> Rule {
-    Rule::new(vec![Expr::Vmap { key: vec![Field::Iifname], map: "by_iif".into() }])
+fn isolation_forward_rules() -> [Rule; 2] {
+    [
+        Rule::new(vec![
+            Expr::CtStatusDnat,
+            Expr::Lookup { key: vec![Field::Oifname], set: "published".into(), negate: false },
+            Expr::Verdict(Verdict::Accept),
+        ]),
+        Rule::new(vec![Expr::Vmap { key: vec![Field::Iifname], map: "by_iif".into() }]),
+    ]
+}
+
+fn published_elem(bridge: &str) -> Element {
+    Element { key: vec![Value::Ifname(bridge.into())], verdict: None }
 }
 
 fn isolation_bridge_rule(bridge: &str) -> Rule {
@@ -567,17 +579,25 @@ pub fn plan_isolation_add_with_state(spec: &IsolationSpec, st: Option<&TableStat
     let mut ops = vec![
         Op::AddTable(t.clone()),
         Op::AddSet { table: t.clone(), set: SetDef { name: "isolated".into(), key: vec![DataType::Ifname], verdict_map: false } },
+        Op::AddSet { table: t.clone(), set: SetDef { name: "published".into(), key: vec![DataType::Ifname], verdict_map: false } },
         vmap_def(&t, "by_iif".into(), vec![DataType::Ifname]),
         base(&t, "forward", ChainType::Filter, Hook::Forward, PRIO_FILTER),
         Op::FlushChain { table: t.clone(), name: "forward".into() },
-        Op::AddRule { table: t.clone(), chain: "forward".into(), rule: isolation_forward_rule() },
     ];
+    for rule in isolation_forward_rules() {
+        ops.push(Op::AddRule { table: t.clone(), chain: "forward".into(), rule });
+    }
     fill_chain(&t, &isolation_chain(br), Some(format!("bridge: {}", crate::names::sanitize(br))), &[isolation_bridge_rule(br)], &mut ops);
     let (iso, by) = isolation_elems(br);
     if let Some(st) = st {
         evict_conflicts(&t, st, "by_iif", std::slice::from_ref(&by), &mut ops);
     }
     ops.push(Op::AddElements { table: t.clone(), set: "isolated".into(), elems: vec![iso] });
+    if spec.allow_published {
+        ops.push(Op::AddElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(br)] });
+    } else if st.and_then(|st| st.set("published")).is_some_and(|s| s.get(&published_elem(br).key).is_some()) {
+        ops.push(Op::DeleteElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(br)] });
+    }
     ops.push(Op::AddElements { table: t, set: "by_iif".into(), elems: vec![by] });
     ops
 }
@@ -616,15 +636,17 @@ fn plan_isolation_remove(bridges: &[String], st: &TableState) -> Vec<Op> {
             ops.push(Op::DeleteElements { table: t.clone(), set: "by_iif".into(), elems: el });
         }
     }
-    if let Some(s) = st.set("isolated") {
-        let el: Vec<Element> = s
-            .elems
-            .iter()
-            .filter(|e| e.key.first().is_some_and(|k| bridges.iter().any(|b| *k == Value::Ifname(b.clone()))))
-            .cloned()
-            .collect();
-        if !el.is_empty() {
-            ops.push(Op::DeleteElements { table: t.clone(), set: "isolated".into(), elems: el });
+    for set in ["isolated", "published"] {
+        if let Some(s) = st.set(set) {
+            let el: Vec<Element> = s
+                .elems
+                .iter()
+                .filter(|e| e.key.first().is_some_and(|k| bridges.iter().any(|b| *k == Value::Ifname(b.clone()))))
+                .cloned()
+                .collect();
+            if !el.is_empty() {
+                ops.push(Op::DeleteElements { table: t.clone(), set: set.into(), elems: el });
+            }
         }
     }
     for c in chains {
@@ -673,13 +695,22 @@ pub fn plan_isolation_gc(valid_bridges: &[String], st: &TableState) -> Vec<Op> {
 
 pub fn check_isolation(spec: &IsolationSpec, st: Option<&TableState>) -> Result<(), String> {
     let Some(st) = st else { return Err(format!("table inet {ISOLATION_TABLE} is missing")) };
-    check_rules(st, "forward", &[isolation_forward_rule()], "isolation")?;
+    check_rules(st, "forward", &isolation_forward_rules(), "isolation")?;
     check_rules(st, &isolation_chain(&spec.bridge), &[isolation_bridge_rule(&spec.bridge)], "isolation")?;
     let (iso, by) = isolation_elems(&spec.bridge);
     check_elems(st, "by_iif", &[by], "isolation")?;
     let Some(s) = st.set("isolated") else { return Err("isolation: set isolated is missing".into()) };
     if s.get(&iso.key).is_none() {
         return Err(format!("isolation: bridge {} is not in set isolated", spec.bridge));
+    }
+    let published = st.set("published").is_some_and(|s| s.get(&published_elem(&spec.bridge).key).is_some());
+    if published != spec.allow_published {
+        return Err(format!(
+            "isolation: bridge {} is {}in set published (allowPublished is {})",
+            spec.bridge,
+            if published { "" } else { "not " },
+            spec.allow_published
+        ));
     }
     Ok(())
 }
@@ -836,9 +867,13 @@ add element inet cnirs_masquerade masq6 {{ fd01::5 : goto {chain} }}
 
     #[test]
     fn isolation_plan() {
-        let spec = IsolationSpec { bridge: "br1".into(), families: vec![Family::V4] };
+        let spec = IsolationSpec { bridge: "br1".into(), families: vec![Family::V4], allow_published: true };
         let s = render_script(&plan_isolation_add(&spec));
         let c = isolation_chain("br1");
+        assert!(s.contains("add rule inet cnirs_isolation forward ct status dnat oifname @published accept"), "{s}");
+        assert!(s.contains("add element inet cnirs_isolation published { \"br1\" }"), "{s}");
+        let closed = render_script(&plan_isolation_add(&IsolationSpec { allow_published: false, ..spec.clone() }));
+        assert!(!closed.contains("add element inet cnirs_isolation published"), "{closed}");
         assert!(s.contains(&format!("add rule inet cnirs_isolation {c} oifname != \"br1\" oifname @isolated drop")));
         assert!(s.contains(&format!("add element inet cnirs_isolation by_iif {{ \"br1\" : goto {c} }}")));
         assert!(s.contains("add rule inet cnirs_isolation forward iifname vmap @by_iif"));

@@ -1,0 +1,12 @@
+//! CNI `isolation` plugin: drops traffic between bridge networks that use isolation (Docker's
+//! DOCKER-ISOLATION chains), and with `icc: false` between containers of one bridge (Docker's
+//! `enable_icc=false`, done with bridge port isolation so it needs no br_netfilter). Chained after
+//! `bridge` (and `portmap`); passes prevResult through.
+
+mod config;
+mod plugin;
+mod ports;
+
+fn main() {
+    std::process::exit(cni_common::skel::run(&plugin::Isolation));
+}
