@@ -24,3 +24,4 @@ pub mod skel;
 pub mod invoke;
 pub mod gc;
 pub mod conntrack;
+pub mod oplog;

@@ -319,12 +319,31 @@ fn dispatch(plugin: &dyn Plugin, req: &Request) -> Result<Option<String>, CniErr
     }
 }
 
+/// One line in the operator log, when one is configured (see [`crate::oplog`]).
+fn log_operation(plugin: &dyn Plugin, stdin: &[u8], took: std::time::Duration, outcome: &Result<Option<String>, CniError>) {
+    let conf = serde_json::from_slice::<Value>(stdin).ok();
+    let Some(path) = crate::oplog::target(conf.as_ref(), std::env::var(crate::oplog::ENV).ok()) else { return };
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let network = conf.as_ref().and_then(|c| c.get("name")).and_then(Value::as_str).unwrap_or_default();
+    let entry = crate::oplog::Entry {
+        plugin: plugin.name(),
+        command: &env("CNI_COMMAND"),
+        network,
+        container_id: &env("CNI_CONTAINERID"),
+        ifname: &env("CNI_IFNAME"),
+        error: outcome.as_ref().err().map(|e| (e.code(), e.to_string())),
+        duration: took,
+    };
+    crate::oplog::append(&path, &entry);
+}
+
 /// Run `plugin` as the process: returns the exit code after printing the result or error object.
 pub fn run(plugin: &dyn Plugin) -> i32 {
     if std::env::var_os("CNI_COMMAND").is_none() {
         eprint!("{}", about(plugin));
         return 0;
     }
+    let started = std::time::Instant::now();
     let mut stdin = Vec::new();
     // Read one byte more than the limit so an oversized config is detected without reading it all.
     let read = std::io::stdin().lock().take(MAX_STDIN as u64 + 1).read_to_end(&mut stdin);
@@ -350,6 +369,7 @@ pub fn run(plugin: &dyn Plugin) -> i32 {
             }
         }
     };
+    log_operation(plugin, &stdin, started.elapsed(), &outcome);
     let mut out = std::io::stdout().lock();
     match outcome {
         Ok(text) => {

@@ -1,0 +1,48 @@
+//! The operator log: one line per operation in the file named by `logFile` or `CNI_LOG_FILE`,
+//! never on stdout.
+
+use conformance::plugins::our_plugins;
+use conformance::runner::RuntimeConf;
+use conformance::{require_root, Sandbox};
+use serde_json::json;
+
+#[test]
+fn one_line_per_operation_and_stdout_untouched() {
+    require_root();
+    let dir = our_plugins(&["loopback"]);
+    let sb = Sandbox::new().unwrap();
+    let c = sb.container().unwrap();
+    let rt = sb.runtime(&dir);
+    let log = sb.tempdir().join("ops.log");
+    let rc = RuntimeConf::new("oplog-1", c.path().to_str().unwrap(), "eth0");
+    let mut env: Vec<(&str, String)> = rc.env().into_iter().map(|(k, v)| (k, v)).collect();
+    env.push(("CNI_LOG_FILE", log.to_str().unwrap().to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let cfg = json!({"cniVersion": "1.1.0", "name": "oplog-net", "type": "loopback"}).to_string();
+    let add = rt.exec_plugin("loopback", "ADD", cfg.as_bytes(), &env).unwrap();
+    assert!(add.success(), "{}", add.stdout_str());
+    // stdout is exactly the result
+    let result: serde_json::Value = serde_json::from_slice(&add.stdout).unwrap();
+    assert_eq!(result["interfaces"][0]["name"], "lo");
+
+    // a failing operation, with the log named by the config field instead
+    let log2 = sb.tempdir().join("ops2.log");
+    let bad = json!({"cniVersion": "1.1.0", "name": "oplog-net", "type": "loopback", "logFile": log2.to_str().unwrap()});
+    let env_no_ns: Vec<(&str, &str)> =
+        env.iter().map(|(k, v)| if *k == "CNI_NETNS" { (*k, "/run/netns/does-not-exist") } else { (*k, *v) }).collect();
+    let out = rt.exec_plugin("loopback", "ADD", bad.to_string().as_bytes(), &env_no_ns).unwrap();
+    assert!(!out.success());
+    assert_eq!(out.error_object().expect("error object").code, 8);
+
+    let del = rt.exec_plugin("loopback", "DEL", cfg.as_bytes(), &env).unwrap();
+    assert!(del.success() && del.stdout.is_empty(), "DEL printed {:?}", del.stdout_str());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains(" loopback ADD net=\"oplog-net\" cid=\"oplog-1\" if=\"eth0\" ok "), "{}", lines[0]);
+    assert!(lines[1].contains(" loopback DEL ") && lines[1].ends_with("ms"), "{}", lines[1]);
+    let text2 = std::fs::read_to_string(&log2).unwrap();
+    assert!(text2.contains("loopback ADD") && text2.contains("error code=8"), "{text2}");
+}
