@@ -141,7 +141,11 @@ fn repeated_add_and_options(flavor: Flavor) {
         a.mappings.truncate(1);
         fw.add_portmap(&a).unwrap();
         fw.check_portmap(&a).unwrap();
-        if flavor != Flavor::Nft {
+        if flavor == Flavor::Nft {
+            let mut c = a.clone();
+            c.conditions_v4 = Some(vec!["ip".into(), "saddr".into(), "10.0.0.0/8".into()]);
+            assert_eq!(fw.add_portmap(&c).unwrap_err().code(), 2, "conditions refused, not ignored");
+        } else {
             // the external mark chain must exist for iptables to accept the jump
             for fam in Family::BOTH {
                 sh(&flavor.cmd_bin(fam), &["-w", "-t", "nat", "-N", "KUBE-MARK-MASQ"]);

@@ -187,6 +187,13 @@ impl Firewall for NftFirewall {
 
     fn add_portmap(&self, spec: &PortMapSpec) -> Result<(), CniError> {
         validate_key(&spec.key)?;
+        // markMasqBit and externalSetMarkChain are iptables-only (as in the reference) and ignored;
+        // conditions would restrict which traffic is forwarded: refuse rather than ignore them.
+        if spec.conditions_v4.as_ref().is_some_and(|c| !c.is_empty()) || spec.conditions_v6.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(CniError::UnsupportedField(
+                "conditionsV4/conditionsV6 are not supported by the nftables backend of this suite; use backend \"iptables\"".into(),
+            ));
+        }
         self.add(&plan::hostport_table(), |st| plan::plan_portmap_add_with_state(spec, st))
             .map_err(|e| e.context("port mappings"))
     }

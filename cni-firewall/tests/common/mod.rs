@@ -48,6 +48,10 @@ impl NsHandle {
         let tid = nix::unistd::gettid();
         NsHandle(File::open(format!("/proc/self/task/{tid}/ns/net")).expect("open own netns"))
     }
+    /// A namespace by path (e.g. `/run/netns/x`).
+    pub fn open(path: &str) -> NsHandle {
+        NsHandle(File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}")))
+    }
     /// Spawn a thread that runs `f` inside this namespace.
     pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
         let fd = self.0.try_clone().unwrap();
@@ -87,6 +91,11 @@ pub fn sh(prog: &str, args: &[&str]) -> String {
     let out = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("{prog}: {e}"));
     assert!(out.status.success(), "{prog} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run a command, report success.
+pub fn ok(prog: &str, args: &[&str]) -> bool {
+    Command::new(prog).args(args).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// Run a command with stdin.
