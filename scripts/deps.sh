@@ -23,6 +23,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "cargo not found: install a Rust toolchain (1.80 or later), e.g. with rustup" >&2
+  echo "cargo not found: install a Rust toolchain (1.88 or later), e.g. with rustup" >&2
   exit 1
 fi
