@@ -264,19 +264,6 @@ pub fn check_any(
     Err(err)
 }
 
-/// Every backend whose tools are installed here, for teardown that must also find state left by
-/// the other backend (e.g. when the automatic choice changed between ADD and DEL).
-pub fn available_backends() -> Vec<Backend> {
-    let mut v = Vec::new();
-    if exec::find_program("nft").is_some() {
-        v.push(Backend::Nftables);
-    }
-    if detect::IptablesTools::detect().is_some_and(|t| t.v4.is_some() || t.v6.is_some()) {
-        v.push(Backend::Iptables);
-    }
-    v
-}
-
 /// The firewall of `backend`, running the system's tools.
 pub fn firewall(backend: Backend) -> Box<dyn Firewall> {
     firewall_with_runner(backend, Arc::new(exec::ProcessRunner::new()))

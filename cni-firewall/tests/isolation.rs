@@ -42,10 +42,10 @@ fn add_check_del(flavor: Flavor) {
     in_sandbox(move || {
         let (fw, runner) = make(flavor);
         let n = count(&runner, || fw.add_isolation(&iso("br1")).unwrap());
-        // iptables, first bridge: the check-only transaction fails, then read + write, per family
-        assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 6 });
+        // iptables, allowPublished false: read + write per family
+        assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 4 });
         fw.add_isolation(&iso("br2")).unwrap();
-        // already in place: one check-only transaction per family
+        // already in place: one read per family, nothing written
         let n = count(&runner, || fw.add_isolation(&iso("br1")).unwrap());
         assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 2 });
         fw.check_isolation(&iso("br1")).unwrap();
@@ -139,6 +139,34 @@ fn gc_flush_concurrent(flavor: Flavor) {
     });
 }
 
+fn allow_published_toggles(flavor: Flavor) {
+    in_sandbox(move || {
+        let (fw, runner) = make(flavor);
+        let open = IsolationSpec { allow_published: true, ..iso("br1") };
+        let n = count(&runner, || fw.add_isolation(&open).unwrap());
+        // iptables, first bridge: the check-only transaction fails, then read + write, per family
+        assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 6 });
+        // already in place: one check-only transaction per family
+        let n = count(&runner, || fw.add_isolation(&open).unwrap());
+        assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 2 });
+        fw.check_isolation(&open).unwrap();
+        assert_eq!(fw.check_isolation(&iso("br1")).unwrap_err().code(), 105);
+        // switched off by a later ADD without reading first
+        fw.add_isolation(&iso("br1")).unwrap();
+        fw.check_isolation(&iso("br1")).unwrap();
+        fw.add_isolation(&open).unwrap();
+        // DEL removes the published mark too; a re-created closed bridge is closed
+        fw.del_isolation("br1").unwrap();
+        fw.add_isolation(&iso("br1")).unwrap();
+        fw.check_isolation(&iso("br1")).unwrap();
+        fw.del_isolation("br1").unwrap();
+        assert!(bridges_present(flavor).is_empty());
+        if flavor == Flavor::Nft {
+            assert!(nft_elems(&nft_ruleset(), ISOLATION_TABLE, "published").is_empty());
+        }
+    });
+}
+
 macro_rules! per_flavor {
     ($($f:ident),*) => {
         mod nft { use super::*; $( #[test] fn $f() { super::$f(Flavor::Nft) } )* }
@@ -147,4 +175,4 @@ macro_rules! per_flavor {
     };
 }
 
-per_flavor!(add_check_del, gc_flush_concurrent);
+per_flavor!(add_check_del, gc_flush_concurrent, allow_published_toggles);

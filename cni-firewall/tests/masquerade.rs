@@ -259,14 +259,14 @@ fn gc(flavor: Flavor) {
         for s in [&a, &b, &c, &x] {
             fw.add_masquerade(s).unwrap();
         }
-        let n = count(&runner, || fw.gc_masquerade(NET, &[a.key.clone()]).unwrap());
+        let n = count(&runner, || fw.gc_masquerade(NET, std::slice::from_ref(&a.key)).unwrap());
         assert_eq!(n, if flavor == Flavor::Nft { 2 } else { 4 }, "GC: one read and one write per family");
         fw.check_masquerade(&a).unwrap();
         fw.check_masquerade(&x).unwrap();
         assert_eq!(fw.check_masquerade(&b).unwrap_err().code(), 105);
         assert_eq!(fw.check_masquerade(&c).unwrap_err().code(), 105);
         // nothing left to collect: reads only
-        let n = count(&runner, || fw.gc_masquerade(NET, &[a.key.clone()]).unwrap());
+        let n = count(&runner, || fw.gc_masquerade(NET, std::slice::from_ref(&a.key)).unwrap());
         assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 2 });
         fw.gc_masquerade("net2", &[]).unwrap();
         fw.check_masquerade(&a).unwrap();

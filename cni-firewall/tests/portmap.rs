@@ -214,7 +214,7 @@ fn gc_and_flush(flavor: Flavor) {
         for s in [&a, &b, &x] {
             fw.add_portmap(s).unwrap();
         }
-        fw.gc_portmap(NET, &[a.key.clone()]).unwrap();
+        fw.gc_portmap(NET, std::slice::from_ref(&a.key)).unwrap();
         fw.check_portmap(&a).unwrap();
         fw.check_portmap(&x).unwrap();
         assert!(!present(flavor, "b"));

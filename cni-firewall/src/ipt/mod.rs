@@ -219,7 +219,11 @@ impl Firewall for IptablesFirewall {
     fn add_isolation(&self, spec: &IsolationSpec) -> Result<(), CniError> {
         validate_ifname("bridge name", &spec.bridge)?;
         for fam in Family::BOTH.into_iter().filter(|f| spec.families.contains(f)) {
-            self.write(fam, "filter", Some(plan::plan_isolation_check_only(spec)), |t| plan::plan_isolation_add(spec, t))
+            // With allowPublished the check-only transaction proves everything is in place; without
+            // it, the absence of the published rule cannot be checked blind: read instead (also one
+            // process when nothing is to be done).
+            let blind = spec.allow_published.then(|| plan::plan_isolation_check_only(spec));
+            self.write(fam, "filter", blind, |t| plan::plan_isolation_add(spec, t))
                 .map_err(|e| e.context("isolation"))?;
         }
         Ok(())

@@ -730,8 +730,12 @@ pub fn check_isolation(spec: &IsolationSpec, fam: Family, saved: &SavedTable) ->
         }
     }
     let published = iso_stage2_published(&spec.bridge);
-    if spec.allow_published && !saved.contains(&published) {
-        return Err(format!("{} filter chain {STAGE2} lacks `{}`", fam_name(fam), published.line("-A")));
+    match (spec.allow_published, saved.contains(&published)) {
+        (true, false) => return Err(format!("{} filter chain {STAGE2} lacks `{}`", fam_name(fam), published.line("-A"))),
+        (false, true) => {
+            return Err(format!("{} filter chain {STAGE2} has `{}` but allowPublished is false", fam_name(fam), published.line("-A")))
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -919,7 +923,7 @@ COMMIT
         assert!(d.contains("-X CNI-DN-96499d5ef693007d260ed"));
         assert!(!d.contains("SETMARK -"), "shared chains stay: {d}");
         // GC
-        assert!(plan_portmap_gc("probenet", &[spec.key.clone()], &t).is_none());
+        assert!(plan_portmap_gc("probenet", std::slice::from_ref(&spec.key), &t).is_none());
         assert_eq!(plan_portmap_gc("probenet", &[], &t).unwrap().render(), d);
         // ADD on existing state replaces chain and entries
         let a = plan_portmap_add(&spec, Family::V4, &t).unwrap().render();

@@ -371,7 +371,7 @@ fn host_ip(m: &crate::PortMapping) -> Option<IpAddr> {
 
 /// Mappings that apply to family `fam`: no host IP, or a host IP of that family.
 fn mappings_for(spec: &PortMapSpec, fam: Family) -> impl Iterator<Item = &crate::PortMapping> {
-    spec.mappings.iter().filter(move |m| m.host_ip.map_or(true, |h| Family::of(&h) == fam))
+    spec.mappings.iter().filter(move |m| m.host_ip.is_none() || m.host_ip.is_some_and(|h| Family::of(&h) == fam))
 }
 
 pub fn hostport_dnat_rules(spec: &PortMapSpec) -> Vec<Rule> {
@@ -593,9 +593,9 @@ pub fn plan_isolation_add_with_state(spec: &IsolationSpec, st: Option<&TableStat
         evict_conflicts(&t, st, "by_iif", std::slice::from_ref(&by), &mut ops);
     }
     ops.push(Op::AddElements { table: t.clone(), set: "isolated".into(), elems: vec![iso] });
-    if spec.allow_published {
-        ops.push(Op::AddElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(br)] });
-    } else if st.and_then(|st| st.set("published")).is_some_and(|s| s.get(&published_elem(br).key).is_some()) {
+    ops.push(Op::AddElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(br)] });
+    if !spec.allow_published {
+        // add + delete in one transaction: absent afterwards whether it was there or not
         ops.push(Op::DeleteElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(br)] });
     }
     ops.push(Op::AddElements { table: t, set: "by_iif".into(), elems: vec![by] });
@@ -609,6 +609,9 @@ pub fn plan_isolation_del_blind(bridge: &str) -> Vec<Op> {
     vec![
         Op::DeleteElements { table: t.clone(), set: "by_iif".into(), elems: vec![by] },
         Op::DeleteElements { table: t.clone(), set: "isolated".into(), elems: vec![iso] },
+        // `published` may or may not hold the bridge: add + delete removes it either way
+        Op::AddElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(bridge)] },
+        Op::DeleteElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(bridge)] },
         Op::DeleteChain { table: t, name: isolation_chain(bridge) },
     ]
 }
@@ -873,7 +876,10 @@ add element inet cnirs_masquerade masq6 {{ fd01::5 : goto {chain} }}
         assert!(s.contains("add rule inet cnirs_isolation forward ct status dnat oifname @published accept"), "{s}");
         assert!(s.contains("add element inet cnirs_isolation published { \"br1\" }"), "{s}");
         let closed = render_script(&plan_isolation_add(&IsolationSpec { allow_published: false, ..spec.clone() }));
-        assert!(!closed.contains("add element inet cnirs_isolation published"), "{closed}");
+        // closed: the bridge is taken out of `published` whether it was in it or not
+        let add = closed.find("add element inet cnirs_isolation published { \"br1\" }").unwrap();
+        let del = closed.find("delete element inet cnirs_isolation published { \"br1\" }").unwrap();
+        assert!(add < del, "{closed}");
         assert!(s.contains(&format!("add rule inet cnirs_isolation {c} oifname != \"br1\" oifname @isolated drop")));
         assert!(s.contains(&format!("add element inet cnirs_isolation by_iif {{ \"br1\" : goto {c} }}")));
         assert!(s.contains("add rule inet cnirs_isolation forward iifname vmap @by_iif"));
