@@ -349,6 +349,59 @@ per_flavor!(
     status_and_validation
 );
 
+/// nftables executor that lets another writer act between a read and the following write.
+struct Interleave {
+    inner: cni_firewall::nft::NftCli,
+    between: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl cni_firewall::nft::NftExecutor for Interleave {
+    fn apply(&self, ops: &[cni_firewall::nft::ops::Op]) -> Result<(), cni_firewall::CniError> {
+        self.inner.apply(ops)
+    }
+    fn list_table(
+        &self,
+        t: &cni_firewall::nft::ops::TableRef,
+    ) -> Result<Option<cni_firewall::nft::state::TableState>, cni_firewall::CniError> {
+        let st = self.inner.list_table(t);
+        if let Some(f) = self.between.lock().unwrap().take() {
+            f();
+        }
+        st
+    }
+    fn probe(&self) -> Result<(), cni_firewall::CniError> {
+        self.inner.probe()
+    }
+    fn present(&self) -> bool {
+        self.inner.present()
+    }
+}
+
+#[test]
+fn nft_del_is_compare_and_delete() {
+    in_sandbox(|| {
+        let a = masq(NET, "a", &["10.88.0.5/24", "fd88::5/64"]);
+        let b = masq(NET, "b", &["10.88.0.5/24", "fd88::5/64"]);
+        let (fw, _) = make(Flavor::Nft);
+        fw.add_masquerade(&a).unwrap();
+        // A's late DEL reads the table (10.88.0.5 -> A); before it writes, B is added with the
+        // reused address. A's DEL must not take B's elements with it.
+        let b2 = b.clone();
+        let runner = std::sync::Arc::new(cni_firewall::exec::ProcessRunner::new());
+        let exec = Interleave {
+            inner: cni_firewall::nft::NftCli::new(runner.clone()),
+            between: std::sync::Mutex::new(Some(Box::new(move || make(Flavor::Nft).0.add_masquerade(&b2).unwrap()))),
+        };
+        let late = cni_firewall::nft::NftFirewall::with_executor(std::sync::Arc::new(exec));
+        use cni_firewall::Firewall;
+        late.del_masquerade(&a.key, &a.addrs).unwrap();
+        // first write aborted (EEXIST on the asserted element), re-read, second write removed only A's chain
+        assert_eq!(runner.spawned(), 4, "read, aborted write, read, write");
+        fw.check_masquerade(&b).unwrap();
+        assert_state(Flavor::Nft, &[("b", "10.88.0.5", "fd88::5")]);
+    });
+}
+
 #[test]
 fn choose_backend_follows_host_rules() {
     in_sandbox(|| {

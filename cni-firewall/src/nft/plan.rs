@@ -72,9 +72,7 @@ fn remove_owned(table: &TableRef, st: &TableState, maps: &[String], chains: &[St
         if let Some(set) = st.set(m) {
             let elems: Vec<Element> =
                 set.elems.iter().filter(|e| e.verdict.as_ref().and_then(|v| v.target()).is_some_and(|t| chains.iter().any(|c| c == t))).cloned().collect();
-            if !elems.is_empty() {
-                ops.push(Op::DeleteElements { table: table.clone(), set: m.clone(), elems });
-            }
+            delete_if_unchanged(table, m, elems, ops);
         }
     }
     for c in chains {
@@ -92,9 +90,23 @@ fn evict_conflicts(table: &TableRef, st: &TableState, set: &str, wanted: &[Eleme
         .iter()
         .filter_map(|w| cur.get(&w.key).filter(|e| e.verdict != w.verdict).cloned())
         .collect();
-    if !evict.is_empty() {
-        ops.push(Op::DeleteElements { table: table.clone(), set: set.into(), elems: evict });
+    delete_if_unchanged(table, set, evict, ops);
+}
+
+/// Compare-and-delete of verdict-map elements read earlier: `nft delete element` matches the key
+/// only, so first re-add each element with the verdict we read. If another writer re-pointed the
+/// key meanwhile (address or port reused), that add fails with EEXIST and the whole transaction
+/// aborts — the other owner's element survives and the caller re-reads and re-plans. If the
+/// element is unchanged the add is a no-op; if it vanished, add + delete leaves it absent.
+fn delete_if_unchanged(table: &TableRef, set: &str, elems: Vec<Element>, ops: &mut Vec<Op>) {
+    if elems.is_empty() {
+        return;
     }
+    let asserted: Vec<Element> = elems.iter().filter(|e| e.verdict.is_some()).cloned().collect();
+    if !asserted.is_empty() {
+        ops.push(Op::AddElements { table: table.clone(), set: set.into(), elems: asserted });
+    }
+    ops.push(Op::DeleteElements { table: table.clone(), set: set.into(), elems });
 }
 
 fn check_rules(st: &TableState, chain: &str, want: &[Rule], what: &str) -> Result<(), String> {
@@ -635,9 +647,7 @@ fn plan_isolation_remove(bridges: &[String], st: &TableState) -> Vec<Op> {
             })
             .cloned()
             .collect();
-        if !el.is_empty() {
-            ops.push(Op::DeleteElements { table: t.clone(), set: "by_iif".into(), elems: el });
-        }
+        delete_if_unchanged(&t, "by_iif", el, &mut ops);
     }
     for set in ["isolated", "published"] {
         if let Some(s) = st.set(set) {
@@ -788,7 +798,9 @@ add element inet cnirs_masquerade masq6 {{ fd01::5 : goto {chain} }}
         assert_eq!(
             s,
             format!(
-                "delete element inet cnirs_masquerade masq4 {{ 10.1.0.6 }}\ndelete chain inet cnirs_masquerade {a}\n"
+                "add element inet cnirs_masquerade masq4 {{ 10.1.0.6 : goto {a} }}\n\
+                 delete element inet cnirs_masquerade masq4 {{ 10.1.0.6 }}\n\
+                 delete chain inet cnirs_masquerade {a}\n"
             )
         );
         // nothing left: no ops
@@ -801,9 +813,12 @@ add element inet cnirs_masquerade masq6 {{ fd01::5 : goto {chain} }}
         let st = state_with(&[("10.1.0.5", &a)], &[&a]);
         let ops = plan_masq_add_with_state(&masq("b", &["10.1.0.5/24"]), Some(&st));
         let s = render_script(&ops);
+        let b = masq_chain(&key("b"));
+        // compare-and-delete of A's element, then B's element
+        let assert_a = s.find(&format!("add element inet cnirs_masquerade masq4 {{ 10.1.0.5 : goto {a} }}")).unwrap();
         let del = s.find("delete element inet cnirs_masquerade masq4 { 10.1.0.5 }").unwrap();
-        let add = s.find("add element inet cnirs_masquerade masq4 { 10.1.0.5 : goto").unwrap();
-        assert!(del < add);
+        let add = s.find(&format!("add element inet cnirs_masquerade masq4 {{ 10.1.0.5 : goto {b} }}")).unwrap();
+        assert!(assert_a < del && del < add, "{s}");
         // own element: no eviction
         let ops = plan_masq_add_with_state(&masq("a", &["10.1.0.5/24"]), Some(&st));
         assert!(!render_script(&ops).contains("delete"));
