@@ -171,9 +171,13 @@ pub fn classify_nft_tables(listing: &str) -> (bool, bool) {
 }
 
 fn legacy_tables_loaded() -> bool {
-    ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
+    // /proc/net follows the thread group leader's namespace; /proc/thread-self/net the calling
+    // thread's (the one the tools are spawned from), which is what matters when a caller runs the
+    // layer from a thread that entered another network namespace.
+    let base = if std::path::Path::new("/proc/thread-self/net").exists() { "/proc/thread-self/net" } else { "/proc/net" };
+    ["ip_tables_names", "ip6_tables_names"]
         .iter()
-        .any(|p| std::fs::read_to_string(p).map(|s| !s.trim().is_empty()).unwrap_or(false))
+        .any(|f| std::fs::read_to_string(format!("{base}/{f}")).map(|s| !s.trim().is_empty()).unwrap_or(false))
 }
 
 /// Observe the host with at most one process (`nft list tables`) and two /proc reads.

@@ -415,4 +415,14 @@ fn choose_backend_follows_host_rules() {
         fw.add_masquerade(&masq(NET, "c", &["10.88.0.5/24"])).unwrap();
         assert_eq!(choose_backend(None).unwrap(), Backend::Iptables);
     });
+    in_sandbox(|| {
+        // iptables-legacy rules are seen too (in this thread's namespace, not the process's)
+        let (fw, _) = make(Flavor::IptLegacy);
+        assert_eq!(choose_backend(None).unwrap(), Backend::Nftables);
+        fw.add_masquerade(&masq(NET, "c", &["10.88.0.5/24"])).unwrap();
+        assert_eq!(choose_backend(None).unwrap(), Backend::Iptables);
+        // our own nftables state makes the choice sticky
+        make(Flavor::Nft).0.add_masquerade(&masq(NET, "d", &["10.88.0.6/24"])).unwrap();
+        assert_eq!(choose_backend(None).unwrap(), Backend::Nftables);
+    });
 }
