@@ -66,6 +66,27 @@ pub fn valid_name(s: &str) -> bool {
     chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
 }
 
+/// The longest interface name the kernel accepts.
+pub const MAX_IFNAME: usize = 15;
+
+/// Check an interface name: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace. The error
+/// says what is wrong (without naming the field, which the caller knows).
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{name:?} is empty"));
+    }
+    if name.len() > MAX_IFNAME {
+        return Err(format!("{name:?} is longer than {MAX_IFNAME} bytes"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err(format!("{name:?} contains '/', ':' or whitespace"));
+    }
+    Ok(())
+}
+
 impl PluginConf {
     /// The IPAM plugin type, if the config delegates to one (`ipam: {}` means none: L2 only).
     pub fn ipam_type(&self) -> Option<&str> {
@@ -108,6 +129,10 @@ mod tests {
         assert!(!valid_name(""));
         assert!(!valid_name("a/b"));
         assert!(!valid_name("a b"));
+        assert!(check_ifname("eth0").is_ok());
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "0123456789abcdef"] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -96,6 +96,27 @@ pub struct ErrorObject {
     pub details: String,
 }
 
+impl ErrorObject {
+    /// Parse an error object as a plugin prints it; `None` unless `stdout` is a JSON object with a
+    /// numeric `code`.
+    pub fn parse(stdout: &[u8]) -> Option<ErrorObject> {
+        let v: serde_json::Value = serde_json::from_slice(stdout).ok()?;
+        v.get("code")?.as_u64()?;
+        serde_json::from_value(v).ok()
+    }
+}
+
+impl std::fmt::Display for ErrorObject {
+    /// Like libcni: `msg`, or `msg; details`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.details.is_empty() {
+            write!(f, "{}", self.msg)
+        } else {
+            write!(f, "{}; {}", self.msg, self.details)
+        }
+    }
+}
+
 impl CniError {
     pub fn code(&self) -> u32 {
         use CniError::*;

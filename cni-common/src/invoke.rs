@@ -57,8 +57,8 @@ fn exec(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<V
     if out.status.success() {
         return Ok(out.stdout);
     }
-    match serde_json::from_slice::<ErrorObject>(&out.stdout) {
-        Ok(obj) if obj.code != 0 => Err(CniError::Passthrough { code: obj.code, msg: obj.msg, details: obj.details }),
+    match ErrorObject::parse(&out.stdout) {
+        Some(obj) if obj.code != 0 => Err(CniError::Passthrough { code: obj.code, msg: obj.msg, details: obj.details }),
         _ => Err(CniError::Delegate {
             plugin: plugin.into(),
             reason: format!(

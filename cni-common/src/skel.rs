@@ -5,7 +5,7 @@
 //! root; [`run`] wires it to the real process.
 
 use crate::args::CniArgs;
-use crate::config::{valid_name, PluginConf};
+use crate::config::{check_ifname, valid_name, PluginConf};
 use crate::error::CniError;
 use crate::netns::NetNs;
 use crate::result::CniResult;
@@ -16,8 +16,7 @@ use std::path::PathBuf;
 
 /// Largest config accepted on stdin.
 pub const MAX_STDIN: usize = 1 << 20;
-/// Largest interface name the kernel accepts.
-pub const MAX_IFNAME: usize = 15;
+pub use crate::config::MAX_IFNAME;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -143,23 +142,6 @@ pub fn error_version(stdin: &[u8]) -> String {
         .unwrap_or_else(|| version::CURRENT.to_string())
 }
 
-fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let bad = |why: &str| CniError::invalid_env("CNI_IFNAME", format!("{name:?} {why}"));
-    if name.is_empty() {
-        return Err(bad("is empty"));
-    }
-    if name.len() > MAX_IFNAME {
-        return Err(bad(&format!("is longer than {MAX_IFNAME} bytes")));
-    }
-    if name == "." || name == ".." {
-        return Err(bad("is not a valid interface name"));
-    }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        return Err(bad("contains '/', ':' or whitespace"));
-    }
-    Ok(())
-}
-
 /// Validate environment and stdin into a request. Pure: no system calls.
 pub fn parse_request(input: Input, plugin_versions: &[&str], known_args: &[&str]) -> Result<Parsed, CniError> {
     let env = |k: &str| (input.env)(k).unwrap_or_default();
@@ -243,7 +225,7 @@ pub fn parse_request(input: Input, plugin_versions: &[&str], known_args: &[&str]
         if netns.is_empty() && command != Command::Del {
             return Err(CniError::invalid_env("CNI_NETNS", "is missing or empty"));
         }
-        validate_ifname(&ifname)?;
+        check_ifname(&ifname).map_err(|why| CniError::invalid_env("CNI_IFNAME", why))?;
     }
     let args = CniArgs::parse(&env("CNI_ARGS"), known_args)?;
     let path = env("CNI_PATH").split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect();

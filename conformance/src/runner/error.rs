@@ -3,36 +3,7 @@
 use std::path::PathBuf;
 
 /// A CNI error object as a plugin prints it on stdout (`{"cniVersion","code","msg","details"}`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PluginError {
-    #[serde(rename = "cniVersion", default, skip_serializing_if = "String::is_empty")]
-    pub cni_version: String,
-    pub code: u32,
-    #[serde(default)]
-    pub msg: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub details: String,
-}
-
-impl PluginError {
-    /// Parse an error object; `None` unless `stdout` is a JSON object with a numeric `code`.
-    pub fn parse(stdout: &[u8]) -> Option<PluginError> {
-        let v: serde_json::Value = serde_json::from_slice(stdout).ok()?;
-        v.get("code")?.as_u64()?;
-        serde_json::from_value(v).ok()
-    }
-}
-
-impl std::fmt::Display for PluginError {
-    /// Like libcni's `types.Error`: `msg`, or `msg; details`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.details.is_empty() {
-            write!(f, "{}", self.msg)
-        } else {
-            write!(f, "{}; {}", self.msg, self.details)
-        }
-    }
-}
+pub use cni_common::error::ErrorObject as PluginError;
 
 /// A plugin that exited non-zero: everything it said.
 #[derive(Debug, Clone)]

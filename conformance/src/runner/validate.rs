@@ -3,11 +3,7 @@
 use super::RunError;
 
 /// Network names and container ids: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
-pub fn valid_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
+pub use cni_common::config::valid_name as valid_identifier;
 
 pub fn network_name(name: &str) -> Result<(), RunError> {
     if name.is_empty() {
@@ -31,20 +27,7 @@ pub fn container_id(id: &str) -> Result<(), RunError> {
 
 /// Interface names: non-empty, at most 15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
 pub fn interface_name(name: &str) -> Result<(), RunError> {
-    let bad = |why: &str| Err(RunError::RuntimeConf(format!("interface name {name:?} {why}")));
-    if name.is_empty() {
-        return bad("is empty");
-    }
-    if name.len() > 15 {
-        return bad("is longer than 15 characters");
-    }
-    if name == "." || name == ".." {
-        return bad("is not a valid name");
-    }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        return bad("contains '/', ':' or whitespace");
-    }
-    Ok(())
+    cni_common::config::check_ifname(name).map_err(|why| RunError::RuntimeConf(format!("interface name {why}")))
 }
 
 #[cfg(test)]

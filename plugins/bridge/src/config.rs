@@ -1,9 +1,9 @@
 //! The bridge plugin's configuration: parsing and validation, free of system calls.
 
-use cni_common::config::parse_typed;
+use cni_common::config::{check_ifname, parse_typed};
 use cni_common::error::CniError;
 use cni_common::netlink::parse_mac;
-use cni_common::skel::{Request, MAX_IFNAME};
+use cni_common::skel::Request;
 use serde::Deserialize;
 
 pub const DEFAULT_BRIDGE: &str = "cni0";
@@ -126,18 +126,6 @@ fn trunk_ids(raw: &[RawTrunk]) -> Result<Vec<u16>, CniError> {
     Ok(ids)
 }
 
-fn valid_ifname(field: &str, name: &str) -> Result<(), CniError> {
-    if name.is_empty() || name.len() > MAX_IFNAME || name == "." || name == ".." {
-        return Err(CniError::config(format!(
-            "field {field:?}: {name:?} is not a valid interface name (1 to {MAX_IFNAME} bytes)"
-        )));
-    }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        return Err(CniError::config(format!("field {field:?}: {name:?} contains '/', ':' or whitespace")));
-    }
-    Ok(())
-}
-
 fn mac_from(field: &str, v: &serde_json::Value) -> Result<[u8; 6], CniError> {
     let s = v.as_str().ok_or_else(|| CniError::config(format!("field {field:?}: {v} is not a string")))?;
     parse_mac(s).map_err(|e| CniError::config(format!("field {field:?}: MAC {s:?} is invalid: {e}")))
@@ -170,7 +158,7 @@ fn container_mac(req: &Request) -> Result<Option<[u8; 6]>, CniError> {
 pub fn parse(req: &Request) -> Result<BridgeConf, CniError> {
     let raw: Raw = parse_typed(&req.raw)?;
     let bridge = raw.bridge.filter(|b| !b.is_empty()).unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
-    valid_ifname("bridge", &bridge)?;
+    check_ifname(&bridge).map_err(|why| CniError::config(format!("field \"bridge\": {why}")))?;
     if raw.hairpin_mode && raw.promisc_mode {
         return Err(CniError::config("fields \"hairpinMode\" and \"promiscMode\" cannot both be true"));
     }
