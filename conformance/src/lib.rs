@@ -10,6 +10,7 @@
 //!
 //! The `cnitool` binary is a cnitool-compatible CLI on top of [`runner`].
 
+pub mod bench;
 pub mod diff;
 mod nsexec;
 pub mod plugins;

@@ -1,9 +1,12 @@
 //! Executing one plugin binary.
 
-use std::io::Write;
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -62,6 +65,57 @@ impl PluginOutput {
     }
 }
 
+/// What one plugin process cost, as measured by [`Runtime::exec_plugin`] on the calling thread while
+/// recording is on (see [`start_exec_recording`]). Used by the benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecRecord {
+    /// The plugin type (binary name).
+    pub plugin: String,
+    /// `CNI_COMMAND` (empty for a bare invocation).
+    pub command: String,
+    /// From just before the spawn to the reaped exit (fork, namespace entry, exec, run, pipes drained).
+    pub wall: Duration,
+    /// CPU time of the process and of every descendant it waited for (`wait4` rusage).
+    pub user: Duration,
+    pub sys: Duration,
+    /// `ru_maxrss` from `wait4`: the peak RSS of the process or of the largest descendant it waited
+    /// for, in KiB.
+    pub max_rss_kib: u64,
+    pub success: bool,
+}
+
+thread_local! {
+    static RECORDS: RefCell<Option<Vec<ExecRecord>>> = const { RefCell::new(None) };
+}
+
+/// Record an [`ExecRecord`] for every plugin this thread executes from now on (clears earlier
+/// records of this thread).
+pub fn start_exec_recording() {
+    RECORDS.with(|r| *r.borrow_mut() = Some(Vec::new()));
+}
+
+/// The records of this thread since [`start_exec_recording`] (or the last take); recording stays on.
+pub fn take_exec_records() -> Vec<ExecRecord> {
+    RECORDS.with(|r| r.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default())
+}
+
+/// Stop recording on this thread, returning what was not taken yet.
+pub fn stop_exec_recording() -> Vec<ExecRecord> {
+    RECORDS.with(|r| r.borrow_mut().take().unwrap_or_default())
+}
+
+fn recording() -> bool {
+    RECORDS.with(|r| r.borrow().is_some())
+}
+
+fn record(rec: ExecRecord) {
+    RECORDS.with(|r| {
+        if let Some(v) = r.borrow_mut().as_mut() {
+            v.push(rec);
+        }
+    });
+}
+
 impl Runtime {
     /// The binary of `plugin_type`: the first `<dir>/<type>` of `plugin_dirs` that is a file.
     pub fn find_plugin(&self, plugin_type: &str) -> Result<PathBuf, RunError> {
@@ -107,6 +161,7 @@ impl Runtime {
         }
         env_all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
 
+        let started = Instant::now();
         let mut child = spawn_retrying(&path, &env_all, target.as_ref()).map_err(exec_err)?;
         drop(target);
         let writer = child.stdin.take().map(|mut stdin| {
@@ -116,15 +171,110 @@ impl Runtime {
                 let _ = stdin.write_all(&data);
             })
         });
-        let out = child.wait_with_output().map_err(exec_err)?;
+        let out = wait_with_rusage(child).map_err(exec_err)?;
         if let Some(w) = writer {
             let _ = w.join();
+        }
+        if recording() {
+            record(ExecRecord {
+                plugin: plugin_type.to_string(),
+                command: command.to_string(),
+                wall: started.elapsed(),
+                user: timeval(out.rusage.ru_utime),
+                sys: timeval(out.rusage.ru_stime),
+                max_rss_kib: u64::try_from(out.rusage.ru_maxrss).unwrap_or(0),
+                success: out.status.success(),
+            });
         }
         if !out.stderr.is_empty() {
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(PluginOutput { status: out.status, stdout: out.stdout, stderr: out.stderr })
     }
+}
+
+fn timeval(tv: libc::timeval) -> Duration {
+    Duration::from_secs(u64::try_from(tv.tv_sec).unwrap_or(0)) + Duration::from_micros(u64::try_from(tv.tv_usec).unwrap_or(0))
+}
+
+struct Reaped {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    rusage: libc::rusage,
+}
+
+/// Like `Child::wait_with_output`, but reaps with `wait4` to get the child's resource usage.
+fn wait_with_rusage(mut child: Child) -> std::io::Result<Reaped> {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    match (child.stdout.take(), child.stderr.take()) {
+        (Some(mut o), Some(mut e)) => read_both(&mut o, &mut e, &mut stdout, &mut stderr)?,
+        (Some(mut o), None) => {
+            o.read_to_end(&mut stdout)?;
+        }
+        (None, Some(mut e)) => {
+            e.read_to_end(&mut stderr)?;
+        }
+        (None, None) => {}
+    }
+    let pid = libc::pid_t::try_from(child.id()).map_err(|_| std::io::Error::other("pid out of range"))?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: plain syscall on our own child with valid out-pointers. `child` is not waited by
+        // std afterwards (dropping a `Child` neither waits nor kills).
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut rusage) };
+        if r == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    drop(child);
+    Ok(Reaped { status: ExitStatus::from_raw(status), stdout, stderr, rusage })
+}
+
+/// Drain two pipes until both reach EOF, without a thread (poll).
+fn read_both(
+    o: &mut std::process::ChildStdout,
+    e: &mut std::process::ChildStderr,
+    out: &mut Vec<u8>,
+    err: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let mut open = [true, true];
+    let mut buf = [0u8; 16 * 1024];
+    while open[0] || open[1] {
+        let mut fds = [
+            libc::pollfd { fd: if open[0] { o.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: if open[1] { e.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: `fds` is a valid array of 2 pollfd; negative fds are ignored by poll.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        for (i, fd) in fds.iter().enumerate() {
+            if !open[i] || fd.revents == 0 {
+                continue;
+            }
+            let n = if i == 0 { o.read(&mut buf) } else { e.read(&mut buf) };
+            match n {
+                Ok(0) => open[i] = false,
+                Ok(n) => (if i == 0 { &mut *out } else { &mut *err }).extend_from_slice(&buf[..n]),
+                Err(x) if x.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(x) => return Err(x),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn spawn_retrying(path: &Path, env: &[(&str, String)], target: Option<&NsTarget>) -> std::io::Result<Child> {

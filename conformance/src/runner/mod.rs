@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 pub use cache::{CachedAttachment, CACHE_KIND};
 pub use config::{parse_version, NetworkConfigList, RUNTIME_VERSION};
 pub use error::{PluginError, PluginFailure, RunError};
-pub use exec::PluginOutput;
+pub use exec::{start_exec_recording, stop_exec_recording, take_exec_records, ExecRecord, PluginOutput};
 
 /// Where plugins are found and results cached, and in which namespace plugins run.
 #[derive(Debug, Clone, PartialEq, Eq)]

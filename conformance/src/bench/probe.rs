@@ -1,0 +1,348 @@
+//! Things measured outside the timed rounds: processes spawned per operation (strace), the exec
+//! floor of the harness, binary sizes, and how busy the machine is.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::scenario::{self, IPAM};
+use super::stats::Summary;
+use crate::runner::NetworkConfigList;
+use crate::sandbox::Sandbox;
+
+/// How process counts are obtained (printed with them).
+pub const SPAWN_METHOD: &str = "strace -f -e trace=execve around each plugin of one steady-state sample ADD and DEL \
+     (second container, first still attached); count = successful execve calls of the plugin's process tree \
+     minus the plugin itself. The same sample gives each program's own peak RSS: strace delays every exit_group \
+     by 20 ms while a sampler reads VmHWM of the processes in the sandbox namespace";
+
+/// `name` on `$PATH` (or the usual sbin directories).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0));
+    found
+}
+
+/// Size of a plugin binary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Binary {
+    pub name: String,
+    pub bytes: u64,
+}
+
+pub fn binary_sizes(dir: &Path, names: &[String]) -> Vec<Binary> {
+    names
+        .iter()
+        .filter_map(|n| Some(Binary { name: n.clone(), bytes: std::fs::metadata(dir.join(n)).ok()?.len() }))
+        .collect()
+}
+
+/// Processes one plugin execution started (its own process excluded).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpawnCount {
+    pub plugin: String,
+    pub command: String,
+    /// All processes started below the plugin.
+    pub total: usize,
+    /// Of which IPAM plugin executions (delegation).
+    pub ipam: usize,
+    /// `total - ipam`.
+    pub besides_ipam: usize,
+    /// Program basename → executions.
+    pub programs: BTreeMap<String, usize>,
+}
+
+/// Peak RSS of one program's own process (not its children), max over the sample.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProgramRss {
+    pub program: String,
+    pub kib: u64,
+    pub processes: usize,
+}
+
+/// What the untimed strace sample measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcSample {
+    pub spawns: Vec<SpawnCount>,
+    pub own_rss: Vec<ProgramRss>,
+}
+
+/// Count the processes each plugin of `chain` (from `dir`) spawns on a steady-state ADD and DEL, and
+/// sample every program's own peak RSS.
+pub fn sample_processes(dir: &Path, chain: &[String], cni_version: &str) -> Result<ProcSample, String> {
+    let strace = which("strace").ok_or("strace is not installed (apt-get install -y strace)")?;
+    let sb = Sandbox::new().map_err(|e| format!("sandbox: {e}"))?;
+    let shim = sb.tempdir().join("strace-shim");
+    let traces = sb.tempdir().join("traces");
+    for d in [&shim, &traces] {
+        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+    }
+    let real = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+    for p in chain {
+        // The wrapper restores CNI_PATH to the real directory so delegated IPAM runs unwrapped (but
+        // still traced, as a child of the plugin).
+        let script = format!(
+            "#!/bin/sh\nCNI_PATH='{real}'; export CNI_PATH\nexec '{strace}' -f -qq -s 4096 -e trace=execve,exit_group -e signal=none \
+             -e inject=exit_group:delay_enter=20000 -o \"{traces}/$CNI_COMMAND.{p}.$$\" '{real}/{p}' \"$@\"\n",
+            real = real.display(),
+            strace = strace.display(),
+            traces = traces.display(),
+        );
+        let f = shim.join(p);
+        std::fs::write(&f, script).map_err(|e| format!("write {}: {e}", f.display()))?;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    }
+    let rt = sb.runtime(&shim);
+    let list = NetworkConfigList::from_json(&scenario::conflist(chain, cni_version, &sb.tempdir().join("ipam")))
+        .map_err(|e| e.to_string())?;
+    let c0 = sb.container().map_err(|e| e.to_string())?;
+    let c1 = sb.container().map_err(|e| e.to_string())?;
+    let rc0 = scenario::runtime_conf(chain, 0, 0, c0.path());
+    let rc1 = scenario::runtime_conf(chain, 0, 1, c1.path());
+    let clear = || {
+        if let Ok(rd) = std::fs::read_dir(&traces) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    };
+    let netns_ino = std::fs::metadata(sb.host_path())
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .map_err(|e| e.to_string())?;
+    let stop = AtomicBool::new(false);
+    let (counts, rss) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| sample_rss(netns_ino, &stop));
+        let run = || -> Result<Vec<SpawnCount>, String> {
+            rt.add_list(&list, &rc0).map_err(|e| format!("sample ADD 0: {e}"))?;
+            clear();
+            rt.add_list(&list, &rc1).map_err(|e| format!("sample ADD 1: {e}"))?;
+            let mut counts = read_traces(&traces)?;
+            clear();
+            rt.del_list(&list, &rc1).map_err(|e| format!("sample DEL 1: {e}"))?;
+            counts.extend(read_traces(&traces)?);
+            rt.del_list(&list, &rc0).map_err(|e| format!("sample DEL 0: {e}"))?;
+            Ok(counts)
+        };
+        let counts = run();
+        stop.store(true, Ordering::SeqCst);
+        (counts, sampler.join().unwrap_or_default())
+    });
+    let mut counts = counts?;
+    // Chain order, ADD first.
+    let pos = |p: &str| chain.iter().position(|c| c == p).unwrap_or(usize::MAX);
+    counts.sort_by_key(|c| (c.command != "ADD", pos(&c.plugin)));
+    let mut own_rss: Vec<ProgramRss> = rss
+        .into_iter()
+        .map(|(program, v)| ProgramRss { program, kib: v.iter().copied().max().unwrap_or(0), processes: v.len() })
+        .collect();
+    own_rss.sort_by_key(|r| (pos(&r.program), r.program.clone()));
+    Ok(ProcSample { spawns: counts, own_rss })
+}
+
+/// Until `stop`: poll the VmHWM of every process in the network namespace `netns_ino` (strace and
+/// shells excluded); returns program basename → the peak of each process seen.
+fn sample_rss(netns_ino: u64, stop: &AtomicBool) -> BTreeMap<String, Vec<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id();
+    let my_exe = std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let mut peak: BTreeMap<u32, (String, u64)> = BTreeMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+                if pid == me {
+                    continue;
+                }
+                let base = Path::new("/proc").join(pid.to_string());
+                if !std::fs::metadata(base.join("ns/net")).is_ok_and(|m| m.ino() == netns_ino) {
+                    continue;
+                }
+                let Ok(exe) = std::fs::read_link(base.join("exe")) else { continue };
+                let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if matches!(name.as_str(), "strace" | "sh" | "dash" | "bash") {
+                    continue;
+                }
+                let Ok(status) = std::fs::read_to_string(base.join("status")) else { continue };
+                let hwm = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+                if let Some(hwm) = hwm {
+                    let ent = peak.entry(pid).or_insert((name.clone(), 0));
+                    if ent.0 != name {
+                        // exec: a new program (and a new mm) in the same process.
+                        *ent = (name, hwm);
+                    } else {
+                        ent.1 = ent.1.max(hwm);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (_, (name, hwm)) in peak {
+        // The runner's own forked child before it execs the plugin.
+        if Some(&name) == my_exe.as_ref() {
+            continue;
+        }
+        out.entry(name).or_default().push(hwm);
+    }
+    out
+}
+
+fn read_traces(dir: &Path) -> Result<Vec<SpawnCount>, String> {
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten().map(|e| e.path()).collect();
+    files.sort();
+    for f in files {
+        let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let mut parts = name.splitn(3, '.');
+        let (Some(cmd), Some(plugin)) = (parts.next(), parts.next()) else { continue };
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let execs = successful_execs(&text);
+        // The first exec is the plugin itself (strace runs it).
+        let children: Vec<&String> = execs.iter().skip(1).collect();
+        let mut programs = BTreeMap::new();
+        for p in &children {
+            let base = p.rsplit('/').next().unwrap_or(p).to_string();
+            *programs.entry(base).or_insert(0) += 1;
+        }
+        let ipam = programs.get(IPAM).copied().unwrap_or(0);
+        out.push(SpawnCount {
+            plugin: plugin.to_string(),
+            command: cmd.to_string(),
+            total: children.len(),
+            ipam,
+            besides_ipam: children.len() - ipam,
+            programs,
+        });
+    }
+    Ok(out)
+}
+
+/// Paths of successful `execve` calls in an `strace -f` log, in order (handles split
+/// `<unfinished ...>` / `<... execve resumed>` lines).
+pub fn successful_execs(log: &str) -> Vec<String> {
+    let mut pending: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let (pid, rest) = match line.split_once(' ') {
+            Some((p, r)) if p.chars().all(|c| c.is_ascii_digit()) => (p.to_string(), r.trim_start()),
+            _ => (String::new(), line),
+        };
+        if let Some(args) = rest.strip_prefix("execve(\"") {
+            let path = args.split('"').next().unwrap_or("").to_string();
+            if rest.ends_with("<unfinished ...>") {
+                pending.insert(pid, path);
+            } else if rest.trim_end().ends_with("= 0") {
+                out.push(path);
+            }
+        } else if rest.starts_with("<... execve resumed>") {
+            if let Some(path) = pending.remove(&pid) {
+                if rest.trim_end().ends_with("= 0") {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Latency of the harness alone: exec `/bin/true` through the runner into the sandbox host namespace
+/// (fork, setns, private mount ns + sysfs remount, exec, reap).
+pub fn exec_floor(samples: usize) -> Result<Summary, String> {
+    let truth = which("true").ok_or("no `true` binary")?;
+    let sb = Sandbox::new().map_err(|e| format!("sandbox: {e}"))?;
+    let dir = sb.tempdir().join("floor");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(&truth, dir.join("noop")).map_err(|e| e.to_string())?;
+    let rt = sb.runtime(&dir);
+    let mut v = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        rt.exec_plugin("noop", "", b"{}", &[]).map_err(|e| e.to_string())?;
+        v.push(t.elapsed());
+    }
+    Ok(Summary::of(&v))
+}
+
+/// Load and noise indicators.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub kernel: String,
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+}
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+pub fn machine() -> Machine {
+    Machine {
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
+    }
+}
+
+/// Busy CPU time of the whole machine so far (all cores), from `/proc/stat`.
+pub fn machine_busy() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return Duration::ZERO };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return Duration::ZERO };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Duration::from_micros(busy * 1_000_000 / hz)
+}
+
+/// CPU time (user + sys) of this process itself and of its reaped children so far.
+pub fn own_cpu() -> (Duration, Duration) {
+    let get = |who| {
+        // SAFETY: getrusage fills a plain C struct we own.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut ru) };
+        let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    };
+    (get(libc::RUSAGE_SELF), get(libc::RUSAGE_CHILDREN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strace_parsing() {
+        let log = r#"100 execve("/opt/bridge", ["bridge"], 0x7ff /* 9 vars */) = 0
+101 execve("/usr/sbin/iptables", ["iptables"], 0x1 /* 9 vars */ <unfinished ...>
+102 execve("/opt/host-local", ["host-local"], 0x1 /* 9 vars */) = 0
+101 <... execve resumed>)                = 0
+103 execve("/usr/local/sbin/nft", ["nft"], 0x1) = -1 ENOENT (No such file or directory)
+103 execve("/usr/sbin/nft", ["nft"], 0x1) = 0
+103 +++ exited with 0 +++
+"#;
+        assert_eq!(
+            successful_execs(log),
+            vec!["/opt/bridge", "/opt/host-local", "/usr/sbin/iptables", "/usr/sbin/nft"]
+        );
+    }
+}

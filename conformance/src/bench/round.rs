@@ -1,0 +1,242 @@
+//! One timed round of one side: fresh sandbox, N container namespaces (untimed), ADD phase with P
+//! workers, DEL phase with P workers, post-run checks.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::checks::{self, Handed};
+use super::probe;
+use super::scenario::{self, BRIDGE};
+use super::{interrupted, BenchError, Side};
+use crate::runner::{
+    start_exec_recording, stop_exec_recording, take_exec_records, ExecRecord, NetworkConfigList, RunError, RuntimeConf,
+};
+use crate::sandbox::{ContainerNs, Sandbox};
+
+/// One timed runtime operation (a whole ADD or DEL list).
+#[derive(Debug, Clone)]
+pub struct OpSample {
+    /// 1-based position in which this operation started within its phase (across all workers).
+    pub order: usize,
+    pub wall: Duration,
+    /// The plugin processes the operation ran.
+    pub execs: Vec<ExecRecord>,
+}
+
+/// Everything measured in one round.
+#[derive(Debug, Clone, Default)]
+pub struct RoundResult {
+    pub adds: Vec<OpSample>,
+    pub dels: Vec<OpSample>,
+    pub add_phase: Duration,
+    pub del_phase: Duration,
+    /// `getrusage(RUSAGE_CHILDREN)` user+sys delta over the phase.
+    pub add_children_cpu: Duration,
+    pub del_children_cpu: Duration,
+    /// Firewall objects seen in the sandbox host after the ADD phase.
+    pub firewall_seen: Vec<String>,
+    pub violations: Vec<String>,
+    /// CPU used on the machine by anything but this benchmark during the two phases, in % of all cores.
+    pub foreign_cpu_pct: f64,
+    pub loadavg: String,
+}
+
+pub fn run_round(side: &Side, round: usize, n: usize, p: usize, cni_version: &str) -> Result<RoundResult, BenchError> {
+    let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("side {}: {what}: {e}", side.label));
+    let sb = Sandbox::new().map_err(|e| setup("sandbox", &e))?;
+    let containers = make_containers(&sb, n).map_err(|e| setup("container namespaces", &e))?;
+    let data_dir = sb.tempdir().join("ipam");
+    let list = NetworkConfigList::from_json(&scenario::conflist(&side.chain, cni_version, &data_dir))
+        .map_err(|e| setup("conflist", &e))?;
+    let rt = sb.runtime(&side.dir);
+    let rcs: Vec<RuntimeConf> =
+        containers.iter().enumerate().map(|(i, c)| scenario::runtime_conf(&side.chain, round, i, c.path())).collect();
+
+    let mut res = RoundResult { loadavg: probe::loadavg(), ..RoundResult::default() };
+    let busy0 = probe::machine_busy();
+    let own0 = probe::own_cpu();
+    let t0 = Instant::now();
+
+    let op_err = |command: &str, i: usize, e: String| BenchError::Op {
+        side: side.label.clone(),
+        round,
+        command: command.to_string(),
+        container: rcs[i].container_id.clone(),
+        error: e,
+    };
+
+    // ADD phase.
+    let add = phase(n, p, |i| rt.add_list(&list, &rcs[i]).map(Some));
+    let add = add.map_err(|(i, e)| op_err("ADD", i, e))?;
+    res.add_phase = add.wall;
+    res.add_children_cpu = add.children_cpu;
+    let mut handed = Handed::default();
+    for (i, v) in &add.values {
+        handed.add_result(&rcs[*i].container_id, v, BRIDGE);
+    }
+    res.adds = add.samples;
+    res.firewall_seen = firewall_seen(&sb);
+
+    // DEL phase.
+    let del = phase(n, p, |i| rt.del_list(&list, &rcs[i]).map(|()| None));
+    let del = del.map_err(|(i, e)| op_err("DEL", i, e))?;
+    res.del_phase = del.wall;
+    res.del_children_cpu = del.children_cpu;
+    res.dels = del.samples;
+
+    let wall = t0.elapsed();
+    let own1 = probe::own_cpu();
+    let ours = (own1.0 + own1.1).saturating_sub(own0.0 + own0.1);
+    let foreign = probe::machine_busy().saturating_sub(busy0).saturating_sub(ours);
+    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1) as f64;
+    res.foreign_cpu_pct = 100.0 * foreign.as_secs_f64() / (wall.as_secs_f64() * cores).max(1e-9);
+
+    res.violations = checks::after_del(&sb, &rt, &data_dir, &handed);
+    drop(containers);
+    drop(sb);
+    Ok(res)
+}
+
+/// `n` container namespaces, made by a few threads in parallel.
+fn make_containers(sb: &Sandbox, n: usize) -> Result<Vec<ContainerNs>, String> {
+    let threads = n.clamp(1, 4);
+    let made: Vec<Result<Vec<(usize, ContainerNs)>, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut v = Vec::new();
+                    for i in (t..n).step_by(threads) {
+                        if interrupted() {
+                            return Err("interrupted".to_string());
+                        }
+                        v.push((i, sb.container().map_err(|e| e.to_string())?));
+                    }
+                    Ok(v)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into()))).collect()
+    });
+    let mut all: Vec<(usize, ContainerNs)> = Vec::with_capacity(n);
+    let mut first_err = None;
+    for m in made {
+        match m {
+            Ok(v) => all.extend(v),
+            Err(e) => first_err = first_err.or(Some(e)),
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, c)| c).collect())
+}
+
+struct Phase {
+    samples: Vec<OpSample>,
+    values: Vec<(usize, Value)>,
+    wall: Duration,
+    children_cpu: Duration,
+}
+
+/// Run `op(i)` for every container with `p` workers; worker `w` does `w, w+p, w+2p, ...`. Stops at
+/// the first error (returned with the container index).
+fn phase<F>(n: usize, p: usize, op: F) -> Result<Phase, (usize, String)>
+where
+    F: Fn(usize) -> Result<Option<Value>, RunError> + Sync,
+{
+    let p = p.clamp(1, n.max(1));
+    let barrier = Barrier::new(p + 1);
+    let next = AtomicUsize::new(0);
+    let abort = AtomicBool::new(false);
+    type WorkerOut = Result<(Vec<OpSample>, Vec<(usize, Value)>), (usize, String)>;
+    let (outs, wall, children_cpu): (Vec<WorkerOut>, Duration, Duration) = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..p)
+            .map(|w| {
+                let (barrier, next, abort, op) = (&barrier, &next, &abort, &op);
+                s.spawn(move || -> WorkerOut {
+                    start_exec_recording();
+                    barrier.wait();
+                    let mut samples = Vec::new();
+                    let mut values = Vec::new();
+                    for i in (w..n).step_by(p) {
+                        if abort.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if interrupted() {
+                            abort.store(true, Ordering::SeqCst);
+                            return Err((i, "interrupted".into()));
+                        }
+                        let order = next.fetch_add(1, Ordering::SeqCst) + 1;
+                        let t = Instant::now();
+                        let r = op(i);
+                        let wall = t.elapsed();
+                        let execs = take_exec_records();
+                        match r {
+                            Ok(v) => {
+                                samples.push(OpSample { order, wall, execs });
+                                if let Some(v) = v {
+                                    values.push((i, v));
+                                }
+                            }
+                            Err(e) => {
+                                abort.store(true, Ordering::SeqCst);
+                                stop_exec_recording();
+                                return Err((i, e.to_string()));
+                            }
+                        }
+                    }
+                    stop_exec_recording();
+                    Ok((samples, values))
+                })
+            })
+            .collect();
+        let cpu0 = probe::own_cpu().1;
+        barrier.wait();
+        let t0 = Instant::now();
+        let outs: Vec<WorkerOut> =
+            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err((0, "benchmark worker panicked".into())))).collect();
+        let wall = t0.elapsed();
+        (outs, wall, probe::own_cpu().1.saturating_sub(cpu0))
+    });
+    let mut samples = Vec::with_capacity(n);
+    let mut values = Vec::with_capacity(n);
+    for o in outs {
+        let (s, v) = o?;
+        samples.extend(s);
+        values.extend(v);
+    }
+    samples.sort_by_key(|s| s.order);
+    Ok(Phase { samples, values, wall, children_cpu })
+}
+
+/// Firewall objects in the sandbox host: nftables tables and the number of `CNI-*` iptables chains.
+fn firewall_seen(sb: &Sandbox) -> Vec<String> {
+    let mut seen = Vec::new();
+    if probe::which("nft").is_some() {
+        if let Ok(out) = sb.run("nft", ["list", "tables"]) {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(t) = l.trim().strip_prefix("table ") {
+                    seen.push(format!("nft table {t}"));
+                }
+            }
+        }
+    }
+    for tool in ["iptables-save", "ip6tables-save"] {
+        if probe::which(tool).is_none() {
+            continue;
+        }
+        if let Ok(out) = sb.run(tool, [] as [&str; 0]) {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let chains = text.lines().filter(|l| l.starts_with(":CNI-")).count();
+            let rules = text.lines().filter(|l| l.starts_with("-A ")).count();
+            if chains + rules > 0 {
+                seen.push(format!("{tool}: {chains} CNI-* chains, {rules} rules"));
+            }
+        }
+    }
+    seen
+}

@@ -1,0 +1,122 @@
+//! cnibench: benchmark CNI plugin directories the way a runtime drives them, optionally side by side
+//! with another directory (e.g. the reference plugins). See conformance/BENCH.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use conformance::bench::{self, Options, Scenario};
+
+const USAGE: &str = "usage: cnibench [--scenario bridge|bridge-portmap|full] [-n N] [-p P[,P...]] [--rounds R]
+                [--dir DIR] [--vs DIR] [--cni-version V] [--json] [--json-file PATH]
+                [--no-spawn-count] [--quiet]
+
+  --scenario S      bridge (bridge+host-local, isGateway, ipMasq; default), bridge-portmap (+ portmap,
+                    2 published ports per container), full (+ isolation where the binary exists)
+  -n N              containers per round (default 50)
+  -p P[,P...]       parallel runtime workers; a list runs everything once per value (default 1)
+  --rounds R        rounds per side and P; sides interleave A,B,A,B (default 3)
+  --dir DIR         plugin directory of side A (default: the directory of this executable, i.e.
+                    target/release for target/release/cnibench)
+  --vs DIR          plugin directory of side B, e.g. /usr/lib/cni; ratios are A/B of the medians
+  --cni-version V   cniVersion of the conflist (default 1.0.0: the reference v1.1.1 supports <= 1.0.0)
+  --json            print the report as JSON on stdout (instead of the tables)
+  --json-file PATH  also write the JSON report to PATH
+  --no-spawn-count  skip counting spawned processes with strace
+  --quiet           no progress lines on stderr
+
+Needs root (network namespaces). Everything runs in throwaway namespaces, removed on exit.
+Exit status: 0 ok, 1 error, 2 post-run checks failed, 130 interrupted.";
+
+extern "C" fn on_signal(_: libc::c_int) {
+    bench::interrupt();
+}
+
+fn parse(args: &[String]) -> Result<(Options, bool, Option<PathBuf>), String> {
+    let mut opts = Options::new(Scenario::Bridge, PathBuf::new());
+    let mut dir = None;
+    let mut json = false;
+    let mut json_file = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--scenario" => {
+                let v = val(a)?;
+                opts.scenario = Scenario::parse(&v).ok_or_else(|| format!("unknown scenario {v:?}"))?;
+            }
+            "-n" => opts.n = val(a)?.parse().map_err(|e| format!("-n: {e}"))?,
+            "-p" => {
+                opts.parallel = val(a)?
+                    .split(',')
+                    .map(|x| x.trim().parse::<usize>().map_err(|e| format!("-p: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--rounds" => opts.rounds = val(a)?.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--dir" => dir = Some(PathBuf::from(val(a)?)),
+            "--vs" => opts.vs = Some(PathBuf::from(val(a)?)),
+            "--cni-version" => opts.cni_version = val(a)?,
+            "--json" => json = true,
+            "--json-file" => json_file = Some(PathBuf::from(val(a)?)),
+            "--no-spawn-count" => opts.count_spawns = false,
+            "--quiet" => opts.progress = false,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    opts.dir = dir.unwrap_or_else(conformance::our_plugin_dir);
+    Ok((opts, json, json_file))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quiet = args.iter().any(|a| a == "--quiet");
+    let (mut opts, json, json_file) = match parse(&args) {
+        Ok(v) => v,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("cnibench: {e}\n{USAGE}");
+            return ExitCode::from(1);
+        }
+    };
+    opts.progress = !quiet;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("cnibench: needs root (it creates network namespaces)");
+        return ExitCode::from(1);
+    }
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
+    let report = match bench::run(&opts) {
+        Ok(r) => r,
+        Err(bench::BenchError::Interrupted) => {
+            eprintln!("cnibench: interrupted; sandboxes removed");
+            return ExitCode::from(130);
+        }
+        Err(e) => {
+            eprintln!("cnibench: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let text = serde_json::to_string_pretty(&report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    if let Some(p) = json_file {
+        if let Err(e) = std::fs::write(&p, format!("{text}\n")) {
+            eprintln!("cnibench: write {}: {e}", p.display());
+        }
+    }
+    if json {
+        println!("{text}");
+    } else {
+        print!("{}", report.render());
+    }
+    if report.checks_passed() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("cnibench: POST-RUN CHECKS FAILED ({} violations)", report.violations.len());
+        ExitCode::from(2)
+    }
+}

@@ -1,0 +1,64 @@
+//! Smoke test of the benchmark library: a tiny run against our debug plugins must produce a sane
+//! report and pass its post-run checks. Not a timed test: nothing here asserts on speed.
+
+use conformance::bench::{self, Options, Scenario};
+use conformance::plugins::our_plugins;
+
+#[test]
+fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
+    conformance::require_root();
+    let dir = our_plugins(&["bridge", "host-local"]);
+    let mut opts = Options::new(Scenario::Bridge, &dir);
+    opts.n = 3;
+    opts.rounds = 1;
+    opts.parallel = vec![1, 2];
+    // strace is optional on a test machine: the sample then reports why it was skipped.
+    opts.count_spawns = bench::probe::which("strace").is_some();
+
+    let report = bench::run(&opts).expect("benchmark run");
+    assert!(report.checks_passed(), "post-run checks failed:\n{}", report.violations.join("\n"));
+    assert_eq!(report.n, 3);
+    assert_eq!(report.sides.len(), 1);
+    let side = &report.sides[0];
+    assert_eq!(side.chain, vec!["bridge".to_string()]);
+    assert!(side.binaries.iter().any(|b| b.name == "bridge" && b.bytes > 0), "{:?}", side.binaries);
+    assert!(side.binaries.iter().any(|b| b.name == "host-local" && b.bytes > 0), "{:?}", side.binaries);
+    if opts.count_spawns {
+        let spawns = side.spawns.as_ref().unwrap_or_else(|| panic!("spawn sample failed: {:?}", side.spawns_error));
+        let add = spawns.iter().find(|c| c.plugin == "bridge" && c.command == "ADD").expect("bridge ADD sample");
+        assert_eq!(add.ipam, 1, "bridge delegates to host-local exactly once: {add:?}");
+        assert!(spawns.iter().any(|c| c.plugin == "bridge" && c.command == "DEL"));
+        assert!(side.own_rss.iter().any(|r| r.program == "bridge" && r.kib > 0), "{:?}", side.own_rss);
+    }
+
+    assert_eq!(report.runs.len(), 2);
+    for run in &report.runs {
+        assert!(run.ratios.is_none());
+        let s = &run.sides[0];
+        for (what, sum) in [("ADD", &s.add), ("DEL", &s.del)] {
+            assert_eq!(sum.count, 3, "P={} {what}: {sum:?}", run.parallel);
+            assert!(sum.p50_ms > 0.0 && sum.p50_ms <= sum.p90_ms, "{what}: {sum:?}");
+            assert!(sum.p90_ms <= sum.p99_ms && sum.p99_ms <= sum.max_ms, "{what}: {sum:?}");
+            assert!(sum.max_ms < 60_000.0, "{what}: {sum:?}");
+        }
+        let bridge = s.plugins.iter().find(|p| p.plugin == "bridge").expect("bridge stats");
+        assert_eq!(bridge.add.count, 3);
+        assert_eq!(bridge.del.count, 3);
+        // A plugin exec cannot take longer than the chain around it.
+        assert!(bridge.add.max_ms <= s.add.max_ms + 1e-6);
+        assert!(bridge.rss_kib_p50 > 0 && bridge.rss_kib_p50 <= bridge.rss_kib_max);
+        assert!(bridge.add_cpu_ms > 0.0);
+        assert!(s.add_per_s > 0.0 && s.del_per_s > 0.0);
+        assert!(s.cpu_per_add_ms > 0.0 && s.cpu_per_del_ms > 0.0);
+        assert!(s.wait4_cpu_per_add_ms > 0.0);
+        assert_eq!(s.growth.len(), 1);
+        assert_eq!((s.growth[0].from, s.growth[0].to), (1, 3));
+        assert!(s.growth[0].add_p50_ms > 0.0);
+        assert_eq!(s.rounds.len(), 1);
+    }
+    let text = report.render();
+    assert!(text.contains("checks: PASSED"), "{text}");
+    let json = serde_json::to_value(&report).expect("report serialises");
+    assert_eq!(json["scenario"], "bridge");
+    assert!(json["runs"][0]["sides"][0]["add"]["p50_ms"].as_f64().unwrap() > 0.0);
+}
