@@ -17,12 +17,12 @@ test:
 demo:
 	bash scripts/demo.sh
 
+# Every plugin goes to $(BINDIR) (where runtimes look for CNI plugins), cnitool to $(TOOLDIR).
+# A binary missing from target/release is an error, never skipped.
 install: build
 	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(TOOLDIR)"
-	for p in $(PLUGINS); do \
-	  if [ -f target/release/$$p ]; then install -m 0755 target/release/$$p "$(DESTDIR)$(BINDIR)/$$p"; fi; \
-	done
-	for t in $(TOOLS); do install -m 0755 target/release/$$t "$(DESTDIR)$(TOOLDIR)/$$t"; done
+	set -e; for p in $(PLUGINS); do install -m 0755 "target/release/$$p" "$(DESTDIR)$(BINDIR)/$$p"; done
+	set -e; for t in $(TOOLS); do install -m 0755 "target/release/$$t" "$(DESTDIR)$(TOOLDIR)/$$t"; done
 
 uninstall:
 	for p in $(PLUGINS); do rm -f "$(DESTDIR)$(BINDIR)/$$p"; done

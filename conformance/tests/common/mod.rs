@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod traffic;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
