@@ -13,145 +13,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use common::lab::*;
 use common::net::*;
 use conformance::diff::{self, Case, DiffReport, Normalize, SideEnv, SideReport, Step};
 use conformance::plugins::{our_plugins, require_plugins};
-use conformance::runner::{Attachment, NetworkConfigList, PluginFailure, RunError, RuntimeConf};
+use conformance::runner::{Attachment, NetworkConfigList, RuntimeConf};
 use conformance::sandbox::NamedNetns;
-use conformance::{require_root, ContainerNs, PluginOutput, Runtime, Sandbox, REFERENCE_PLUGIN_DIR};
+use conformance::{require_root, ContainerNs, Runtime, REFERENCE_PLUGIN_DIR};
 use serde_json::{json, Value};
-
-/// A sandbox with a runtime for our bridge + host-local.
-struct Lab {
-    sb: Sandbox,
-    rt: Runtime,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        require_root();
-        let dir = our_plugins(&["bridge", "host-local"]);
-        let sb = Sandbox::new().unwrap();
-        let rt = sb.runtime(&dir);
-        Lab { sb, rt }
-    }
-
-    fn host(&self) -> &NamedNetns {
-        self.sb.host()
-    }
-
-    fn container(&self) -> ContainerNs {
-        self.sb.container().unwrap()
-    }
-
-    /// host-local's dataDir, private to this sandbox.
-    fn data_dir(&self) -> PathBuf {
-        self.sb.tempdir().join("ipam")
-    }
-
-    fn ipam(&self, ranges: Value) -> Value {
-        json!({"type": "host-local", "ranges": ranges, "dataDir": self.data_dir()})
-    }
-
-    /// host-local with one IPv4 subnet.
-    fn ipam4(&self, subnet: &str) -> Value {
-        self.ipam(json!([[{"subnet": subnet}]]))
-    }
-
-    /// A one-plugin conflist: `{"type": "bridge"}` plus `fields`.
-    fn list(&self, version: &str, name: &str, fields: Value) -> NetworkConfigList {
-        NetworkConfigList::from_json(&list_json(version, name, fields)).unwrap()
-    }
-
-    fn rc(&self, cid: &str, c: &ContainerNs) -> RuntimeConf {
-        RuntimeConf::new(cid, c.path().to_str().unwrap(), "eth0")
-    }
-
-    #[track_caller]
-    fn add(&self, l: &NetworkConfigList, rc: &RuntimeConf) -> Value {
-        self.rt.add_list(l, rc).unwrap_or_else(|e| panic!("ADD {} failed: {e}", rc.container_id))
-    }
-
-    #[track_caller]
-    fn del(&self, l: &NetworkConfigList, rc: &RuntimeConf) {
-        self.rt.del_list(l, rc).unwrap_or_else(|e| panic!("DEL {} failed: {e}", rc.container_id))
-    }
-
-    fn leases(&self, network: &str) -> Vec<String> {
-        lease_files(&self.data_dir(), network)
-    }
-
-    /// Raw invocation of our bridge.
-    fn raw(&self, command: &str, config: &[u8], env: &[(&str, &str)]) -> PluginOutput {
-        self.rt.exec_plugin("bridge", command, config, env).unwrap()
-    }
-
-    fn host_veths(&self) -> Vec<String> {
-        links_of_kind(self.host(), "veth")
-    }
-
-    /// Nothing of network `net` is left in the host: no veth (other than `keep`), no lease, no
-    /// masquerade of any address starting with `prefix` (iptables or nftables).
-    #[track_caller]
-    fn assert_nothing_left(&self, net: &str, prefix: &str, keep: &[&str]) {
-        let veths: Vec<String> = self.host_veths().into_iter().filter(|v| !keep.contains(&v.as_str())).collect();
-        assert!(veths.is_empty(), "veths left in the host: {veths:?}");
-        assert!(self.leases(net).is_empty(), "leases left: {:?}", self.leases(net));
-        let nat: Vec<String> = cni_nat_lines(self.host(), false);
-        assert!(nat.is_empty(), "iptables nat rules left: {nat:#?}");
-        let nft = nft_ruleset(self.host());
-        assert!(!nft.contains(prefix), "nftables rules mentioning {prefix} left:\n{nft}");
-    }
-}
-
-fn list_json(version: &str, name: &str, fields: Value) -> Value {
-    let mut plugin = json!({"type": "bridge"});
-    for (k, v) in fields.as_object().expect("bridge fields are an object") {
-        plugin[k] = v.clone();
-    }
-    json!({"cniVersion": version, "name": name, "plugins": [plugin]})
-}
-
-/// The plugin failure behind `r`, which must be an error with a CNI error object on stdout.
-#[track_caller]
-fn failure<T: std::fmt::Debug>(r: Result<T, RunError>, what: &str) -> PluginFailure {
-    let err = r.expect_err(&format!("{what}: expected a failure"));
-    let p = err.plugin_failure().unwrap_or_else(|| panic!("{what}: not a plugin failure: {err}")).clone();
-    assert!(p.exit_code.is_some_and(|c| c != 0), "{what}: exit code {:?}", p.exit_code);
-    assert!(p.error.is_some(), "{what}: no error object on stdout: {:?} (stderr {:?})", p.stdout, p.stderr);
-    p
-}
-
-fn code_of(p: &PluginFailure) -> u32 {
-    p.error.as_ref().map(|e| e.code).unwrap_or_default()
-}
-
-fn text_of(p: &PluginFailure) -> String {
-    p.error.as_ref().map(|e| e.to_string()).unwrap_or_default()
-}
-
-/// The error object of a raw invocation that must fail with `code`.
-#[track_caller]
-fn expect_code(out: &PluginOutput, code: u32, what: &str) -> Value {
-    let desc = format!("{what}: exit {:?}, stdout {:?}, stderr {:?}", out.exit_code(), out.stdout_str(), out.stderr_str());
-    assert!(!out.success(), "expected a failure: {desc}");
-    let obj = out.json().unwrap_or_else(|| panic!("stdout is not JSON: {desc}"));
-    let parsed = out.error_object().unwrap_or_else(|| panic!("not an error object: {desc}"));
-    assert!(obj["msg"].is_string(), "no msg: {desc}");
-    assert_eq!(parsed.code, code, "{desc}");
-    obj
-}
-
-fn env_of(rc: &RuntimeConf) -> Vec<(&'static str, String)> {
-    rc.env()
-}
-
-fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. connectivity on one bridge, isGateway
@@ -458,7 +329,7 @@ fn del_is_idempotent() {
     lab.del(&l, &rc);
     // and once more without netns and without prevResult (raw)
     let cfg = l.plugin_config(0, None, None, &[]).unwrap();
-    let out = lab.raw("DEL", &cfg, &[("CNI_CONTAINERID", "del-0"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")]);
+    let out = lab.raw("bridge", "DEL", &cfg, &[("CNI_CONTAINERID", "del-0"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")]);
     assert!(out.success(), "{}", out.stdout_str());
     assert!(out.stdout.is_empty(), "DEL prints nothing: {:?}", out.stdout_str());
 }
@@ -474,7 +345,7 @@ fn del_without_netns_or_prev_result_removes_masq_and_lease() {
     assert!(masq_present(lab.host(), &ip));
     // what a runtime that lost its cache and the netns sends: no prevResult, CNI_NETNS=""
     let cfg = l.plugin_config(0, None, None, &[]).unwrap();
-    let out = lab.raw("DEL", &cfg, &[("CNI_CONTAINERID", "delnons-0"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")]);
+    let out = lab.raw("bridge", "DEL", &cfg, &[("CNI_CONTAINERID", "delnons-0"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")]);
     assert!(out.success(), "DEL failed: {} {}", out.stdout_str(), out.stderr_str());
     assert!(!masq_present(lab.host(), &ip), "masquerade left (reference bug #810): {:#?}", cni_nat_lines(lab.host(), false));
     assert!(cni_nat_lines(lab.host(), false).is_empty(), "{:#?}", cni_nat_lines(lab.host(), false));
@@ -637,13 +508,13 @@ fn bad_input_config_matrix() {
         ("unsupported version", cfg(json!({"cniVersion": "9.9.9", "bridge": "br-bad"})), 1),
     ];
     for (what, bytes, code) in &cases {
-        let out = lab.raw("ADD", bytes, &env);
+        let out = lab.raw("bridge", "ADD", bytes, &env);
         expect_code(&out, *code, what);
     }
     // missing CNI_NETNS / CNI_CONTAINERID on ADD
     for drop in ["CNI_NETNS", "CNI_CONTAINERID"] {
         let env: Vec<(&str, &str)> = env.iter().filter(|(k, _)| *k != drop).cloned().collect();
-        let out = lab.raw("ADD", &cfg(json!({"bridge": "br-bad"})), &env);
+        let out = lab.raw("bridge", "ADD", &cfg(json!({"bridge": "br-bad"})), &env);
         expect_code(&out, 4, &format!("ADD without {drop}"));
     }
     assert!(links_of_kind(lab.host(), "bridge").is_empty(), "a bad config created a bridge: {:?}", link_names(lab.host()));
@@ -833,7 +704,7 @@ fn two_interfaces_keep_their_own_masquerade(backend: &str) {
     // again, DEL without netns and prevResult
     let ip1 = result_ip(&lab.add(&l, &rc1), false);
     let cfg = l.plugin_config(0, None, None, &[]).unwrap();
-    let out = lab.raw("DEL", &cfg, &[("CNI_CONTAINERID", "twoif-0"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth1")]);
+    let out = lab.raw("bridge", "DEL", &cfg, &[("CNI_CONTAINERID", "twoif-0"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth1")]);
     assert!(out.success(), "{} {}", out.stdout_str(), out.stderr_str());
     if backend == "iptables" {
         // The reference layout names the chain by network + container ID only and the rules carry no
@@ -1166,7 +1037,7 @@ fn interop_reference_add_then_our_del_and_bridge_reuse() {
 
     // our DEL of a reference attachment without netns and prevResult
     let cfg = l.plugin_config(0, None, None, &[]).unwrap();
-    let out = lab.raw("DEL", &cfg, &[("CNI_CONTAINERID", "interop-1"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")]);
+    let out = lab.raw("bridge", "DEL", &cfg, &[("CNI_CONTAINERID", "interop-1"), ("CNI_NETNS", ""), ("CNI_IFNAME", "eth0")]);
     assert!(out.success(), "{} {}", out.stdout_str(), out.stderr_str());
     assert!(!masq_present(lab.host(), &ip1), "masquerade of {ip1} left");
     assert!(lab.leases("interop-net").is_empty(), "{:?}", lab.leases("interop-net"));

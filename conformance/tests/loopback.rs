@@ -8,6 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::lab::refs;
 use conformance::diff::{self, Case, Normalize, Step};
 use conformance::plugins::our_plugins;
 use conformance::runner::{NetworkConfigList, RuntimeConf};
@@ -213,10 +214,6 @@ impl Bad {
 }
 
 const GOOD: &[u8] = br#"{"cniVersion":"1.0.0","name":"bad","type":"loopback"}"#;
-
-fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
 
 #[test]
 fn bad_config_bytes() {

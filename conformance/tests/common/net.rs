@@ -2,7 +2,7 @@
 //! connectivity, all read inside sandbox namespaces with `ip -j`, `iptables-save`, `nft` and
 //! `/proc/sys`.
 
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::time::Duration;
 
@@ -130,13 +130,24 @@ pub fn lease_files(data_dir: &Path, network: &str) -> Vec<String> {
 
 // ---- NAT rules ----
 
-/// The reference `utils.FormatChainName`: `("CNI-" + hex(sha512(network + containerID)))[:28]`.
-pub fn masq_chain_name(network: &str, container_id: &str) -> String {
+/// The reference `utils.MustFormatChainNameWithPrefix`:
+/// `("CNI-" + prefix + hex(sha512(network + containerID)))[:28]`.
+pub fn cni_chain_name(prefix: &str, network: &str, container_id: &str) -> String {
     let digest = Sha512::digest(format!("{network}{container_id}").as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let mut s = format!("CNI-{hex}");
+    let mut s = format!("CNI-{prefix}{hex}");
     s.truncate(28);
     s
+}
+
+/// The reference `utils.FormatChainName`: `("CNI-" + hex(sha512(network + containerID)))[:28]`.
+pub fn masq_chain_name(network: &str, container_id: &str) -> String {
+    cni_chain_name("", network, container_id)
+}
+
+/// The reference portmap per-container chain `CNI-DN-<hash>`.
+pub fn dnat_chain_name(network: &str, container_id: &str) -> String {
+    cni_chain_name("DN-", network, container_id)
 }
 
 /// The reference ipMasq rule comment as `iptables-save` prints it: `"name: \"<net>\" id: \"<cid>\""`.
@@ -147,8 +158,13 @@ pub fn masq_comment_saved(network: &str, container_id: &str) -> String {
 /// `iptables-save -t nat` (`ip6tables-save` with `v6`) in `ns`, as rule lines: chain declarations
 /// without counters (`:NAME POLICY`) and `-A` rules; comments and `*nat`/`COMMIT` dropped.
 pub fn nat_lines(ns: &NamedNetns, v6: bool) -> Vec<String> {
+    save_lines(ns, v6, "nat")
+}
+
+/// Like [`nat_lines`] for any table (`filter`, `nat`, ...).
+pub fn save_lines(ns: &NamedNetns, v6: bool, table: &str) -> Vec<String> {
     let tool = if v6 { "ip6tables-save" } else { "iptables-save" };
-    let out = ns.run_ok(tool, ["-t", "nat"]).unwrap();
+    let out = ns.run_ok(tool, ["-t", table]).unwrap();
     out.lines()
         .filter_map(|l| {
             if let Some(decl) = l.strip_prefix(':') {
@@ -179,6 +195,68 @@ pub fn nft_json(ns: &NamedNetns) -> Vec<Value> {
     v["nftables"].as_array().cloned().unwrap_or_default()
 }
 
+/// `table <family> <name>` of every nftables table in `ns` (iptables-nft's included).
+pub fn nft_tables(ns: &NamedNetns) -> Vec<String> {
+    ns.run_ok("nft", ["list", "tables"]).unwrap().lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+}
+
+/// `nft -j list table FAMILY NAME` in `ns`, the `nftables` array; `None` when there is no such table.
+pub fn nft_table_json(ns: &NamedNetns, family: &str, name: &str) -> Option<Vec<Value>> {
+    let out = ns.run("nft", ["-j", "list", "table", family, name]).unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    Some(v["nftables"].as_array().cloned().unwrap_or_default())
+}
+
+/// `nft list table FAMILY NAME` in `ns` (text); `None` when there is no such table.
+pub fn nft_table(ns: &NamedNetns, family: &str, name: &str) -> Option<String> {
+    let out = ns.run("nft", ["list", "table", family, name]).unwrap();
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Names of the chains of nftables table `FAMILY NAME` whose listing (rules, comment) contains
+/// `needle`.
+pub fn nft_chains_mentioning(ns: &NamedNetns, family: &str, table: &str, needle: &str) -> Vec<String> {
+    let Some(text) = nft_table(ns, family, table) else { return vec![] };
+    let mut out: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("chain ") {
+            current = rest.split_whitespace().next().map(String::from);
+        } else if line.starts_with("set ") || line.starts_with("map ") {
+            current = None;
+        }
+        if let Some(c) = &current {
+            if line.contains(needle) && !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Every line of the firewall state of `ns` that contains `needle`: `nft list ruleset` (which also
+/// shows iptables-nft's tables) and `iptables-save` / `ip6tables-save` of every table.
+pub fn firewall_lines_mentioning(ns: &NamedNetns, needle: &str) -> Vec<String> {
+    let mut out: Vec<String> = nft_ruleset(ns).lines().filter(|l| l.contains(needle)).map(|l| format!("nft: {}", l.trim())).collect();
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let save = ns.run_ok(tool, std::iter::empty::<&str>()).unwrap();
+        out.extend(save.lines().filter(|l| l.contains(needle)).map(|l| format!("{tool}: {l}")));
+    }
+    out
+}
+
+/// Every line of the firewall state of `ns` (as [`firewall_lines_mentioning`]) holding the address
+/// `ip` as a whole token (`10.0.0.2` matches `10.0.0.2:80` and `10.0.0.2/32`, not `10.0.0.20`).
+pub fn firewall_lines_with_addr(ns: &NamedNetns, ip: &str) -> Vec<String> {
+    let v6 = ip.contains(':');
+    let in_token = |c: char| if v6 { c.is_ascii_hexdigit() || c == ':' } else { c.is_ascii_digit() || c == '.' };
+    let needle = if v6 { ip.split(':').find(|p| !p.is_empty()).unwrap_or(ip) } else { ip };
+    firewall_lines_mentioning(ns, needle).into_iter().filter(|l| l.split(|c: char| !in_token(c)).any(|w| w == ip)).collect()
+}
+
 /// Whether any masquerade for `ip` exists in `ns`, whatever the backend: an iptables `-s <ip>/32`
 /// jump or an nftables ruleset mentioning the address.
 pub fn masq_present(ns: &NamedNetns, ip: &str) -> bool {
@@ -192,7 +270,13 @@ pub fn masq_present(ns: &NamedNetns, ip: &str) -> bool {
 
 /// `ping -c1 -W2 ADDR` (`-6` for IPv6) inside `ns`.
 pub fn ping(ns: &NamedNetns, addr: &str) -> Result<(), String> {
-    let mut args = vec!["-c1", "-W2"];
+    ping_within(ns, addr, Duration::from_secs(2))
+}
+
+/// One ping waiting at most `wait` (whole seconds, at least one) for the answer.
+pub fn ping_within(ns: &NamedNetns, addr: &str, wait: Duration) -> Result<(), String> {
+    let wait = wait.as_secs().max(1).to_string();
+    let mut args = vec!["-c1", "-W", wait.as_str()];
     if addr.contains(':') {
         args.insert(0, "-6");
     }
@@ -217,14 +301,31 @@ pub fn assert_ping(ns: &NamedNetns, addr: &str) {
     }
 }
 
+/// `ip addr add CIDR dev DEV` in `ns` for each of `cidrs`; IPv6 addresses with `nodad`, so they are
+/// usable at once.
+pub fn add_addrs(ns: &NamedNetns, dev: &str, cidrs: &[&str]) {
+    for cidr in cidrs {
+        let mut args = vec!["addr", "add", cidr, "dev", dev];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        ns.run_ok("ip", &args).unwrap();
+    }
+}
+
 /// Wire `ext` to the sandbox host `host` with a veth pair (`<name>` in the host, `<name>p` in
 /// `ext`), addresses `host_cidr` / `ext_cidr`, both ends up. `ext` gets no other route.
 pub fn wire_external(host: &NamedNetns, ext: &NamedNetns, name: &str, host_cidr: &str, ext_cidr: &str) {
+    wire_external_addrs(host, ext, name, &[host_cidr], &[ext_cidr]);
+}
+
+/// [`wire_external`] with several addresses on each end (IPv4 and/or IPv6).
+pub fn wire_external_addrs(host: &NamedNetns, ext: &NamedNetns, name: &str, host_cidrs: &[&str], ext_cidrs: &[&str]) {
     let peer = format!("{name}p");
     host.run_ok("ip", ["link", "add", name, "type", "veth", "peer", "name", &peer, "netns", ext.name()]).unwrap();
-    host.run_ok("ip", ["addr", "add", host_cidr, "dev", name]).unwrap();
+    add_addrs(host, name, host_cidrs);
     host.run_ok("ip", ["link", "set", name, "up"]).unwrap();
-    ext.run_ok("ip", ["addr", "add", ext_cidr, "dev", &peer]).unwrap();
+    add_addrs(ext, &peer, ext_cidrs);
     ext.run_ok("ip", ["link", "set", &peer, "up"]).unwrap();
     ext.run_ok("ip", ["link", "set", "lo", "up"]).unwrap();
 }
@@ -233,19 +334,98 @@ fn io(e: std::io::Error) -> CniError {
     CniError::Io(e.to_string())
 }
 
+/// How long a connection that must work may take.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long to wait before calling traffic that must be blocked (dropped) blocked.
+pub const BLOCKED_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Run `f` (which makes a socket) inside the namespace at `ns`: the socket keeps that namespace.
+fn in_ns<T>(ns: &Path, what: &str, f: impl FnOnce() -> std::io::Result<T>) -> Result<T, String> {
+    NetNs::open(ns).and_then(|n| n.run(|| f().map_err(io))).map_err(|e| format!("{what} in {}: {e}", ns.display()))
+}
+
+/// A TCP listener bound to `addr` inside the namespace at `ns` (port 0: any free port).
+#[track_caller]
+pub fn tcp_listen(ns: &Path, addr: SocketAddr) -> TcpListener {
+    in_ns(ns, &format!("listen on tcp {addr}"), || TcpListener::bind(addr)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Connect from namespace `client` to `target` (which must lead to `listener`, e.g. through DNAT)
+/// and return the source address the listener saw. Fails when the connection is refused, times out
+/// (`timeout`), or reaches something else than `listener`.
+pub fn tcp_connect_seen(listener: &TcpListener, client: &Path, target: SocketAddr, timeout: Duration) -> Result<SocketAddr, String> {
+    let _stream = in_ns(client, &format!("connect to {target}"), || TcpStream::connect_timeout(&target, timeout))?;
+    // The handshake's last ACK may still be on its way to the listener: poll briefly.
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((_conn, peer)) => return Ok(peer),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => {
+                return Err(format!("connected to {target} from {}, but the listener got nothing: {e}", client.display()))
+            }
+        }
+    }
+}
+
 /// Open a TCP connection from namespace `client` to `listen` (an address of namespace `server`)
 /// and return the source address the server saw. The listener is bound inside `server` by this
-/// thread (a socket keeps its namespace); the connection is accepted after `connect` returned, so
-/// no second thread and no waiting are needed.
+/// thread (a socket keeps its namespace) before the client connects, so no second thread and no
+/// waiting are needed.
 pub fn tcp_source_seen(server: &Path, listen: IpAddr, client: &Path) -> Result<SocketAddr, String> {
-    let listener = NetNs::open(server)
-        .and_then(|ns| ns.run(|| TcpListener::bind(SocketAddr::new(listen, 0)).map_err(io)))
-        .map_err(|e| format!("listen on {listen} in {}: {e}", server.display()))?;
+    tcp_source_seen_within(server, listen, client, REACH_TIMEOUT)
+}
+
+/// [`tcp_source_seen`] giving up after `timeout`.
+pub fn tcp_source_seen_within(server: &Path, listen: IpAddr, client: &Path, timeout: Duration) -> Result<SocketAddr, String> {
+    let listener = in_ns(server, &format!("listen on {listen}"), || TcpListener::bind(SocketAddr::new(listen, 0)))?;
     let target = listener.local_addr().map_err(|e| e.to_string())?;
-    let _stream = NetNs::open(client)
-        .and_then(|ns| ns.run(|| TcpStream::connect_timeout(&target, Duration::from_secs(3)).map_err(io)))
-        .map_err(|e| format!("connect to {target} from {}: {e}", client.display()))?;
-    let (_conn, peer) = listener.accept().map_err(|e| format!("accept on {target}: {e}"))?;
+    tcp_connect_seen(&listener, client, target, timeout)
+}
+
+/// A UDP socket bound to `addr` inside the namespace at `ns`.
+#[track_caller]
+pub fn udp_bind(ns: &Path, addr: SocketAddr) -> UdpSocket {
+    in_ns(ns, &format!("bind udp {addr}"), || UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Send one datagram from namespace `client` (from `src`) to `target`, without waiting for anything.
+pub fn udp_send(client: &Path, src: SocketAddr, target: SocketAddr) -> Result<(), String> {
+    let sock = in_ns(client, &format!("bind udp {src}"), || UdpSocket::bind(src))?;
+    sock.send_to(b"probe", target).map_err(|e| format!("send to {target}: {e}"))?;
+    Ok(())
+}
+
+/// A request/reply over UDP: a datagram from namespace `client` (from `src`, default any address
+/// and port) to `target` must reach `server` (e.g. through DNAT), and the server's reply must come
+/// back to the client *from `target`* (reverse translation). Returns the source the server saw.
+pub fn udp_exchange(
+    server: &UdpSocket,
+    client: &Path,
+    src: Option<SocketAddr>,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Result<SocketAddr, String> {
+    let any: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+    let sock = in_ns(client, "bind udp", || UdpSocket::bind(src.unwrap_or(any)))?;
+    sock.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    server.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    sock.send_to(b"request", target).map_err(|e| format!("send to {target}: {e}"))?;
+    let mut buf = [0u8; 64];
+    let (n, peer) = server
+        .recv_from(&mut buf)
+        .map_err(|e| format!("udp to {target} from {}: the server got nothing ({e})", client.display()))?;
+    if &buf[..n] != b"request" {
+        return Err(format!("udp server got {:?} from {peer}", &buf[..n]));
+    }
+    server.send_to(b"reply", peer).map_err(|e| format!("reply to {peer}: {e}"))?;
+    let (n, from) = sock.recv_from(&mut buf).map_err(|e| format!("udp reply from {target}: nothing came back ({e})"))?;
+    if &buf[..n] != b"reply" || from != target {
+        return Err(format!("udp reply {:?} came from {from}, expected {target}", &buf[..n]));
+    }
     Ok(peer)
 }
 
