@@ -26,7 +26,7 @@ mod error;
 mod link;
 mod mac;
 mod route;
-pub(crate) mod socket;
+pub mod socket;
 
 pub use addr::{Addr, AddrOpts};
 pub use bridge::{BrPortFlags, VLAN_FILTERING};

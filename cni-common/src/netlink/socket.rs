@@ -1,9 +1,12 @@
 //! The synchronous netlink transport: send one request, read its replies.
 //!
 //! The loop is protocol-independent ([`Socket::open_protocol`], [`Socket::request_raw`],
-//! [`Socket::dump_raw`] work on whole messages as bytes); [`Socket::open`], [`Socket::request`]
-//! and [`Socket::dump`] are its NETLINK_ROUTE face, used by the rest of this module. Conntrack
-//! ([`crate::conntrack`]) uses the raw face over NETLINK_NETFILTER.
+//! [`Socket::dump_raw`] and [`Socket::send_batch`] work on whole messages as bytes);
+//! `Socket::open`, `Socket::request` and `Socket::dump` are its NETLINK_ROUTE face, used by the
+//! rest of this module. Conntrack ([`crate::conntrack`]) uses the raw face over NETLINK_NETFILTER,
+//! and so does the nf_tables executor of the firewall crate (batches of messages, each
+//! acknowledged). [`put_attr`], [`put_nested`], [`parse_attrs`] and [`nfgen_message`] build and
+//! read such hand-made messages.
 //!
 //! Requests are sent with `NLM_F_ACK` and read until the acknowledgement (or the error that
 //! replaces it); dumps are read until `NLMSG_DONE` and repeated, up to [`DUMP_ATTEMPTS`] times in
@@ -21,17 +24,29 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket as SysSocket};
 use super::NlError;
 
 /// How many times a dump is attempted while the kernel reports it as interrupted.
-pub(crate) const DUMP_ATTEMPTS: usize = 5;
+pub const DUMP_ATTEMPTS: usize = 5;
 
 /// Length of `struct nlmsghdr`.
-const HEADER_LEN: usize = 16;
+pub const HEADER_LEN: usize = 16;
+/// Length of `struct nfgenmsg`, the header after `struct nlmsghdr` in every nfnetlink message.
+pub const NFGENMSG_LEN: usize = 4;
+/// Length of `struct nlattr`.
+pub const NLA_HDRLEN: usize = 4;
+/// `NLA_F_NESTED`, set on the type of an attribute holding attributes.
+pub const NLA_F_NESTED: u16 = 1 << 15;
 /// `NLMSGERR_ATTR_MSG`: the extended-ack attribute holding the kernel's error text.
 const NLMSGERR_ATTR_MSG: u16 = 1;
+/// `NLMSGERR_ATTR_OFFS`: the extended-ack attribute holding the offset of the attribute at fault.
+const NLMSGERR_ATTR_OFFS: u16 = 2;
+/// How long [`Socket::send_batch`] waits for the kernel's answers before giving up.
+const BATCH_REPLY_TIMEOUT_MS: i32 = 30_000;
 /// Initial receive buffer; grown when a datagram is larger.
 const RECV_BUF: usize = 32 * 1024;
 
-/// A netlink socket, bound to the network namespace it was created in.
-pub(crate) struct Socket {
+/// A netlink socket, bound to the network namespace it was created in (for its whole life).
+///
+/// Not `Sync`: one request at a time. Open one per thread (and namespace) that needs it.
+pub struct Socket {
     sock: SysSocket,
     seq: u32,
     buf: Vec<u8>,
@@ -43,9 +58,15 @@ impl Socket {
         Socket::open_protocol(NETLINK_ROUTE, "NETLINK_ROUTE")
     }
 
+    /// Open and bind a NETLINK_NETFILTER socket (nfnetlink: conntrack, nf_tables) in the calling
+    /// thread's network namespace.
+    pub fn open_netfilter() -> Result<Socket, NlError> {
+        Socket::open_protocol(netlink_sys::protocols::NETLINK_NETFILTER, "NETLINK_NETFILTER")
+    }
+
     /// Open and bind a socket of netlink `protocol` (called `name` in errors) in the calling
     /// thread's network namespace.
-    pub(crate) fn open_protocol(protocol: isize, name: &str) -> Result<Socket, NlError> {
+    pub fn open_protocol(protocol: isize, name: &str) -> Result<Socket, NlError> {
         let mut sock = SysSocket::new(protocol).map_err(|e| NlError::io(e).with_op(format!("open {name} socket")))?;
         sock.bind_auto().map_err(|e| NlError::io(e).with_op(format!("bind {name} socket")))?;
         // Both options are optional comforts (kernels since 4.3 and 4.12): error replies without a
@@ -75,7 +96,7 @@ impl Socket {
     /// its length filled in); its flags (`NLM_F_REQUEST | NLM_F_ACK | flags`) and sequence number
     /// are set here. Every data message of the reply (whole, header included) goes through
     /// `parse`; the values it keeps (`Some`) are returned.
-    pub(crate) fn request_raw<T>(
+    pub fn request_raw<T>(
         &mut self,
         mut msg: Vec<u8>,
         flags: u16,
@@ -87,7 +108,7 @@ impl Socket {
 
     /// [`Socket::dump`] for any protocol; `msg` and `parse` as for [`Socket::request_raw`]. The
     /// values of an interrupted attempt are discarded.
-    pub(crate) fn dump_raw<T>(
+    pub fn dump_raw<T>(
         &mut self,
         mut msg: Vec<u8>,
         mut parse: impl FnMut(&[u8]) -> Result<Option<T>, NlError>,
@@ -103,6 +124,169 @@ impl Socket {
             libc::EINTR,
             Some(format!("dump interrupted by concurrent changes {DUMP_ATTEMPTS} times in a row")),
         ))
+    }
+
+    /// Send `msgs` — whole messages with their extra header flags — in one datagram, each with its
+    /// own sequence number (`NLM_F_REQUEST` is added to every one), and collect the kernel's
+    /// acknowledgements and errors.
+    ///
+    /// Returns once every message sent with `NLM_F_ACK` is answered, or, as soon as one error came
+    /// back, with whatever else the kernel had already queued (a protocol that processes the
+    /// datagram synchronously — nfnetlink batches — has then said all it will say). Errors for
+    /// messages without `NLM_F_ACK` (e.g. a batch header) are returned too. Replies carrying data
+    /// (echoes) are skipped. The socket's send buffer is enlarged when the datagram needs it.
+    pub fn send_batch(&mut self, msgs: Vec<(Vec<u8>, u16)>) -> Result<Vec<BatchReply>, NlError> {
+        let mut datagram = Vec::with_capacity(msgs.iter().map(|(m, _)| align4(m.len())).sum());
+        let first_seq = self.seq.wrapping_add(1);
+        let mut expected = Vec::with_capacity(msgs.len());
+        let mut offsets = Vec::with_capacity(msgs.len());
+        for (i, (mut msg, flags)) in msgs.into_iter().enumerate() {
+            if msg.len() < HEADER_LEN || u32_at(&msg, 0) as usize != msg.len() {
+                return Err(NlError::invalid(
+                    "send netlink batch",
+                    format!("message {i}: {} bytes with a header length of {}", msg.len(), msg.get(..4).map_or(0, |b| u32_at(b, 0))),
+                ));
+            }
+            self.seq = self.seq.wrapping_add(1);
+            msg[6..8].copy_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+            msg[8..12].copy_from_slice(&self.seq.to_ne_bytes());
+            if flags & NLM_F_ACK != 0 {
+                expected.push(i);
+            }
+            offsets.push(datagram.len());
+            datagram.extend_from_slice(&msg);
+            datagram.resize(align4(datagram.len()), 0);
+        }
+        let count = offsets.len();
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        self.ensure_sndbuf(datagram.len());
+        loop {
+            match self.sock.send(&datagram, 0) {
+                Ok(n) if n == datagram.len() => break,
+                Ok(n) => return Err(NlError::decode(format!("short netlink send: {n} of {} bytes", datagram.len()))),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(NlError::io(e).with_op("send netlink batch")),
+            }
+        }
+        let index_of = |seq: u32| -> Option<usize> {
+            let i = seq.wrapping_sub(first_seq) as usize;
+            (i < count).then_some(i)
+        };
+        let mut replies: Vec<BatchReply> = Vec::new();
+        let mut answered = vec![false; count];
+        let mut failed = false;
+        while !expected.iter().all(|&i| answered[i]) {
+            let n = if failed {
+                // Everything the kernel had to say about a failed batch is queued by now.
+                match self.recv_ready(0)? {
+                    Some(n) => n,
+                    None => break,
+                }
+            } else {
+                match self.recv_ready(BATCH_REPLY_TIMEOUT_MS)? {
+                    Some(n) => n,
+                    None => {
+                        return Err(NlError::os(
+                            libc::ETIMEDOUT,
+                            Some(format!("no answer to a batch of {count} messages")),
+                        ))
+                    }
+                }
+            };
+            let mut off = 0;
+            while n - off >= HEADER_LEN {
+                let data = &self.buf[off..n];
+                let len = u32_at(data, 0) as usize;
+                if len < HEADER_LEN || len > data.len() {
+                    return Err(NlError::decode(format!(
+                        "malformed netlink message: length {len}, {} bytes left",
+                        data.len()
+                    )));
+                }
+                let raw = &data[..len];
+                off += align4(len).min(data.len());
+                let (kind, flags, seq) = (u16_at(raw, 4), u16_at(raw, 6), u32_at(raw, 8));
+                let Some(index) = index_of(seq) else { continue };
+                if kind != NLMSG_ERROR {
+                    continue;
+                }
+                if raw.len() < HEADER_LEN + 4 {
+                    return Err(NlError::decode("truncated netlink error message"));
+                }
+                let code = i32_at(raw, HEADER_LEN);
+                let payload = &raw[HEADER_LEN + 4..];
+                let (error, bad_attr) = if code == 0 {
+                    (None, None)
+                } else {
+                    failed = true;
+                    let tlvs = error_ext_ack_tlvs(flags, payload);
+                    let text = tlvs.and_then(|t| ext_ack_tlv(t, NLMSGERR_ATTR_MSG)).map(tlv_string);
+                    let offs = tlvs.and_then(|t| ext_ack_tlv(t, NLMSGERR_ATTR_OFFS)).filter(|v| v.len() >= 4).map(|v| u32_at(v, 0));
+                    (Some(NlError::os(code.saturating_neg(), text)), offs)
+                };
+                answered[index] = true;
+                replies.push(BatchReply { index, error, bad_attr });
+            }
+        }
+        replies.sort_by_key(|r| r.index);
+        Ok(replies)
+    }
+
+    /// Make sure a datagram of `len` bytes fits the send buffer (`SO_SNDBUFFORCE` needs
+    /// CAP_NET_ADMIN, which programming the firewall needs anyway; `SO_SNDBUF` otherwise).
+    fn ensure_sndbuf(&self, len: usize) {
+        use std::os::fd::AsRawFd;
+        let fd = self.sock.as_raw_fd();
+        let mut cur: libc::c_int = 0;
+        let mut optlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `optlen` bytes into `cur`.
+        let got = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&mut cur as *mut libc::c_int).cast(), &mut optlen)
+        };
+        // The kernel reports twice the value set; leave room for its bookkeeping.
+        if got == 0 && (cur as usize) >= len + 4096 {
+            return;
+        }
+        let want = libc::c_int::try_from(len + 4096).unwrap_or(libc::c_int::MAX);
+        for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+            // SAFETY: setsockopt reads an int from a valid pointer of the given length.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&want as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Wait up to `timeout_ms` for a datagram and receive it (see [`Socket::recv`]); `None` when
+    /// none came in time.
+    fn recv_ready(&mut self, timeout_ms: i32) -> Result<Option<usize>, NlError> {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        loop {
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(NlError::io(e));
+            }
+            if r == 0 {
+                return Ok(None);
+            }
+            return self.recv().map(Some);
+        }
     }
 
     /// Stamp `bytes` (a whole message) with `flags` and the next sequence number, and send it.
@@ -233,33 +417,115 @@ pub(crate) fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> 
 /// The kernel's text in an `NLMSG_ERROR` payload (after the error code): the payload starts with
 /// the failed request (only its header when `NLM_F_CAPPED`), followed by TLVs when `NLM_F_ACK_TLVS`.
 pub(crate) fn error_ext_ack(flags: u16, payload: &[u8]) -> Option<String> {
+    error_ext_ack_tlvs(flags, payload).and_then(tlv_message)
+}
+
+/// The extended-ack TLVs of an `NLMSG_ERROR` payload (after the error code), if any.
+fn error_ext_ack_tlvs(flags: u16, payload: &[u8]) -> Option<&[u8]> {
     if flags & NLM_F_ACK_TLVS == 0 || payload.len() < HEADER_LEN {
         return None;
     }
     let request_len = if flags & NLM_F_CAPPED != 0 { HEADER_LEN } else { u32_at(payload, 0) as usize };
-    tlv_message(payload.get(align4(request_len)..)?)
+    payload.get(align4(request_len)..)
 }
 
 /// The `NLMSGERR_ATTR_MSG` string among extended-ack TLVs.
-fn tlv_message(mut tlvs: &[u8]) -> Option<String> {
+fn tlv_message(tlvs: &[u8]) -> Option<String> {
+    ext_ack_tlv(tlvs, NLMSGERR_ATTR_MSG).map(tlv_string)
+}
+
+/// The value of extended-ack TLV `kind`; `None` when absent or when the TLVs are malformed.
+fn ext_ack_tlv(mut tlvs: &[u8], kind: u16) -> Option<&[u8]> {
     while tlvs.len() >= 4 {
         let len = u16_at(tlvs, 0) as usize;
-        let kind = u16_at(tlvs, 2) & netlink_packet_core::NLA_TYPE_MASK;
+        let k = u16_at(tlvs, 2) & netlink_packet_core::NLA_TYPE_MASK;
         if len < 4 || len > tlvs.len() {
             return None;
         }
-        if kind == NLMSGERR_ATTR_MSG {
-            let value = &tlvs[4..len];
-            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-            return Some(String::from_utf8_lossy(&value[..end]).trim().to_string());
+        if k == kind {
+            return Some(&tlvs[4..len]);
         }
         tlvs = tlvs.get(align4(len)..)?;
     }
     None
 }
 
-fn align4(len: usize) -> usize {
+/// A NUL-terminated string value, trimmed.
+fn tlv_string(value: &[u8]) -> String {
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end]).trim().to_string()
+}
+
+/// `len` rounded up to the netlink alignment (4 bytes).
+pub fn align4(len: usize) -> usize {
     (len + 3) & !3
+}
+
+/// The kernel's answer to one message of [`Socket::send_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReply {
+    /// Index of the message in the batch.
+    pub index: usize,
+    /// `None` for an acknowledgement, the error (errno and the kernel's text) otherwise.
+    pub error: Option<NlError>,
+    /// For an error, the offset of the attribute the kernel blamed from the start of that message
+    /// (extended ack `NLMSGERR_ATTR_OFFS`), when it named one.
+    pub bad_attr: Option<u32>,
+}
+
+// ---- Hand-built messages: attributes and nfnetlink headers ----
+
+/// Append attribute `kind` holding `value`, padded to 4 bytes.
+pub fn put_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    out.extend_from_slice(&((NLA_HDRLEN + value.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(align4(out.len()), 0);
+}
+
+/// Append nested attribute `kind` (with `NLA_F_NESTED`) whose content `fill` appends.
+pub fn put_nested(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; NLA_HDRLEN]);
+    fill(out);
+    let len = (out.len() - start) as u16;
+    out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    out[start + 2..start + 4].copy_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+}
+
+/// The attributes in `buf` as `(type without flag bits, value)`, in order; an error for a
+/// malformed one (the last attribute may go unpadded).
+pub fn parse_attrs(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        if buf.len() < NLA_HDRLEN {
+            return Err(NlError::decode(format!("truncated netlink attribute: {} bytes left", buf.len())));
+        }
+        let len = usize::from(u16_at(buf, 0));
+        if len < NLA_HDRLEN || len > buf.len() {
+            return Err(NlError::decode(format!("malformed netlink attribute: length {len}, {} bytes left", buf.len())));
+        }
+        out.push((u16_at(buf, 2) & netlink_packet_core::NLA_TYPE_MASK, &buf[NLA_HDRLEN..len]));
+        buf = &buf[align4(len).min(buf.len())..];
+    }
+    Ok(out)
+}
+
+/// An nfnetlink message: header (`kind` = subsystem << 8 | message type; flags and sequence
+/// number left for the socket to fill in), `nfgenmsg { family, version 0, res_id }` (`res_id` in
+/// network byte order), then `attrs`.
+pub fn nfgen_message(kind: u16, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
+    let len = HEADER_LEN + NFGENMSG_LEN + attrs.len();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&(len as u32).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(&0u16.to_ne_bytes()); // flags
+    out.extend_from_slice(&0u32.to_ne_bytes()); // sequence number
+    out.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+    out.extend_from_slice(&[family, 0]); // NFNETLINK_V0
+    out.extend_from_slice(&res_id.to_be_bytes());
+    out.extend_from_slice(attrs);
+    out
 }
 
 // Callers check lengths first; these read native-endian integers at `off`.
@@ -306,5 +572,36 @@ mod tests {
         assert_eq!(error_ext_ack(NLM_F_ACK_TLVS, &payload).as_deref(), Some("bad"));
         // Truncated TLVs give no text rather than a panic.
         assert_eq!(error_ext_ack(NLM_F_ACK_TLVS, &payload[..22]), None);
+    }
+
+    #[test]
+    fn ext_ack_offset_of_the_bad_attribute() {
+        let mut payload = vec![0u8; HEADER_LEN];
+        payload[..4].copy_from_slice(&60u32.to_ne_bytes());
+        payload.extend(tlv(NLMSGERR_ATTR_MSG, b"Set element exists\0"));
+        payload.extend(tlv(NLMSGERR_ATTR_OFFS, &52u32.to_ne_bytes()));
+        let tlvs = error_ext_ack_tlvs(NLM_F_ACK_TLVS | NLM_F_CAPPED, &payload).unwrap();
+        assert_eq!(ext_ack_tlv(tlvs, NLMSGERR_ATTR_OFFS), Some(&52u32.to_ne_bytes()[..]));
+        assert_eq!(tlv_message(tlvs).as_deref(), Some("Set element exists"));
+    }
+
+    #[test]
+    fn hand_built_messages() {
+        let mut attrs = Vec::new();
+        put_attr(&mut attrs, 1, b"abc\0");
+        put_nested(&mut attrs, 2, |n| put_attr(n, 1, &7u32.to_be_bytes()));
+        // 4 + 4 (padded from 8) ; nested: 4 + 8
+        assert_eq!(attrs.len(), 8 + 12);
+        let parsed = parse_attrs(&attrs).unwrap();
+        assert_eq!(parsed[0], (1, &b"abc\0"[..]));
+        assert_eq!(parsed[1].0, 2, "flag bits are masked");
+        assert_eq!(u16_at(&attrs, 10), 2 | NLA_F_NESTED);
+        assert_eq!(parse_attrs(parsed[1].1).unwrap(), vec![(1, &7u32.to_be_bytes()[..])]);
+        assert!(parse_attrs(&attrs[..6]).is_err());
+        let msg = nfgen_message(0x0a10, 1, 10, &attrs);
+        assert_eq!(u32_at(&msg, 0) as usize, msg.len());
+        assert_eq!(u16_at(&msg, 4), 0x0a10);
+        assert_eq!(msg[16..20], [1, 0, 0, 10]);
+        assert_eq!(&msg[20..], &attrs[..]);
     }
 }
