@@ -10,11 +10,12 @@
 //!   `iptables-restore --noflush` (`ip6tables-restore` for IPv6) transaction.
 //! - [`Backend::Nftables`]: tables owned by this project (`inet cnirs_masquerade`,
 //!   `inet cnirs_hostport`, `inet cnirs_isolation`) where per-packet cost is a map lookup; every
-//!   write is one `nft -f -` transaction.
+//!   write is one nf_tables transaction, sent over netlink by default (no process, no `nft`
+//!   binary needed; [`nft::netlink`]) or through `nft -f -` with `CNI_NFT_EXEC=1`.
 //!
 //! Planning is pure ([`ipt::plan`], [`nft::plan`]) and unit-tested without root; execution goes
-//! through [`exec::CommandRunner`] (spawn counting) and, for nftables, [`nft::NftExecutor`] (so a
-//! netlink executor can replace the `nft` process later). See README.md for the layouts.
+//! through [`exec::CommandRunner`] (spawn counting) and, for nftables, [`nft::NftExecutor`].
+//! See README.md for the layouts.
 
 pub mod detect;
 pub mod exec;
@@ -193,7 +194,7 @@ pub struct IsolationSpec {
 ///
 /// Every write is a single atomic transaction per address family (nftables: one transaction for
 /// both). Operations that must find state by key read it first (one `iptables-save -t nat` per
-/// family or one `nft -j list table`): see README.md for the exact process counts.
+/// family, or one netlink read of the nftables table): see README.md for the exact process counts.
 pub trait Firewall: Send + Sync {
     fn backend(&self) -> Backend;
 
@@ -270,9 +271,10 @@ pub fn firewall(backend: Backend) -> Box<dyn Firewall> {
 }
 
 /// The firewall of `backend` spawning its processes through `runner` (tests count spawns with it).
+/// nftables spawns nothing unless `CNI_NFT_EXEC=1` selects the `nft` executor.
 pub fn firewall_with_runner(backend: Backend, runner: Arc<dyn exec::CommandRunner>) -> Box<dyn Firewall> {
     match backend {
         Backend::Iptables => Box::new(ipt::IptablesFirewall::new(runner)),
-        Backend::Nftables => Box::new(nft::NftFirewall::new(runner)),
+        Backend::Nftables => Box::new(nft::NftFirewall::default_with_runner(runner)),
     }
 }

@@ -1,9 +1,17 @@
-//! nftables backend: project-owned tables, one `nft -f -` transaction per write.
+//! nftables backend: project-owned tables, one transaction per write.
 //!
 //! [`plan`] is pure; [`NftExecutor`] applies a list of [`ops::Op`] as one transaction and reads a
-//! table back. [`NftCli`] is the executor that runs the `nft` binary (a netlink executor can replace
-//! it without touching the planning).
+//! table back. Two executors:
+//!
+//! - [`netlink::NftNetlink`], the default: nf_tables over netlink, no process at all, works
+//!   without the `nft` binary;
+//! - [`NftCli`]: runs `nft -f -` / `nft -j list table` (one process per transaction or read),
+//!   selected with `CNI_NFT_EXEC=1` in the environment (see [`exec_selected`]) or explicitly
+//!   through [`NftFirewall::new`] (the equivalence tests compare the two).
+//!
+//! Both write the same kernel objects and read them into the same [`state::TableState`].
 
+pub mod netlink;
 pub mod ops;
 pub mod plan;
 pub mod state;
@@ -98,9 +106,44 @@ pub struct NftFirewall {
     exec: Arc<dyn NftExecutor>,
 }
 
+/// Environment variable selecting the `nft`-process executor for [`Backend::Nftables`]
+/// (`CNI_NFT_EXEC=1`); without it the netlink executor is used.
+pub const EXEC_ENV: &str = "CNI_NFT_EXEC";
+
+/// Whether `CNI_NFT_EXEC=1` selects the executor running the `nft` binary.
+pub fn exec_selected() -> bool {
+    std::env::var_os(EXEC_ENV).is_some_and(|v| v == "1")
+}
+
+/// Whether nftables can be programmed here by the selected executor: nf_tables answers over
+/// netlink (or, with `CNI_NFT_EXEC=1`, the `nft` binary is installed).
+pub fn usable() -> bool {
+    if exec_selected() {
+        find_program("nft").is_some()
+    } else {
+        netlink::NftNetlink.probe().is_ok()
+    }
+}
+
 impl NftFirewall {
+    /// The firewall running the `nft` binary through `runner` (the exec executor).
     pub fn new(runner: Arc<dyn CommandRunner>) -> Self {
         NftFirewall { exec: Arc::new(NftCli::new(runner)) }
+    }
+
+    /// The firewall programming nf_tables over netlink (no process).
+    pub fn native() -> Self {
+        NftFirewall { exec: Arc::new(netlink::NftNetlink) }
+    }
+
+    /// The default: [`NftFirewall::native`], or [`NftFirewall::new`] with `runner` when
+    /// `CNI_NFT_EXEC=1`.
+    pub fn default_with_runner(runner: Arc<dyn CommandRunner>) -> Self {
+        if exec_selected() {
+            NftFirewall::new(runner)
+        } else {
+            NftFirewall::native()
+        }
     }
 
     pub fn with_executor(exec: Arc<dyn NftExecutor>) -> Self {

@@ -400,8 +400,13 @@ pub enum Op {
 
 /// Comments contain only validated characters; refuse anything that could break out of the quotes.
 fn quote_comment(c: &str) -> String {
-    let safe: String = c.chars().filter(|ch| !matches!(ch, '"' | '\\' | '\n' | '\r' | ';' | '#')).collect();
-    format!("\"{safe}\"")
+    format!("\"{}\"", comment_text(c))
+}
+
+/// The text of a comment as it is stored: without the characters [`quote_comment`] drops (so the
+/// netlink executor stores exactly what `nft` stores for the same comment).
+pub(crate) fn comment_text(c: &str) -> String {
+    c.chars().filter(|ch| !matches!(ch, '"' | '\\' | '\n' | '\r' | ';' | '#')).collect()
 }
 
 impl Op {

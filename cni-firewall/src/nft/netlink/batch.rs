@@ -1,0 +1,149 @@
+//! Transactions: the messages of every operation between `NFNL_MSG_BATCH_BEGIN` and
+//! `NFNL_MSG_BATCH_END`, sent as one datagram. The kernel applies the whole batch or nothing.
+//!
+//! Every message carries `NLM_F_ACK`, so each is answered (acknowledged or refused) and an error
+//! is tied to the message, hence to the object, it concerns; when the kernel names the attribute
+//! at fault (extended ack), an error on an element list is narrowed to that element. An error on
+//! the batch header itself is the commit failing.
+
+use super::consts::*;
+use super::encode::{op_messages, Msg};
+use crate::nft::ops::Op;
+use crate::CniError;
+use cni_common::netlink::socket::{nfgen_message, BatchReply, Socket};
+
+/// The messages of a transaction doing `ops` in order.
+pub fn messages(ops: &[Op]) -> Result<Vec<Msg>, CniError> {
+    let mut out = Vec::new();
+    for op in ops {
+        out.extend(op_messages(op)?);
+    }
+    Ok(out)
+}
+
+/// `NFNL_MSG_BATCH_BEGIN` (or `END`) for the nf_tables subsystem.
+pub fn batch_marker(kind: u16) -> Vec<u8> {
+    nfgen_message(kind, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES, &[])
+}
+
+/// The whole transaction as sent: (message, flags besides `NLM_F_REQUEST`).
+pub fn wire(msgs: &[Msg]) -> Vec<(Vec<u8>, u16)> {
+    let mut w = Vec::with_capacity(msgs.len() + 2);
+    w.push((batch_marker(NFNL_MSG_BATCH_BEGIN), 0));
+    w.extend(msgs.iter().map(|m| (m.bytes.clone(), m.flags | NLM_F_ACK)));
+    w.push((batch_marker(NFNL_MSG_BATCH_END), 0));
+    w
+}
+
+/// Send `msgs` as one transaction and wait for the kernel's verdict on each.
+pub fn commit(sock: &mut Socket, msgs: &[Msg]) -> Result<(), CniError> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let replies =
+        sock.send_batch(wire(msgs)).map_err(|e| CniError::Firewall(format!("nft transaction failed: {e}")))?;
+    check(msgs, &replies)
+}
+
+/// The outcome of a transaction from the kernel's replies (indexes: 0 the batch header, 1..=n
+/// the messages, n + 1 the trailer).
+pub fn check(msgs: &[Msg], replies: &[BatchReply]) -> Result<(), CniError> {
+    let failed: Vec<&BatchReply> = replies.iter().filter(|r| r.error.is_some()).collect();
+    let Some(first) = failed.iter().find(|r| (1..=msgs.len()).contains(&r.index)).or(failed.first()) else {
+        let acked = replies.iter().filter(|r| (1..=msgs.len()).contains(&r.index)).count();
+        if acked != msgs.len() {
+            return Err(CniError::Firewall(format!(
+                "nft transaction: the kernel answered {acked} of {} changes",
+                msgs.len()
+            )));
+        }
+        return Ok(());
+    };
+    let err = first.error.as_ref().expect("failed reply");
+    let object = match first.index {
+        0 => format!("commit of {} changes", msgs.len()),
+        i if i <= msgs.len() => {
+            let m = &msgs[i - 1];
+            // the element the kernel blamed: the last element starting at or before the attribute
+            match first.bad_attr.and_then(|off| m.parts.iter().rev().find(|(start, _)| *start <= off)) {
+                Some((_, elem)) => elem.clone(),
+                None => m.what.clone(),
+            }
+        }
+        _ => "end of transaction".to_string(),
+    };
+    let more = failed.len() - 1;
+    let more = if more > 0 { format!(" (and {more} more refused change{})", if more == 1 { "" } else { "s" }) } else { String::new() };
+    Err(CniError::Firewall(format!("nft transaction failed: {object}: {}{more}", err.reason)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nft::ops::{Element, TableRef, Value, Verdict};
+    use cni_common::netlink::NlError;
+    use nix::libc;
+
+    fn err(errno: i32, text: &str) -> Option<NlError> {
+        let reason = format!("{} (os error {errno}); kernel: {text}", std::io::Error::from_raw_os_error(errno).kind());
+        Some(NlError { op: String::new(), errno: Some(errno), reason, feature: None })
+    }
+
+    fn ops() -> Vec<Op> {
+        let t = TableRef::inet("t");
+        let e = |a: &str, c: &str| Element { key: vec![Value::Addr(a.parse().unwrap())], verdict: Some(Verdict::Goto(c.into())) };
+        vec![
+            Op::AddTable(t.clone()),
+            Op::AddElements { table: t, set: "masq4".into(), elems: vec![e("10.0.0.1", "a"), e("10.0.0.2", "b"), e("10.0.0.3", "c"), e("10.0.0.4", "d")] },
+        ]
+    }
+
+    #[test]
+    fn wire_layout() {
+        let msgs = messages(&ops()).unwrap();
+        let w = wire(&msgs);
+        assert_eq!(w.len(), 4);
+        // begin: type 16, AF_UNSPEC, res_id = NFNL_SUBSYS_NFTABLES in network order, no ack
+        let mut want = 20u32.to_ne_bytes().to_vec();
+        want.extend(16u16.to_ne_bytes());
+        want.extend([0u8; 10]);
+        want.extend([0, 0, 0, 10]);
+        assert_eq!(w[0].0, want);
+        assert_eq!(w[0].1, 0);
+        assert_eq!(w[3].0[4..6], 17u16.to_ne_bytes());
+        assert_eq!(w[1].1, NLM_F_CREATE | NLM_F_ACK);
+        assert_eq!(w[2].1, NLM_F_CREATE | NLM_F_ACK);
+    }
+
+    #[test]
+    fn errors_name_the_object() {
+        let msgs = messages(&ops()).unwrap();
+        let ok = |index| BatchReply { index, error: None, bad_attr: None };
+        assert!(check(&msgs, &[ok(1), ok(2)]).is_ok());
+        // a missing acknowledgement is not a success
+        assert!(check(&msgs, &[ok(1)]).unwrap_err().to_string().contains("answered 1 of 2"));
+        // an element refused, the kernel pointing at the third element
+        let third = msgs[1].parts[2].0;
+        let r = [ok(1), BatchReply { index: 2, error: err(libc::EEXIST, "x"), bad_attr: Some(third) }];
+        let e = check(&msgs, &r).unwrap_err().to_string();
+        assert!(e.contains("10.0.0.3 : goto c"), "{e}");
+        assert!(!e.contains("10.0.0.2"), "{e}");
+        assert!(e.contains("inet t masq4"), "{e}");
+        // without the attribute: the whole message (4 elements: summarized)
+        let r = [ok(1), BatchReply { index: 2, error: err(libc::ENOENT, "y"), bad_attr: None }];
+        let e = check(&msgs, &r).unwrap_err().to_string();
+        assert!(e.contains("add 4 elements of inet t masq4"), "{e}");
+        // a message error wins over the commit error, and others are counted
+        let r = [
+            BatchReply { index: 0, error: err(libc::EINVAL, "z"), bad_attr: None },
+            BatchReply { index: 1, error: err(libc::EPERM, "w"), bad_attr: None },
+            BatchReply { index: 2, error: err(libc::ENOENT, "v"), bad_attr: None },
+        ];
+        let e = check(&msgs, &r).unwrap_err();
+        assert_eq!(e.code(), CniError::Firewall(String::new()).code());
+        let e = e.to_string();
+        assert!(e.contains("add table inet t") && e.contains("2 more refused changes"), "{e}");
+        let r = [BatchReply { index: 0, error: err(libc::ENOMEM, "u"), bad_attr: None }, ok(1), ok(2)];
+        assert!(check(&msgs, &r).unwrap_err().to_string().contains("commit of 2 changes"));
+    }
+}

@@ -1,0 +1,171 @@
+//! The native nftables executor: nf_tables over netlink (NETLINK_NETFILTER), no `nft` process.
+//!
+//! Writes are one batch per operation ([`batch`]): the messages of every [`Op`] between
+//! `NFNL_MSG_BATCH_BEGIN` and `NFNL_MSG_BATCH_END`, atomic in the kernel, each message
+//! acknowledged, errors naming the table, chain, set or element at fault. Messages are laid out
+//! as `nft` lays them out ([`encode`]), so the kernel holds the same objects whichever executor
+//! wrote them and both can tear down what the other made. Reads ([`decode`]) dump the table's
+//! chains, sets, elements and rules (`NFT_MSG_GET*`) between two reads of the ruleset
+//! generation, retried when a concurrent writer changed it, into the same [`TableState`] the
+//! `nft -j` reader produces.
+//!
+//! The transport is the suite's one netlink loop ([`cni_common::netlink::socket`]); a socket is
+//! opened per call, in the calling thread's network namespace.
+
+pub mod batch;
+pub mod consts;
+pub mod decode;
+pub mod encode;
+
+use super::ops::{Op, TableRef};
+use super::state::{SetState, TableState};
+use super::NftExecutor;
+use crate::CniError;
+use cni_common::netlink::socket::Socket;
+use cni_common::netlink::NlError;
+use consts::*;
+use encode::{family_byte, put_str};
+
+/// How many times a read is started over because the ruleset changed while it was read.
+const READ_ATTEMPTS: usize = 10;
+
+/// The executor talking nf_tables directly (see the module documentation).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NftNetlink;
+
+impl NftNetlink {
+    pub fn new() -> Self {
+        NftNetlink
+    }
+}
+
+/// A NETLINK_NETFILTER socket in the calling thread's network namespace.
+pub fn open() -> Result<Socket, CniError> {
+    Socket::open_netfilter().map_err(|e| CniError::NotAvailable(format!("nftables backend: {e}")))
+}
+
+fn get_message(msg: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
+    cni_common::netlink::socket::nfgen_message(nft_type(msg), family, 0, attrs)
+}
+
+/// The ruleset generation (changes with every committed transaction).
+pub fn generation(sock: &mut Socket) -> Result<u32, NlError> {
+    let g = sock.request_raw(get_message(NFT_MSG_GETGEN, NFPROTO_UNSPEC, &[]), 0, decode::parse_gen)?;
+    g.into_iter().next().ok_or_else(|| NlError { op: String::new(), errno: None, reason: "no generation in the reply".into(), feature: None })
+}
+
+/// Every table of the ruleset as (family name, table name): `("inet", "cnirs_masquerade")`.
+pub fn list_tables() -> Result<Vec<(String, String)>, CniError> {
+    let mut sock = open()?;
+    let tables = sock
+        .dump_raw(get_message(NFT_MSG_GETTABLE, NFPROTO_UNSPEC, &[]), decode::parse_table)
+        .map_err(|e| decode::read_error("list tables", e))?;
+    Ok(tables.into_iter().map(|(f, n)| (family_name(f).to_string(), n)).collect())
+}
+
+/// `nft`'s name of a family number.
+pub fn family_name(f: u8) -> &'static str {
+    match f {
+        NFPROTO_INET => "inet",
+        NFPROTO_IPV4 => "ip",
+        NFPROTO_ARP => "arp",
+        NFPROTO_NETDEV => "netdev",
+        NFPROTO_BRIDGE => "bridge",
+        NFPROTO_IPV6 => "ip6",
+        _ => "unknown",
+    }
+}
+
+/// `ENOENT`: the table, chain or set does not exist.
+fn is_enoent(e: &NlError) -> bool {
+    e.is_not_found()
+}
+
+/// Read `table` once (not checking the generation): `None` when it does not exist.
+fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, NlError> {
+    let fam = family_byte(table.family);
+    let mut a = Vec::new();
+    put_str(&mut a, NFTA_TABLE_NAME, &table.name);
+    match sock.request_raw(get_message(NFT_MSG_GETTABLE, fam, &a), 0, decode::parse_table) {
+        Ok(_) => {}
+        Err(e) if is_enoent(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let chains: Vec<_> = sock
+        .dump_raw(get_message(NFT_MSG_GETCHAIN, fam, &[]), decode::parse_chain)?
+        .into_iter()
+        .filter(|(t, _)| *t == table.name)
+        .map(|(_, c)| c)
+        .collect();
+    let mut a = Vec::new();
+    put_str(&mut a, NFTA_SET_TABLE, &table.name);
+    let sets: Vec<(SetState, u32)> = sock
+        .dump_raw(get_message(NFT_MSG_GETSET, fam, &a), decode::parse_set)?
+        .into_iter()
+        .filter(|(t, _, flags)| *t == table.name && flags & NFT_SET_ANONYMOUS == 0)
+        .map(|(_, s, flags)| (s, flags))
+        .collect();
+    let mut full_sets = Vec::with_capacity(sets.len());
+    for (mut set, _flags) in sets {
+        let mut a = Vec::new();
+        put_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, &table.name);
+        put_str(&mut a, NFTA_SET_ELEM_LIST_SET, &set.name);
+        let (types, vmap) = (set.key.clone(), set.verdict_map);
+        let elems = sock.dump_raw(get_message(NFT_MSG_GETSETELEM, fam, &a), |raw| {
+            decode::parse_elems(raw, &types, vmap).map(Some)
+        })?;
+        set.elems = elems.into_iter().flatten().collect();
+        // the kernel's order is its hash order; nft lists elements sorted by key
+        set.elems.sort();
+        full_sets.push(set);
+    }
+    let mut a = Vec::new();
+    put_str(&mut a, NFTA_RULE_TABLE, &table.name);
+    let rules: Vec<_> = sock
+        .dump_raw(get_message(NFT_MSG_GETRULE, fam, &a), decode::parse_rule)?
+        .into_iter()
+        .filter(|(t, _, _)| *t == table.name)
+        .map(|(_, c, r)| (c, r))
+        .collect();
+    Ok(Some(decode::assemble(chains, full_sets, rules)))
+}
+
+/// Read `table` consistently: the ruleset generation is the same before and after the dumps.
+pub fn read_table(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, CniError> {
+    let what = format!("list table {} {}", table.family.as_str(), table.name);
+    for _ in 0..READ_ATTEMPTS {
+        let before = generation(sock).map_err(|e| decode::read_error(&what, e))?;
+        let st = match read_once(sock, table) {
+            Ok(st) => st,
+            // a set or the table went away between two dumps: read again
+            Err(e) if is_enoent(&e) => continue,
+            Err(e) => return Err(decode::read_error(&what, e)),
+        };
+        if generation(sock).map_err(|e| decode::read_error(&what, e))? == before {
+            return Ok(st);
+        }
+    }
+    Err(CniError::Firewall(format!("nf_tables: {what}: the ruleset kept changing during {READ_ATTEMPTS} reads")))
+}
+
+impl NftExecutor for NftNetlink {
+    fn apply(&self, ops: &[Op]) -> Result<(), CniError> {
+        let msgs = batch::messages(ops)?;
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        batch::commit(&mut open()?, &msgs)
+    }
+
+    fn list_table(&self, table: &TableRef) -> Result<Option<TableState>, CniError> {
+        read_table(&mut open()?, table)
+    }
+
+    fn probe(&self) -> Result<(), CniError> {
+        generation(&mut open()?).map(|_| ()).map_err(|e| CniError::NotAvailable(format!("nftables backend unusable: nf_tables: {}", e.reason)))
+    }
+
+    fn present(&self) -> bool {
+        self.probe().is_ok()
+    }
+}
