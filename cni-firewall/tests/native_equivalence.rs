@@ -1,0 +1,340 @@
+//! The native (netlink) nftables executor against the `nft` executor: for every rule set the
+//! plugins create, the same calls are made through each executor in its own throwaway network
+//! namespace, and
+//!
+//! - `nft -j list ruleset` prints the same (handles aside);
+//! - the kernel holds the same objects, attribute for attribute (chains, sets with their user
+//!   data, elements, rules with their expressions; handles aside), read raw over netlink;
+//! - the native reader's [`TableState`] equals the `nft -j` reader's, in both namespaces;
+//! - each executor's CHECK passes on what the other wrote.
+//!
+//! Requires root and the `nft` binary (the reference to compare with).
+
+mod common;
+
+use cni_common::netlink::socket::{nfgen_message, parse_attrs, put_attr, Socket};
+use cni_firewall::exec::ProcessRunner;
+use cni_firewall::nft::netlink::consts::*;
+use cni_firewall::nft::netlink::NftNetlink;
+use cni_firewall::nft::ops::TableRef;
+use cni_firewall::nft::plan::{hostport_table, isolation_table, masq_table};
+use cni_firewall::nft::state::TableState;
+use cni_firewall::nft::{NftCli, NftExecutor, NftFirewall};
+use cni_firewall::{Family, Firewall, IsolationSpec, MasqSpec, PortMapSpec, PortMapping, Protocol};
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// One firewall call a plugin makes.
+#[derive(Clone, Debug)]
+enum Call {
+    Masq(MasqSpec),
+    DelMasq(MasqSpec),
+    Port(PortMapSpec),
+    DelPort(PortMapSpec),
+    Iso(IsolationSpec),
+    DelIso(String),
+}
+
+fn pm(cid: &str, n: u8, ports: &[(u16, u16, Protocol, Option<&str>)]) -> PortMapSpec {
+    let mut s = PortMapSpec::new(
+        key("pmnet", cid),
+        ports
+            .iter()
+            .map(|(h, c, p, ip)| PortMapping { host_port: *h, container_port: *c, protocol: *p, host_ip: ip.map(|x| x.parse().unwrap()) })
+            .collect(),
+    );
+    s.container_v4 = Some(format!("10.66.0.{n}/24").parse().unwrap());
+    s.container_v6 = Some(format!("fd66::{n}/64").parse().unwrap());
+    s
+}
+
+fn iso(br: &str, allow_published: bool) -> IsolationSpec {
+    IsolationSpec { bridge: br.into(), families: vec![Family::V4, Family::V6], allow_published }
+}
+
+/// Every rule set the plugins create (bridge ipMasq, portmap with its options, isolation), alone
+/// and together.
+fn scenarios() -> Vec<(&'static str, Vec<Call>)> {
+    use Protocol::*;
+    let masq_v4 = masq("net1", "a", &["10.88.0.5/24"]);
+    let masq_v6 = masq("net1", "b", &["fd88::5/64"]);
+    let masq_dual = masq("net2", "c", &["10.89.0.5/20", "fd89::5/61", "10.90.0.5/16"]);
+    let plain = pm("p1", 5, &[(8080, 80, Tcp, None), (5353, 53, Udp, None), (9000, 9000, Sctp, None)]);
+    let hostip = pm("p2", 6, &[(8443, 443, Tcp, Some("192.0.2.1")), (8444, 443, Sctp, Some("2001:db8::1")), (8081, 81, Tcp, Some("0.0.0.0"))]);
+    let mut nosnat = pm("p3", 7, &[(7000, 70, Udp, None)]);
+    nosnat.snat = false;
+    let mut masq_all = pm("p4", 8, &[(7001, 71, Tcp, None), (7002, 72, Tcp, Some("192.0.2.2"))]);
+    masq_all.masq_all = true;
+    let mut v4only = pm("p5", 9, &[(7003, 73, Tcp, None)]);
+    v4only.container_v6 = None;
+    let mut all = vec![
+        Call::Masq(masq_v4.clone()),
+        Call::Masq(masq_v6.clone()),
+        Call::Masq(masq_dual.clone()),
+        Call::Port(plain.clone()),
+        Call::Port(hostip.clone()),
+        Call::Port(nosnat.clone()),
+        Call::Port(masq_all.clone()),
+        Call::Port(v4only.clone()),
+        Call::Iso(iso("br1", true)),
+        Call::Iso(iso("br2", false)),
+        Call::Iso(iso("br3", true)),
+    ];
+    // and some teardown in the mix
+    all.extend([Call::DelMasq(masq_v6.clone()), Call::DelPort(hostip.clone()), Call::DelIso("br3".into())]);
+    vec![
+        ("masquerade v4", vec![Call::Masq(masq_v4)]),
+        ("masquerade v6", vec![Call::Masq(masq_v6)]),
+        ("masquerade dual stack, unaligned prefixes", vec![Call::Masq(masq_dual)]),
+        ("portmap without hostIP", vec![Call::Port(plain)]),
+        ("portmap with hostIP", vec![Call::Port(hostip)]),
+        ("portmap snat false", vec![Call::Port(nosnat)]),
+        ("portmap masqAll", vec![Call::Port(masq_all)]),
+        ("portmap v4 only", vec![Call::Port(v4only)]),
+        ("isolation allowPublished true", vec![Call::Iso(iso("br1", true))]),
+        ("isolation allowPublished false", vec![Call::Iso(iso("br1", false))]),
+        ("isolation both, then flipped", vec![Call::Iso(iso("br1", true)), Call::Iso(iso("br2", false)), Call::Iso(iso("br1", false)), Call::Iso(iso("br2", true))]),
+        ("everything together", all),
+    ]
+}
+
+fn run(fw: &dyn Firewall, calls: &[Call]) {
+    for c in calls {
+        match c {
+            Call::Masq(s) => fw.add_masquerade(s).unwrap(),
+            Call::DelMasq(s) => fw.del_masquerade(&s.key, &s.addrs).unwrap(),
+            Call::Port(s) => fw.add_portmap(s).unwrap(),
+            Call::DelPort(s) => fw.del_portmap(&s.key).unwrap(),
+            Call::Iso(s) => fw.add_isolation(s).unwrap(),
+            Call::DelIso(b) => fw.del_isolation(b).unwrap(),
+        }
+    }
+}
+
+/// The final state of each call's object must pass CHECK (deleted ones: fail it).
+fn check_all(fw: &dyn Firewall, calls: &[Call]) {
+    let mut last_iso: BTreeMap<String, Option<IsolationSpec>> = BTreeMap::new();
+    for c in calls {
+        match c {
+            Call::Iso(s) => {
+                last_iso.insert(s.bridge.clone(), Some(s.clone()));
+            }
+            Call::DelIso(b) => {
+                last_iso.insert(b.clone(), None);
+            }
+            _ => {}
+        }
+    }
+    let deleted = |k: &cni_firewall::AttachmentKey| {
+        calls.iter().any(|c| matches!(c, Call::DelMasq(s) if s.key == *k) || matches!(c, Call::DelPort(s) if s.key == *k))
+    };
+    for c in calls {
+        match c {
+            Call::Masq(s) => assert_eq!(fw.check_masquerade(s).is_ok(), !deleted(&s.key), "{s:?}"),
+            Call::Port(s) => assert_eq!(fw.check_portmap(s).is_ok(), !deleted(&s.key), "{s:?}"),
+            _ => {}
+        }
+    }
+    for (b, s) in last_iso {
+        match s {
+            Some(s) => fw.check_isolation(&s).unwrap_or_else(|e| panic!("{b}: {e}")),
+            None => assert!(fw.check_isolation(&iso(&b, false)).is_err() && fw.check_isolation(&iso(&b, true)).is_err()),
+        }
+    }
+}
+
+/// A kernel object as its attributes (type, value).
+type Obj = Vec<(u16, Vec<u8>)>;
+
+/// What a namespace holds, seen every way.
+#[derive(Debug)]
+struct Seen {
+    ruleset: Value,
+    raw: BTreeMap<String, Vec<Obj>>,
+    native: Vec<Option<TableState>>,
+    cli: Vec<Option<TableState>>,
+}
+
+fn tables() -> [TableRef; 3] {
+    [masq_table(), hostport_table(), isolation_table()]
+}
+
+fn strip_handles(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.remove("handle");
+            o.values_mut().for_each(strip_handles);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_handles),
+        _ => {}
+    }
+}
+
+/// `nft -j list ruleset` without handles (and without the version line).
+fn ruleset() -> Value {
+    let mut v: Value = serde_json::from_str(&sh("nft", &["-j", "list", "ruleset"])).unwrap();
+    strip_handles(&mut v);
+    let items: Vec<Value> = v["nftables"].as_array().unwrap().iter().filter(|o| o.get("metainfo").is_none()).cloned().collect();
+    Value::Array(items)
+}
+
+fn sorted_elems(st: Option<TableState>) -> Option<TableState> {
+    st.map(|mut st| {
+        for s in st.sets.values_mut() {
+            s.elems.sort();
+        }
+        st
+    })
+}
+
+/// Dump `msg` (with `attrs`) for family inet and keep the attributes of each reply, without
+/// `drop` (handles). Nothing when the table asked for does not exist.
+fn dump(sock: &mut Socket, msg: u16, attrs: &[u8], drop: &[u16]) -> Vec<Obj> {
+    let req = nfgen_message(nft_type(msg), NFPROTO_INET, 0, attrs);
+    let r = sock.dump_raw(req, |raw| {
+        let a = parse_attrs(&raw[20..])?;
+        Ok(Some(a.into_iter().filter(|(k, _)| !drop.contains(k)).map(|(k, v)| (k, v.to_vec())).collect()))
+    });
+    match r {
+        Err(e) if e.errno() == Some(2) => Vec::new(),
+        r => r.unwrap(),
+    }
+}
+
+fn str_attr(kind: u16, s: &str) -> Vec<u8> {
+    let mut a = Vec::new();
+    put_attr(&mut a, kind, format!("{s}\0").as_bytes());
+    a
+}
+
+fn name_of(a: &[(u16, Vec<u8>)], kind: u16) -> String {
+    let v = &a.iter().find(|(k, _)| *k == kind).unwrap().1;
+    String::from_utf8_lossy(&v[..v.len() - 1]).into_owned()
+}
+
+/// The objects of our tables as the kernel holds them, attribute by attribute.
+fn raw_objects() -> BTreeMap<String, Vec<Obj>> {
+    let mut sock = Socket::open_netfilter().unwrap();
+    let mut out = BTreeMap::new();
+    let ours: Vec<String> = tables().iter().map(|t| t.name.clone()).collect();
+    for c in dump(&mut sock, NFT_MSG_GETCHAIN, &[], &[NFTA_CHAIN_HANDLE]) {
+        let table = name_of(&c, NFTA_CHAIN_TABLE);
+        if ours.contains(&table) {
+            out.insert(format!("chain {table} {}", name_of(&c, NFTA_CHAIN_NAME)), vec![c]);
+        }
+    }
+    for t in &ours {
+        for s in dump(&mut sock, NFT_MSG_GETSET, &str_attr(NFTA_SET_TABLE, t), &[16 /* NFTA_SET_HANDLE */]) {
+            let name = name_of(&s, NFTA_SET_NAME);
+            let mut req = str_attr(NFTA_SET_ELEM_LIST_TABLE, t);
+            req.extend(str_attr(NFTA_SET_ELEM_LIST_SET, &name));
+            let mut elems: Vec<Obj> = Vec::new();
+            for msg in dump(&mut sock, NFT_MSG_GETSETELEM, &req, &[]) {
+                for (k, list) in msg {
+                    if k == NFTA_SET_ELEM_LIST_ELEMENTS {
+                        for (_, e) in parse_attrs(&list).unwrap() {
+                            elems.push(vec![(0, e.to_vec())]);
+                        }
+                    }
+                }
+            }
+            elems.sort();
+            out.insert(format!("set {t} {name}"), vec![s]);
+            out.insert(format!("elements {t} {name}"), elems);
+        }
+        for r in dump(&mut sock, NFT_MSG_GETRULE, &str_attr(NFTA_RULE_TABLE, t), &[NFTA_RULE_HANDLE]) {
+            let chain = name_of(&r, NFTA_RULE_CHAIN);
+            out.entry(format!("rules {t} {chain}")).or_insert_with(Vec::new).push(r);
+        }
+    }
+    out
+}
+
+fn seen() -> Seen {
+    let cli = NftCli::new(Arc::new(ProcessRunner::new()));
+    Seen {
+        ruleset: ruleset(),
+        raw: raw_objects(),
+        native: tables().iter().map(|t| sorted_elems(NftNetlink.list_table(t).unwrap())).collect(),
+        cli: tables().iter().map(|t| sorted_elems(cli.list_table(t).unwrap())).collect(),
+    }
+}
+
+fn exec_fw() -> NftFirewall {
+    NftFirewall::new(Arc::new(ProcessRunner::new()))
+}
+
+#[test]
+fn every_rule_set_is_the_same_through_both_executors() {
+    require_root();
+    for (name, calls) in scenarios() {
+        let c = calls.clone();
+        let by_exec = in_sandbox(move || {
+            run(&exec_fw(), &c);
+            // the native executor reads and checks what nft wrote
+            check_all(&NftFirewall::native(), &c);
+            seen()
+        });
+        let c = calls.clone();
+        let by_native = in_sandbox(move || {
+            run(&NftFirewall::native(), &c);
+            check_all(&NftFirewall::native(), &c);
+            check_all(&exec_fw(), &c);
+            seen()
+        });
+        assert_eq!(by_exec.ruleset, by_native.ruleset, "{name}: nft -j list ruleset differs");
+        assert!(!by_native.raw.is_empty(), "{name}: nothing read");
+        for (k, v) in &by_exec.raw {
+            assert_eq!(Some(v), by_native.raw.get(k), "{name}: kernel object {k} differs");
+        }
+        assert_eq!(by_exec.raw.len(), by_native.raw.len(), "{name}: objects {:?} vs {:?}", by_exec.raw.keys(), by_native.raw.keys());
+        for s in [&by_exec, &by_native] {
+            assert_eq!(s.native, s.cli, "{name}: native read-back differs from the nft -j reader");
+        }
+        assert_eq!(by_exec.native, by_native.native, "{name}");
+    }
+}
+
+/// Set definitions, one by one, for every key type the layouts use: the kernel's view of a set
+/// (flags, key type and length, user data) is what nft would have made.
+#[test]
+fn set_user_data_matches_nft() {
+    let nft_made = in_sandbox(|| {
+        sh_in(
+            "nft",
+            &["-f", "-"],
+            "add table inet t\n\
+             add map inet t a { type ipv4_addr . inet_proto . inet_service : verdict; }\n\
+             add map inet t b { type inet_proto . inet_service : verdict; }\n\
+             add map inet t c { type ipv6_addr : verdict; }\n\
+             add set inet t d { type ifname; }\n\
+             add map inet t e { type ifname : verdict; }\n",
+        );
+        let mut sock = Socket::open_netfilter().unwrap();
+        dump(&mut sock, NFT_MSG_GETSET, &str_attr(NFTA_SET_TABLE, "t"), &[16])
+    });
+    let native_made = in_sandbox(|| {
+        use cni_firewall::nft::ops::{DataType::*, Op, SetDef};
+        let t = TableRef::inet("t");
+        let set = |name: &str, key, verdict_map| Op::AddSet { table: t.clone(), set: SetDef { name: name.into(), key, verdict_map } };
+        NftNetlink
+            .apply(&[
+                Op::AddTable(t.clone()),
+                set("a", vec![Ipv4Addr, InetProto, InetService], true),
+                set("b", vec![InetProto, InetService], true),
+                set("c", vec![Ipv6Addr], true),
+                set("d", vec![Ifname], false),
+                set("e", vec![Ifname], true),
+            ])
+            .unwrap();
+        let mut sock = Socket::open_netfilter().unwrap();
+        dump(&mut sock, NFT_MSG_GETSET, &str_attr(NFTA_SET_TABLE, "t"), &[16])
+    });
+    assert_eq!(nft_made.len(), 5);
+    let by_name = |v: &Vec<Obj>| -> BTreeMap<String, Obj> {
+        v.iter().map(|s| (name_of(s, NFTA_SET_NAME), s.clone())).collect()
+    };
+    assert_eq!(by_name(&nft_made), by_name(&native_made));
+}
