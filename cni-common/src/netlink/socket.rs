@@ -38,6 +38,9 @@ pub const NLA_F_NESTED: u16 = 1 << 15;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 /// `NLMSGERR_ATTR_OFFS`: the extended-ack attribute holding the offset of the attribute at fault.
 const NLMSGERR_ATTR_OFFS: u16 = 2;
+/// Receive-buffer room counted per acknowledgement of a batch (an ack is a small message, but
+/// the buffer is charged the whole socket buffer it sits in).
+const ACK_TRUESIZE: usize = 2048;
 /// How long [`Socket::send_batch`] waits for the kernel's answers before giving up.
 const BATCH_REPLY_TIMEOUT_MS: i32 = 30_000;
 /// Initial receive buffer; grown when a datagram is larger.
@@ -161,7 +164,10 @@ impl Socket {
         if count == 0 {
             return Ok(Vec::new());
         }
-        self.ensure_sndbuf(datagram.len());
+        self.ensure_buf(libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, datagram.len() + 4096);
+        // Protocols that process the datagram synchronously (nfnetlink) queue every answer before
+        // the send returns: the receive buffer must hold them all, or they are dropped (ENOBUFS).
+        self.ensure_buf(libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, count.saturating_mul(ACK_TRUESIZE) + RECV_BUF);
         loop {
             match self.sock.send(&datagram, 0) {
                 Ok(n) if n == datagram.len() => break,
@@ -178,14 +184,21 @@ impl Socket {
         let mut answered = vec![false; count];
         let mut failed = false;
         while !expected.iter().all(|&i| answered[i]) {
+            let lost = |e: NlError| {
+                if e.errno == Some(libc::ENOBUFS) {
+                    e.with_op(format!("receive the answers to a batch of {count} messages (some were dropped: the batch may have been applied)"))
+                } else {
+                    e
+                }
+            };
             let n = if failed {
                 // Everything the kernel had to say about a failed batch is queued by now.
-                match self.recv_ready(0)? {
+                match self.recv_ready(0).map_err(lost)? {
                     Some(n) => n,
                     None => break,
                 }
             } else {
-                match self.recv_ready(BATCH_REPLY_TIMEOUT_MS)? {
+                match self.recv_ready(BATCH_REPLY_TIMEOUT_MS).map_err(lost)? {
                     Some(n) => n,
                     None => {
                         return Err(NlError::os(
@@ -234,29 +247,29 @@ impl Socket {
         Ok(replies)
     }
 
-    /// Make sure a datagram of `len` bytes fits the send buffer (`SO_SNDBUFFORCE` needs
-    /// CAP_NET_ADMIN, which programming the firewall needs anyway; `SO_SNDBUF` otherwise).
-    fn ensure_sndbuf(&self, len: usize) {
+    /// Make sure socket buffer `opt` (`SO_SNDBUF` / `SO_RCVBUF`) holds at least `len` bytes,
+    /// raising it with `force` (`SO_*BUFFORCE`, which needs CAP_NET_ADMIN — programming the
+    /// firewall needs it anyway) or else `opt`. Never lowers it; failing to raise it is left to
+    /// show as the error of the send or receive that needed it.
+    fn ensure_buf(&self, opt: libc::c_int, force: libc::c_int, len: usize) {
         use std::os::fd::AsRawFd;
         let fd = self.sock.as_raw_fd();
         let mut cur: libc::c_int = 0;
         let mut optlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: getsockopt writes at most `optlen` bytes into `cur`.
-        let got = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&mut cur as *mut libc::c_int).cast(), &mut optlen)
-        };
-        // The kernel reports twice the value set; leave room for its bookkeeping.
-        if got == 0 && (cur as usize) >= len + 4096 {
+        let got = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut cur as *mut libc::c_int).cast(), &mut optlen) };
+        // The kernel reports the doubled value it uses (half of it for its own bookkeeping).
+        if got == 0 && usize::try_from(cur).unwrap_or(0) / 2 >= len {
             return;
         }
-        let want = libc::c_int::try_from(len + 4096).unwrap_or(libc::c_int::MAX);
-        for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        let want = libc::c_int::try_from(len).unwrap_or(libc::c_int::MAX / 2);
+        for o in [force, opt] {
             // SAFETY: setsockopt reads an int from a valid pointer of the given length.
             let r = unsafe {
                 libc::setsockopt(
                     fd,
                     libc::SOL_SOCKET,
-                    opt,
+                    o,
                     (&want as *const libc::c_int).cast(),
                     std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                 )
