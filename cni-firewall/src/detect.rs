@@ -120,7 +120,7 @@ pub fn save_shows_rules(dump: &str) -> bool {
 /// Pick the backend: the configured one when given (`"nftables"` / `"iptables"`, anything else is
 /// an `InvalidConfig` error naming the value); otherwise, and stable across calls: nftables when
 /// this project's nftables tables already exist, iptables when the host already uses iptables and
-/// has usable iptables tools, else nftables (iptables when `nft` is missing).
+/// has usable iptables tools, else nftables (iptables when nf_tables cannot be used).
 pub fn choose_backend(configured: Option<&str>) -> Result<Backend, CniError> {
     choose_backend_with(configured, &ProcessRunner::new())
 }
@@ -139,7 +139,8 @@ fn configured_backend(configured: Option<&str>) -> Result<Option<Backend>, CniEr
 /// What the host's firewall looks like, as far as the backend choice is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HostFirewall {
-    /// `nft` is installed.
+    /// nftables can be programmed: nf_tables answers over netlink (with `CNI_NFT_EXEC=1`: the
+    /// `nft` binary is installed and lists the tables).
     pub nft: bool,
     /// A table of this project (`cnirs_*`) exists in nf_tables.
     pub ours_nft: bool,
@@ -152,14 +153,22 @@ pub struct HostFirewall {
 
 /// Whether `nft list tables` output names iptables-nft tables and tables of ours.
 pub fn classify_nft_tables(listing: &str) -> (bool, bool) {
+    let tables: Vec<(&str, &str)> = listing
+        .lines()
+        .filter_map(|line| {
+            let mut it = line.split_whitespace();
+            (it.next() == Some("table")).then(|| (it.next().unwrap_or(""), it.next().unwrap_or("")))
+        })
+        .collect();
+    classify_tables(tables)
+}
+
+/// Whether tables given as (family, name) — `("inet", "cnirs_hostport")` — include tables of ours
+/// and iptables-nft tables (`ip`/`ip6` `nat`, `filter`, `mangle`, `raw`, `security`).
+pub fn classify_tables<'a>(tables: impl IntoIterator<Item = (&'a str, &'a str)>) -> (bool, bool) {
     let mut ours = false;
     let mut ipt = false;
-    for line in listing.lines() {
-        let mut it = line.split_whitespace();
-        if it.next() != Some("table") {
-            continue;
-        }
-        let (family, name) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+    for (family, name) in tables {
         if name.starts_with("cnirs_") {
             ours = true;
         }
@@ -180,7 +189,9 @@ fn legacy_tables_loaded() -> bool {
         .any(|f| std::fs::read_to_string(format!("{base}/{f}")).map(|s| !s.trim().is_empty()).unwrap_or(false))
 }
 
-/// Observe the host with at most one process (`nft list tables`) and two /proc reads.
+/// Observe the host without any process: the nf_tables tables listed over netlink, two /proc
+/// reads, and a look for the iptables binaries. With `CNI_NFT_EXEC=1` the tables are listed by
+/// one `nft list tables` through `runner` instead.
 pub fn observe_host(runner: &dyn CommandRunner) -> HostFirewall {
     let ipt = IptablesTools::detect();
     let mut host = HostFirewall {
@@ -188,15 +199,22 @@ pub fn observe_host(runner: &dyn CommandRunner) -> HostFirewall {
         iptables_in_use: legacy_tables_loaded(),
         ..Default::default()
     };
-    if let Some(nft) = find_program("nft") {
-        host.nft = true;
-        if let Ok(out) = runner.run(&nft, &["list", "tables"], None) {
-            if out.success {
-                let (ours, ipt_tables) = classify_nft_tables(&out.stdout);
-                host.ours_nft = ours;
-                host.iptables_in_use |= ipt_tables;
+    if crate::nft::exec_selected() {
+        if let Some(nft) = find_program("nft") {
+            host.nft = true;
+            if let Ok(out) = runner.run(&nft, &["list", "tables"], None) {
+                if out.success {
+                    let (ours, ipt_tables) = classify_nft_tables(&out.stdout);
+                    host.ours_nft = ours;
+                    host.iptables_in_use |= ipt_tables;
+                }
             }
         }
+    } else if let Ok(tables) = crate::nft::netlink::list_tables() {
+        host.nft = true;
+        let (ours, ipt_tables) = classify_tables(tables.iter().map(|(f, n)| (f.as_str(), n.as_str())));
+        host.ours_nft = ours;
+        host.iptables_in_use |= ipt_tables;
     }
     host
 }
@@ -215,11 +233,13 @@ pub fn choose_for(host: &HostFirewall) -> Result<Backend, CniError> {
     if host.iptables_tools {
         return Ok(Backend::Iptables);
     }
-    Err(CniError::NotAvailable("no firewall tool found: neither nft nor iptables-restore is installed".into()))
+    Err(CniError::NotAvailable(
+        "no firewall backend usable: nf_tables does not answer over netlink and iptables-restore is not installed".into(),
+    ))
 }
 
-/// [`choose_backend`] spawning through `runner` (at most one `nft list tables`, only when no backend
-/// is configured).
+/// [`choose_backend`] spawning through `runner` (nothing, unless `CNI_NFT_EXEC=1`: then at most
+/// one `nft list tables`, only when no backend is configured).
 pub fn choose_backend_with(configured: Option<&str>, runner: &dyn CommandRunner) -> Result<Backend, CniError> {
     if let Some(b) = configured_backend(configured)? {
         return Ok(b);
@@ -276,6 +296,8 @@ mod tests {
         assert_eq!(classify_nft_tables("table ip nat\ntable inet firewalld\n"), (false, true));
         assert_eq!(classify_nft_tables("table ip6 filter\ntable inet cnirs_hostport\n"), (true, true));
         assert_eq!(classify_nft_tables("table inet nat\n"), (false, false));
+        assert_eq!(classify_tables([("ip6", "nat"), ("inet", "cnirs_isolation")]), (true, true));
+        assert_eq!(classify_tables([("bridge", "filter")]), (false, false));
     }
 
     #[test]
