@@ -1,0 +1,390 @@
+//! The native (netlink) nftables executor on its own: ADD, CHECK, DEL by key, GC, teardown after a
+//! flush, concurrent writers, transactions too large for one message, atomicity and errors that
+//! name the object, interoperation with the `nft` executor, no process spawned, backend detection
+//! over netlink. Each test in its own throwaway network namespace; requires root (the `nft` binary
+//! only for looking at the result and for the interop test).
+
+mod common;
+
+use cni_firewall::detect::{choose_backend_with, observe_host};
+use cni_firewall::exec::ProcessRunner;
+use cni_firewall::nft::netlink::{list_tables, NftNetlink};
+use cni_firewall::nft::ops::{Element, Op, TableRef, Value, Verdict};
+use cni_firewall::nft::plan::{hostport_dnat_chain, isolation_chain, masq_chain, masq_table, HOSTPORT_TABLE, ISOLATION_TABLE, MASQ_TABLE};
+use cni_firewall::nft::{NftExecutor, NftFirewall};
+use cni_firewall::{firewall_with_runner, AttachmentKey, Backend, Family, Firewall, IsolationSpec, PortMapSpec, PortMapping, Protocol};
+use common::*;
+use std::sync::Arc;
+
+const NET: &str = "natnet";
+
+fn native() -> NftFirewall {
+    NftFirewall::native()
+}
+
+fn exec_fw() -> NftFirewall {
+    NftFirewall::new(Arc::new(ProcessRunner::new()))
+}
+
+fn ms(cid: &str, n: u16) -> cni_firewall::MasqSpec {
+    masq(NET, cid, &[&format!("10.77.{}.{}/16", n / 200, n % 200 + 2), &format!("fd77::{n:x}/64")])
+}
+
+fn pm(cid: &str, n: u8) -> PortMapSpec {
+    let mut s = PortMapSpec::new(
+        key(NET, cid),
+        vec![
+            PortMapping { host_port: 8000 + u16::from(n), container_port: 80, protocol: Protocol::Tcp, host_ip: None },
+            PortMapping { host_port: 9000 + u16::from(n), container_port: 53, protocol: Protocol::Udp, host_ip: Some("192.0.2.1".parse().unwrap()) },
+        ],
+    );
+    s.container_v4 = Some(format!("10.66.0.{n}/24").parse().unwrap());
+    s.container_v6 = Some(format!("fd66::{n}/64").parse().unwrap());
+    s
+}
+
+fn iso(br: &str, allow_published: bool) -> IsolationSpec {
+    IsolationSpec { bridge: br.into(), families: vec![Family::V4, Family::V6], allow_published }
+}
+
+fn chains(table: &str) -> Vec<String> {
+    let mut v = nft_chain_names(&nft_ruleset(), table);
+    v.sort();
+    v
+}
+
+#[test]
+fn masquerade_add_check_del_gc() {
+    in_sandbox(|| {
+        let fw = native();
+        let (a, b, c) = (ms("a", 1), ms("b", 2), ms("c", 3));
+        for s in [&a, &b, &c] {
+            fw.add_masquerade(s).unwrap();
+            fw.add_masquerade(s).unwrap(); // idempotent
+            fw.check_masquerade(s).unwrap();
+        }
+        assert_eq!(nft_elems(&nft_ruleset(), MASQ_TABLE, "masq4").len(), 3);
+        // DEL by key, without addresses
+        fw.del_masquerade(&a.key, &[]).unwrap();
+        assert_eq!(fw.check_masquerade(&a).unwrap_err().code(), 105);
+        fw.check_masquerade(&b).unwrap();
+        assert!(!chains(MASQ_TABLE).contains(&masq_chain(&a.key)));
+        fw.del_masquerade(&a.key, &a.addrs).unwrap(); // already gone
+        // an address reused by another attachment: the new owner wins, the old one's DEL spares it
+        let d = masq(NET, "d", &["10.77.0.4/16"]); // b's v4 address
+        fw.add_masquerade(&d).unwrap();
+        fw.check_masquerade(&d).unwrap();
+        fw.del_masquerade(&b.key, &b.addrs).unwrap();
+        fw.check_masquerade(&d).unwrap();
+        // GC: other networks untouched
+        let other = masq("othernet", "x", &["10.99.0.5/24"]);
+        fw.add_masquerade(&other).unwrap();
+        fw.gc_masquerade(NET, std::slice::from_ref(&c.key)).unwrap();
+        fw.check_masquerade(&c).unwrap();
+        assert!(fw.check_masquerade(&d).is_err());
+        fw.check_masquerade(&other).unwrap();
+        fw.gc_masquerade(NET, &[]).unwrap();
+        assert!(fw.check_masquerade(&c).is_err());
+        assert_eq!(chains(MASQ_TABLE), vec![masq_chain(&other.key), "postrouting".to_string()]);
+    });
+}
+
+#[test]
+fn portmap_add_check_del_gc() {
+    in_sandbox(|| {
+        let fw = native();
+        let (a, b) = (pm("a", 5), pm("b", 6));
+        fw.add_portmap(&a).unwrap();
+        fw.add_portmap(&b).unwrap();
+        fw.check_portmap(&a).unwrap();
+        // a port taken over by another container: the blind ADD is refused (atomically), the
+        // state-aware retry evicts the stale owner
+        let mut c = pm("c", 7);
+        c.mappings[0].host_port = 8005; // a's port
+        fw.add_portmap(&c).unwrap();
+        fw.check_portmap(&c).unwrap();
+        assert!(fw.check_portmap(&a).is_err());
+        fw.del_portmap(&a.key).unwrap();
+        fw.check_portmap(&c).unwrap();
+        assert!(!chains(HOSTPORT_TABLE).contains(&hostport_dnat_chain(&a.key)));
+        // changed options replace the attachment's rules
+        let mut b2 = b.clone();
+        b2.masq_all = true;
+        fw.add_portmap(&b2).unwrap();
+        fw.check_portmap(&b2).unwrap();
+        assert!(fw.check_portmap(&b).is_err());
+        fw.gc_portmap(NET, std::slice::from_ref(&c.key)).unwrap();
+        assert!(fw.check_portmap(&b2).is_err());
+        fw.check_portmap(&c).unwrap();
+        fw.del_portmap(&c.key).unwrap();
+        let rs = nft_ruleset();
+        for m in ["hostip4", "any4", "snat4", "hostip6", "any6", "snat6"] {
+            assert!(nft_elems(&rs, HOSTPORT_TABLE, m).is_empty(), "{m}");
+        }
+    });
+}
+
+#[test]
+fn isolation_add_check_del_gc() {
+    in_sandbox(|| {
+        let fw = native();
+        fw.add_isolation(&iso("br1", true)).unwrap();
+        fw.add_isolation(&iso("br2", false)).unwrap();
+        fw.check_isolation(&iso("br1", true)).unwrap();
+        assert!(fw.check_isolation(&iso("br1", false)).is_err());
+        fw.check_isolation(&iso("br2", false)).unwrap();
+        // flip allowPublished both ways
+        fw.add_isolation(&iso("br1", false)).unwrap();
+        fw.add_isolation(&iso("br2", true)).unwrap();
+        fw.check_isolation(&iso("br1", false)).unwrap();
+        fw.check_isolation(&iso("br2", true)).unwrap();
+        // DEL: the blind transaction, then again (state gone: read, nothing to do)
+        fw.del_isolation("br1").unwrap();
+        fw.del_isolation("br1").unwrap();
+        assert!(fw.check_isolation(&iso("br1", false)).is_err());
+        assert!(!chains(ISOLATION_TABLE).contains(&isolation_chain("br1")));
+        for i in 3..7 {
+            fw.add_isolation(&iso(&format!("br{i}"), i % 2 == 0)).unwrap();
+        }
+        fw.gc_isolation(&["br2".into(), "br5".into()]).unwrap();
+        let mut left: Vec<String> = nft_elems(&nft_ruleset(), ISOLATION_TABLE, "isolated").into_iter().map(|(k, _)| k.as_str().unwrap().to_string()).collect();
+        left.sort();
+        assert_eq!(left, vec!["br2", "br5"]);
+        fw.check_isolation(&iso("br5", false)).unwrap();
+    });
+}
+
+#[test]
+fn teardown_after_flush() {
+    in_sandbox(|| {
+        let fw = native();
+        let (a, b) = (ms("a", 1), ms("b", 2));
+        fw.add_masquerade(&a).unwrap();
+        fw.add_masquerade(&b).unwrap();
+        fw.add_portmap(&pm("p", 5)).unwrap();
+        fw.add_isolation(&iso("br1", true)).unwrap();
+        sh("nft", &["flush", "map", "inet", MASQ_TABLE, "masq4"]);
+        fw.del_masquerade(&a.key, &a.addrs).unwrap();
+        assert!(!chains(MASQ_TABLE).contains(&masq_chain(&a.key)));
+        sh("nft", &["flush", "ruleset"]);
+        fw.del_masquerade(&b.key, &[]).unwrap();
+        fw.del_portmap(&pm("p", 5).key).unwrap();
+        fw.del_isolation("br1").unwrap();
+        fw.gc_masquerade(NET, &[]).unwrap();
+        fw.gc_portmap(NET, &[]).unwrap();
+        fw.gc_isolation(&[]).unwrap();
+        // and the layout comes back on the next ADD
+        fw.add_masquerade(&a).unwrap();
+        fw.check_masquerade(&a).unwrap();
+    });
+}
+
+#[test]
+fn concurrent_writers() {
+    in_sandbox(|| {
+        let ns = NsHandle::current();
+        let hs: Vec<_> = (0..12u16)
+            .map(|i| {
+                ns.spawn(move || {
+                    let fw = native();
+                    fw.add_masquerade(&ms(&format!("c{i}"), i))?;
+                    fw.add_portmap(&pm(&format!("c{i}"), i as u8 + 10))?;
+                    fw.add_isolation(&iso(&format!("br{i}"), i % 2 == 0))?;
+                    if i % 3 == 0 {
+                        fw.del_masquerade(&ms(&format!("c{i}"), i).key, &[])?;
+                    }
+                    Ok::<_, cni_firewall::CniError>(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap().unwrap();
+        }
+        let fw = native();
+        for i in 0..12u16 {
+            assert_eq!(fw.check_masquerade(&ms(&format!("c{i}"), i)).is_ok(), i % 3 != 0, "c{i}");
+            fw.check_portmap(&pm(&format!("c{i}"), i as u8 + 10)).unwrap();
+            fw.check_isolation(&iso(&format!("br{i}"), i % 2 == 0)).unwrap();
+        }
+    });
+}
+
+/// A GC of hundreds of attachments is one transaction of many messages, element lists split
+/// under the 64 KiB attribute limit, larger than the default socket buffer.
+#[test]
+fn large_transactions() {
+    in_sandbox(|| {
+        let fw = native();
+        let specs: Vec<_> = (0..400u16).map(|i| ms(&format!("c{i}"), i)).collect();
+        let t = masq_table();
+        // one transaction adding all of them (what a state-aware ADD would do at scale)
+        let mut ops = Vec::new();
+        for s in &specs {
+            ops.extend(cni_firewall::nft::plan::plan_masq_add(s));
+        }
+        NftNetlink.apply(&ops).unwrap();
+        let st = NftNetlink.list_table(&t).unwrap().unwrap();
+        assert_eq!(st.set("masq4").unwrap().elems.len(), 400);
+        assert_eq!(st.set("masq6").unwrap().elems.len(), 400);
+        fw.check_masquerade(&specs[399]).unwrap();
+        fw.gc_masquerade(NET, std::slice::from_ref(&specs[7].key)).unwrap();
+        let st = NftNetlink.list_table(&t).unwrap().unwrap();
+        assert_eq!(st.set("masq4").unwrap().elems.len(), 1);
+        assert_eq!(st.chains.len(), 2, "postrouting and c7's chain");
+        fw.check_masquerade(&specs[7]).unwrap();
+    });
+}
+
+#[test]
+fn transactions_are_atomic_and_errors_name_the_object() {
+    in_sandbox(|| {
+        let t = TableRef::inet("t");
+        let exec = NftNetlink;
+        let e = exec
+            .apply(&[
+                Op::AddTable(t.clone()),
+                Op::AddChain { table: t.clone(), name: "c".into(), base: None, comment: None },
+                Op::DeleteChain { table: t.clone(), name: "missing".into() },
+            ])
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("delete chain inet t missing") && msg.contains("No such file or directory"), "{msg}");
+        assert!(exec.list_table(&t).unwrap().is_none(), "nothing of a failed transaction stays");
+        // an element refused in a list of three: the kernel's extended ack points at it
+        let fw = native();
+        fw.add_masquerade(&ms("a", 1)).unwrap();
+        fw.add_masquerade(&ms("b", 2)).unwrap();
+        let goto = |c: &str| Some(Verdict::Goto(c.into()));
+        let (ca, cb) = (masq_chain(&key(NET, "a")), masq_chain(&key(NET, "b")));
+        let elems = vec![
+            Element { key: vec![Value::Addr("10.9.0.1".parse().unwrap())], verdict: goto(&ca) },
+            Element { key: vec![Value::Addr("10.77.0.3".parse().unwrap())], verdict: goto(&cb) }, // a's address, to b's chain
+            Element { key: vec![Value::Addr("10.9.0.3".parse().unwrap())], verdict: goto(&ca) },
+        ];
+        let e = exec.apply(&[Op::AddElements { table: masq_table(), set: "masq4".into(), elems }]).unwrap_err().to_string();
+        assert!(e.contains(&format!("add element inet cnirs_masquerade masq4 {{ 10.77.0.3 : goto {cb} }}")), "{e}");
+        assert!(e.contains("File exists"), "{e}");
+        assert!(!e.contains("10.9.0.1"), "the refused element only: {e}");
+        let st = exec.list_table(&masq_table()).unwrap().unwrap();
+        assert_eq!(st.set("masq4").unwrap().elems.len(), 2, "atomic: no element of the failed list added");
+        // a base chain is no goto target: the kernel's refusal names the element too
+        let e = exec
+            .apply(&[Op::AddElements { table: masq_table(), set: "masq4".into(), elems: vec![Element { key: vec![Value::Addr("10.9.0.9".parse().unwrap())], verdict: goto("postrouting") }] }])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("10.9.0.9 : goto postrouting") && e.contains("not supported"), "{e}");
+        // deleting an element that is not there
+        let e = exec
+            .apply(&[Op::DeleteElements { table: masq_table(), set: "masq6".into(), elems: vec![Element { key: vec![Value::Addr("fd00::9".parse().unwrap())], verdict: None }] }])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delete element inet cnirs_masquerade masq6 { fd00::9 }"), "{e}");
+        // a rule jumping to a chain that does not exist
+        let e = exec
+            .apply(&[Op::AddRule {
+                table: masq_table(),
+                chain: "postrouting".into(),
+                rule: cni_firewall::nft::ops::Rule::new(vec![cni_firewall::nft::ops::Expr::Verdict(Verdict::Jump("nowhere".into()))]),
+            }])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("add rule inet cnirs_masquerade postrouting jump nowhere"), "{e}");
+        // errors reach the plugin as firewall errors
+        assert_eq!(exec.apply(&[Op::DeleteTable(t)]).unwrap_err().code(), cni_firewall::CniError::Firewall(String::new()).code());
+    });
+}
+
+/// What one executor writes, the other tears down (upgrades and rollbacks between versions).
+#[test]
+fn interop_with_the_nft_executor() {
+    in_sandbox(|| {
+        let (n, x) = (native(), exec_fw());
+        let (a, b) = (ms("a", 1), ms("b", 2));
+        x.add_masquerade(&a).unwrap();
+        n.add_masquerade(&b).unwrap();
+        x.add_portmap(&pm("pa", 5)).unwrap();
+        n.add_portmap(&pm("pb", 6)).unwrap();
+        x.add_isolation(&iso("br1", true)).unwrap();
+        n.add_isolation(&iso("br2", false)).unwrap();
+        for fw in [&n as &dyn Firewall, &x] {
+            fw.check_masquerade(&a).unwrap();
+            fw.check_masquerade(&b).unwrap();
+            fw.check_portmap(&pm("pa", 5)).unwrap();
+            fw.check_portmap(&pm("pb", 6)).unwrap();
+            fw.check_isolation(&iso("br1", true)).unwrap();
+            fw.check_isolation(&iso("br2", false)).unwrap();
+        }
+        n.del_masquerade(&a.key, &[]).unwrap();
+        x.del_masquerade(&b.key, &[]).unwrap();
+        n.del_portmap(&pm("pa", 5).key).unwrap();
+        x.del_portmap(&pm("pb", 6).key).unwrap();
+        n.del_isolation("br1").unwrap();
+        x.del_isolation("br2").unwrap();
+        assert_eq!(chains(MASQ_TABLE), vec!["postrouting"]);
+        assert_eq!(chains(ISOLATION_TABLE), vec!["forward"]);
+        assert!(nft_elems(&nft_ruleset(), ISOLATION_TABLE, "by_iif").is_empty());
+    });
+}
+
+/// The default nftables firewall spawns nothing: not for writes, reads, CHECK, GC, STATUS, nor
+/// for choosing the backend.
+#[test]
+fn no_process_is_spawned() {
+    in_sandbox(|| {
+        assert!(std::env::var_os("CNI_NFT_EXEC").is_none(), "the test environment selects the nft process");
+        let runner = Arc::new(ProcessRunner::new());
+        let fw = firewall_with_runner(Backend::Nftables, runner.clone());
+        let n = count(&runner, || {
+            assert_eq!(choose_backend_with(Some("nftables"), &*runner).unwrap(), Backend::Nftables);
+            let host = observe_host(&*runner);
+            assert!(host.nft && !host.ours_nft);
+            fw.status().unwrap();
+            fw.add_masquerade(&ms("a", 1)).unwrap();
+            fw.check_masquerade(&ms("a", 1)).unwrap();
+            fw.add_portmap(&pm("a", 5)).unwrap();
+            fw.check_portmap(&pm("a", 5)).unwrap();
+            fw.add_isolation(&iso("br1", true)).unwrap();
+            fw.check_isolation(&iso("br1", true)).unwrap();
+            assert!(observe_host(&*runner).ours_nft);
+            assert_eq!(choose_backend_with(None, &*runner).unwrap(), Backend::Nftables);
+            fw.del_masquerade(&ms("a", 1).key, &[]).unwrap();
+            fw.del_portmap(&pm("a", 5).key).unwrap();
+            fw.del_isolation("br1").unwrap();
+            fw.gc_masquerade(NET, &[]).unwrap();
+            fw.gc_portmap(NET, &[]).unwrap();
+            fw.gc_isolation(&[]).unwrap();
+        });
+        assert_eq!(n, 0);
+    });
+}
+
+/// Detection lists tables over netlink: ours, and iptables-nft's by name.
+#[test]
+fn detection_over_netlink() {
+    in_sandbox(|| {
+        assert!(list_tables().unwrap().is_empty());
+        native().add_isolation(&iso("br1", false)).unwrap();
+        sh_in("nft", &["-f", "-"], "add table ip nat\nadd table ip6 filter\nadd table bridge filter\nadd table netdev x\n");
+        let mut t = list_tables().unwrap();
+        t.sort();
+        let want: Vec<(String, String)> = [("bridge", "filter"), ("inet", ISOLATION_TABLE), ("ip", "nat"), ("ip6", "filter"), ("netdev", "x")]
+            .iter()
+            .map(|(f, n)| (f.to_string(), n.to_string()))
+            .collect();
+        assert_eq!(t, want);
+        let host = observe_host(&ProcessRunner::new());
+        assert!(host.nft && host.ours_nft && host.iptables_in_use, "{host:?}");
+        assert!(cni_firewall::nft::usable());
+    });
+}
+
+#[test]
+fn attachment_keys_are_validated() {
+    in_sandbox(|| {
+        let fw = native();
+        let bad = cni_firewall::MasqSpec { key: AttachmentKey::new("net", "bad id\"", "eth0"), addrs: vec!["10.0.0.2/24".parse().unwrap()] };
+        assert_eq!(fw.add_masquerade(&bad).unwrap_err().code(), 7);
+        assert_eq!(fw.add_isolation(&iso("bad/name", false)).unwrap_err().code(), 7);
+        assert!(list_tables().unwrap().is_empty());
+    });
+}
