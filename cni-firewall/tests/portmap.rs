@@ -90,9 +90,10 @@ fn add_check_del(flavor: Flavor) {
                 let r6 = ipt_rules(flavor, Family::V6, "nat");
                 assert!(r6.contains(&format!("-A {dn} -d 2001:db8::1/128 -p sctp -m sctp --dport 9000 -j DNAT --to-destination [fd66::5]:9000")));
                 assert!(!r6.iter().any(|l| l.contains("127.0.0.1") || l.contains("192.0.2.1")));
-                // entries of the newest container first
+                // entries in ADD order, as the reference appends them: the first container keeps a contested port
                 let entries: Vec<&String> = r4.iter().filter(|l| l.starts_with("-A CNI-HOSTPORT-DNAT")).collect();
-                assert!(entries[0].contains(&ipt::dn_chain(&b.key)), "{entries:?}");
+                assert!(entries[0].contains(&ipt::dn_chain(&a.key)), "{entries:?}");
+                assert!(entries.last().is_some_and(|l| l.contains(&ipt::dn_chain(&b.key))), "{entries:?}");
                 assert!(r4.contains(&"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT".to_string()));
                 assert!(r4.contains(&"-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT".to_string()));
             }

@@ -452,8 +452,8 @@ pub fn plan_portmap_add_blind(spec: &PortMapSpec, fam: Family) -> Option<Restore
     for r in dn_rules(spec, fam) {
         s.append(&r);
     }
-    for r in dnat_entries(spec, fam).iter().rev() {
-        s.insert(r);
+    for r in dnat_entries(spec, fam) {
+        s.append(&r);
     }
     Some(s)
 }
@@ -463,7 +463,8 @@ fn s_check(s: &mut RestoreScript, r: &SavedRule) {
 }
 
 /// ADD knowing the table: creates whatever shared part is missing, replaces the attachment's chain
-/// and entry rules (entries prepended: the most recent container wins a host port).
+/// and entry rules (entries appended, as the reference does: the first container keeps a host port
+/// two containers map).
 pub fn plan_portmap_add(spec: &PortMapSpec, fam: Family, saved: &SavedTable) -> Option<RestoreScript> {
     spec.container(fam)?;
     if spec.mappings.is_empty() {
@@ -505,8 +506,8 @@ pub fn plan_portmap_add(spec: &PortMapSpec, fam: Family, saved: &SavedTable) -> 
     for r in dn_rules(spec, fam) {
         s.append(&r);
     }
-    for r in dnat_entries(spec, fam).iter().rev() {
-        s.insert(r);
+    for r in dnat_entries(spec, fam) {
+        s.append(&r);
     }
     some(s)
 }
@@ -610,6 +611,13 @@ pub fn iso_stage2_published(br: &str) -> SavedRule {
         sv(&["-o", br, "-m", "conntrack", "--ctstate", "DNAT", "-m", "comment", "--comment", ISOLATION_COMMENT, "-j", "RETURN"]),
     )
 }
+/// `allowPublished`, reply direction: answers from the bridge to clients on other isolated bridges.
+pub fn iso_stage1_published_reply(br: &str) -> SavedRule {
+    SavedRule::new(
+        STAGE1,
+        sv(&["-i", br, "-m", "conntrack", "--ctstate", "DNAT", "--ctdir", "REPLY", "-m", "comment", "--comment", ISOLATION_COMMENT, "-j", "RETURN"]),
+    )
+}
 pub fn iso_return(chain: &str) -> SavedRule {
     SavedRule::new(chain, sv(&["-m", "comment", "--comment", ISOLATION_COMMENT, "-j", "RETURN"]))
 }
@@ -627,6 +635,7 @@ pub fn plan_isolation_check_only(spec: &IsolationSpec) -> RestoreScript {
     }
     if spec.allow_published {
         s_check(&mut s, &iso_stage2_published(&spec.bridge));
+        s_check(&mut s, &iso_stage1_published_reply(&spec.bridge));
     }
     s
 }
@@ -650,20 +659,22 @@ pub fn plan_isolation_add(spec: &IsolationSpec, saved: &SavedTable) -> Option<Re
             s.append(&iso_return(chain));
         }
     }
-    // Inserted after the DROP so it lands above it.
-    let published = iso_stage2_published(br);
-    match (spec.allow_published, saved.contains(&published)) {
-        (true, false) => s.insert(&published),
-        (false, true) => s.delete(&published),
-        _ => {}
+    // Inserted after the bridge's own rules so they land above them.
+    for published in [iso_stage2_published(br), iso_stage1_published_reply(br)] {
+        match (spec.allow_published, saved.contains(&published)) {
+            (true, false) => s.insert(&published),
+            (false, true) => s.delete(&published),
+            _ => {}
+        }
     }
     some(s)
 }
 
 fn bridge_of_stage_rule(r: &SavedRule) -> Option<&str> {
-    if r.chain == STAGE1 && r.target() == Some(STAGE2) {
+    let returns = r.target() == Some("RETURN");
+    if r.chain == STAGE1 && (r.target() == Some(STAGE2) || (returns && r.value("-i").is_some())) {
         r.value("-i")
-    } else if r.chain == STAGE2 && (r.target() == Some("DROP") || (r.target() == Some("RETURN") && r.value("-o").is_some())) {
+    } else if r.chain == STAGE2 && (r.target() == Some("DROP") || (returns && r.value("-o").is_some())) {
         r.value("-o")
     } else {
         None
@@ -729,13 +740,19 @@ pub fn check_isolation(spec: &IsolationSpec, fam: Family, saved: &SavedTable) ->
             return Err(format!("{} filter chain {} lacks `{}`", fam_name(fam), r.chain, r.line("-A")));
         }
     }
-    let published = iso_stage2_published(&spec.bridge);
-    match (spec.allow_published, saved.contains(&published)) {
-        (true, false) => return Err(format!("{} filter chain {STAGE2} lacks `{}`", fam_name(fam), published.line("-A"))),
-        (false, true) => {
-            return Err(format!("{} filter chain {STAGE2} has `{}` but allowPublished is false", fam_name(fam), published.line("-A")))
+    for published in [iso_stage2_published(&spec.bridge), iso_stage1_published_reply(&spec.bridge)] {
+        let chain = &published.chain;
+        match (spec.allow_published, saved.contains(&published)) {
+            (true, false) => return Err(format!("{} filter chain {chain} lacks `{}`", fam_name(fam), published.line("-A"))),
+            (false, true) => {
+                return Err(format!(
+                    "{} filter chain {chain} has `{}` but allowPublished is false",
+                    fam_name(fam),
+                    published.line("-A")
+                ))
+            }
+            _ => {}
         }
-        _ => {}
     }
     Ok(())
 }
@@ -927,7 +944,7 @@ COMMIT
         assert_eq!(plan_portmap_gc("probenet", &[], &t).unwrap().render(), d);
         // ADD on existing state replaces chain and entries
         let a = plan_portmap_add(&spec, Family::V4, &t).unwrap().render();
-        assert!(a.contains("-F CNI-DN-96499d5ef693007d260ed") && a.matches("-I CNI-HOSTPORT-DNAT").count() == 2);
+        assert!(a.contains("-F CNI-DN-96499d5ef693007d260ed") && a.matches("-A CNI-HOSTPORT-DNAT").count() == 2);
         assert!(!a.contains("-N"));
     }
 

@@ -284,6 +284,8 @@ pub enum Expr {
     FibDaddrLocal,
     /// `ct status dnat`.
     CtStatusDnat,
+    /// `ct direction reply`.
+    CtDirectionReply,
     Masquerade,
     /// `dnat ip to A:P` / `dnat ip6 to [A]:P`.
     Dnat { addr: IpAddr, port: u16 },
@@ -303,6 +305,7 @@ impl Expr {
             Expr::Vmap { key, map } => format!("{} vmap @{map}", fields_text(key)),
             Expr::FibDaddrLocal => "fib daddr type local".into(),
             Expr::CtStatusDnat => "ct status dnat".into(),
+            Expr::CtDirectionReply => "ct direction reply".into(),
             Expr::Masquerade => "masquerade".into(),
             Expr::Dnat { addr: IpAddr::V4(a), port } => format!("dnat ip to {a}:{port}"),
             Expr::Dnat { addr: IpAddr::V6(a), port } => format!("dnat ip6 to [{a}]:{port}"),
@@ -328,6 +331,7 @@ impl Expr {
                 json!({"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}})
             }
             Expr::CtStatusDnat => json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}),
+            Expr::CtDirectionReply => json!({"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}),
             Expr::Masquerade => json!({"masquerade": null}),
             Expr::Dnat { addr, port } => {
                 let fam = if addr.is_ipv4() { "ip" } else { "ip6" };

@@ -539,7 +539,8 @@ pub fn check_portmap(spec: &PortMapSpec, st: Option<&TableState>) -> Result<(), 
 //   set isolated { type ifname }                   every isolated bridge
 //   set published { type ifname }                  isolated bridges whose published ports others reach
 //   map by_iif { type ifname : verdict }           bridge -> goto b-<16 hex sha512(bridge)>
-//   chain forward { filter forward 0: ct status dnat oifname @published accept; iifname vmap @by_iif }
+//   chain forward { filter forward 0: ct status dnat oifname @published accept;
+//                   ct direction reply ct status dnat iifname @published accept; iifname vmap @by_iif }
 //   chain b-<hash> { oifname != "<bridge>" oifname @isolated drop }
 // ---------------------------------------------------------------------------------------------
 
@@ -551,11 +552,19 @@ pub fn isolation_chain(bridge: &str) -> String {
     format!("b-{}", hash_parts(&[bridge], 16))
 }
 
-fn isolation_forward_rules() -> [Rule; 2] {
+fn isolation_forward_rules() -> [Rule; 3] {
     [
+        // to a published port of an allowPublished bridge...
         Rule::new(vec![
             Expr::CtStatusDnat,
             Expr::Lookup { key: vec![Field::Oifname], set: "published".into(), negate: false },
+            Expr::Verdict(Verdict::Accept),
+        ]),
+        // ...and its answers, whatever the client's bridge says
+        Rule::new(vec![
+            Expr::CtDirectionReply,
+            Expr::CtStatusDnat,
+            Expr::Lookup { key: vec![Field::Iifname], set: "published".into(), negate: false },
             Expr::Verdict(Verdict::Accept),
         ]),
         Rule::new(vec![Expr::Vmap { key: vec![Field::Iifname], map: "by_iif".into() }]),

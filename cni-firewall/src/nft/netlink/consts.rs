@@ -219,6 +219,9 @@ pub const NFTA_CT_DREG: u16 = 1;
 pub const NFTA_CT_KEY: u16 = 2;
 pub const NFTA_CT_DIRECTION: u16 = 3;
 pub const NFT_CT_STATUS: u32 = 2;
+/// The `direction` key of a ct expression (not the attribute); replies are `IP_CT_DIR_REPLY`.
+pub const NFT_CT_KEY_DIRECTION: u32 = 1;
+pub const IP_CT_DIR_REPLY: u8 = 1;
 pub const IPS_DST_NAT: u32 = 1 << 5;
 
 // fib: enum nft_fib_attributes, nft_fib_result, nft_fib_flags; RTN_LOCAL

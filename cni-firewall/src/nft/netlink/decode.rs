@@ -386,6 +386,12 @@ pub fn raise(table: TableFamily, lows: &[Low]) -> Option<Vec<Expr>> {
                 out.push(Expr::CtStatusDnat);
                 i += 3;
             }
+            [Low::Ct { key: NFT_CT_KEY_DIRECTION, dreg }, Low::Cmp { sreg, op: NFT_CMP_EQ, data }, ..]
+                if sreg == dreg && *data == [IP_CT_DIR_REPLY] =>
+            {
+                out.push(Expr::CtDirectionReply);
+                i += 2;
+            }
             [Low::Fib { dreg, result: NFT_FIB_RESULT_ADDRTYPE, flags: NFTA_FIB_F_DADDR }, Low::Cmp { sreg, op: NFT_CMP_EQ, data }, ..]
                 if sreg == dreg && *data == RTN_LOCAL.to_ne_bytes() =>
             {

@@ -417,6 +417,10 @@ impl Lowering {
                 });
                 self.out.push(Low::Cmp { sreg: NFT_REG_1, op: NFT_CMP_NEQ, data: vec![0; 4] });
             }
+            Expr::CtDirectionReply => {
+                self.out.push(Low::Ct { key: NFT_CT_KEY_DIRECTION, dreg: NFT_REG_1 });
+                self.out.push(Low::Cmp { sreg: NFT_REG_1, op: NFT_CMP_EQ, data: vec![IP_CT_DIR_REPLY] });
+            }
             Expr::Masquerade => self.out.push(Low::Masq { flags: 0 }),
             Expr::Dnat { addr, port } => {
                 let fam = Family::of(addr);
