@@ -95,8 +95,9 @@ impl Socket {
         self.dump_raw(encode(msg, 0, 0), decode_route)
     }
 
-    /// [`Socket::request`] for any protocol. `msg` is a whole netlink message (header included,
-    /// its length filled in); its flags (`NLM_F_REQUEST | NLM_F_ACK | flags`) and sequence number
+    /// Send a request with `NLM_F_ACK` and wait for its acknowledgement, for any protocol; returns
+    /// what the kernel sent before the ack (the reply to a GET). `msg` is a whole netlink message
+    /// (header included, its length filled in); its flags (`NLM_F_REQUEST | NLM_F_ACK | flags`) and sequence number
     /// are set here. Every data message of the reply (whole, header included) goes through
     /// `parse`; the values it keeps (`Some`) are returned.
     pub fn request_raw<T>(
@@ -109,8 +110,9 @@ impl Socket {
         self.collect(seq, &mut parse).map(|(out, _)| out)
     }
 
-    /// [`Socket::dump`] for any protocol; `msg` and `parse` as for [`Socket::request_raw`]. The
-    /// values of an interrupted attempt are discarded.
+    /// Dump (`NLM_F_DUMP`, read until `NLMSG_DONE`) for any protocol, repeated while the kernel
+    /// flags the dump as interrupted by a concurrent change; `msg` and `parse` as for
+    /// [`Socket::request_raw`]. The values of an interrupted attempt are discarded.
     pub fn dump_raw<T>(
         &mut self,
         mut msg: Vec<u8>,
