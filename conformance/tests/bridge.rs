@@ -71,7 +71,7 @@ fn masq_reaches_external(backend: &str) {
                "ipam": lab.ipam4("10.10.2.0/24")}),
     );
     let ext = lab.container();
-    wire_external(lab.host(), &ext, "ext0", "198.51.100.1/24", "198.51.100.2/24");
+    wire_external(lab.host(), &ext, "ext0", &format!("{HOST4}/24"), &format!("{EXT4}/24"));
     let c = lab.container();
     let cid = format!("masq-{backend}-0");
     let rc = lab.rc(&cid, &c);
@@ -79,9 +79,9 @@ fn masq_reaches_external(backend: &str) {
     let ip = result_ip(&r, false);
     assert!(ext.run("ip", ["route", "get", &ip]).unwrap().status.code() != Some(0), "external must not route to {ip}");
 
-    assert_ping(&c, "198.51.100.2");
-    let seen = tcp_source_seen(ext.path(), "198.51.100.2".parse().unwrap(), c.path()).unwrap();
-    assert_eq!(seen.ip().to_string(), "198.51.100.1", "the external side must see the host's address");
+    assert_ping(&c, EXT4);
+    let seen = tcp_source_seen(ext.path(), ip_addr(EXT4), c.path()).unwrap();
+    assert_eq!(seen.ip().to_string(), HOST4, "the external side must see the host's address");
 
     let chain = masq_chain_name(&net, &cid);
     match backend {

@@ -18,12 +18,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use common::lab::Lab;
 use common::net::*;
-use common::traffic::*;
-use conformance::plugins::our_plugins;
 use conformance::runner::{Attachment, NetworkConfigList, RuntimeConf};
 use conformance::sandbox::NamedNetns;
-use conformance::{require_root, ContainerNs, Runtime, Sandbox};
+use conformance::ContainerNs;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -67,30 +66,24 @@ impl Ctr {
     }
 }
 
-/// A sandbox host running our plugins, with an "outside" namespace wired to it.
+/// A sandbox host running our plugins, with an "outside" namespace wired to it (both families:
+/// host [`HOST4`] / [`HOST6`], outside [`EXT4`] / [`EXT6`]).
 struct Site {
-    sb: Sandbox,
-    rt: Runtime,
+    lab: Lab,
     outside: ContainerNs,
 }
 
 impl Site {
     fn new() -> Site {
-        require_root();
-        let dir = our_plugins(PLUGINS);
-        let sb = Sandbox::new().unwrap();
-        let rt = sb.runtime(&dir);
-        let outside = sb.container().unwrap();
-        wire_outside(sb.host(), &outside, "uplink0");
-        Site { sb, rt, outside }
+        let lab = Lab::with_plugins(PLUGINS);
+        let outside = lab.container();
+        let (host, ext) = ([format!("{HOST4}/24"), format!("{HOST6}/64")], [format!("{EXT4}/24"), format!("{EXT6}/64")]);
+        wire_external_addrs(lab.host(), &outside, "uplink0", &[&host[0], &host[1]], &[&ext[0], &ext[1]]);
+        Site { lab, outside }
     }
 
     fn host(&self) -> &NamedNetns {
-        self.sb.host()
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.sb.tempdir().join("ipam")
+        self.lab.host()
     }
 
     /// Load `examples/<rel>` as the runtime would, check (like libcni's `ValidateNetworkList`, which
@@ -102,10 +95,10 @@ impl Site {
         let want = EXAMPLES.iter().find(|(r, _)| *r == rel).map(|(_, v)| *v).expect("example listed in EXAMPLES");
         assert_eq!(list.cni_version, want, "{rel}: selected cniVersion");
         for t in list.plugin_types() {
-            let info = self.rt.version(t).unwrap_or_else(|e| panic!("{rel}: VERSION of {t}: {e}"));
+            let info = self.lab.rt.version(t).unwrap_or_else(|e| panic!("{rel}: VERSION of {t}: {e}"));
             assert!(info.supported_versions.contains(&list.cni_version), "{rel}: {t} lacks {}", list.cni_version);
         }
-        let data_dir = Value::String(self.data_dir().to_string_lossy().into_owned());
+        let data_dir = Value::String(self.lab.data_dir().to_string_lossy().into_owned());
         let rewrite = |plugin: &mut Map<String, Value>| {
             if let Some(Value::Object(ipam)) = plugin.get_mut("ipam") {
                 if ipam.get("type").and_then(Value::as_str) == Some("host-local") {
@@ -124,23 +117,21 @@ impl Site {
     }
 
     fn container(&self) -> ContainerNs {
-        self.sb.container().unwrap()
+        self.lab.container()
+    }
+
+    /// The source address the outside namespace sees for a TCP connection from `c` to its address
+    /// `outside` ([`EXT4`] or [`EXT6`]).
+    #[track_caller]
+    fn source_seen_outside(&self, c: &Ctr, outside: &str) -> String {
+        let seen = tcp_source_seen(self.outside.path(), ip_addr(outside), c.ns.path());
+        seen.unwrap_or_else(|e| panic!("{} -> outside {outside}: {e}", c.rc.container_id)).ip().to_string()
     }
 
     #[track_caller]
     fn add(&self, list: &NetworkConfigList, rc: RuntimeConf, ns: ContainerNs) -> Ctr {
-        let result = self.rt.add_list(list, &rc).unwrap_or_else(|e| panic!("ADD {} to {}: {e}", rc.container_id, list.name));
+        let result = self.lab.add(list, &rc);
         Ctr { ns, rc, result }
-    }
-
-    #[track_caller]
-    fn check(&self, list: &NetworkConfigList, c: &Ctr) {
-        self.rt.check_list(list, &c.rc).unwrap_or_else(|e| panic!("CHECK {} on {}: {e}", c.rc.container_id, list.name));
-    }
-
-    #[track_caller]
-    fn del(&self, list: &NetworkConfigList, rc: &RuntimeConf) {
-        self.rt.del_list(list, rc).unwrap_or_else(|e| panic!("DEL {} from {}: {e}", rc.container_id, list.name));
     }
 
     /// Nothing of the networks is left: no veth but the uplink, no lease, no NAT rule (iptables or
@@ -148,20 +139,15 @@ impl Site {
     /// one of `bridges` (isolation removes it with the bridge's last container).
     #[track_caller]
     fn assert_clean(&self, networks: &[&str], prefixes: &[&str], bridges: &[&str]) {
-        let veths: Vec<String> = links_of_kind(self.host(), "veth").into_iter().filter(|v| v != "uplink0").collect();
+        let veths: Vec<String> = self.lab.host_veths().into_iter().filter(|v| v != "uplink0").collect();
         assert!(veths.is_empty(), "veths left in the host: {veths:?}");
         for net in networks {
-            let leases = lease_files(&self.data_dir(), net);
+            let leases = self.lab.leases(net);
             assert!(leases.is_empty(), "leases of {net} left: {leases:?}");
         }
-        let nft = nft_ruleset(self.host());
-        let mut ipt = String::new();
-        for tool in ["iptables-save", "ip6tables-save"] {
-            ipt.push_str(&self.host().run_ok(tool, [] as [&str; 0]).unwrap());
-        }
         for word in prefixes.iter().chain(bridges) {
-            assert!(!nft.contains(word), "nftables state naming {word} left:\n{nft}");
-            assert!(!ipt.contains(word), "iptables state naming {word} left:\n{ipt}");
+            let left = firewall_lines_mentioning(self.host(), word);
+            assert!(left.is_empty(), "firewall state naming {word} left: {left:#?}");
         }
     }
 }
@@ -175,6 +161,18 @@ fn publish(host_port: u16) -> Map<String, Value> {
 
 fn args(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The `CNI_ARGS` a CRI runtime (containerd, CRI-O, the kubelet's) sends for pod `name` of
+/// `namespace` whose sandbox container is `id`.
+fn k8s_args(namespace: &str, name: &str, id: &str) -> Vec<(String, String)> {
+    args(&[
+        ("IgnoreUnknown", "1"),
+        ("K8S_POD_NAMESPACE", namespace),
+        ("K8S_POD_NAME", name),
+        ("K8S_POD_INFRA_CONTAINER_ID", id),
+        ("K8S_POD_UID", &container_id(name)[..32]),
+    ])
 }
 
 /// The interface of the result named `ifname` in a sandbox, and the addresses pointing at it (what
@@ -254,13 +252,7 @@ fn containerd_cri_pods_ping_publish_and_masquerade() {
         let ns = site.container();
         let id = container_id(&format!("containerd-{name}"));
         let path = ns.path().to_str().unwrap().to_string();
-        let k8s = args(&[
-            ("IgnoreUnknown", "1"),
-            ("K8S_POD_NAMESPACE", "default"),
-            ("K8S_POD_NAME", name),
-            ("K8S_POD_INFRA_CONTAINER_ID", &id),
-            ("K8S_POD_UID", &container_id(name)[..32]),
-        ]);
+        let k8s = k8s_args("default", name, &id);
         let mut rc = RuntimeConf::new(&id, &path, "eth0");
         rc.args = k8s.clone();
         rc.capability_args = if i == 0 { publish(8080) } else { Map::new() };
@@ -270,8 +262,8 @@ fn containerd_cri_pods_ping_publish_and_masquerade() {
         lo_rc.args = k8s;
 
         let (lo_res, eth_res) = std::thread::scope(|s| {
-            let a = s.spawn(|| site.rt.add_list(&lo, &lo_rc));
-            let b = s.spawn(|| site.rt.add_list(&list, &rc));
+            let a = s.spawn(|| site.lab.rt.add_list(&lo, &lo_rc));
+            let b = s.spawn(|| site.lab.rt.add_list(&list, &rc));
             (a.join().unwrap(), b.join().unwrap())
         });
         lo_res.unwrap_or_else(|e| panic!("ADD cni-loopback for {name}: {e}"));
@@ -288,21 +280,21 @@ fn containerd_cri_pods_ping_publish_and_masquerade() {
     assert_ping(&p1.ns, &p0.ip4());
     assert_ping(&p0.ns, "10.88.0.1");
     // ipMasq: the outside sees the host's address
-    let seen = tcp_source_seen(site.outside.path(), OUTSIDE_V4.parse().unwrap(), p1.ns.path()).unwrap();
-    assert_eq!(seen.ip().to_string(), HOST_V4, "pod traffic must leave masqueraded");
+    assert_eq!(site.source_seen_outside(p1, EXT4), HOST4, "pod traffic must leave masqueraded");
     // hostPort 8080 -> pod 0 port 80, from outside and from the other pod, through the host address
-    assert_tcp_via(&p0.ns, "0.0.0.0:80", &site.outside, &format!("{HOST_V4}:8080"));
-    assert_tcp_via(&p0.ns, "0.0.0.0:80", &p1.ns, &format!("{HOST_V4}:8080"));
+    let l80 = tcp_listen(p0.ns.path(), sa("0.0.0.0", 80));
+    reach_tcp(&l80, site.outside.path(), sa(HOST4, 8080));
+    reach_tcp(&l80, p1.ns.path(), sa(HOST4, 8080));
 
-    site.rt.status_list(&list).unwrap();
+    site.lab.rt.status_list(&list).unwrap();
     for (p, _) in &pods {
-        site.check(&list, p);
+        site.lab.check(&list, &p.rc);
     }
     for (p, lo_rc) in &pods {
-        site.del(&list, &p.rc);
-        site.del(&lo, lo_rc);
+        site.lab.del(&list, &p.rc);
+        site.lab.del(&lo, lo_rc);
     }
-    assert_tcp_blocked(&p0.ns, "0.0.0.0:80", &site.outside, &format!("{HOST_V4}:8080"));
+    no_tcp(&l80, site.outside.path(), sa(HOST4, 8080));
     site.assert_clean(&["containerd-net"], &["10.88."], &[]);
 }
 
@@ -322,34 +314,27 @@ fn crio_pods_ping_masquerade_status_and_gc() {
         ns.run_ok("ip", ["link", "set", "lo", "up"]).unwrap(); // ocicni's bringUpLoopback
         let id = container_id(&format!("crio-{name}"));
         let mut rc = RuntimeConf::new(&id, ns.path().to_str().unwrap(), "eth0");
-        rc.args = args(&[
-            ("IgnoreUnknown", "1"),
-            ("K8S_POD_NAMESPACE", "storage"),
-            ("K8S_POD_NAME", name),
-            ("K8S_POD_INFRA_CONTAINER_ID", &id),
-            ("K8S_POD_UID", &container_id(name)[..32]),
-        ]);
+        rc.args = k8s_args("storage", name, &id);
         pods.push(site.add(&list, rc, ns));
     }
     let (p0, p1) = (&pods[0], &pods[1]);
     assert!(p0.ip4().starts_with("10.85.") && p1.ip4().starts_with("10.85."), "{} {}", p0.result, p1.result);
     assert_ping(&p0.ns, &p1.ip4());
     assert_ping(&p1.ns, &p0.ip4());
-    let seen = tcp_source_seen(site.outside.path(), OUTSIDE_V4.parse().unwrap(), p0.ns.path()).unwrap();
-    assert_eq!(seen.ip().to_string(), HOST_V4);
-    site.rt.status_list(&list).unwrap();
-    site.check(&list, p0);
-    site.check(&list, p1);
+    assert_eq!(site.source_seen_outside(p0, EXT4), HOST4);
+    site.lab.rt.status_list(&list).unwrap();
+    site.lab.check(&list, &p0.rc);
+    site.lab.check(&list, &p1.rc);
 
     // GC with only pod 0 valid: pod 1 is torn down (through its cached result) and its lease freed.
-    site.rt.gc_list(&list, &[Attachment::new(&p0.rc.container_id, "eth0")]).unwrap();
-    assert_eq!(lease_files(&site.data_dir(), "crio"), [p0.ip4()], "only pod 0 keeps its lease");
+    site.lab.rt.gc_list(&list, &[Attachment::new(&p0.rc.container_id, "eth0")]).unwrap();
+    assert_eq!(site.lab.leases("crio"), [p0.ip4()], "only pod 0 keeps its lease");
     assert!(p1.ns.link("eth0").unwrap().is_none(), "GC must remove the stale pod's eth0");
     assert_ping(&p0.ns, "10.85.0.1");
-    site.check(&list, p0);
+    site.lab.check(&list, &p0.rc);
 
-    site.del(&list, &p0.rc);
-    site.del(&list, &p1.rc); // DEL after GC is still fine
+    site.lab.del(&list, &p0.rc);
+    site.lab.del(&list, &p1.rc); // DEL after GC is still fine
     site.assert_clean(&["crio"], &["10.85."], &[]);
 }
 
@@ -370,7 +355,7 @@ fn nerdctl_default_network_ping_publish_and_teardown_without_netns() {
         let a = args(&[("IgnoreUnknown", "1"), ("NERDCTL_CNI_DHCP_HOSTNAME", host)]);
         let mut pre = RuntimeConf::new(&id, "", "eth0");
         pre.args = a.clone();
-        site.del(&list, &pre);
+        site.lab.del(&list, &pre);
         let mut rc = RuntimeConf::new(&id, ns.path().to_str().unwrap(), "eth0");
         rc.args = a;
         if i == 0 {
@@ -382,22 +367,24 @@ fn nerdctl_default_network_ping_publish_and_teardown_without_netns() {
     assert_eq!(web.result["ips"][0]["gateway"], "10.4.0.1", "{}", web.result);
     assert_ping(&web.ns, &cache.ip4());
     assert_ping(&cache.ns, &web.ip4());
-    let seen = tcp_source_seen(site.outside.path(), OUTSIDE_V4.parse().unwrap(), cache.ns.path()).unwrap();
-    assert_eq!(seen.ip().to_string(), HOST_V4);
-    assert_tcp_via(&web.ns, "0.0.0.0:80", &site.outside, &format!("{HOST_V4}:8080"));
+    assert_eq!(site.source_seen_outside(cache, EXT4), HOST4);
+    let l80 = tcp_listen(web.ns.path(), sa("0.0.0.0", 80));
+    reach_tcp(&l80, site.outside.path(), sa(HOST4, 8080));
     // the container reaches its own published port (hairpinMode + portmap snat)
-    assert_tcp_via(&web.ns, "0.0.0.0:80", &web.ns, &format!("{HOST_V4}:8080"));
-    site.check(&list, web);
-    site.check(&list, cache);
+    reach_tcp(&l80, web.ns.path(), sa(HOST4, 8080));
+    site.lab.check(&list, &web.rc);
+    site.lab.check(&list, &cache.rc);
 
-    // `nerdctl rm`: the hook's postStop DEL runs after the task's netns is gone.
+    // `nerdctl rm`: the hook's postStop DEL runs after the task's netns is gone (the listener,
+    // a socket of that netns, would keep it alive).
+    drop(l80);
     let Ctr { ns: web_ns, rc: web_rc, .. } = ctrs.remove(0);
     drop(web_ns);
     let mut gone = web_rc;
     gone.netns = String::new();
-    site.del(&list, &gone);
+    site.lab.del(&list, &gone);
     let cache = ctrs.remove(0);
-    site.del(&list, &cache.rc);
+    site.lab.del(&list, &cache.rc);
     site.assert_clean(&["bridge"], &["10.4.0."], &["nerdctl0"]);
 }
 
@@ -412,19 +399,13 @@ fn nerdctl_default_network_ping_publish_and_teardown_without_netns() {
 fn kubelet_podcidr_routed_pods_probes_and_host_port() {
     let site = Site::new();
     let list = site.example("kubelet-podcidr/10-k8s-pods.conflist");
-    site.outside.run_ok("ip", ["route", "add", "10.244.1.0/24", "via", HOST_V4]).unwrap();
+    site.outside.run_ok("ip", ["route", "add", "10.244.1.0/24", "via", HOST4]).unwrap();
     let mut pods = Vec::new();
     for (i, name) in ["api-0", "api-1"].iter().enumerate() {
         let ns = site.container();
         let id = container_id(&format!("k8s-{name}"));
         let mut rc = RuntimeConf::new(&id, ns.path().to_str().unwrap(), "eth0");
-        rc.args = args(&[
-            ("IgnoreUnknown", "1"),
-            ("K8S_POD_NAMESPACE", "prod"),
-            ("K8S_POD_NAME", name),
-            ("K8S_POD_INFRA_CONTAINER_ID", &id),
-            ("K8S_POD_UID", &container_id(name)[..32]),
-        ]);
+        rc.args = k8s_args("prod", name, &id);
         if i == 0 {
             rc.capability_args = publish(30080);
         }
@@ -438,14 +419,13 @@ fn kubelet_podcidr_routed_pods_probes_and_host_port() {
     assert_ping(&p0.ns, &p1.ip4());
     assert_ping(site.host(), &p0.ip4()); // kubelet probes come from the node
     assert_ping(site.host(), &p1.ip4());
-    let seen = tcp_source_seen(site.outside.path(), OUTSIDE_V4.parse().unwrap(), p1.ns.path()).unwrap();
-    assert_eq!(seen.ip().to_string(), p1.ip4(), "pod-to-node traffic keeps the pod address (no ipMasq)");
+    assert_eq!(site.source_seen_outside(p1, EXT4), p1.ip4(), "pod-to-node traffic keeps the pod address (no ipMasq)");
     assert_ping(&site.outside, &p0.ip4()); // another node reaches the pod directly
-    assert_tcp_via(&p0.ns, "0.0.0.0:80", &site.outside, &format!("{HOST_V4}:30080"));
-    site.check(&list, p0);
-    site.check(&list, p1);
+    reach_tcp(&tcp_listen(p0.ns.path(), sa("0.0.0.0", 80)), site.outside.path(), sa(HOST4, 30080));
+    site.lab.check(&list, &p0.rc);
+    site.lab.check(&list, &p1.rc);
     for p in &pods {
-        site.del(&list, &p.rc);
+        site.lab.del(&list, &p.rc);
     }
     site.assert_clean(&["k8s-pod-network"], &["10.244.1."], &[]);
 }
@@ -475,13 +455,12 @@ fn podman4_static_ips_ping_publish_isolation_state() {
 
     assert_ping(&web.ns, "10.89.0.20");
     assert_ping(&worker.ns, "10.89.0.10");
-    let seen = tcp_source_seen(site.outside.path(), OUTSIDE_V4.parse().unwrap(), worker.ns.path()).unwrap();
-    assert_eq!(seen.ip().to_string(), HOST_V4);
-    assert_tcp_via(&web.ns, "0.0.0.0:80", &site.outside, &format!("{HOST_V4}:8080"));
-    site.check(&list, &web);
-    site.check(&list, &worker);
-    site.del(&list, &web.rc);
-    site.del(&list, &worker.rc);
+    assert_eq!(site.source_seen_outside(&worker, EXT4), HOST4);
+    reach_tcp(&tcp_listen(web.ns.path(), sa("0.0.0.0", 80)), site.outside.path(), sa(HOST4, 8080));
+    site.lab.check(&list, &web.rc);
+    site.lab.check(&list, &worker.rc);
+    site.lab.del(&list, &web.rc);
+    site.lab.del(&list, &worker.rc);
     site.assert_clean(&["webnet"], &["10.89.0."], &["cni-podman1"]);
 }
 
@@ -511,16 +490,15 @@ fn dual_stack_both_families_ping_masquerade_and_publish() {
     assert_ping(&a.ns, &b.ip4());
     assert_ping(&a.ns, &b.ip6());
     assert_ping(&b.ns, &a.ip6());
-    for (outside, host) in [(OUTSIDE_V4, HOST_V4), (OUTSIDE_V6, HOST_V6)] {
-        let seen = tcp_source_seen(site.outside.path(), outside.parse().unwrap(), b.ns.path()).unwrap();
-        assert_eq!(seen.ip().to_string(), host, "masquerade towards {outside}");
+    for (outside, host) in [(EXT4, HOST4), (EXT6, HOST6)] {
+        assert_eq!(site.source_seen_outside(b, outside), host, "masquerade towards {outside}");
     }
-    assert_tcp_via(&a.ns, "0.0.0.0:80", &site.outside, &format!("{HOST_V4}:8443"));
-    assert_tcp_via(&a.ns, "[::]:80", &site.outside, &format!("[{HOST_V6}]:8443"));
-    site.check(&list, a);
-    site.check(&list, b);
+    reach_tcp(&tcp_listen(a.ns.path(), sa("0.0.0.0", 80)), site.outside.path(), sa(HOST4, 8443));
+    reach_tcp(&tcp_listen(a.ns.path(), sa("::", 80)), site.outside.path(), sa(HOST6, 8443));
+    site.lab.check(&list, &a.rc);
+    site.lab.check(&list, &b.rc);
     for c in &ctrs {
-        site.del(&list, &c.rc);
+        site.lab.del(&list, &c.rc);
     }
     site.assert_clean(&["dualstack"], &["10.66.0.", "fd5a:7c3e:91d2:1:"], &[]);
 }
@@ -559,31 +537,31 @@ fn docker_like_networks_are_isolated_and_icc_false_holds() {
     assert_ping(&a1.ns, "172.18.0.1");
     // blocked: within appnet, and across the two networks both ways
     assert_blocked(&[
-        (&a0.ns, &a1.ip4()),
-        (&a1.ns, &a0.ip4()),
-        (&d0.ns, &a0.ip4()),
-        (&d1.ns, &a1.ip4()),
-        (&a0.ns, &d0.ip4()),
-        (&a1.ns, &d1.ip4()),
+        Blocked::Ping(&a0.ns, &a1.ip4()),
+        Blocked::Ping(&a1.ns, &a0.ip4()),
+        Blocked::Ping(&d0.ns, &a0.ip4()),
+        Blocked::Ping(&d1.ns, &a1.ip4()),
+        Blocked::Ping(&a0.ns, &d0.ip4()),
+        Blocked::Ping(&a1.ns, &d1.ip4()),
+        Blocked::Tcp(&a0.ns, &a1.ip4(), &a1.ns),
+        Blocked::Tcp(&a0.ns, &d0.ip4(), &d0.ns),
     ]);
-    assert_tcp_blocked(&a1.ns, "0.0.0.0:80", &a0.ns, &format!("{}:80", a1.ip4()));
-    assert_tcp_blocked(&d0.ns, "0.0.0.0:80", &a0.ns, &format!("{}:80", d0.ip4()));
     // both networks masquerade to the outside
     for c in [&d1, &a1] {
-        let seen = tcp_source_seen(site.outside.path(), OUTSIDE_V4.parse().unwrap(), c.ns.path()).unwrap();
-        assert_eq!(seen.ip().to_string(), HOST_V4);
+        assert_eq!(site.source_seen_outside(c, EXT4), HOST4);
     }
     // published ports: from outside, and (as with Docker) from the other network through the host address
-    assert_tcp_via(&d0.ns, "0.0.0.0:80", &site.outside, &format!("{HOST_V4}:8080"));
-    assert_tcp_via(&a0.ns, "0.0.0.0:80", &site.outside, &format!("{HOST_V4}:8081"));
-    assert_tcp_via(&d0.ns, "0.0.0.0:80", &a1.ns, &format!("{HOST_V4}:8080"));
-    assert_tcp_via(&a0.ns, "0.0.0.0:80", &d1.ns, &format!("{HOST_V4}:8081"));
+    let (d0_80, a0_80) = (tcp_listen(d0.ns.path(), sa("0.0.0.0", 80)), tcp_listen(a0.ns.path(), sa("0.0.0.0", 80)));
+    reach_tcp(&d0_80, site.outside.path(), sa(HOST4, 8080));
+    reach_tcp(&a0_80, site.outside.path(), sa(HOST4, 8081));
+    reach_tcp(&d0_80, a1.ns.path(), sa(HOST4, 8080));
+    reach_tcp(&a0_80, d1.ns.path(), sa(HOST4, 8081));
 
     for (l, c) in [(&default, &d0), (&default, &d1), (&appnet, &a0), (&appnet, &a1)] {
-        site.check(l, c);
+        site.lab.check(l, &c.rc);
     }
     for (l, c) in [(&default, &d0), (&default, &d1), (&appnet, &a0), (&appnet, &a1)] {
-        site.del(l, &c.rc);
+        site.lab.del(l, &c.rc);
     }
     site.assert_clean(&["docker-default", "appnet"], &["172.17.", "172.18."], &["cni-docker0", "br-appnet"]);
 }

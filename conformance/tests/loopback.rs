@@ -8,11 +8,11 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::lab::refs;
+use common::lab::{expect_code, refs, Lab};
 use conformance::diff::{self, Case, Normalize, Step};
 use conformance::plugins::our_plugins;
 use conformance::runner::{NetworkConfigList, RuntimeConf};
-use conformance::{require_root, ContainerNs, Runtime, Sandbox};
+use conformance::{require_root, ContainerNs};
 use serde_json::{json, Value};
 
 fn ours() -> PathBuf {
@@ -25,11 +25,8 @@ fn list(version: &str) -> NetworkConfigList {
 
 #[test]
 fn our_loopback_add_check_del() {
-    require_root();
-    let dir = ours();
-    let sb = Sandbox::new().unwrap();
-    let c = sb.container().unwrap();
-    let rt = sb.runtime(&dir);
+    let lab = Lab::with_plugins(&["loopback"]);
+    let (c, rt) = (lab.container(), &lab.rt);
     let rc = RuntimeConf::new("lo-ours", c.path().to_str().unwrap(), "eth0");
     let l = list("1.0.0");
 
@@ -51,11 +48,8 @@ fn our_loopback_add_check_del() {
 
 #[test]
 fn our_loopback_check_fails_when_lo_down() {
-    require_root();
-    let dir = ours();
-    let sb = Sandbox::new().unwrap();
-    let c = sb.container().unwrap();
-    let rt = sb.runtime(&dir);
+    let lab = Lab::with_plugins(&["loopback"]);
+    let (c, rt) = (lab.container(), &lab.rt);
     let rc = RuntimeConf::new("lo-down", c.path().to_str().unwrap(), "eth0");
     rt.add_list(&list("1.0.0"), &rc).unwrap();
     c.run_ok("ip", ["link", "set", "lo", "down"]).unwrap();
@@ -67,19 +61,15 @@ fn our_loopback_check_fails_when_lo_down() {
 
 #[test]
 fn our_loopback_passes_prev_result_through() {
-    require_root();
-    let dir = ours();
-    let sb = Sandbox::new().unwrap();
-    let c = sb.container().unwrap();
-    let rt = sb.runtime(&dir);
+    let lab = Lab::with_plugins(&["loopback"]);
+    let (c, rt) = (lab.container(), &lab.rt);
     let rc = RuntimeConf::new("lo-chain", c.path().to_str().unwrap(), "eth0");
     let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "mac": "aa:bb:cc:dd:ee:ff", "sandbox": rc.netns}],
                       "ips": [{"address": "10.1.2.3/24", "interface": 0, "gateway": "10.1.2.1"}], "dns": {}});
     let mut cfg = json!({"cniVersion": "1.0.0", "name": "lo-test", "type": "loopback"});
     cfg["prevResult"] = prev.clone();
     let env = rc.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = rt.exec_plugin("loopback", "ADD", cfg.to_string().as_bytes(), &env).unwrap();
+    let out = rt.exec_plugin("loopback", "ADD", cfg.to_string().as_bytes(), &refs(&env)).unwrap();
     assert!(out.success(), "{}", out.stdout_str());
     assert_eq!(out.json().unwrap(), prev);
     assert!(c.link_is_up("lo").unwrap());
@@ -166,19 +156,15 @@ fn differential_loopback_prev_result_and_old_versions() {
 // ---- bad input against our plugin: a JSON error object on stdout, non-zero exit, nothing changed ----
 
 struct Bad {
-    _sb: Sandbox,
+    lab: Lab,
     c: ContainerNs,
-    rt: Runtime,
 }
 
 impl Bad {
     fn new() -> Bad {
-        require_root();
-        let dir = ours();
-        let sb = Sandbox::new().unwrap();
-        let c = sb.container().unwrap();
-        let rt = sb.runtime(dir);
-        Bad { _sb: sb, c, rt }
+        let lab = Lab::with_plugins(&["loopback"]);
+        let c = lab.container();
+        Bad { lab, c }
     }
 
     fn netns(&self) -> String {
@@ -187,13 +173,9 @@ impl Bad {
 
     /// Run our loopback and check the failure; returns the error object.
     fn expect(&self, command: &str, config: &[u8], env: &[(&str, &str)], code: u32) -> Value {
-        let out = self.rt.exec_plugin("loopback", command, config, env).unwrap();
-        let what = format!("{command} env={env:?}: exit {:?}, stdout {:?}", out.exit_code(), out.stdout_str());
-        assert!(!out.success(), "expected a failure: {what}");
-        let obj: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {what}"));
-        let parsed = out.error_object().unwrap_or_else(|| panic!("not an error object: {what}"));
-        assert!(obj["msg"].is_string(), "no msg: {what}");
-        assert_eq!(parsed.code, code, "{what}");
+        let out = self.lab.raw("loopback", command, config, env);
+        let what = format!("{command} env={env:?}");
+        let obj = expect_code(&out, code, &what);
         assert!(!self.c.link_is_up("lo").unwrap(), "container lo changed: {what}");
         obj
     }

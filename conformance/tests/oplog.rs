@@ -1,23 +1,21 @@
 //! The operator log: one line per operation in the file named by `logFile` or `CNI_LOG_FILE`,
 //! never on stdout.
 
-use conformance::plugins::our_plugins;
+mod common;
+
+use common::lab::{refs, Lab};
 use conformance::runner::RuntimeConf;
-use conformance::{require_root, Sandbox};
 use serde_json::json;
 
 #[test]
 fn one_line_per_operation_and_stdout_untouched() {
-    require_root();
-    let dir = our_plugins(&["loopback"]);
-    let sb = Sandbox::new().unwrap();
-    let c = sb.container().unwrap();
-    let rt = sb.runtime(&dir);
+    let lab = Lab::with_plugins(&["loopback"]);
+    let (sb, c, rt) = (&lab.sb, lab.container(), &lab.rt);
     let log = sb.tempdir().join("ops.log");
     let rc = RuntimeConf::new("oplog-1", c.path().to_str().unwrap(), "eth0");
-    let mut env: Vec<(&str, String)> = rc.env().into_iter().map(|(k, v)| (k, v)).collect();
+    let mut env = rc.env();
     env.push(("CNI_LOG_FILE", log.to_str().unwrap().to_string()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = refs(&env);
 
     let cfg = json!({"cniVersion": "1.1.0", "name": "oplog-net", "type": "loopback"}).to_string();
     let add = rt.exec_plugin("loopback", "ADD", cfg.as_bytes(), &env).unwrap();

@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use common::lab::*;
@@ -26,18 +25,10 @@ use conformance::runner::{Attachment, NetworkConfigList, RuntimeConf};
 use conformance::{require_root, ContainerNs, REFERENCE_PLUGIN_DIR};
 use serde_json::{json, Value};
 
-const HOST4: &str = "198.51.100.1";
-const EXT4: &str = "198.51.100.2";
 /// A second host address (same veth), for hostIP tests.
 const HOST4B: &str = "203.0.113.1";
-const HOST6: &str = "2001:db8:1::1";
-const EXT6: &str = "2001:db8:1::2";
 
 const HOSTPORT_TABLE: &str = "cnirs_hostport";
-
-fn sa(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
-}
 
 /// One port mapping as runtimes send it (`hostIP` omitted when empty).
 fn pmap(host_port: i64, container_port: i64, protocol: &str, host_ip: &str) -> Value {
@@ -46,22 +37,6 @@ fn pmap(host_port: i64, container_port: i64, protocol: &str, host_ip: &str) -> V
         m["hostIP"] = json!(host_ip);
     }
     m
-}
-
-/// Both backends as `<name>::iptables` / `<name>::nftables`.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn iptables() {
-                super::$name("iptables")
-            }
-            #[test]
-            fn nftables() {
-                super::$name("nftables")
-            }
-        }
-    )*};
 }
 
 /// A sandbox with our bridge + host-local + portmap, an external namespace, and one network.
@@ -175,30 +150,6 @@ impl Pm {
                 }
             }
         }
-    }
-}
-
-#[track_caller]
-fn reach_tcp(listener: &std::net::TcpListener, client: &Path, target: SocketAddr) -> SocketAddr {
-    tcp_connect_seen(listener, client, target, REACH_TIMEOUT).unwrap_or_else(|e| panic!("tcp to {target}: {e}"))
-}
-
-#[track_caller]
-fn no_tcp(listener: &std::net::TcpListener, client: &Path, target: SocketAddr) {
-    if let Ok(peer) = tcp_connect_seen(listener, client, target, BLOCKED_TIMEOUT) {
-        panic!("tcp to {target} from {} reached the container (seen from {peer}): it must not", client.display());
-    }
-}
-
-#[track_caller]
-fn reach_udp(server: &std::net::UdpSocket, client: &Path, target: SocketAddr) -> SocketAddr {
-    udp_exchange(server, client, None, target, REACH_TIMEOUT).unwrap_or_else(|e| panic!("udp to {target}: {e}"))
-}
-
-#[track_caller]
-fn no_udp(server: &std::net::UdpSocket, client: &Path, target: SocketAddr) {
-    if let Ok(peer) = udp_exchange(server, client, None, target, BLOCKED_TIMEOUT) {
-        panic!("udp to {target} from {} reached the container (seen from {peer}): it must not", client.display());
     }
 }
 

@@ -3,7 +3,24 @@
 
 pub mod lab;
 pub mod net;
-pub mod traffic;
+
+/// Tests run once per firewall backend: for each `name`, `<name>::iptables` and `<name>::nftables`
+/// call `name("iptables")` / `name("nftables")`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn iptables() {
+                super::$name("iptables")
+            }
+            #[test]
+            fn nftables() {
+                super::$name("nftables")
+            }
+        }
+    )*};
+}
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! Kernel-state helpers for plugin tests: links, addresses, sysctls, IPAM leases, NAT rules and
 //! connectivity, all read inside sandbox namespaces with `ip -j`, `iptables-save`, `nft` and
-//! `/proc/sys`.
+//! `/proc/sys`. Connectivity: an external namespace wired to the sandbox host, pings, TCP and UDP
+//! through published ports (sockets bound inside one namespace, the client in another, the source
+//! the server saw returned), and traffic that must be blocked, probed concurrently.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
@@ -72,6 +74,12 @@ pub fn is_host_veth_name(name: &str) -> bool {
 
 // ---- addresses, routes, sysctls ----
 
+/// The `addr_info` entries of `ip -j ARGS` (an `addr show`) in `ns`, over every link listed.
+fn addr_info(ns: &NamedNetns, args: &[&str]) -> Vec<Value> {
+    let v = ns.ip_json(args).unwrap();
+    v.as_array().into_iter().flatten().flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default()).collect()
+}
+
 /// `addr/prefix` of every address on `dev` in `ns` (`family` "-4", "-6" or "" for both).
 pub fn addrs(ns: &NamedNetns, family: &str, dev: &str) -> Vec<String> {
     let mut args = vec![];
@@ -79,22 +87,16 @@ pub fn addrs(ns: &NamedNetns, family: &str, dev: &str) -> Vec<String> {
         args.push(family);
     }
     args.extend(["addr", "show", "dev", dev]);
-    let v = ns.ip_json(&args).unwrap();
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+    addr_info(ns, &args)
+        .iter()
         .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or_default(), a["prefixlen"]))
         .collect()
 }
 
 /// Addresses on `dev` carrying `flag` (e.g. `tentative`), as `ip -j addr` reports them.
 pub fn addrs_flagged(ns: &NamedNetns, dev: &str, flag: &str) -> Vec<String> {
-    let v = ns.ip_json(["addr", "show", "dev", dev]).unwrap();
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+    addr_info(ns, &["addr", "show", "dev", dev])
+        .iter()
         .filter(|a| a[flag] == true)
         .map(|a| a["local"].as_str().unwrap_or_default().to_string())
         .collect()
@@ -268,6 +270,30 @@ pub fn masq_present(ns: &NamedNetns, ip: &str) -> bool {
 
 // ---- connectivity ----
 
+/// The sandbox host's end of the veth to an external namespace ([`wire_external_addrs`]), IPv4.
+pub const HOST4: &str = "198.51.100.1";
+/// The external namespace's end, IPv4 (same /24 as [`HOST4`]).
+pub const EXT4: &str = "198.51.100.2";
+/// The sandbox host's end, IPv6.
+pub const HOST6: &str = "2001:db8:1::1";
+/// The external namespace's end, IPv6 (same /64 as [`HOST6`]).
+pub const EXT6: &str = "2001:db8:1::2";
+
+/// How long a connection that must work may take.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long to wait before calling traffic that must be blocked (dropped) blocked.
+pub const BLOCKED_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// An IP address literal.
+pub fn ip_addr(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}"))
+}
+
+/// A socket address from an IP address literal and a port.
+pub fn sa(addr: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip_addr(addr), port)
+}
+
 /// `ping -c1 -W2 ADDR` (`-6` for IPv6) inside `ns`.
 pub fn ping(ns: &NamedNetns, addr: &str) -> Result<(), String> {
     ping_within(ns, addr, Duration::from_secs(2))
@@ -319,7 +345,9 @@ pub fn wire_external(host: &NamedNetns, ext: &NamedNetns, name: &str, host_cidr:
     wire_external_addrs(host, ext, name, &[host_cidr], &[ext_cidr]);
 }
 
-/// [`wire_external`] with several addresses on each end (IPv4 and/or IPv6).
+/// [`wire_external`] with several addresses on each end (IPv4 and/or IPv6). The external side
+/// has no route to anything behind the host, so a container's traffic is answered only when it is
+/// masqueraded (or when the test adds a route).
 pub fn wire_external_addrs(host: &NamedNetns, ext: &NamedNetns, name: &str, host_cidrs: &[&str], ext_cidrs: &[&str]) {
     let peer = format!("{name}p");
     host.run_ok("ip", ["link", "add", name, "type", "veth", "peer", "name", &peer, "netns", ext.name()]).unwrap();
@@ -333,11 +361,6 @@ pub fn wire_external_addrs(host: &NamedNetns, ext: &NamedNetns, name: &str, host
 fn io(e: std::io::Error) -> CniError {
     CniError::Io(e.to_string())
 }
-
-/// How long a connection that must work may take.
-pub const REACH_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long to wait before calling traffic that must be blocked (dropped) blocked.
-pub const BLOCKED_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Run `f` (which makes a socket) inside the namespace at `ns`: the socket keeps that namespace.
 fn in_ns<T>(ns: &Path, what: &str, f: impl FnOnce() -> std::io::Result<T>) -> Result<T, String> {
@@ -371,6 +394,21 @@ pub fn tcp_connect_seen(listener: &TcpListener, client: &Path, target: SocketAdd
     }
 }
 
+/// [`tcp_connect_seen`] that must succeed within [`REACH_TIMEOUT`]; returns the source the
+/// listener saw.
+#[track_caller]
+pub fn reach_tcp(listener: &TcpListener, client: &Path, target: SocketAddr) -> SocketAddr {
+    tcp_connect_seen(listener, client, target, REACH_TIMEOUT).unwrap_or_else(|e| panic!("tcp to {target}: {e}"))
+}
+
+/// [`tcp_connect_seen`] that must fail within [`BLOCKED_TIMEOUT`].
+#[track_caller]
+pub fn no_tcp(listener: &TcpListener, client: &Path, target: SocketAddr) {
+    if let Ok(peer) = tcp_connect_seen(listener, client, target, BLOCKED_TIMEOUT) {
+        panic!("tcp to {target} from {} reached the container (seen from {peer}): it must not", client.display());
+    }
+}
+
 /// Open a TCP connection from namespace `client` to `listen` (an address of namespace `server`)
 /// and return the source address the server saw. The listener is bound inside `server` by this
 /// thread (a socket keeps its namespace) before the client connects, so no second thread and no
@@ -384,6 +422,40 @@ pub fn tcp_source_seen_within(server: &Path, listen: IpAddr, client: &Path, time
     let listener = in_ns(server, &format!("listen on {listen}"), || TcpListener::bind(SocketAddr::new(listen, 0)))?;
     let target = listener.local_addr().map_err(|e| e.to_string())?;
     tcp_connect_seen(&listener, client, target, timeout)
+}
+
+/// Traffic that must not get through, probed by [`assert_blocked`].
+pub enum Blocked<'a> {
+    /// A ping from the namespace to the address gets no answer.
+    Ping(&'a NamedNetns, &'a str),
+    /// No TCP connection from the first namespace reaches a listener on the address (any free port)
+    /// bound inside the second.
+    Tcp(&'a NamedNetns, &'a str, &'a NamedNetns),
+}
+
+impl Blocked<'_> {
+    /// What got through, if anything, within [`BLOCKED_TIMEOUT`].
+    fn leak(&self) -> Option<String> {
+        match *self {
+            Blocked::Ping(from, to) => {
+                ping_within(from, to, BLOCKED_TIMEOUT).is_ok().then(|| format!("ping {} -> {to} got an answer", from.name()))
+            }
+            Blocked::Tcp(from, to, server) => tcp_source_seen_within(server.path(), ip_addr(to), from.path(), BLOCKED_TIMEOUT)
+                .ok()
+                .map(|seen| format!("tcp {} -> {to} connected (seen from {seen})", from.name())),
+        }
+    }
+}
+
+/// Every probe fails. The probes run concurrently, so the whole check waits for one
+/// [`BLOCKED_TIMEOUT`], not one per probe.
+#[track_caller]
+pub fn assert_blocked(probes: &[Blocked]) {
+    let leaks: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = probes.iter().map(|p| s.spawn(move || p.leak())).collect();
+        handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(leaks.is_empty(), "traffic that must be blocked got through:\n{}", leaks.join("\n"));
 }
 
 /// A UDP socket bound to `addr` inside the namespace at `ns`.
@@ -427,6 +499,21 @@ pub fn udp_exchange(
         return Err(format!("udp reply {:?} came from {from}, expected {target}", &buf[..n]));
     }
     Ok(peer)
+}
+
+/// [`udp_exchange`] (from any source) that must succeed within [`REACH_TIMEOUT`]; returns the
+/// source the server saw.
+#[track_caller]
+pub fn reach_udp(server: &UdpSocket, client: &Path, target: SocketAddr) -> SocketAddr {
+    udp_exchange(server, client, None, target, REACH_TIMEOUT).unwrap_or_else(|e| panic!("udp to {target}: {e}"))
+}
+
+/// [`udp_exchange`] (from any source) that must fail within [`BLOCKED_TIMEOUT`].
+#[track_caller]
+pub fn no_udp(server: &UdpSocket, client: &Path, target: SocketAddr) {
+    if let Ok(peer) = udp_exchange(server, client, None, target, BLOCKED_TIMEOUT) {
+        panic!("udp to {target} from {} reached the container (seen from {peer}): it must not", client.display());
+    }
 }
 
 // ---- results ----
