@@ -34,6 +34,11 @@ pub trait NftExecutor: Send + Sync {
     fn probe(&self) -> Result<(), CniError>;
     /// Whether the executor has a way to reach the kernel at all (binary installed, ...).
     fn present(&self) -> bool;
+    /// Whether reading a table is cheap (no process). ADD then plans from a read and leaves the
+    /// chains whose rules are already in place untouched (see [`keep_intact_chains`]).
+    fn cheap_reads(&self) -> bool {
+        false
+    }
 }
 
 /// Executor running `nft -f -` (writes, script on stdin) and `nft -j list table` (reads).
@@ -150,9 +155,28 @@ impl NftFirewall {
         NftFirewall { exec }
     }
 
-    /// Blind transaction first (one process); if it fails, read the table and apply the
-    /// state-aware plan (retried when the table keeps changing).
+    /// With cheap reads: read, plan from the state, keep intact chains (retried when the table
+    /// keeps changing). Otherwise blind transaction first (one process); if it fails, read the
+    /// table and apply the state-aware plan (retried likewise).
     fn add(&self, table: &TableRef, plan: impl Fn(Option<&TableState>) -> Vec<Op>) -> Result<(), CniError> {
+        if self.exec.cheap_reads() {
+            let mut last = None;
+            for _ in 0..ATTEMPTS {
+                let st = self.exec.list_table(table)?;
+                let ops = match &st {
+                    Some(st) => keep_intact_chains(plan(Some(st)), st),
+                    None => plan(None),
+                };
+                if ops.is_empty() {
+                    return Ok(());
+                }
+                match self.exec.apply(&ops) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = Some(e),
+                }
+            }
+            return Err(last.unwrap_or_else(|| CniError::Firewall("nft: retries exhausted".into())));
+        }
         let blind = plan(None);
         if blind.is_empty() {
             return Ok(());
@@ -196,6 +220,40 @@ impl NftFirewall {
         let st = self.exec.list_table(table)?;
         check(st.as_ref()).map_err(CniError::CheckFailed)
     }
+}
+
+/// `ops` without the refills of chains that already hold exactly the rules the refill would
+/// write: each `add chain X; flush chain X; add rule X ...` run (how plans fill a chain) is dropped
+/// when `st` has chain X with those rules, in that order. Tables, sets and elements are kept.
+///
+/// Why: a transaction that replaces rules destroys the old ones, and nf_tables makes the next
+/// release of a netlink socket (the end of every plugin) wait for their RCU-deferred destruction,
+/// 8-16 ms; re-adding a base chain counts as an update too. An ADD of one more attachment then
+/// only creates objects. A chain changed between the read and the write (flushed by an admin) is
+/// left as it is, as a change right after the write would be; the next ADD heals it.
+pub fn keep_intact_chains(ops: Vec<Op>, st: &TableState) -> Vec<Op> {
+    let mut out = Vec::with_capacity(ops.len());
+    let mut i = 0;
+    while i < ops.len() {
+        if let (Op::AddChain { name, .. }, Some(Op::FlushChain { name: flushed, .. })) = (&ops[i], ops.get(i + 1)) {
+            if let Some(current) = st.chain(name).filter(|_| flushed == name) {
+                let rules: Vec<&ops::Rule> = ops[i + 2..]
+                    .iter()
+                    .map_while(|o| match o {
+                        Op::AddRule { chain, rule, .. } if chain == name => Some(rule),
+                        _ => None,
+                    })
+                    .collect();
+                if rules.len() == current.rules.len() && rules.iter().zip(&current.rules).all(|(r, c)| c.matches(r)) {
+                    i += 2 + rules.len();
+                    continue;
+                }
+            }
+        }
+        out.push(ops[i].clone());
+        i += 1;
+    }
+    out
 }
 
 fn validate_network(network: &str) -> Result<(), CniError> {
@@ -289,5 +347,60 @@ impl Firewall for NftFirewall {
 
     fn status(&self) -> Result<(), CniError> {
         self.exec.probe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nft::state::{ChainState, RuleState};
+    use crate::AttachmentKey;
+
+    fn chain_with(name: &str, rules: &[ops::Rule]) -> ChainState {
+        ChainState {
+            name: name.into(),
+            hook: None,
+            rules: rules.iter().enumerate().map(|(i, r)| RuleState { handle: i as u64 + 1, exprs: r.exprs_json(), comment: r.comment.clone() }).collect(),
+        }
+    }
+
+    fn rules_of(ops: &[Op], chain: &str) -> Vec<ops::Rule> {
+        ops.iter()
+            .filter_map(|o| match o {
+                Op::AddRule { chain: c, rule, .. } if c == chain => Some(rule.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn intact_chains_are_not_refilled() {
+        let spec = MasqSpec { key: AttachmentKey::new("n", "c", "eth0"), addrs: vec!["10.0.0.2/24".parse().unwrap()] };
+        let ops = plan::plan_masq_add(&spec);
+        let own = plan::masq_chain(&spec.key);
+        let base = rules_of(&ops, "postrouting");
+        assert_eq!(base.len(), 2);
+        let mut st = TableState::default();
+        st.chains.insert("postrouting".into(), chain_with("postrouting", &base));
+        let kept = keep_intact_chains(ops.clone(), &st);
+        // the base chain's add/flush/refill is gone, everything else stays in order
+        assert_eq!(kept.len(), ops.len() - 4);
+        assert!(!kept.iter().any(|o| matches!(o, Op::AddChain { name, .. } | Op::FlushChain { name, .. } if name == "postrouting")));
+        assert!(rules_of(&kept, "postrouting").is_empty());
+        assert_eq!(rules_of(&kept, &own), rules_of(&ops, &own));
+        assert!(kept.iter().any(|o| matches!(o, Op::AddElements { .. })));
+        assert!(matches!(kept[0], Op::AddTable(_)));
+        // an existing chain with the same rules: kept out too; with different rules: refilled
+        st.chains.insert(own.clone(), chain_with(&own, &rules_of(&ops, &own)));
+        assert_eq!(keep_intact_chains(ops.clone(), &st).len(), ops.len() - 4 - 2 - rules_of(&ops, &own).len());
+        st.chains.insert("postrouting".into(), chain_with("postrouting", &base[..1]));
+        assert_eq!(rules_of(&keep_intact_chains(ops.clone(), &st), "postrouting"), base, "a rule missing: refill");
+        let mut extra = base.clone();
+        extra.push(ops::Rule::new(vec![ops::Expr::Masquerade]));
+        st.chains.insert("postrouting".into(), chain_with("postrouting", &extra));
+        assert_eq!(rules_of(&keep_intact_chains(ops.clone(), &st), "postrouting"), base, "a rule too many: refill");
+        let reversed: Vec<ops::Rule> = base.iter().rev().cloned().collect();
+        st.chains.insert("postrouting".into(), chain_with("postrouting", &reversed));
+        assert_eq!(rules_of(&keep_intact_chains(ops, &st), "postrouting"), base, "another order: refill");
     }
 }

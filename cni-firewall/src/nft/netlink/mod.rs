@@ -168,4 +168,8 @@ impl NftExecutor for NftNetlink {
     fn present(&self) -> bool {
         self.probe().is_ok()
     }
+
+    fn cheap_reads(&self) -> bool {
+        true
+    }
 }
