@@ -179,6 +179,45 @@ fn teardown_after_flush() {
     });
 }
 
+/// ADD plans from a read: chains already holding their rules are left alone (their rule handles
+/// stay), a flushed base chain is refilled.
+#[test]
+fn add_keeps_intact_chains_and_heals_flushed_ones() {
+    in_sandbox(|| {
+        let fw = native();
+        let handles = |chain: &str| -> Vec<u64> {
+            NftNetlink.list_table(&masq_table()).unwrap().unwrap().chain(chain).unwrap().rules.iter().map(|r| r.handle).collect()
+        };
+        fw.add_masquerade(&ms("a", 1)).unwrap();
+        let (base, own) = (handles("postrouting"), handles(&masq_chain(&key(NET, "a"))));
+        fw.add_masquerade(&ms("b", 2)).unwrap();
+        fw.add_masquerade(&ms("a", 1)).unwrap();
+        assert_eq!(handles("postrouting"), base, "base chain rules replaced");
+        assert_eq!(handles(&masq_chain(&key(NET, "a"))), own, "a's unchanged chain refilled");
+        // a different address for a: its chain and elements are rewritten
+        let a2 = masq(NET, "a", &["10.78.0.9/24"]);
+        fw.add_masquerade(&a2).unwrap();
+        fw.check_masquerade(&a2).unwrap();
+        assert_ne!(handles(&masq_chain(&key(NET, "a"))), own);
+        // an admin flushes the base chain: the next ADD heals it
+        sh("nft", &["flush", "chain", "inet", MASQ_TABLE, "postrouting"]);
+        assert!(fw.check_masquerade(&ms("b", 2)).is_err());
+        fw.add_masquerade(&ms("c", 3)).unwrap();
+        for s in [&a2, &ms("b", 2), &ms("c", 3)] {
+            fw.check_masquerade(s).unwrap();
+        }
+        // the same for portmap's and isolation's base chains
+        fw.add_portmap(&pm("p", 5)).unwrap();
+        fw.add_isolation(&iso("br1", true)).unwrap();
+        sh("nft", &["flush", "chain", "inet", HOSTPORT_TABLE, "prerouting"]);
+        sh("nft", &["flush", "chain", "inet", ISOLATION_TABLE, "forward"]);
+        fw.add_portmap(&pm("q", 6)).unwrap();
+        fw.add_isolation(&iso("br2", false)).unwrap();
+        fw.check_portmap(&pm("p", 5)).unwrap();
+        fw.check_isolation(&iso("br1", true)).unwrap();
+    });
+}
+
 #[test]
 fn concurrent_writers() {
     in_sandbox(|| {
