@@ -408,7 +408,7 @@ fn targets(opts: &Options, rep: &Report) -> Vec<Target> {
     // Latency targets are judged at P=1 when it ran, else at the first P.
     let base = run_p(1).or(rep.runs.first());
     let has_b = rep.sides.len() == 2;
-    let pct = |r: f64| format!("A/B = {r:.3} ({:.1}x faster)", 1.0 / r);
+    let pct = |r: f64| format!("A/B = {r:.3} (B/A = {:.2}x)", 1.0 / r);
     let lat = |metric: &str, goal: f64, goal_text: &str, pick: &dyn Fn(&RunReport) -> Option<(f64, f64)>| -> Target {
         let mut tg =
             Target { metric: metric.into(), target: goal_text.into(), measured: "needs --vs".into(), met: None };
