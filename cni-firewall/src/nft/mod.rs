@@ -39,6 +39,12 @@ pub trait NftExecutor: Send + Sync {
     fn cheap_reads(&self) -> bool {
         false
     }
+    /// What an ADD whose blind plan is `ops` depends on: the chains it fills and, in the sets it
+    /// adds elements to, the elements with those keys (the whole table by default).
+    fn read_for_add(&self, table: &TableRef, ops: &[Op]) -> Result<Option<TableState>, CniError> {
+        let _ = ops;
+        self.list_table(table)
+    }
 }
 
 /// Executor running `nft -f -` (writes, script on stdin) and `nft -j list table` (reads).
@@ -155,17 +161,21 @@ impl NftFirewall {
         NftFirewall { exec }
     }
 
-    /// With cheap reads: read, plan from the state, keep intact chains (retried when the table
-    /// keeps changing). Otherwise blind transaction first (one process); if it fails, read the
+    /// With cheap reads: read what the ADD touches, plan from that state, keep intact chains
+    /// (retried when the table keeps changing). Otherwise blind transaction first (one process); if it fails, read the
     /// table and apply the state-aware plan (retried likewise).
     fn add(&self, table: &TableRef, plan: impl Fn(Option<&TableState>) -> Vec<Op>) -> Result<(), CniError> {
         if self.exec.cheap_reads() {
+            let blind = plan(None);
+            if blind.is_empty() {
+                return Ok(());
+            }
             let mut last = None;
             for _ in 0..ATTEMPTS {
-                let st = self.exec.list_table(table)?;
+                let st = self.exec.read_for_add(table, &blind)?;
                 let ops = match &st {
                     Some(st) => keep_intact_chains(plan(Some(st)), st),
-                    None => plan(None),
+                    None => blind.clone(),
                 };
                 if ops.is_empty() {
                     return Ok(());

@@ -148,6 +148,105 @@ pub fn read_table(sock: &mut Socket, table: &TableRef) -> Result<Option<TableSta
     Err(CniError::Firewall(format!("nf_tables: {what}: the ruleset kept changing during {READ_ATTEMPTS} reads")))
 }
 
+/// Read once what an ADD of `ops` depends on (not checking the generation).
+fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Option<TableState>, NlError> {
+    use cni_common::netlink::socket::put_nested;
+    let fam = family_byte(table.family);
+    let mut a = Vec::new();
+    put_str(&mut a, NFTA_TABLE_NAME, &table.name);
+    match sock.request_raw(get_message(NFT_MSG_GETTABLE, fam, &a), 0, decode::parse_table) {
+        Ok(_) => {}
+        Err(e) if is_enoent(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut chains = Vec::new();
+    let mut rules = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for op in ops {
+        let Op::AddChain { name, .. } = op else { continue };
+        if !seen.insert(name.as_str()) {
+            continue;
+        }
+        let mut a = Vec::new();
+        put_str(&mut a, NFTA_CHAIN_TABLE, &table.name);
+        put_str(&mut a, NFTA_CHAIN_NAME, name);
+        match sock.request_raw(get_message(NFT_MSG_GETCHAIN, fam, &a), 0, decode::parse_chain) {
+            Ok(c) => chains.extend(c.into_iter().map(|(_, c)| c)),
+            Err(e) if is_enoent(&e) => continue,
+            Err(e) => return Err(e),
+        }
+        let mut a = Vec::new();
+        put_str(&mut a, NFTA_RULE_TABLE, &table.name);
+        put_str(&mut a, NFTA_RULE_CHAIN, name);
+        let r = sock.dump_raw(get_message(NFT_MSG_GETRULE, fam, &a), decode::parse_rule)?;
+        rules.extend(r.into_iter().filter(|(t, c, _)| *t == table.name && c == name).map(|(_, c, r)| (c, r)));
+    }
+    let mut sets: Vec<SetState> = Vec::new();
+    for op in ops {
+        let Op::AddElements { set: name, elems, .. } = op else { continue };
+        let idx = match sets.iter().position(|s| s.name == *name) {
+            Some(i) => i,
+            None => {
+                let mut a = Vec::new();
+                put_str(&mut a, NFTA_SET_TABLE, &table.name);
+                put_str(&mut a, NFTA_SET_NAME, name);
+                match sock.request_raw(get_message(NFT_MSG_GETSET, fam, &a), 0, decode::parse_set) {
+                    Ok(s) => match s.into_iter().next() {
+                        Some((_, set, _)) => {
+                            sets.push(set);
+                            sets.len() - 1
+                        }
+                        None => continue,
+                    },
+                    Err(e) if is_enoent(&e) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let (types, vmap) = (sets[idx].key.clone(), sets[idx].verdict_map);
+        for e in elems {
+            // a key that does not fit the set's type cannot be in it
+            let Ok(key) = encode::key_bytes(&e.key, &types) else { continue };
+            let mut a = Vec::new();
+            put_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, &table.name);
+            put_str(&mut a, NFTA_SET_ELEM_LIST_SET, name);
+            put_nested(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
+                put_nested(l, NFTA_LIST_ELEM, |el| {
+                    put_nested(el, NFTA_SET_ELEM_KEY, |k| cni_common::netlink::socket::put_attr(k, NFTA_DATA_VALUE, &key))
+                })
+            });
+            match sock.request_raw(get_message(NFT_MSG_GETSETELEM, fam, &a), 0, |raw| decode::parse_elems(raw, &types, vmap).map(Some)) {
+                Ok(found) => sets[idx].elems.extend(found.into_iter().flatten().filter(|x| x.key == e.key)),
+                Err(e) if is_enoent(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        sets[idx].elems.sort();
+        sets[idx].elems.dedup();
+    }
+    Ok(Some(decode::assemble(chains, sets, rules)))
+}
+
+/// What an ADD of `ops` (its blind plan) depends on, read consistently: the chains it fills, with
+/// their rules, and in the sets it adds elements to, the elements with those keys (found by key,
+/// `NFT_MSG_GETSETELEM` without a dump). Its cost does not grow with the number of attachments
+/// in the table; the planners of ADD look at nothing else.
+pub fn read_for(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Option<TableState>, CniError> {
+    let what = format!("read table {} {}", table.family.as_str(), table.name);
+    for _ in 0..READ_ATTEMPTS {
+        let before = generation(sock).map_err(|e| decode::read_error(&what, e))?;
+        let st = match read_for_once(sock, table, ops) {
+            Ok(st) => st,
+            Err(e) if is_enoent(&e) => continue,
+            Err(e) => return Err(decode::read_error(&what, e)),
+        };
+        if generation(sock).map_err(|e| decode::read_error(&what, e))? == before {
+            return Ok(st);
+        }
+    }
+    Err(CniError::Firewall(format!("nf_tables: {what}: the ruleset kept changing during {READ_ATTEMPTS} reads")))
+}
+
 impl NftExecutor for NftNetlink {
     fn apply(&self, ops: &[Op]) -> Result<(), CniError> {
         let msgs = batch::messages(ops)?;
@@ -171,5 +270,9 @@ impl NftExecutor for NftNetlink {
 
     fn cheap_reads(&self) -> bool {
         true
+    }
+
+    fn read_for_add(&self, table: &TableRef, ops: &[Op]) -> Result<Option<TableState>, CniError> {
+        read_for(&mut open()?, table, ops)
     }
 }
