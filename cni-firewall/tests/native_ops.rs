@@ -218,6 +218,39 @@ fn add_keeps_intact_chains_and_heals_flushed_ones() {
     });
 }
 
+/// ADD reads only what it touches: the chains it fills and the elements of its keys, however
+/// many attachments the table holds.
+#[test]
+fn add_reads_only_what_it_touches() {
+    in_sandbox(|| {
+        let fw = native();
+        for i in 0..60u16 {
+            fw.add_masquerade(&ms(&format!("c{i}"), i)).unwrap();
+        }
+        let mut sock = cni_firewall::nft::netlink::open().unwrap();
+        let fresh = ms("new", 100);
+        let st = cni_firewall::nft::netlink::read_for(&mut sock, &masq_table(), &cni_firewall::nft::plan::plan_masq_add(&fresh)).unwrap().unwrap();
+        assert_eq!(st.chains.keys().collect::<Vec<_>>(), vec!["postrouting"], "only the chains the ADD fills (its own does not exist yet)");
+        assert_eq!(st.chain("postrouting").unwrap().rules.len(), 2);
+        assert!(st.sets.values().all(|s| s.elems.is_empty()), "no element of other attachments");
+        // an address held by another attachment is found, so the ADD evicts it
+        let reuse = masq(NET, "thief", &["10.77.0.7/16"]); // c5's v4 address
+        let st = cni_firewall::nft::netlink::read_for(&mut sock, &masq_table(), &cni_firewall::nft::plan::plan_masq_add(&reuse)).unwrap().unwrap();
+        let owner = masq_chain(&key(NET, "c5"));
+        assert_eq!(st.set("masq4").unwrap().elems, vec![Element { key: vec![Value::Addr("10.77.0.7".parse().unwrap())], verdict: Some(Verdict::Goto(owner)) }]);
+        fw.add_masquerade(&reuse).unwrap();
+        fw.check_masquerade(&reuse).unwrap();
+        assert!(fw.check_masquerade(&ms("c5", 5)).is_err());
+        // the focused read of an existing attachment sees its chain and elements
+        let st = cni_firewall::nft::netlink::read_for(&mut sock, &masq_table(), &cni_firewall::nft::plan::plan_masq_add(&ms("c9", 9))).unwrap().unwrap();
+        assert_eq!(st.chains.len(), 2);
+        assert_eq!(st.set("masq4").unwrap().elems.len(), 1);
+        assert_eq!(st.set("masq6").unwrap().elems.len(), 1);
+        // no table yet: nothing to read
+        assert!(cni_firewall::nft::netlink::read_for(&mut sock, &TableRef::inet("none"), &[]).unwrap().is_none());
+    });
+}
+
 #[test]
 fn concurrent_writers() {
     in_sandbox(|| {
