@@ -6,18 +6,18 @@
 //! entries are deleted and the next datagram is tracked — and translated — afresh.
 //!
 //! Requests are built and replies parsed here, by hand (a `struct nlmsghdr`, a `struct nfgenmsg`
-//! and netlink attributes); the transport is the suite's one netlink loop
-//! ([`crate::netlink`]'s socket), which acknowledges requests and retries interrupted dumps.
+//! and netlink attributes), with the hand-built message helpers of [`crate::netlink::socket`];
+//! the transport is that module's socket, the suite's one netlink loop, which acknowledges
+//! requests and retries interrupted dumps.
 //! Like every netlink socket, the one opened here works on the calling thread's network namespace.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use netlink_packet_core::NLA_TYPE_MASK;
-use netlink_sys::protocols::NETLINK_NETFILTER;
-
 use crate::error::CniError;
-use crate::netlink::socket::Socket;
+use crate::netlink::socket::{find_attr, nfgen_message, nfgen_parts, put_attr, put_nested, Socket};
+#[cfg(test)]
+use crate::netlink::socket::NLA_F_NESTED;
 use crate::netlink::{IpFamily, NlError};
 
 /// `NFNL_SUBSYS_CTNETLINK`: the conntrack subsystem of nfnetlink (high byte of the message type).
@@ -26,15 +26,6 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-/// `NFNETLINK_V0`, the only `nfgenmsg.version`.
-const NFNETLINK_V0: u8 = 0;
-
-/// Length of `struct nlmsghdr`, and of `struct nfgenmsg` that follows it.
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-/// Length of `struct nlattr`.
-const NLA_HDRLEN: usize = 4;
-const NLA_F_NESTED: u16 = 1 << 15;
 
 // enum ctattr_type (top level of an entry).
 const CTA_TUPLE_ORIG: u16 = 1;
@@ -115,7 +106,7 @@ pub fn list(protocol: Option<u8>) -> Result<Vec<Entry>, CniError> {
 }
 
 fn open() -> Result<Socket, CniError> {
-    Ok(Socket::open_protocol(NETLINK_NETFILTER, "NETLINK_NETFILTER")?)
+    Ok(Socket::open_netfilter()?)
 }
 
 /// Dump the table (every family) and keep the entries `keep` accepts.
@@ -140,24 +131,24 @@ fn get_message() -> Vec<u8> {
 /// The tuple is never omitted: a delete without one flushes the whole table of the family.
 fn delete_message(entry: &Entry) -> Vec<u8> {
     let mut attrs = Vec::new();
-    nested(&mut attrs, CTA_TUPLE_ORIG, |tuple| {
-        nested(tuple, CTA_TUPLE_IP, |ip| {
+    put_nested(&mut attrs, CTA_TUPLE_ORIG, |tuple| {
+        put_nested(tuple, CTA_TUPLE_IP, |ip| {
             for (addr, v4, v6) in [(entry.src, CTA_IP_V4_SRC, CTA_IP_V6_SRC), (entry.dst, CTA_IP_V4_DST, CTA_IP_V6_DST)]
             {
                 match addr {
-                    IpAddr::V4(a) => attr(ip, v4, &a.octets()),
-                    IpAddr::V6(a) => attr(ip, v6, &a.octets()),
+                    IpAddr::V4(a) => put_attr(ip, v4, &a.octets()),
+                    IpAddr::V6(a) => put_attr(ip, v6, &a.octets()),
                 }
             }
         });
-        nested(tuple, CTA_TUPLE_PROTO, |proto| {
-            attr(proto, CTA_PROTO_NUM, &[entry.proto]);
-            attr(proto, CTA_PROTO_SRC_PORT, &entry.sport.to_be_bytes());
-            attr(proto, CTA_PROTO_DST_PORT, &entry.dport.to_be_bytes());
+        put_nested(tuple, CTA_TUPLE_PROTO, |proto| {
+            put_attr(proto, CTA_PROTO_NUM, &[entry.proto]);
+            put_attr(proto, CTA_PROTO_SRC_PORT, &entry.sport.to_be_bytes());
+            put_attr(proto, CTA_PROTO_DST_PORT, &entry.dport.to_be_bytes());
         });
     });
     if entry.zone != 0 {
-        attr(&mut attrs, CTA_ZONE, &entry.zone.to_be_bytes());
+        put_attr(&mut attrs, CTA_ZONE, &entry.zone.to_be_bytes());
     }
     message(IPCTNL_MSG_CT_DELETE, entry.family.af(), &attrs)
 }
@@ -165,53 +156,23 @@ fn delete_message(entry: &Entry) -> Vec<u8> {
 /// A ctnetlink message: header (flags and sequence number left for the socket to fill in),
 /// `nfgenmsg { family, version 0, res_id 0 }`, then `attrs`.
 fn message(kind: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | kind).to_ne_bytes());
-    out.extend_from_slice(&0u16.to_ne_bytes()); // flags
-    out.extend_from_slice(&0u32.to_ne_bytes()); // sequence number
-    out.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    out.extend_from_slice(&[family, NFNETLINK_V0]);
-    out.extend_from_slice(&0u16.to_be_bytes()); // res_id
-    out.extend_from_slice(attrs);
-    out
-}
-
-/// Append attribute `kind` holding `value`, padded to 4 bytes.
-fn attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    out.extend_from_slice(&((NLA_HDRLEN + value.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    out.resize(align4(out.len()), 0);
-}
-
-/// Append nested attribute `kind` whose content `fill` appends.
-fn nested(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
-    let start = out.len();
-    out.extend_from_slice(&[0; NLA_HDRLEN]);
-    fill(out);
-    let len = (out.len() - start) as u16;
-    out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    out[start + 2..start + 4].copy_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+    nfgen_message((NFNL_SUBSYS_CTNETLINK << 8) | kind, family, 0, attrs)
 }
 
 /// Parse one message of a dump (header included). `None` for messages that are not conntrack
 /// entries of IPv4 or IPv6.
 fn parse_entry(raw: &[u8]) -> Result<Option<Parsed>, NlError> {
-    if raw.len() < NLMSG_HDRLEN + NFGENMSG_LEN {
+    let Some((kind, family, attrs)) = nfgen_parts(raw) else {
         return Err(NlError::decode(format!("conntrack message of {} bytes, shorter than its headers", raw.len())));
-    }
-    let kind = u16::from_ne_bytes([raw[4], raw[5]]);
+    };
     if kind != (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW {
         return Ok(None);
     }
-    let family = match i32::from(raw[NLMSG_HDRLEN]) {
+    let family = match i32::from(family) {
         libc::AF_INET => IpFamily::V4,
         libc::AF_INET6 => IpFamily::V6,
         _ => return Ok(None),
     };
-    let attrs = &raw[NLMSG_HDRLEN + NFGENMSG_LEN..];
     let tuple = find(attrs, CTA_TUPLE_ORIG)?.ok_or_else(|| missing("CTA_TUPLE_ORIG"))?;
     let ip = find(tuple, CTA_TUPLE_IP)?.ok_or_else(|| missing("CTA_TUPLE_IP"))?;
     let (src, dst) = match family {
@@ -256,29 +217,8 @@ fn fixed<const N: usize>(attrs: &[u8], kind: u16, name: &str) -> Result<Option<[
 
 /// The value of the first attribute `kind` among `attrs` (flag bits ignored), checking the
 /// lengths of every attribute before it.
-fn find(mut attrs: &[u8], kind: u16) -> Result<Option<&[u8]>, NlError> {
-    while !attrs.is_empty() {
-        if attrs.len() < NLA_HDRLEN {
-            return Err(NlError::decode(format!("truncated conntrack attribute: {} bytes left", attrs.len())));
-        }
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        if len < NLA_HDRLEN || len > attrs.len() {
-            return Err(NlError::decode(format!(
-                "malformed conntrack attribute: length {len}, {} bytes left",
-                attrs.len()
-            )));
-        }
-        if u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK == kind {
-            return Ok(Some(&attrs[NLA_HDRLEN..len]));
-        }
-        // The last attribute may go unpadded.
-        attrs = &attrs[align4(len).min(attrs.len())..];
-    }
-    Ok(None)
-}
-
-fn align4(len: usize) -> usize {
-    (len + 3) & !3
+fn find(attrs: &[u8], kind: u16) -> Result<Option<&[u8]>, NlError> {
+    find_attr(attrs, kind, "conntrack")
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ impl NlError {
     }
 
     /// A reply that could not be understood.
-    pub(crate) fn decode(reason: impl Into<String>) -> NlError {
+    pub fn decode(reason: impl Into<String>) -> NlError {
         NlError { op: String::new(), errno: None, reason: reason.into(), feature: None }
     }
 

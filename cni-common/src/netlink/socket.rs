@@ -5,8 +5,8 @@
 //! `Socket::open`, `Socket::request` and `Socket::dump` are its NETLINK_ROUTE face, used by the
 //! rest of this module. Conntrack ([`crate::conntrack`]) uses the raw face over NETLINK_NETFILTER,
 //! and so does the nf_tables executor of the firewall crate (batches of messages, each
-//! acknowledged). [`put_attr`], [`put_nested`], [`parse_attrs`] and [`nfgen_message`] build and
-//! read such hand-made messages.
+//! acknowledged). [`put_attr`], [`put_nested`], [`parse_attrs`], [`find_attr`],
+//! [`nfgen_message`] and [`nfgen_parts`] build and read such hand-made messages.
 //!
 //! Requests are sent with `NLM_F_ACK` and read until the acknowledgement (or the error that
 //! replaces it); dumps are read until `NLMSG_DONE` and repeated, up to [`DUMP_ATTEMPTS`] times in
@@ -510,20 +510,57 @@ pub fn put_nested(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>))
 
 /// The attributes in `buf` as `(type without flag bits, value)`, in order; an error for a
 /// malformed one (the last attribute may go unpadded).
-pub fn parse_attrs(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
+pub fn parse_attrs(buf: &[u8]) -> Result<Vec<(u16, &[u8])>, NlError> {
+    iter_attrs(buf, "netlink").collect()
+}
+
+/// The value of the first attribute `kind` in `buf` (flag bits ignored), reading no further than
+/// it: only the attributes before it are checked. Errors name the attributes as `what`'s.
+pub fn find_attr<'a>(buf: &'a [u8], kind: u16, what: &'static str) -> Result<Option<&'a [u8]>, NlError> {
+    for attr in iter_attrs(buf, what) {
+        let (k, value) = attr?;
+        if k == kind {
+            return Ok(Some(value));
+        }
+    }
+    Ok(None)
+}
+
+/// The attributes in `buf`, one at a time, as [`parse_attrs`] reads them; a malformed attribute
+/// is an error (`"truncated {what} attribute: …"`, `"malformed {what} attribute: …"`) that ends
+/// the walk.
+pub fn iter_attrs<'a>(buf: &'a [u8], what: &'static str) -> AttrIter<'a> {
+    AttrIter { buf, what }
+}
+
+/// The iterator of [`iter_attrs`].
+#[derive(Debug, Clone)]
+pub struct AttrIter<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Iterator for AttrIter<'a> {
+    type Item = Result<(u16, &'a [u8]), NlError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let buf = self.buf;
+        if buf.is_empty() {
+            return None;
+        }
+        let what = self.what;
         if buf.len() < NLA_HDRLEN {
-            return Err(NlError::decode(format!("truncated netlink attribute: {} bytes left", buf.len())));
+            self.buf = &[];
+            return Some(Err(NlError::decode(format!("truncated {what} attribute: {} bytes left", buf.len()))));
         }
         let len = usize::from(u16_at(buf, 0));
         if len < NLA_HDRLEN || len > buf.len() {
-            return Err(NlError::decode(format!("malformed netlink attribute: length {len}, {} bytes left", buf.len())));
+            self.buf = &[];
+            return Some(Err(NlError::decode(format!("malformed {what} attribute: length {len}, {} bytes left", buf.len()))));
         }
-        out.push((u16_at(buf, 2) & netlink_packet_core::NLA_TYPE_MASK, &buf[NLA_HDRLEN..len]));
-        buf = &buf[align4(len).min(buf.len())..];
+        self.buf = &buf[align4(len).min(buf.len())..];
+        Some(Ok((u16_at(buf, 2) & netlink_packet_core::NLA_TYPE_MASK, &buf[NLA_HDRLEN..len])))
     }
-    Ok(out)
 }
 
 /// An nfnetlink message: header (`kind` = subsystem << 8 | message type; flags and sequence
@@ -541,6 +578,15 @@ pub fn nfgen_message(kind: u16, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8
     out.extend_from_slice(&res_id.to_be_bytes());
     out.extend_from_slice(attrs);
     out
+}
+
+/// The parts of an nfnetlink message (header included): its type (subsystem << 8 | message
+/// type), `nfgenmsg.family` and its attributes; `None` when it is shorter than its two headers.
+pub fn nfgen_parts(raw: &[u8]) -> Option<(u16, u8, &[u8])> {
+    if raw.len() < HEADER_LEN + NFGENMSG_LEN {
+        return None;
+    }
+    Some((u16_at(raw, 4), raw[HEADER_LEN], &raw[HEADER_LEN + NFGENMSG_LEN..]))
 }
 
 // Callers check lengths first; these read native-endian integers at `off`.
@@ -618,5 +664,22 @@ mod tests {
         assert_eq!(u16_at(&msg, 4), 0x0a10);
         assert_eq!(msg[16..20], [1, 0, 0, 10]);
         assert_eq!(&msg[20..], &attrs[..]);
+        assert_eq!(nfgen_parts(&msg), Some((0x0a10, 1, &attrs[..])));
+        assert_eq!(nfgen_parts(&msg[..19]), None);
+    }
+
+    #[test]
+    fn find_attr_reads_no_further_than_the_attribute() {
+        let mut attrs = Vec::new();
+        put_attr(&mut attrs, 1, &[1]);
+        put_attr(&mut attrs, 2 | NLA_F_NESTED, &[2]);
+        attrs.extend_from_slice(&[0xff, 0xff]); // a truncated third attribute
+        assert_eq!(find_attr(&attrs, 2, "test").unwrap(), Some(&[2][..]));
+        let e = find_attr(&attrs, 3, "test").unwrap_err();
+        assert_eq!(e.reason, "truncated test attribute: 2 bytes left");
+        let e = parse_attrs(&attrs).unwrap_err();
+        assert_eq!(e.reason, "truncated netlink attribute: 2 bytes left");
+        // A walk ends at its first error.
+        assert_eq!(iter_attrs(&attrs, "test").filter(Result::is_err).count(), 1);
     }
 }

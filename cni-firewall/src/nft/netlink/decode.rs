@@ -13,14 +13,10 @@ use super::encode::{addr_field, slot_of_reg, type_of_id, ImmData, Low};
 use crate::nft::ops::{DataType, Element, Expr, Field, Rule, TableFamily, Value, Verdict};
 use crate::nft::state::{ChainState, RuleState, SetState, TableState};
 use crate::{CniError, Family, Protocol};
-use cni_common::netlink::socket::{parse_attrs, HEADER_LEN, NFGENMSG_LEN};
+use cni_common::netlink::socket::{nfgen_parts, parse_attrs};
 use cni_common::netlink::NlError;
 use serde_json::{json, Value as J};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-fn bad(what: impl Into<String>) -> NlError {
-    NlError { op: String::new(), errno: None, reason: what.into(), feature: None }
-}
 
 fn find<'a>(attrs: &[(u16, &'a [u8])], kind: u16) -> Option<&'a [u8]> {
     attrs.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v)
@@ -68,13 +64,13 @@ pub type Attrs<'a> = Vec<(u16, &'a [u8])>;
 
 /// The family byte and attributes of an nf_tables message of type `msg` (`None` for another type).
 pub fn body(raw: &[u8], msg: u16) -> Result<Option<(u8, Attrs<'_>)>, NlError> {
-    if raw.len() < HEADER_LEN + NFGENMSG_LEN {
-        return Err(bad(format!("nf_tables message of {} bytes", raw.len())));
-    }
-    if u16::from_ne_bytes([raw[4], raw[5]]) != nft_type(msg) {
+    let Some((kind, family, attrs)) = nfgen_parts(raw) else {
+        return Err(NlError::decode(format!("nf_tables message of {} bytes", raw.len())));
+    };
+    if kind != nft_type(msg) {
         return Ok(None);
     }
-    Ok(Some((raw[HEADER_LEN], parse_attrs(&raw[HEADER_LEN + NFGENMSG_LEN..])?)))
+    Ok(Some((family, parse_attrs(attrs)?)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -97,7 +93,7 @@ pub fn parse_gen(raw: &[u8]) -> Result<Option<u32>, NlError> {
 pub fn parse_chain(raw: &[u8]) -> Result<Option<(String, ChainState)>, NlError> {
     let Some((_, a)) = body(raw, NFT_MSG_NEWCHAIN)? else { return Ok(None) };
     let (Some(table), Some(name)) = (string(find(&a, NFTA_CHAIN_TABLE)), string(find(&a, NFTA_CHAIN_NAME))) else {
-        return Err(bad("chain without table or name"));
+        return Err(NlError::decode("chain without table or name"));
     };
     let hook = match find(&a, NFTA_CHAIN_HOOK) {
         Some(h) => be32(find(&parse_attrs(h)?, NFTA_HOOK_HOOKNUM)).map(|n| hook_name(n).to_string()),
@@ -122,7 +118,7 @@ fn hook_name(n: u32) -> &'static str {
 pub fn parse_set(raw: &[u8]) -> Result<Option<(String, SetState, u32)>, NlError> {
     let Some((_, a)) = body(raw, NFT_MSG_NEWSET)? else { return Ok(None) };
     let (Some(table), Some(name)) = (string(find(&a, NFTA_SET_TABLE)), string(find(&a, NFTA_SET_NAME))) else {
-        return Err(bad("set without table or name"));
+        return Err(NlError::decode("set without table or name"));
     };
     let flags = be32(find(&a, NFTA_SET_FLAGS)).unwrap_or(0);
     let key = key_types(be32(find(&a, NFTA_SET_KEY_TYPE)).unwrap_or(0));
@@ -234,7 +230,7 @@ fn ifname_of(b: &[u8], exact: bool) -> Option<String> {
 pub fn parse_rule(raw: &[u8]) -> Result<Option<(String, String, RuleState)>, NlError> {
     let Some((fam, a)) = body(raw, NFT_MSG_NEWRULE)? else { return Ok(None) };
     let (Some(table), Some(chain)) = (string(find(&a, NFTA_RULE_TABLE)), string(find(&a, NFTA_RULE_CHAIN))) else {
-        return Err(bad("rule without table or chain"));
+        return Err(NlError::decode("rule without table or chain"));
     };
     let handle = be64(find(&a, NFTA_RULE_HANDLE)).unwrap_or(0);
     let mut lows = Vec::new();
@@ -277,13 +273,13 @@ pub fn udata_comment(mut u: &[u8], kind: u8) -> Option<String> {
 /// One expression (`NFTA_LIST_ELEM` content) into its low form.
 pub fn parse_expr(e: &[u8]) -> Result<Low, NlError> {
     let a = parse_attrs(e)?;
-    let name = string(find(&a, NFTA_EXPR_NAME)).ok_or_else(|| bad("expression without a name"))?;
+    let name = string(find(&a, NFTA_EXPR_NAME)).ok_or_else(|| NlError::decode("expression without a name"))?;
     let d = match find(&a, NFTA_EXPR_DATA) {
         Some(d) => parse_attrs(d)?,
         None => Vec::new(),
     };
     let u = |k| be32(find(&d, k));
-    let missing = |what: &str| bad(format!("{name} expression without {what}"));
+    let missing = |what: &str| NlError::decode(format!("{name} expression without {what}"));
     Ok(match name.as_str() {
         "meta" => match (u(NFTA_META_KEY), u(NFTA_META_DREG)) {
             (Some(key), Some(dreg)) => Low::Meta { key, dreg },

@@ -599,7 +599,8 @@ pub fn family_byte(f: TableFamily) -> u8 {
     }
 }
 
-fn message(msg: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
+/// An nf_tables message of type `msg` (flags and sequence number left for the socket).
+pub fn message(msg: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
     nfgen_message(nft_type(msg), family, 0, attrs)
 }
 

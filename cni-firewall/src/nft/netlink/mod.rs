@@ -44,21 +44,17 @@ pub fn open() -> Result<Socket, CniError> {
     Socket::open_netfilter().map_err(|e| CniError::NotAvailable(format!("nftables backend: {e}")))
 }
 
-fn get_message(msg: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
-    cni_common::netlink::socket::nfgen_message(nft_type(msg), family, 0, attrs)
-}
-
 /// The ruleset generation (changes with every committed transaction).
 pub fn generation(sock: &mut Socket) -> Result<u32, NlError> {
-    let g = sock.request_raw(get_message(NFT_MSG_GETGEN, NFPROTO_UNSPEC, &[]), 0, decode::parse_gen)?;
-    g.into_iter().next().ok_or_else(|| NlError { op: String::new(), errno: None, reason: "no generation in the reply".into(), feature: None })
+    let g = sock.request_raw(encode::message(NFT_MSG_GETGEN, NFPROTO_UNSPEC, &[]), 0, decode::parse_gen)?;
+    g.into_iter().next().ok_or_else(|| NlError::decode("no generation in the reply"))
 }
 
 /// Every table of the ruleset as (family name, table name): `("inet", "cnirs_masquerade")`.
 pub fn list_tables() -> Result<Vec<(String, String)>, CniError> {
     let mut sock = open()?;
     let tables = sock
-        .dump_raw(get_message(NFT_MSG_GETTABLE, NFPROTO_UNSPEC, &[]), decode::parse_table)
+        .dump_raw(encode::message(NFT_MSG_GETTABLE, NFPROTO_UNSPEC, &[]), decode::parse_table)
         .map_err(|e| decode::read_error("list tables", e))?;
     Ok(tables.into_iter().map(|(f, n)| (family_name(f).to_string(), n)).collect())
 }
@@ -86,13 +82,13 @@ fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, 
     let fam = family_byte(table.family);
     let mut a = Vec::new();
     put_str(&mut a, NFTA_TABLE_NAME, &table.name);
-    match sock.request_raw(get_message(NFT_MSG_GETTABLE, fam, &a), 0, decode::parse_table) {
+    match sock.request_raw(encode::message(NFT_MSG_GETTABLE, fam, &a), 0, decode::parse_table) {
         Ok(_) => {}
         Err(e) if is_enoent(&e) => return Ok(None),
         Err(e) => return Err(e),
     }
     let chains: Vec<_> = sock
-        .dump_raw(get_message(NFT_MSG_GETCHAIN, fam, &[]), decode::parse_chain)?
+        .dump_raw(encode::message(NFT_MSG_GETCHAIN, fam, &[]), decode::parse_chain)?
         .into_iter()
         .filter(|(t, _)| *t == table.name)
         .map(|(_, c)| c)
@@ -100,7 +96,7 @@ fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, 
     let mut a = Vec::new();
     put_str(&mut a, NFTA_SET_TABLE, &table.name);
     let sets: Vec<(SetState, u32)> = sock
-        .dump_raw(get_message(NFT_MSG_GETSET, fam, &a), decode::parse_set)?
+        .dump_raw(encode::message(NFT_MSG_GETSET, fam, &a), decode::parse_set)?
         .into_iter()
         .filter(|(t, _, flags)| *t == table.name && flags & NFT_SET_ANONYMOUS == 0)
         .map(|(_, s, flags)| (s, flags))
@@ -111,7 +107,7 @@ fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, 
         put_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, &table.name);
         put_str(&mut a, NFTA_SET_ELEM_LIST_SET, &set.name);
         let (types, vmap) = (set.key.clone(), set.verdict_map);
-        let elems = sock.dump_raw(get_message(NFT_MSG_GETSETELEM, fam, &a), |raw| {
+        let elems = sock.dump_raw(encode::message(NFT_MSG_GETSETELEM, fam, &a), |raw| {
             decode::parse_elems(raw, &types, vmap).map(Some)
         })?;
         set.elems = elems.into_iter().flatten().collect();
@@ -122,7 +118,7 @@ fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, 
     let mut a = Vec::new();
     put_str(&mut a, NFTA_RULE_TABLE, &table.name);
     let rules: Vec<_> = sock
-        .dump_raw(get_message(NFT_MSG_GETRULE, fam, &a), decode::parse_rule)?
+        .dump_raw(encode::message(NFT_MSG_GETRULE, fam, &a), decode::parse_rule)?
         .into_iter()
         .filter(|(t, _, _)| *t == table.name)
         .map(|(_, c, r)| (c, r))
@@ -154,7 +150,7 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
     let fam = family_byte(table.family);
     let mut a = Vec::new();
     put_str(&mut a, NFTA_TABLE_NAME, &table.name);
-    match sock.request_raw(get_message(NFT_MSG_GETTABLE, fam, &a), 0, decode::parse_table) {
+    match sock.request_raw(encode::message(NFT_MSG_GETTABLE, fam, &a), 0, decode::parse_table) {
         Ok(_) => {}
         Err(e) if is_enoent(&e) => return Ok(None),
         Err(e) => return Err(e),
@@ -170,7 +166,7 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
         let mut a = Vec::new();
         put_str(&mut a, NFTA_CHAIN_TABLE, &table.name);
         put_str(&mut a, NFTA_CHAIN_NAME, name);
-        match sock.request_raw(get_message(NFT_MSG_GETCHAIN, fam, &a), 0, decode::parse_chain) {
+        match sock.request_raw(encode::message(NFT_MSG_GETCHAIN, fam, &a), 0, decode::parse_chain) {
             Ok(c) => chains.extend(c.into_iter().map(|(_, c)| c)),
             Err(e) if is_enoent(&e) => continue,
             Err(e) => return Err(e),
@@ -178,7 +174,7 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
         let mut a = Vec::new();
         put_str(&mut a, NFTA_RULE_TABLE, &table.name);
         put_str(&mut a, NFTA_RULE_CHAIN, name);
-        let r = sock.dump_raw(get_message(NFT_MSG_GETRULE, fam, &a), decode::parse_rule)?;
+        let r = sock.dump_raw(encode::message(NFT_MSG_GETRULE, fam, &a), decode::parse_rule)?;
         rules.extend(r.into_iter().filter(|(t, c, _)| *t == table.name && c == name).map(|(_, c, r)| (c, r)));
     }
     let mut sets: Vec<SetState> = Vec::new();
@@ -190,7 +186,7 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
                 let mut a = Vec::new();
                 put_str(&mut a, NFTA_SET_TABLE, &table.name);
                 put_str(&mut a, NFTA_SET_NAME, name);
-                match sock.request_raw(get_message(NFT_MSG_GETSET, fam, &a), 0, decode::parse_set) {
+                match sock.request_raw(encode::message(NFT_MSG_GETSET, fam, &a), 0, decode::parse_set) {
                     Ok(s) => match s.into_iter().next() {
                         Some((_, set, _)) => {
                             sets.push(set);
@@ -215,7 +211,7 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
                     put_nested(el, NFTA_SET_ELEM_KEY, |k| cni_common::netlink::socket::put_attr(k, NFTA_DATA_VALUE, &key))
                 })
             });
-            match sock.request_raw(get_message(NFT_MSG_GETSETELEM, fam, &a), 0, |raw| decode::parse_elems(raw, &types, vmap).map(Some)) {
+            match sock.request_raw(encode::message(NFT_MSG_GETSETELEM, fam, &a), 0, |raw| decode::parse_elems(raw, &types, vmap).map(Some)) {
                 Ok(found) => sets[idx].elems.extend(found.into_iter().flatten().filter(|x| x.key == e.key)),
                 Err(e) if is_enoent(&e) => {}
                 Err(e) => return Err(e),
