@@ -210,18 +210,8 @@ impl Socket {
                     }
                 }
             };
-            let mut off = 0;
-            while n - off >= HEADER_LEN {
-                let data = &self.buf[off..n];
-                let len = u32_at(data, 0) as usize;
-                if len < HEADER_LEN || len > data.len() {
-                    return Err(NlError::decode(format!(
-                        "malformed netlink message: length {len}, {} bytes left",
-                        data.len()
-                    )));
-                }
-                let raw = &data[..len];
-                off += align4(len).min(data.len());
+            for raw in messages(&self.buf[..n]) {
+                let raw = raw?;
                 let (kind, flags, seq) = (u16_at(raw, 4), u16_at(raw, 6), u32_at(raw, 8));
                 let Some(index) = index_of(seq) else { continue };
                 if kind != NLMSG_ERROR {
@@ -358,18 +348,8 @@ impl Socket {
         let mut interrupted = false;
         loop {
             let n = self.recv()?;
-            let mut off = 0;
-            while n - off >= HEADER_LEN {
-                let data = &self.buf[off..n];
-                let len = u32_at(data, 0) as usize;
-                if len < HEADER_LEN || len > data.len() {
-                    return Err(NlError::decode(format!(
-                        "malformed netlink message: length {len}, {} bytes left",
-                        data.len()
-                    )));
-                }
-                let raw = &data[..len];
-                off += align4(len).min(data.len());
+            for raw in messages(&self.buf[..n]) {
+                let raw = raw?;
                 let (kind, flags, msg_seq) = (u16_at(raw, 4), u16_at(raw, 6), u32_at(raw, 8));
                 if msg_seq != seq {
                     continue;
@@ -406,6 +386,29 @@ impl Socket {
             }
         }
     }
+}
+
+/// The netlink messages of one received datagram, each whole (header included); a malformed length
+/// ends the walk with an error.
+fn messages(datagram: &[u8]) -> impl Iterator<Item = Result<&[u8], NlError>> + '_ {
+    let mut off = 0;
+    let mut broken = false;
+    std::iter::from_fn(move || {
+        if broken || datagram.len() - off < HEADER_LEN {
+            return None;
+        }
+        let data = &datagram[off..];
+        let len = u32_at(data, 0) as usize;
+        if len < HEADER_LEN || len > data.len() {
+            broken = true;
+            return Some(Err(NlError::decode(format!(
+                "malformed netlink message: length {len}, {} bytes left",
+                data.len()
+            ))));
+        }
+        off += align4(len).min(data.len());
+        Some(Ok(&data[..len]))
+    })
 }
 
 /// Decode an rtnetlink data message; control payloads are dropped.
@@ -605,6 +608,31 @@ fn i32_at(b: &[u8], off: usize) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datagram_split_into_messages() {
+        let msg = |len: u32, fill: u8| {
+            let mut m = len.to_ne_bytes().to_vec();
+            m.resize(len as usize, fill);
+            m
+        };
+        // 20-byte message, then an 18-byte one padded to 20, then a 16-byte one
+        let mut dg = msg(20, 1);
+        dg.extend(msg(18, 2));
+        dg.extend([0, 0]);
+        dg.extend(msg(16, 3));
+        let parts: Vec<&[u8]> = messages(&dg).collect::<Result<_, _>>().unwrap();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![20, 18, 16]);
+        assert_eq!(parts[1][17], 2);
+        // a length past the end is an error, and the walk stops there
+        let mut bad = msg(16, 1);
+        bad.extend(64u32.to_ne_bytes());
+        bad.resize(40, 0);
+        let out: Vec<_> = messages(&bad).collect();
+        assert_eq!(out.len(), 2);
+        assert!(out[0].is_ok() && out[1].is_err());
+        assert_eq!(messages(&[0u8; 8]).count(), 0);
+    }
 
     fn tlv(kind: u16, value: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
