@@ -126,22 +126,31 @@ fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, 
     Ok(Some(decode::assemble(chains, full_sets, rules)))
 }
 
-/// Read `table` consistently: the ruleset generation is the same before and after the dumps.
-pub fn read_table(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, CniError> {
-    let what = format!("list table {} {}", table.family.as_str(), table.name);
+/// Run `read` until the ruleset generation is the same before and after it (no writer committed
+/// in between); a table or set vanishing between two dumps also means "read again".
+fn consistent<T>(
+    sock: &mut Socket,
+    what: &str,
+    mut read: impl FnMut(&mut Socket) -> Result<T, NlError>,
+) -> Result<T, CniError> {
     for _ in 0..READ_ATTEMPTS {
-        let before = generation(sock).map_err(|e| decode::read_error(&what, e))?;
-        let st = match read_once(sock, table) {
+        let before = generation(sock).map_err(|e| decode::read_error(what, e))?;
+        let st = match read(sock) {
             Ok(st) => st,
-            // a set or the table went away between two dumps: read again
             Err(e) if is_enoent(&e) => continue,
-            Err(e) => return Err(decode::read_error(&what, e)),
+            Err(e) => return Err(decode::read_error(what, e)),
         };
-        if generation(sock).map_err(|e| decode::read_error(&what, e))? == before {
+        if generation(sock).map_err(|e| decode::read_error(what, e))? == before {
             return Ok(st);
         }
     }
     Err(CniError::Firewall(format!("nf_tables: {what}: the ruleset kept changing during {READ_ATTEMPTS} reads")))
+}
+
+/// Read `table` consistently: the ruleset generation is the same before and after the dumps.
+pub fn read_table(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, CniError> {
+    let what = format!("list table {} {}", table.family.as_str(), table.name);
+    consistent(sock, &what, |sock| read_once(sock, table))
 }
 
 /// Read once what an ADD of `ops` depends on (not checking the generation).
@@ -229,18 +238,7 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
 /// in the table; the planners of ADD look at nothing else.
 pub fn read_for(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Option<TableState>, CniError> {
     let what = format!("read table {} {}", table.family.as_str(), table.name);
-    for _ in 0..READ_ATTEMPTS {
-        let before = generation(sock).map_err(|e| decode::read_error(&what, e))?;
-        let st = match read_for_once(sock, table, ops) {
-            Ok(st) => st,
-            Err(e) if is_enoent(&e) => continue,
-            Err(e) => return Err(decode::read_error(&what, e)),
-        };
-        if generation(sock).map_err(|e| decode::read_error(&what, e))? == before {
-            return Ok(st);
-        }
-    }
-    Err(CniError::Firewall(format!("nf_tables: {what}: the ruleset kept changing during {READ_ATTEMPTS} reads")))
+    consistent(sock, &what, |sock| read_for_once(sock, table, ops))
 }
 
 impl NftExecutor for NftNetlink {
