@@ -48,9 +48,7 @@ fn state(dir: &std::path::Path) -> BTreeMap<String, String> {
 
 /// Run the same ops with both implementations in separate directories and compare everything.
 fn compare(tag: &str, ipam: Value, ops: &[Op], extra: impl Fn(&mut Value)) {
-    if !reference_available() {
-        return;
-    }
+    require_reference();
     let sb = Sandbox::new(tag);
     let mut ours_conf = conf(V, "net", &sb.root.join("ours"), ipam.clone());
     let mut ref_conf = conf(V, "net", &sb.root.join("ref"), ipam);
@@ -134,7 +132,7 @@ fn requested_ips_match() {
     );
     // An address outside every range fails in both; the reference first allocates (and then
     // releases) round-robin addresses, advancing last_reserved_ip; we refuse up front.
-    if reference_available() {
+    {
         let sb = Sandbox::new("req-outside");
         let c = conf(V, "net", &sb.data_dir(), ipam.clone());
         let o = Call::new(OURS, "ADD", "d", &c).args("IP=10.9.9.9").run();
@@ -154,9 +152,7 @@ fn requested_ips_match() {
 
 #[test]
 fn invalid_configs_fail_in_both() {
-    if !reference_available() {
-        return;
-    }
+    require_reference();
     let sb = Sandbox::new("invalid");
     let bad = [
         json!({"ranges": [[{"subnet": "10.7.0.1/24"}]]}),
@@ -183,9 +179,7 @@ fn invalid_configs_fail_in_both() {
 /// `last_reserved_ip` of the earlier set (and released its lease); we change nothing.
 #[test]
 fn exhaustion_in_second_set_changes_nothing_unlike_reference() {
-    if !reference_available() {
-        return;
-    }
+    require_reference();
     let sb = Sandbox::new("exh2");
     let ipam = json!({"ranges": [[{"subnet": "10.8.0.0/24"}], [{"subnet": "10.9.0.0/30"}]]});
     let ours = conf(V, "net", &sb.root.join("ours"), ipam.clone());
@@ -206,9 +200,7 @@ fn exhaustion_in_second_set_changes_nothing_unlike_reference() {
 /// reference, never by us.
 #[test]
 fn network_address_never_handed_out_unlike_reference() {
-    if !reference_available() {
-        return;
-    }
+    require_reference();
     let sb = Sandbox::new("netaddr");
     let ipam = json!({"ranges": [[{"subnet": "10.10.0.0/24", "rangeStart": "10.10.0.0", "rangeEnd": "10.10.0.2"}]]});
     let c = conf(V, "net", &sb.root.join("ours"), ipam.clone());
@@ -220,9 +212,7 @@ fn network_address_never_handed_out_unlike_reference() {
 
 #[test]
 fn leases_cross_between_implementations() {
-    if !reference_available() {
-        return;
-    }
+    require_reference();
     let sb = Sandbox::new("cross");
     let c = conf(V, "shared", &sb.data_dir(), json!({"ranges": [[{"subnet": "10.11.0.0/24"}], [{"subnet": "fd11::/64"}]]}));
     let dir = sb.net_dir("shared");
@@ -283,9 +273,7 @@ fn leases_cross_between_implementations() {
 
 #[test]
 fn reference_legacy_and_our_gc() {
-    if !reference_available() {
-        return;
-    }
+    require_reference();
     // Leases left by the reference (e.g. before a reboot) are recovered by our GC (spec 1.1).
     let sb = Sandbox::new("refgc");
     let c = conf(V, "n", &sb.data_dir(), json!({"ranges": [[{"subnet": "10.12.0.0/24"}]]}));
@@ -311,9 +299,7 @@ fn reference_legacy_and_our_gc() {
 fn concurrent_mixed_implementations() {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
-    if !reference_available() {
-        return;
-    }
+    require_reference();
     let sb = Sandbox::new("mixed");
     let c = Arc::new(conf(V, "mixed", &sb.data_dir(), json!({"ranges": [[{"subnet": "10.13.0.0/27"}]]})));
     let live: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub const OURS: &str = env!("CARGO_BIN_EXE_host-local");
 pub const REFERENCE: &str = "/usr/lib/cni/host-local";
 
-pub fn reference_available() -> bool {
-    let ok = Path::new(REFERENCE).exists();
-    if !ok {
-        eprintln!("SKIP: reference plugin {REFERENCE} not installed (apt-get install containernetworking-plugins)");
-    }
-    ok
+/// Differential tests need the reference binary: without it they fail, saying how to install it.
+pub fn require_reference() {
+    assert!(
+        Path::new(REFERENCE).exists(),
+        "reference plugin {REFERENCE} not installed: apt-get install containernetworking-plugins (scripts/deps.sh does)"
+    );
 }
 
 /// A unique temporary directory, removed when dropped (also when the test panics).
