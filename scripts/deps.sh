@@ -8,6 +8,7 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v nc >/dev/null 2>&1 || need+=(netcat-openbsd)
+command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 [ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
 

@@ -12,8 +12,8 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
     opts.n = 3;
     opts.rounds = 1;
     opts.parallel = vec![1, 2];
-    // strace is optional on a test machine: the sample then reports why it was skipped.
-    opts.count_spawns = bench::probe::which("strace").is_some();
+    // scripts/deps.sh installs strace; without it the spawn sample fails and says so.
+    opts.count_spawns = true;
 
     let report = bench::run(&opts).expect("benchmark run");
     assert!(report.checks_passed(), "post-run checks failed:\n{}", report.violations.join("\n"));
@@ -23,7 +23,7 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
     assert_eq!(side.chain, vec!["bridge".to_string()]);
     assert!(side.binaries.iter().any(|b| b.name == "bridge" && b.bytes > 0), "{:?}", side.binaries);
     assert!(side.binaries.iter().any(|b| b.name == "host-local" && b.bytes > 0), "{:?}", side.binaries);
-    if opts.count_spawns {
+    {
         let spawns = side.spawns.as_ref().unwrap_or_else(|| panic!("spawn sample failed: {:?}", side.spawns_error));
         let add = spawns.iter().find(|c| c.plugin == "bridge" && c.command == "ADD").expect("bridge ADD sample");
         assert_eq!(add.ipam, 1, "bridge delegates to host-local exactly once: {add:?}");
