@@ -20,7 +20,7 @@ use cni_firewall::nft::ops::TableRef;
 use cni_firewall::nft::plan::{hostport_table, isolation_table, masq_table};
 use cni_firewall::nft::state::TableState;
 use cni_firewall::nft::{NftCli, NftExecutor, NftFirewall};
-use cni_firewall::{Family, Firewall, IsolationSpec, MasqSpec, PortMapSpec, PortMapping, Protocol};
+use cni_firewall::{Family, Firewall, IsolationSpec, MasqSpec, PortMapSpec, Protocol};
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -38,16 +38,7 @@ enum Call {
 }
 
 fn pm(cid: &str, n: u8, ports: &[(u16, u16, Protocol, Option<&str>)]) -> PortMapSpec {
-    let mut s = PortMapSpec::new(
-        key("pmnet", cid),
-        ports
-            .iter()
-            .map(|(h, c, p, ip)| PortMapping { host_port: *h, container_port: *c, protocol: *p, host_ip: ip.map(|x| x.parse().unwrap()) })
-            .collect(),
-    );
-    s.container_v4 = Some(format!("10.66.0.{n}/24").parse().unwrap());
-    s.container_v6 = Some(format!("fd66::{n}/64").parse().unwrap());
-    s
+    portmap_spec("pmnet", cid, n, ports)
 }
 
 fn iso(br: &str, allow_published: bool) -> IsolationSpec {

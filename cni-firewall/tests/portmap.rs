@@ -5,23 +5,14 @@ mod common;
 
 use cni_firewall::ipt::plan as ipt;
 use cni_firewall::nft::plan::{hostport_dnat_chain, hostport_snat_chain, HOSTPORT_TABLE};
-use cni_firewall::{Family, PortMapSpec, PortMapping, Protocol};
+use cni_firewall::{Family, PortMapSpec, Protocol};
 use common::*;
 use serde_json::json;
 
 const NET: &str = "pmnet";
 
 fn spec(cid: &str, n: u8, ports: &[(u16, u16, Protocol, Option<&str>)]) -> PortMapSpec {
-    let mut s = PortMapSpec::new(
-        key(NET, cid),
-        ports
-            .iter()
-            .map(|(h, c, p, ip)| PortMapping { host_port: *h, container_port: *c, protocol: *p, host_ip: ip.map(|x| x.parse().unwrap()) })
-            .collect(),
-    );
-    s.container_v4 = Some(format!("10.66.0.{n}/24").parse().unwrap());
-    s.container_v6 = Some(format!("fd66::{n}/64").parse().unwrap());
-    s
+    portmap_spec(NET, cid, n, ports)
 }
 
 fn web(cid: &str, n: u8) -> PortMapSpec {

@@ -10,7 +10,7 @@ use cni_firewall::detect::{IptablesTools, IptablesVariant};
 use cni_firewall::exec::{CommandRunner, ProcessRunner};
 use cni_firewall::ipt::IptablesFirewall;
 use cni_firewall::nft::NftFirewall;
-use cni_firewall::{AttachmentKey, Family, Firewall, MasqSpec};
+use cni_firewall::{AttachmentKey, Family, Firewall, MasqSpec, PortMapSpec, PortMapping, Protocol};
 use nix::sched::{setns, unshare, CloneFlags};
 use serde_json::Value;
 use std::fs::File;
@@ -222,4 +222,19 @@ pub fn nft_elems(rs: &[Value], table: &str, set: &str) -> Vec<(Value, Value)> {
         }
     }
     out
+}
+
+/// A port-mapping spec on network `net`: container addresses 10.66.0.N/24 and fd66::N/64, mappings
+/// as (host port, container port, protocol, host IP).
+pub fn portmap_spec(net: &str, cid: &str, n: u8, ports: &[(u16, u16, Protocol, Option<&str>)]) -> PortMapSpec {
+    let mut s = PortMapSpec::new(
+        key(net, cid),
+        ports
+            .iter()
+            .map(|(h, c, p, ip)| PortMapping { host_port: *h, container_port: *c, protocol: *p, host_ip: ip.map(|x| x.parse().unwrap()) })
+            .collect(),
+    );
+    s.container_v4 = Some(format!("10.66.0.{n}/24").parse().unwrap());
+    s.container_v6 = Some(format!("fd66::{n}/64").parse().unwrap());
+    s
 }

@@ -77,15 +77,22 @@ fn is_enoent(e: &NlError) -> bool {
     e.is_not_found()
 }
 
-/// Read `table` once (not checking the generation): `None` when it does not exist.
-fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, NlError> {
-    let fam = family_byte(table.family);
+/// Whether `table` exists (`NFT_MSG_GETTABLE` by name).
+fn table_exists(sock: &mut Socket, table: &TableRef, fam: u8) -> Result<bool, NlError> {
     let mut a = Vec::new();
     put_str(&mut a, NFTA_TABLE_NAME, &table.name);
     match sock.request_raw(encode::message(NFT_MSG_GETTABLE, fam, &a), 0, decode::parse_table) {
-        Ok(_) => {}
-        Err(e) if is_enoent(&e) => return Ok(None),
-        Err(e) => return Err(e),
+        Ok(_) => Ok(true),
+        Err(e) if is_enoent(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Read `table` once (not checking the generation): `None` when it does not exist.
+fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, NlError> {
+    let fam = family_byte(table.family);
+    if !table_exists(sock, table, fam)? {
+        return Ok(None);
     }
     let chains: Vec<_> = sock
         .dump_raw(encode::message(NFT_MSG_GETCHAIN, fam, &[]), decode::parse_chain)?
@@ -157,12 +164,8 @@ pub fn read_table(sock: &mut Socket, table: &TableRef) -> Result<Option<TableSta
 fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Option<TableState>, NlError> {
     use cni_common::netlink::socket::put_nested;
     let fam = family_byte(table.family);
-    let mut a = Vec::new();
-    put_str(&mut a, NFTA_TABLE_NAME, &table.name);
-    match sock.request_raw(encode::message(NFT_MSG_GETTABLE, fam, &a), 0, decode::parse_table) {
-        Ok(_) => {}
-        Err(e) if is_enoent(&e) => return Ok(None),
-        Err(e) => return Err(e),
+    if !table_exists(sock, table, fam)? {
+        return Ok(None);
     }
     let mut chains = Vec::new();
     let mut rules = Vec::new();
