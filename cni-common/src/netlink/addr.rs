@@ -103,6 +103,9 @@ impl Netlink {
             Some(IpFamily::V6) => AddressFamily::Inet6,
             None => AddressFamily::Unspec,
         };
+        // Filtered by the kernel (strict dump checking), so the cost does not grow with the number
+        // of links in the namespace.
+        req.header.index = index.unwrap_or(0);
         let op = || match (index, family) {
             (Some(i), Some(f)) => format!("list {f} addresses of link index {i}"),
             (Some(i), None) => format!("list addresses of link index {i}"),

@@ -153,15 +153,33 @@ pub(crate) fn veth_message(spec: &VethSpec<'_>) -> RouteNetlinkMessage {
 impl Netlink {
     /// Every link of the namespace.
     pub fn links(&mut self) -> Result<Vec<Link>, NlError> {
+        self.dump_links(None)
+    }
+
+    /// The ports of bridge (or other master) `master`. The kernel filters the dump (strict dump
+    /// checking), so only the ports are sent back.
+    pub fn ports_of(&mut self, master: u32) -> Result<Vec<Link>, NlError> {
+        self.dump_links(Some(master))
+    }
+
+    fn dump_links(&mut self, master: Option<u32>) -> Result<Vec<Link>, NlError> {
         let mut req = LinkMessage::default();
         req.attributes.push(skip_stats());
-        let msgs = self.sock.dump(RouteNetlinkMessage::GetLink(req)).map_err(|e| e.with_op("list links"))?;
+        if let Some(m) = master {
+            req.attributes.push(LinkAttribute::Controller(m));
+        }
+        let op = || match master {
+            Some(m) => format!("list ports of link index {m}"),
+            None => "list links".to_string(),
+        };
+        let msgs = self.sock.dump(RouteNetlinkMessage::GetLink(req)).map_err(|e| e.with_op(op()))?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
                 _ => None,
             })
+            .filter(|l| master.is_none() || l.master == master)
             .collect())
     }
 

@@ -57,8 +57,15 @@ pub struct Socket {
 
 impl Socket {
     /// Open and bind a NETLINK_ROUTE socket in the calling thread's network namespace.
+    ///
+    /// The socket asks for strict checking of dump requests (kernels since 4.20), so the kernel
+    /// filters dumps by the fields a request sets (an address dump by link index, a link dump by
+    /// master) instead of sending every object of the namespace. Callers still filter what they get
+    /// back, so an older kernel that ignores the option only costs time.
     pub(crate) fn open() -> Result<Socket, NlError> {
-        Socket::open_protocol(NETLINK_ROUTE, "NETLINK_ROUTE")
+        let sock = Socket::open_protocol(NETLINK_ROUTE, "NETLINK_ROUTE")?;
+        let _ = sock.sock.set_netlink_get_strict_chk(true);
+        Ok(sock)
     }
 
     /// Open and bind a NETLINK_NETFILTER socket (nfnetlink: conntrack, nf_tables) in the calling

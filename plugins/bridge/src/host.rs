@@ -210,5 +210,5 @@ pub fn mac_string(link: &Link) -> String {
 
 /// Whether any link other than `except` is a port of `bridge`.
 pub fn bridge_has_ports(nl: &mut Netlink, bridge: u32, except: Option<u32>) -> Result<bool, CniError> {
-    Ok(nl.links()?.iter().any(|l| l.master == Some(bridge) && Some(l.index) != except))
+    Ok(nl.ports_of(bridge)?.iter().any(|l| Some(l.index) != except))
 }

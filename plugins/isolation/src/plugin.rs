@@ -43,7 +43,7 @@ impl Plugin for Isolation {
                 .ok_or_else(|| CniError::config(format!("icc=false: no port of bridge {:?} found for {:?}", bridge.name, req.ifname)))?;
             if let Err(e) = ports::set_isolated(&mut nl, &port) {
                 // Undo the bridge's isolation only if no other container uses it.
-                if ports::bridges_with_ports(&mut nl, Some(port.index)).is_ok_and(|b| !b.contains(&bridge.name)) {
+                if ports::bridge_in_use(&mut nl, &bridge, Some(port.index)).is_ok_and(|used| !used) {
                     let _ = fw.del_isolation(&bridge.name);
                 }
                 return Err(e);
@@ -59,22 +59,24 @@ impl Plugin for Isolation {
         let own = ports::host_port(&mut nl, side.as_ref().and_then(|s| s.host_veth.as_deref()), &req.netns, &req.ifname)?;
         let own_index = own.as_ref().map(|l| l.index);
         let bridge = match (&side, &own) {
-            (Some(s), _) => ports::find_bridge(&mut nl, &s.candidates)?.map(|b| b.name),
+            (Some(s), _) => ports::find_bridge(&mut nl, &s.candidates)?,
             (None, Some(port)) => match port.master {
-                Some(m) => nl.link_by_index(m)?.map(|b| b.name),
+                Some(m) => nl.link_by_index(m)?,
                 None => None,
             },
             (None, None) => None,
         };
-        let in_use = ports::bridges_with_ports(&mut nl, own_index)?;
         match bridge {
             // The last container of the bridge leaves: its isolation state goes.
-            Some(b) if !in_use.contains(&b) => {
-                cni_firewall::teardown_each(conf.backend.as_deref(), |fw| fw.del_isolation(&b))
+            Some(b) if !ports::bridge_in_use(&mut nl, &b, own_index)? => {
+                cni_firewall::teardown_each(conf.backend.as_deref(), |fw| fw.del_isolation(&b.name))
             }
             Some(_) => Ok(()),
             // Bridge unknown (no prevResult, namespace gone): sweep every bridge without ports.
-            None => cni_firewall::teardown_each(conf.backend.as_deref(), |fw| fw.gc_isolation(&in_use)),
+            None => {
+                let in_use = ports::bridges_with_ports(&mut nl, own_index)?;
+                cni_firewall::teardown_each(conf.backend.as_deref(), |fw| fw.gc_isolation(&in_use))
+            }
         }
     }
 
