@@ -5,11 +5,13 @@ TOOLDIR ?= /usr/local/bin
 DESTDIR ?=
 PLUGINS := loopback bridge host-local portmap isolation
 TOOLS := cnitool
+# Release binaries are static (scripts/build-release.sh) and land in target/<host triple>/release.
+RELEASE_DIR = $(shell rustc -vV | sed -n 's/^host: //p' | sed 's|^|target/|; s|$$|/release|')
 
 .PHONY: build test demo install uninstall clean
 
 build:
-	cargo build --release --workspace --bins
+	bash scripts/build-release.sh >/dev/null
 
 test:
 	bash scripts/test.sh
@@ -18,11 +20,11 @@ demo:
 	bash scripts/demo.sh
 
 # Every plugin goes to $(BINDIR) (where runtimes look for CNI plugins), cnitool to $(TOOLDIR).
-# A binary missing from target/release is an error, never skipped.
+# A binary missing from $(RELEASE_DIR) is an error, never skipped.
 install: build
 	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(TOOLDIR)"
-	set -e; for p in $(PLUGINS); do install -m 0755 "target/release/$$p" "$(DESTDIR)$(BINDIR)/$$p"; done
-	set -e; for t in $(TOOLS); do install -m 0755 "target/release/$$t" "$(DESTDIR)$(TOOLDIR)/$$t"; done
+	set -e; for p in $(PLUGINS); do install -m 0755 "$(RELEASE_DIR)/$$p" "$(DESTDIR)$(BINDIR)/$$p"; done
+	set -e; for t in $(TOOLS); do install -m 0755 "$(RELEASE_DIR)/$$t" "$(DESTDIR)$(TOOLDIR)/$$t"; done
 
 uninstall:
 	for p in $(PLUGINS); do rm -f "$(DESTDIR)$(BINDIR)/$$p"; done

@@ -11,9 +11,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 bash scripts/deps.sh
-echo "== building (release)"
-cargo build --release --workspace --bins -q
-BIN="$PWD/target/release"
+echo "== building (release, static)"
+BIN="$(bash scripts/build-release.sh -q)"
 
 ID="cnidemo-$$"
 HOST="$ID-host"

@@ -10,6 +10,8 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v nc >/dev/null 2>&1 || need+=(netcat-openbsd)
 command -v strace >/dev/null 2>&1 || need+=(strace)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# The static release build (scripts/build-release.sh) links glibc's libc.a.
+command -v cc >/dev/null 2>&1 && [ "$(cc -print-file-name=libc.a)" = libc.a ] && need+=(libc6-dev)
 [ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
 
 if [ ${#need[@]} -gt 0 ]; then
