@@ -19,6 +19,7 @@ pub mod sandbox;
 
 mod base64;
 
+pub use nsexec::ThreadInNs;
 pub use plugins::{our_plugin_dir, require_plugins, REFERENCE_PLUGIN_DIR};
 pub use runner::{Attachment, NetworkConfigList, PluginOutput, RunError, Runtime, RuntimeConf};
 pub use sandbox::{require_root, ContainerNs, Sandbox, SandboxError};

@@ -58,3 +58,78 @@ unsafe fn remount_sys() {
     // Mount over the inherited /sys rather than unmounting it first: if this fails, /sys stays usable.
     let _ = libc::mount(c"sysfs".as_ptr(), c"/sys".as_ptr(), c"sysfs".as_ptr(), 0, std::ptr::null());
 }
+
+thread_local! {
+    /// The network namespace file (device, inode) the calling thread entered with
+    /// [`ThreadInNs::enter`], with its own mount namespace and sysfs.
+    static ENTERED: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+fn ns_id(file: &File) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata()?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Whether the calling thread has entered `path` with [`ThreadInNs::enter`]; its children then start
+/// in that namespace (and with its sysfs) without any work between fork and exec.
+pub(crate) fn thread_is_in(path: &Path) -> bool {
+    let Some(entered) = ENTERED.with(|e| e.get()) else { return false };
+    std::fs::metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino()) == entered
+    })
+}
+
+/// The calling thread, moved into a network namespace with a private mount namespace of its own
+/// (slave of the process's, so nothing propagates back) that shows the namespace's sysfs on
+/// `/sys`: what [`NsTarget::apply`] does in every child, done once for a worker thread. Processes
+/// the thread spawns inherit both, so the runner can spawn them with `posix_spawn` (vfork) as a
+/// runtime does, instead of a fork plus namespace work per plugin. Dropping it moves the thread back.
+pub struct ThreadInNs {
+    old_net: File,
+    old_mnt: File,
+}
+
+impl ThreadInNs {
+    pub fn enter(path: &Path) -> io::Result<ThreadInNs> {
+        let target = File::open(path)?;
+        let id = ns_id(&target)?;
+        let old_net = File::open("/proc/thread-self/ns/net")?;
+        let old_mnt = File::open("/proc/thread-self/ns/mnt")?;
+        // SAFETY: plain syscalls on valid fds and static C strings; they change only this thread
+        // (unshare(CLONE_NEWNS) also unshares the thread's fs attributes from the other threads).
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let back = ThreadInNs { old_net, old_mnt };
+            let slave = libc::MS_SLAVE | libc::MS_REC;
+            if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), slave, std::ptr::null()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::mount(c"sysfs".as_ptr(), c"/sys".as_ptr(), c"sysfs".as_ptr(), 0, std::ptr::null()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            ENTERED.with(|e| e.set(Some(id)));
+            Ok(back)
+        }
+    }
+}
+
+impl Drop for ThreadInNs {
+    fn drop(&mut self) {
+        ENTERED.with(|e| e.set(None));
+        // SAFETY: setns on fds we own; failures leave the thread where it is (reported below).
+        unsafe {
+            if libc::setns(self.old_net.as_raw_fd(), libc::CLONE_NEWNET) != 0
+                || libc::setns(self.old_mnt.as_raw_fd(), libc::CLONE_NEWNS) != 0
+            {
+                eprintln!("conformance: could not move a worker thread back to its namespaces: {}", io::Error::last_os_error());
+            }
+        }
+    }
+}

@@ -259,8 +259,8 @@ pub fn successful_execs(log: &str) -> Vec<String> {
     out
 }
 
-/// Latency of the harness alone: exec `/bin/true` through the runner into the sandbox host namespace
-/// (fork, setns, private mount ns + sysfs remount, exec, reap).
+/// Latency of the harness alone: exec `/bin/true` through the runner the way the timed phases do,
+/// from a worker thread inside the sandbox host namespace (posix_spawn, exec, reap).
 pub fn exec_floor(samples: usize) -> Result<Summary, String> {
     let truth = which("true").ok_or("no `true` binary")?;
     let sb = Sandbox::new().map_err(|e| format!("sandbox: {e}"))?;
@@ -268,13 +268,20 @@ pub fn exec_floor(samples: usize) -> Result<Summary, String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     std::os::unix::fs::symlink(&truth, dir.join("noop")).map_err(|e| e.to_string())?;
     let rt = sb.runtime(&dir);
-    let mut v = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        rt.exec_plugin("noop", "", b"{}", &[]).map_err(|e| e.to_string())?;
-        v.push(t.elapsed());
-    }
-    Ok(Summary::of(&v))
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _in_host = crate::nsexec::ThreadInNs::enter(sb.host_path()).map_err(|e| format!("enter sandbox: {e}"))?;
+            let mut v = Vec::with_capacity(samples);
+            for _ in 0..samples {
+                let t = Instant::now();
+                rt.exec_plugin("noop", "", b"{}", &[]).map_err(|e| e.to_string())?;
+                v.push(t.elapsed());
+            }
+            Ok(Summary::of(&v))
+        })
+        .join()
+        .unwrap_or_else(|_| Err("exec floor thread panicked".into()))
+    })
 }
 
 /// Load and noise indicators.

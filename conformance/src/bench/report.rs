@@ -232,7 +232,7 @@ impl Report {
         if let Some(f) = &self.exec_floor {
             let _ = writeln!(
                 o,
-                "harness exec floor (fork + setns + /sys remount + exec /bin/true + reap): p50 {} ms, p90 {} ms",
+                "harness exec floor (posix_spawn from a worker thread in the sandbox host netns + exec /bin/true + reap): p50 {} ms, p90 {} ms",
                 ms(f.p50_ms),
                 ms(f.p90_ms)
             );

@@ -2,6 +2,7 @@
 //! workers, DEL phase with P workers, post-run checks.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use super::{interrupted, BenchError, Side};
 use crate::runner::{
     start_exec_recording, stop_exec_recording, take_exec_records, ExecRecord, NetworkConfigList, RunError, RuntimeConf,
 };
+use crate::nsexec::ThreadInNs;
 use crate::sandbox::{ContainerNs, Sandbox};
 
 /// One timed runtime operation (a whole ADD or DEL list).
@@ -69,7 +71,7 @@ pub fn run_round(side: &Side, round: usize, n: usize, p: usize, cni_version: &st
     };
 
     // ADD phase.
-    let add = phase(n, p, |i| rt.add_list(&list, &rcs[i]).map(Some));
+    let add = phase(n, p, sb.host_path(), |i| rt.add_list(&list, &rcs[i]).map(Some));
     let add = add.map_err(|(i, e)| op_err("ADD", i, e))?;
     res.add_phase = add.wall;
     res.add_children_cpu = add.children_cpu;
@@ -81,7 +83,7 @@ pub fn run_round(side: &Side, round: usize, n: usize, p: usize, cni_version: &st
     res.firewall_seen = firewall_seen(&sb);
 
     // DEL phase.
-    let del = phase(n, p, |i| rt.del_list(&list, &rcs[i]).map(|()| None));
+    let del = phase(n, p, sb.host_path(), |i| rt.del_list(&list, &rcs[i]).map(|()| None));
     let del = del.map_err(|(i, e)| op_err("DEL", i, e))?;
     res.del_phase = del.wall;
     res.del_children_cpu = del.children_cpu;
@@ -143,8 +145,10 @@ struct Phase {
 }
 
 /// Run `op(i)` for every container with `p` workers; worker `w` does `w, w+p, w+2p, ...`. Stops at
-/// the first error (returned with the container index).
-fn phase<F>(n: usize, p: usize, op: F) -> Result<Phase, (usize, String)>
+/// the first error (returned with the container index). Each worker enters the sandbox host
+/// namespace `host_ns` before the timed section, so the runner spawns plugins from it the way a
+/// runtime does (posix_spawn from the host namespace), without namespace work per exec.
+fn phase<F>(n: usize, p: usize, host_ns: &Path, op: F) -> Result<Phase, (usize, String)>
 where
     F: Fn(usize) -> Result<Option<Value>, RunError> + Sync,
 {
@@ -158,8 +162,10 @@ where
             .map(|w| {
                 let (barrier, next, abort, op) = (&barrier, &next, &abort, &op);
                 s.spawn(move || -> WorkerOut {
+                    let entered = ThreadInNs::enter(host_ns);
                     start_exec_recording();
                     barrier.wait();
+                    let _in_host = entered.map_err(|e| (w, format!("worker: enter {}: {e}", host_ns.display())))?;
                     let mut samples = Vec::new();
                     let mut values = Vec::new();
                     for i in (w..n).step_by(p) {

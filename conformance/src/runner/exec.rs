@@ -147,6 +147,8 @@ impl Runtime {
         let path = self.find_plugin(plugin_type)?;
         let exec_err = |source| RunError::Exec { plugin: plugin_type.to_string(), source };
         let target = match &self.exec_netns {
+            // A worker thread that entered the namespace itself spawns plainly (posix_spawn).
+            Some(ns) if crate::nsexec::thread_is_in(ns) => None,
             Some(ns) => Some(NsTarget::open(ns).map_err(|e| {
                 exec_err(std::io::Error::new(e.kind(), format!("open exec netns {}: {e}", ns.display())))
             })?),
@@ -164,12 +166,18 @@ impl Runtime {
         let started = Instant::now();
         let mut child = spawn_retrying(&path, &env_all, target.as_ref()).map_err(exec_err)?;
         drop(target);
-        let writer = child.stdin.take().map(|mut stdin| {
-            let data = config.to_vec();
-            // A plugin may exit without reading all of stdin: a broken pipe is not our error.
-            std::thread::spawn(move || {
-                let _ = stdin.write_all(&data);
-            })
+        // A plugin may exit without reading all of stdin: a broken pipe is not our error. A config
+        // that fits in the pipe is written at once (it cannot block); a larger one by a thread.
+        let writer = child.stdin.take().and_then(|mut stdin| {
+            if config.len() <= pipe_capacity(&stdin) {
+                let _ = stdin.write_all(config);
+                None
+            } else {
+                let data = config.to_vec();
+                Some(std::thread::spawn(move || {
+                    let _ = stdin.write_all(&data);
+                }))
+            }
         });
         let out = wait_with_rusage(child).map_err(exec_err)?;
         if let Some(w) = writer {
@@ -191,6 +199,13 @@ impl Runtime {
         }
         Ok(PluginOutput { status: out.status, stdout: out.stdout, stderr: out.stderr })
     }
+}
+
+/// How many bytes the (empty) pipe takes without blocking the writer; 0 when unknown.
+fn pipe_capacity(pipe: &std::process::ChildStdin) -> usize {
+    // SAFETY: F_GETPIPE_SZ only reads the pipe's size.
+    let n = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    usize::try_from(n).unwrap_or(0)
 }
 
 fn timeval(tv: libc::timeval) -> Duration {
