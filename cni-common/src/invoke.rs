@@ -29,8 +29,16 @@ pub fn find_in_path(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError>
         })
 }
 
-/// Run `binary` with `command`, the caller's environment and `stdin`; return its stdout on success.
-fn exec(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+/// A delegated plugin that has been started and given its stdin; [`Running::finish`] waits for it.
+pub struct Running {
+    child: std::process::Child,
+    plugin: String,
+    command: Command,
+}
+
+/// Start `binary` with `command`, the caller's environment and `stdin` (written and closed before
+/// returning; a config larger than the pipe waits until the plugin reads it).
+fn spawn(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<Running, CniError> {
     let mut attempt = 0;
     let mut child = loop {
         let spawned = std::process::Command::new(binary)
@@ -51,34 +59,66 @@ fn exec(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<V
         // A plugin that exits without reading stdin closes the pipe: that is its business, not an error.
         let _ = input.write_all(stdin);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| CniError::Delegate { plugin: plugin.into(), reason: format!("wait: {e}") })?;
-    if out.status.success() {
-        return Ok(out.stdout);
+    Ok(Running { child, plugin: plugin.into(), command })
+}
+
+impl Running {
+    /// Wait for the plugin; its stdout on success, its error object (or a delegate error) otherwise.
+    pub fn finish(self) -> Result<Vec<u8>, CniError> {
+        let Running { child, plugin, command } = self;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| CniError::Delegate { plugin: plugin.clone(), reason: format!("wait: {e}") })?;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        match ErrorObject::parse(&out.stdout) {
+            Some(obj) if obj.code != 0 => Err(CniError::Passthrough { code: obj.code, msg: obj.msg, details: obj.details }),
+            _ => Err(CniError::Delegate {
+                plugin: plugin.clone(),
+                reason: format!(
+                    "{} {} ({}): {}",
+                    plugin,
+                    command.as_str(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout).trim()
+                ),
+            }),
+        }
     }
-    match ErrorObject::parse(&out.stdout) {
-        Some(obj) if obj.code != 0 => Err(CniError::Passthrough { code: obj.code, msg: obj.msg, details: obj.details }),
-        _ => Err(CniError::Delegate {
-            plugin: plugin.into(),
-            reason: format!(
-                "{} {} ({}): {}",
-                plugin,
-                command.as_str(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout).trim()
-            ),
-        }),
+}
+
+/// Run `binary` with `command`, the caller's environment and `stdin`; return its stdout on success.
+fn exec(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+    spawn(binary, plugin, command, stdin)?.finish()
+}
+
+/// A delegated ADD running while the caller does other work: see [`start_add`].
+pub struct PendingAdd {
+    running: Running,
+    cni_version: String,
+}
+
+/// Start delegating ADD to `plugin` without waiting for it; [`PendingAdd::result`] collects it.
+pub fn start_add(plugin: &str, req: &Request) -> Result<PendingAdd, CniError> {
+    let bin = find_in_path(plugin, &req.path)?;
+    Ok(PendingAdd { running: spawn(&bin, plugin, Command::Add, &req.stdin)?, cni_version: req.cni_version.clone() })
+}
+
+impl PendingAdd {
+    /// Wait for the delegated ADD and parse its result.
+    pub fn result(self) -> Result<CniResult, CniError> {
+        let plugin = self.running.plugin.clone();
+        let stdout = self.running.finish()?;
+        let v: Value = serde_json::from_slice(&stdout)
+            .map_err(|e| CniError::Delegate { plugin: plugin.clone(), reason: format!("result is not JSON: {e}") })?;
+        CniResult::parse(&v, &self.cni_version).map_err(|e| e.context(format!("result of {plugin}")))
     }
 }
 
 /// Delegate ADD to `plugin`; returns its result.
 pub fn delegate_add(plugin: &str, req: &Request) -> Result<CniResult, CniError> {
-    let bin = find_in_path(plugin, &req.path)?;
-    let stdout = exec(&bin, plugin, Command::Add, &req.stdin)?;
-    let v: Value = serde_json::from_slice(&stdout)
-        .map_err(|e| CniError::Delegate { plugin: plugin.into(), reason: format!("result is not JSON: {e}") })?;
-    CniResult::parse(&v, &req.cni_version).map_err(|e| e.context(format!("result of {plugin}")))
+    start_add(plugin, req)?.result()
 }
 
 /// Delegate DEL, CHECK, STATUS or GC to `plugin`, with the request's config.

@@ -190,15 +190,10 @@ fn legacy_tables_loaded() -> bool {
 }
 
 /// Observe the host without any process: the nf_tables tables listed over netlink, two /proc
-/// reads, and a look for the iptables binaries. With `CNI_NFT_EXEC=1` the tables are listed by
+/// reads, and a look for the iptables binaries when they matter. With `CNI_NFT_EXEC=1` the tables are listed by
 /// one `nft list tables` through `runner` instead.
 pub fn observe_host(runner: &dyn CommandRunner) -> HostFirewall {
-    let ipt = IptablesTools::detect();
-    let mut host = HostFirewall {
-        iptables_tools: ipt.as_ref().is_some_and(|t| t.v4.is_some() || t.v6.is_some()),
-        iptables_in_use: legacy_tables_loaded(),
-        ..Default::default()
-    };
+    let mut host = HostFirewall { iptables_in_use: legacy_tables_loaded(), ..Default::default() };
     if crate::nft::exec_selected() {
         if let Some(nft) = find_program("nft") {
             host.nft = true;
@@ -215,6 +210,11 @@ pub fn observe_host(runner: &dyn CommandRunner) -> HostFirewall {
         let (ours, ipt_tables) = classify_tables(tables.iter().map(|(f, n)| (f.as_str(), n.as_str())));
         host.ours_nft = ours;
         host.iptables_in_use |= ipt_tables;
+    }
+    // The tools matter only when iptables is in use or nf_tables cannot be used (see `choose_for`
+    // and `teardown_backends`); finding them walks PATH and resolves the alternatives' symlinks.
+    if host.iptables_in_use || !host.nft {
+        host.iptables_tools = IptablesTools::detect().is_some_and(|t| t.v4.is_some() || t.v6.is_some());
     }
     host
 }

@@ -438,6 +438,23 @@ fn rollback_when_ipam_refuses_the_requested_ip() {
     lab.del(&l, &rc);
 }
 
+/// host-local runs while the veth pair is made; when the pair cannot be made (the container already
+/// has an `eth0`), the address it handed out must be released again.
+#[test]
+fn rollback_releases_the_address_when_the_veth_cannot_be_made() {
+    let lab = Lab::new();
+    let l = masq_list(&lab, "1.0.0", "rbveth-net", "10.10.14.0/24");
+    let c = lab.container();
+    c.sh("ip link add eth0 type veth peer name eth0peer").unwrap();
+    let rc = lab.rc("rbveth-0", &c);
+    let p = failure(lab.rt.add_list(&l, &rc), "ADD into a namespace that already has eth0");
+    assert!(text_of(&p).contains("eth0"), "the error should name the interface: {}", text_of(&p));
+    assert!(lab.leases("rbveth-net").is_empty(), "lease left after the failed ADD: {:?}", lab.leases("rbveth-net"));
+    assert!(lab.host_veths().is_empty(), "host veth left: {:?}", lab.host_veths());
+    lab.assert_nothing_left("rbveth-net", "10.10.14.", &[]);
+    lab.del(&l, &rc);
+}
+
 #[test]
 fn rollback_on_gateway_conflict_and_force_address() {
     let lab = Lab::new();

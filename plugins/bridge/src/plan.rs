@@ -136,8 +136,23 @@ pub fn result(links: &Links, ipam: &CniResult, routes: Vec<Route>, conf_dns: Opt
     }
 }
 
+/// Whether IPAM plugin `ipam_type` works without the container's interface, so it may run while
+/// the veth pair is being made. Only the reference's file- and config-based IPAMs qualify; `dhcp`
+/// needs the interface, and an unknown plugin is assumed to.
+pub fn ipam_independent_of_interface(ipam_type: &str) -> bool {
+    matches!(ipam_type, "host-local" | "static")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_known_ipams_run_early() {
+        assert!(super::ipam_independent_of_interface("host-local"));
+        assert!(super::ipam_independent_of_interface("static"));
+        assert!(!super::ipam_independent_of_interface("dhcp"));
+        assert!(!super::ipam_independent_of_interface("whereabouts"));
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -4,7 +4,7 @@ use crate::config::{self, BridgeConf};
 use crate::{container, host, plan};
 use cni_common::error::CniError;
 use cni_common::invoke;
-use cni_common::netlink::Netlink;
+use cni_common::netlink::{Link, Netlink};
 use cni_common::netns::NetNs;
 use cni_common::result::CniResult;
 use cni_common::skel::{Command, Plugin, Request};
@@ -62,23 +62,48 @@ impl Undo {
     }
 }
 
-fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> Result<CniResult, CniError> {
-    let netns = NetNs::open(&req.netns)?;
+/// The bridge (made if missing) and the host end of a new veth pair whose other end is `ifname` in
+/// the container, configured as a bridge port.
+fn host_side(
+    req: &Request,
+    conf: &BridgeConf,
+    nl: &mut Netlink,
+    netns: &NetNs,
+    undo: &mut Undo,
+) -> Result<(host::BridgeLink, Link), CniError> {
     let bridge = host::ensure_bridge(nl, conf)?;
     if bridge.created {
         undo.bridge_created = Some(bridge.link.index);
     }
-    let host_veth = host::create_veth(nl, conf, &bridge.link, &netns, &req.ifname)?;
+    let host_veth = host::create_veth(nl, conf, &bridge.link, netns, &req.ifname)?;
     undo.host_veth = Some(host_veth.index);
     host::configure_port(nl, conf, &host_veth)?;
+    Ok((bridge, host_veth))
+}
 
-    let mut ipam = match &conf.ipam_type {
-        Some(t) => {
+fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> Result<CniResult, CniError> {
+    let netns = NetNs::open(&req.netns)?;
+    // An IPAM plugin that never looks at the container's interface runs while the veth pair is
+    // made (two processes, two cores); any other (dhcp, ...) runs after it, as in the reference.
+    let early = match &conf.ipam_type {
+        Some(t) if plan::ipam_independent_of_interface(t) => Some(invoke::start_add(t, req)?),
+        _ => None,
+    };
+    let host_side = host_side(req, conf, nl, &netns, undo);
+    let early = early.map(|p| p.result());
+    if let (Some(Ok(_)), Some(t)) = (&early, &conf.ipam_type) {
+        undo.ipam = Some(t.clone());
+    }
+    let (bridge, host_veth) = host_side?;
+
+    let mut ipam = match (&conf.ipam_type, early) {
+        (_, Some(r)) => r?,
+        (Some(t), None) => {
             let r = invoke::delegate_add(t, req)?;
             undo.ipam = Some(t.clone());
             r
         }
-        None => CniResult::default(),
+        (None, None) => CniResult::default(),
     };
     if ipam.ips.is_empty() && conf.ipam_type.is_some() {
         return Err(CniError::Delegate {
