@@ -81,6 +81,30 @@ fn host_side(
     Ok((bridge, host_veth))
 }
 
+/// Host-side work that needs the IPAM result: gateway addresses on the bridge, forwarding, and
+/// the masquerade.
+fn host_after_ipam(
+    req: &Request,
+    conf: &BridgeConf,
+    nl: &mut Netlink,
+    bridge: &Link,
+    cplan: &plan::ContainerPlan,
+    ipam: &CniResult,
+    undo: &mut Undo,
+) -> Result<(), CniError> {
+    if conf.is_gateway {
+        let gws = plan::bridge_gateways(&ipam.ips);
+        host::set_gateway_addrs(nl, conf, bridge, &gws)?;
+        host::enable_forwarding(&gws)?;
+    }
+    if conf.ip_masq && !cplan.addrs.is_empty() {
+        let fw = firewall(conf)?;
+        fw.add_masquerade(&MasqSpec { key: key(req), addrs: cplan.addrs.clone() })?;
+        undo.masq = Some(cplan.addrs.clone());
+    }
+    Ok(())
+}
+
 fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> Result<CniResult, CniError> {
     let netns = NetNs::open(&req.netns)?;
     // An IPAM plugin that never looks at the container's interface runs while the veth pair is
@@ -113,18 +137,17 @@ fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> R
     }
     plan::default_gateways(conf, &mut ipam.ips);
     let cplan = plan::container_plan(conf, &ipam)?;
-    let ctr = netns.run(|| container::configure(conf, &req.ifname, &cplan, &ipam.ips))?;
-
-    if conf.is_gateway {
-        let gws = plan::bridge_gateways(&ipam.ips);
-        host::set_gateway_addrs(nl, conf, &bridge.link, &gws)?;
-        host::enable_forwarding(&gws)?;
-    }
-    if conf.ip_masq && !cplan.addrs.is_empty() {
-        let fw = firewall(conf)?;
-        fw.add_masquerade(&MasqSpec { key: key(req), addrs: cplan.addrs.clone() })?;
-        undo.masq = Some(cplan.addrs.clone());
-    }
+    // The container side and the host side no longer depend on each other: configure the
+    // container from a second thread (it enters the container namespace) while this one does the
+    // bridge's gateway addresses and the masquerade.
+    let (ctr, host) = std::thread::scope(|s| {
+        let ctr = s.spawn(|| netns.run(|| container::configure(conf, &req.ifname, &cplan, &ipam.ips)));
+        let host = host_after_ipam(req, conf, nl, &bridge.link, &cplan, &ipam, undo);
+        let ctr = ctr.join().unwrap_or_else(|_| Err(CniError::Internal("container configuration thread panicked".into())));
+        (ctr, host)
+    });
+    let ctr = ctr?;
+    host?;
     // Read MACs as they are now: the bridge's may have changed when the port joined.
     let bridge_now = nl.link_by_index(bridge.link.index)?.unwrap_or(bridge.link);
     let links = plan::Links {
