@@ -132,6 +132,13 @@ pub fn delegate_with(plugin: &str, command: Command, req: &Request, stdin: &[u8]
     exec(&bin, plugin, command, stdin).map(|_| ())
 }
 
+/// Start delegating `command` (DEL, ...) to `plugin` with the request's config, without waiting;
+/// [`Running::finish`] collects it.
+pub fn start(plugin: &str, command: Command, req: &Request) -> Result<Running, CniError> {
+    let bin = find_in_path(plugin, &req.path)?;
+    spawn(&bin, plugin, command, &req.stdin)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,13 +69,20 @@ pub fn to_netlink(r: &Route, ips: &[IpConfig], oif: u32) -> NlRoute {
 
 /// Delete the container interface (and so its veth peer); returns the addresses it had. A missing
 /// interface is not an error.
-pub fn remove(ifname: &str) -> Result<Vec<IpNetwork>, CniError> {
+/// The container interface `ifname` (its index) and its addresses, if it exists.
+pub fn find(ifname: &str) -> Result<Option<(u32, Vec<IpNetwork>)>, CniError> {
     let mut nl = Netlink::open()?;
-    let Some(link) = nl.link_by_name(ifname)? else { return Ok(vec![]) };
+    let Some(link) = nl.link_by_name(ifname)? else { return Ok(None) };
     let addrs = nl.addrs(Some(link.index), None)?.into_iter().map(|a| a.addr).collect();
-    match nl.delete_link(link.index) {
-        Ok(()) => Ok(addrs),
-        Err(e) if e.is_not_found() => Ok(addrs),
+    Ok(Some((link.index, addrs)))
+}
+
+/// Delete the container interface `ifname` (link `index`), and with it the veth pair. The kernel
+/// holds this call for the unregistration (RCU grace periods, ~15-20 ms on a small VM).
+pub fn delete(ifname: &str, index: u32) -> Result<(), CniError> {
+    match Netlink::open()?.delete_link(index) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(CniError::netlink(format!("delete container interface {ifname:?}"), e)),
     }
 }

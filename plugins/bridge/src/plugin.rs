@@ -187,42 +187,56 @@ impl Plugin for Bridge {
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let conf = config::parse(req)?;
-        let mut errors: Vec<CniError> = Vec::new();
+        // Three independent parts, overlapped: the IPAM release (its own process), deleting the
+        // veth pair (the kernel holds that call for RCU grace periods) and the masquerade teardown
+        // (whose socket release waits for one too). Errors are reported in that order.
+        let ipam = conf.ipam_type.as_ref().map(|t| invoke::start(t, Command::Del, req));
         // Addresses for the masquerade teardown: from prevResult, else from the interface itself.
         let mut addrs: Vec<IpNetwork> = match req.prev_result() {
             Ok(Some(prev)) => prev.ips.iter().map(|ip| ip.address).collect(),
             _ => vec![],
         };
-        if let Some(t) = &conf.ipam_type {
-            if let Err(e) = invoke::delegate(t, Command::Del, req) {
-                errors.push(e);
+        // The namespace may be gone, and with it the container end of the veth pair.
+        let ns = if req.netns.is_empty() { None } else { NetNs::open(&req.netns).ok() };
+        let found = match &ns {
+            Some(ns) => ns.run(|| container::find(&req.ifname)),
+            None => Ok(None),
+        };
+        let (found, find_error) = match found {
+            Ok(f) => (f, None),
+            Err(e) => (None, Some(e)),
+        };
+        if let Some((_, a)) = &found {
+            if addrs.is_empty() {
+                addrs = a.clone();
             }
         }
-        if !req.netns.is_empty() {
-            match NetNs::open(&req.netns) {
-                Ok(ns) => match ns.run(|| container::remove(&req.ifname)) {
-                    Ok(found) => {
-                        if addrs.is_empty() {
-                            addrs = found;
-                        }
-                    }
-                    Err(e) => errors.push(e),
-                },
-                // The namespace is gone, and with it the container end of the veth pair.
-                Err(_) => {}
-            }
-        }
-        if conf.ip_masq {
-            // Found by (network, container ID, ifname) even without addresses or netns.
-            let k = key(req);
-            if let Err(e) = cni_firewall::teardown_each(conf.ip_masq_backend.as_deref(), |fw| fw.del_masquerade(&k, &addrs)) {
-                errors.push(e);
-            }
-        }
-        match errors.into_iter().next() {
-            Some(e) => Err(e),
+        let (container, masq) = std::thread::scope(|s| {
+            let deleting = match (&ns, &found) {
+                (Some(ns), Some((index, _))) => {
+                    let index = *index;
+                    Some(s.spawn(move || ns.run(|| container::delete(&req.ifname, index))))
+                }
+                _ => None,
+            };
+            let masq = if conf.ip_masq {
+                // Found by (network, container ID, ifname) even without addresses or netns.
+                let k = key(req);
+                cni_firewall::teardown_each(conf.ip_masq_backend.as_deref(), |fw| fw.del_masquerade(&k, &addrs))
+            } else {
+                Ok(())
+            };
+            let container = match deleting {
+                Some(h) => h.join().unwrap_or_else(|_| Err(CniError::Internal("interface deletion thread panicked".into()))),
+                None => find_error.map_or(Ok(()), Err),
+            };
+            (container, masq)
+        });
+        let ipam = match ipam {
+            Some(started) => started.and_then(|r| r.finish()).map(|_| ()),
             None => Ok(()),
-        }
+        };
+        ipam.and(container).and(masq)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {

@@ -9,8 +9,11 @@
 //! generation, retried when a concurrent writer changed it, into the same [`TableState`] the
 //! `nft -j` reader produces.
 //!
-//! The transport is the suite's one netlink loop ([`cni_common::netlink::socket`]); a socket is
-//! opened per call, in the calling thread's network namespace.
+//! The transport is the suite's one netlink loop ([`cni_common::netlink::socket`]). Each thread
+//! keeps one socket per network namespace for the life of the process ([`with_socket`]): releasing
+//! a socket whose transaction deleted objects waits for the kernel to destroy them (one RCU grace
+//! period, ~15 ms on a small VM), and a kept socket lets a plugin do its remaining work meanwhile
+//! (bridge DEL deletes the veth pair) instead of waiting at the release.
 
 pub mod batch;
 pub mod consts;
@@ -39,9 +42,38 @@ impl NftNetlink {
     }
 }
 
-/// A NETLINK_NETFILTER socket in the calling thread's network namespace.
+/// A new NETLINK_NETFILTER socket in the calling thread's network namespace.
 pub fn open() -> Result<Socket, CniError> {
     Socket::open_netfilter().map_err(|e| CniError::NotAvailable(format!("nftables backend: {e}")))
+}
+
+thread_local! {
+    /// The socket [`with_socket`] keeps, with the network namespace it was opened in.
+    static KEPT: std::cell::RefCell<Option<((u64, u64), Socket)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The calling thread's network namespace as (device, inode) of its nsfs file.
+fn current_netns() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Run `f` on this thread's socket for its current network namespace, opened on first use and
+/// kept afterwards (see the module documentation). A call that fails drops the socket, so no
+/// half-read reply is left for the next one. (A kept socket pins its namespace, so the inode
+/// cannot be reused by another namespace while it is kept.)
+pub fn with_socket<T>(f: impl FnOnce(&mut Socket) -> Result<T, CniError>) -> Result<T, CniError> {
+    let ns = current_netns();
+    let kept = KEPT.with(|k| k.borrow_mut().take()).filter(|(id, _)| Some(*id) == ns);
+    let mut sock = match kept {
+        Some((_, sock)) => sock,
+        None => open()?,
+    };
+    let out = f(&mut sock);
+    if let (Ok(_), Some(id)) = (&out, ns) {
+        KEPT.with(|k| *k.borrow_mut() = Some((id, sock)));
+    }
+    out
 }
 
 /// The ruleset generation (changes with every committed transaction).
@@ -52,10 +84,10 @@ pub fn generation(sock: &mut Socket) -> Result<u32, NlError> {
 
 /// Every table of the ruleset as (family name, table name): `("inet", "cnirs_masquerade")`.
 pub fn list_tables() -> Result<Vec<(String, String)>, CniError> {
-    let mut sock = open()?;
-    let tables = sock
-        .dump_raw(encode::message(NFT_MSG_GETTABLE, NFPROTO_UNSPEC, &[]), decode::parse_table)
-        .map_err(|e| decode::read_error("list tables", e))?;
+    let tables = with_socket(|sock| {
+        sock.dump_raw(encode::message(NFT_MSG_GETTABLE, NFPROTO_UNSPEC, &[]), decode::parse_table)
+            .map_err(|e| decode::read_error("list tables", e))
+    })?;
     Ok(tables.into_iter().map(|(f, n)| (family_name(f).to_string(), n)).collect())
 }
 
@@ -250,15 +282,17 @@ impl NftExecutor for NftNetlink {
         if msgs.is_empty() {
             return Ok(());
         }
-        batch::commit(&mut open()?, &msgs)
+        with_socket(|sock| batch::commit(sock, &msgs))
     }
 
     fn list_table(&self, table: &TableRef) -> Result<Option<TableState>, CniError> {
-        read_table(&mut open()?, table)
+        with_socket(|sock| read_table(sock, table))
     }
 
     fn probe(&self) -> Result<(), CniError> {
-        generation(&mut open()?).map(|_| ()).map_err(|e| CniError::NotAvailable(format!("nftables backend unusable: nf_tables: {}", e.reason)))
+        with_socket(|sock| {
+            generation(sock).map(|_| ()).map_err(|e| CniError::NotAvailable(format!("nftables backend unusable: nf_tables: {}", e.reason)))
+        })
     }
 
     fn present(&self) -> bool {
@@ -270,6 +304,6 @@ impl NftExecutor for NftNetlink {
     }
 
     fn read_for_add(&self, table: &TableRef, ops: &[Op]) -> Result<Option<TableState>, CniError> {
-        read_for(&mut open()?, table, ops)
+        with_socket(|sock| read_for(sock, table, ops))
     }
 }
