@@ -26,7 +26,8 @@
 //! (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600) and moved to its name with
 //! `renameat2(RENAME_NOREPLACE)` (`link` + `unlink` where unsupported), which fails if the name
 //! exists and never follows a symlink there; so a lease is complete or absent.
-//! `last_reserved_ip.N` is replaced with write-then-rename. Index entries are written in place (a
+//! `last_reserved_ip.N` is replaced atomically by exchange with a swap file kept in the index
+//! directory (write-then-rename where that is impossible). Index entries are written in place (a
 //! torn one fails to parse and triggers a rebuild) and the stamp last, in place, fixed width. Every
 //! path is opened relative to the network directory's descriptor with `O_NOFOLLOW`.
 
@@ -57,6 +58,8 @@ const STAMP: &str = "stamp";
 const HEADER: &str = "# cni host-local index v1";
 /// Prefix of our temporary files in the network directory (garbage only after a crash).
 pub const TMP_PREFIX: &str = ".host-local-tmp.";
+/// Swap files of [`replace_at`], in the index directory: `swap.last_reserved_ip.N`.
+pub const SWAP_PREFIX: &str = "swap.";
 /// Largest lease or index file we read.
 const MAX_FILE: u64 = 64 * 1024;
 
@@ -104,8 +107,36 @@ fn write_fd(fd: OwnedFd, content: &[u8]) -> Result<OwnedFd, Errno> {
     Ok(OwnedFd::from(f))
 }
 
-/// Replace `dir/name` with `content`: write a temporary file in `dir`, then rename it over.
-fn replace_at(dir: &OwnedFd, name: &str, content: &[u8]) -> Result<(), Errno> {
+/// Replace `dir/name` with `content` atomically, without freeing an inode when `swap_dir` (the
+/// index directory) is given: the content is written into a swap file kept there, which is then
+/// exchanged with `name` (`renameat2(RENAME_EXCHANGE)`), so the old content becomes the next swap
+/// file. ext4 without a journal skips inodes freed in the last minute when it allocates one, by a
+/// scan that grows with them, so a write-then-rename on every ADD would slow every later file
+/// creation. Without a swap directory, before `name` exists, or where the filesystem cannot
+/// exchange, it is write-then-rename. Never follows a symlink (one planted at either name is
+/// replaced, not written through).
+fn replace_at(dir: &OwnedFd, swap_dir: Option<&OwnedFd>, name: &str, content: &[u8]) -> Result<(), Errno> {
+    if let Some(sd) = swap_dir {
+        let swap = format!("{SWAP_PREFIX}{name}");
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let open = || openat(sd, swap.as_str(), flags, Mode::from_bits_truncate(0o600));
+        let fd = match open() {
+            Err(Errno::ELOOP) => {
+                unlinkat(sd, swap.as_str(), UnlinkatFlags::NoRemoveDir)?;
+                open()?
+            }
+            other => other?,
+        };
+        write_fd(fd, content)?;
+        match renameat2(sd, swap.as_str(), dir, name, RenameFlags::RENAME_EXCHANGE) {
+            Ok(()) => return Ok(()),
+            Err(Errno::ENOENT) => return renameat(sd, swap.as_str(), dir, name),
+            Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                let _ = unlinkat(sd, swap.as_str(), UnlinkatFlags::NoRemoveDir);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let tmp = format!("{TMP_PREFIX}{}.{name}", std::process::id());
     let fd = openat(
         dir,
@@ -727,7 +758,7 @@ impl Store for DiskStore {
     fn set_last_reserved(&mut self, set: usize, ip: IpAddr) -> Result<(), CniError> {
         self.dirty = true;
         let name = format!("{LAST_RESERVED_PREFIX}{set}");
-        replace_at(&self.dir, &name, ip.to_string().as_bytes()).map_err(|e| self.ioe(&format!("cannot write {name} in"), e))
+        replace_at(&self.dir, self.index.as_ref(), &name, ip.to_string().as_bytes()).map_err(|e| self.ioe(&format!("cannot write {name} in"), e))
     }
 }
 
