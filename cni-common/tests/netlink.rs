@@ -205,9 +205,22 @@ fn veth_peer_created_in_other_netns_with_master() {
             up: true,
             ..VethSpec::new("vethhost0", "eth0")
         };
-        nl.create_veth(&spec).expect("create veth");
+        let echoed = nl.create_veth(&spec).expect("create veth");
 
         let h = link(&mut nl, "vethhost0");
+        // Kernels since 6.3 echo the new end (before the master is set).
+        if let Some(e) = &echoed {
+            assert_eq!((e.index, e.name.as_str(), e.mac, e.mtu), (h.index, "vethhost0", Some(mac), 1450));
+        }
+        let release: Vec<u32> = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .split(|c: char| !c.is_ascii_digit())
+            .take(2)
+            .map(|n| n.parse().unwrap_or(0))
+            .collect();
+        if release >= vec![6, 3] {
+            assert!(echoed.is_some(), "kernel {release:?} should echo the new veth");
+        }
         assert_eq!(h.master, Some(br.index));
         assert!(h.up);
         assert_eq!(h.mtu, 1450);

@@ -2,7 +2,7 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, State,
 };
@@ -212,8 +212,10 @@ impl Netlink {
     }
 
     /// Create a veth pair. `EEXIST` (either name taken) is returned as an error for the caller to
-    /// handle, e.g. by drawing another [`super::random_veth_name`].
-    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<(), NlError> {
+    /// handle, e.g. by drawing another [`super::random_veth_name`]. Returns the new local end as
+    /// the kernel reported it at creation (before its master was set), when the kernel echoes
+    /// it (6.3 and later); `None` otherwise.
+    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<Option<Link>, NlError> {
         let op = || {
             let mut op = format!("add veth {:?} (peer {:?}", spec.name, spec.peer_name);
             if spec.peer_netns.is_some() {
@@ -227,13 +229,20 @@ impl Netlink {
         if spec.peer_netns.is_none() && spec.name == spec.peer_name {
             return Err(NlError::invalid(op(), "both ends have the same name"));
         }
-        self.sock.request(veth_message(spec), NLM_F_CREATE | NLM_F_EXCL).map(drop).map_err(|e| {
+        // NLM_F_ECHO: kernels since 6.3 send the new local end back, which spares a GETLINK. (A
+        // GETLINK of a new bridge port is not free: it first runs the port's pending link-state
+        // event, and with it the bridge's port state selection over every port.)
+        let msgs = self.sock.request(veth_message(spec), NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO).map_err(|e| {
             let mut e = e.with_op(op());
             if let (Some(master), Some(libc::ENODEV | libc::EINVAL)) = (spec.master, e.errno) {
                 e.reason.push_str(&format!(" (master index {master})"));
             }
             e
-        })
+        })?;
+        Ok(msgs.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)).filter(|l| l.name == spec.name),
+            _ => None,
+        }))
     }
 
     /// Delete a link (deleting one end of a veth deletes both).

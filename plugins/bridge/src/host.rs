@@ -96,7 +96,8 @@ pub fn create_veth(
             up: true,
         };
         match nl.create_veth(&spec) {
-            Ok(()) => {
+            Ok(Some(echoed)) => return Ok(echoed),
+            Ok(None) => {
                 return nl
                     .link_by_name(&name)?
                     .ok_or_else(|| CniError::netlink(format!("find veth {name:?}"), "vanished after creation"))
