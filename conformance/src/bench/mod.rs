@@ -294,7 +294,7 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
     }
     let mean_ms =
         |v: &[Duration]| if v.is_empty() { 0.0 } else { v.iter().map(|d| ms(*d)).sum::<f64>() / v.len() as f64 };
-    let plugins = side
+    let plugins: Vec<PluginStats> = side
         .chain
         .iter()
         .map(|p| {
@@ -317,11 +317,17 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
     let growth = growth_buckets(n)
         .into_iter()
         .map(|(from, to)| {
-            let v: Vec<Duration> = rounds
+            let in_bucket = || rounds.iter().flat_map(|r| r.adds.iter().filter(|s| s.order >= from && s.order <= to));
+            let v: Vec<Duration> = in_bucket().map(|s| s.wall).collect();
+            let plugin_add_p50_ms = plugins
                 .iter()
-                .flat_map(|r| r.adds.iter().filter(|s| s.order >= from && s.order <= to).map(|s| s.wall))
+                .map(|p| {
+                    let w: Vec<Duration> =
+                        in_bucket().flat_map(|s| s.execs.iter().filter(|e| e.plugin == p.plugin)).map(|e| e.wall).collect();
+                    (p.plugin.clone(), Summary::of(&w).p50_ms)
+                })
                 .collect();
-            GrowthBucket { from, to, add_p50_ms: Summary::of(&v).p50_ms }
+            GrowthBucket { from, to, add_p50_ms: Summary::of(&v).p50_ms, plugin_add_p50_ms }
         })
         .collect();
 

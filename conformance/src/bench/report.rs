@@ -98,6 +98,8 @@ pub struct GrowthBucket {
     pub from: usize,
     pub to: usize,
     pub add_p50_ms: f64,
+    /// ADD p50 of each plugin of the chain over the same ADDs: (plugin, ms).
+    pub plugin_add_p50_ms: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -329,6 +331,19 @@ impl Report {
                     .map(|s| s.growth.iter().find(|g| g.from == f && g.to == t).map(|g| g.add_p50_ms))
                     .collect();
                 rows.push(scalar(&format!("ADD p50 ms, ADDs #{f}-{t}"), vals, &ms));
+                for p in run.sides[0].plugins.iter().map(|x| &x.plugin) {
+                    let vals = run
+                        .sides
+                        .iter()
+                        .map(|s| {
+                            s.growth
+                                .iter()
+                                .find(|g| g.from == f && g.to == t)
+                                .and_then(|g| g.plugin_add_p50_ms.iter().find(|(n, _)| n == p).map(|(_, v)| *v))
+                        })
+                        .collect();
+                    rows.push(scalar(&format!("  {p} p50 ms, ADDs #{f}-{t}"), vals, &ms));
+                }
             }
             let f1 = |v: f64| format!("{v:.1}");
             rows.push(scalar("ADD/s (throughput)", run.sides.iter().map(|s| Some(s.add_per_s)).collect(), &f1));

@@ -9,7 +9,8 @@ use cni_common::result::{IpConfig, Route};
 use cni_common::sysctl;
 use ipnetwork::IpNetwork;
 
-/// Configure the container interface (already created, down) inside the current namespace.
+/// Configure the container interface (already created, down) inside the current namespace;
+/// returns it as it was before the configuration (name, index, MAC).
 pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[IpConfig]) -> Result<Link, CniError> {
     let mut nl = Netlink::open()?;
     let link = nl
@@ -48,8 +49,10 @@ pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[I
             Err(e) => return Err(CniError::netlink(format!("add route {} via {:?} on {ifname:?}", r.dst, route.gw), e)),
         }
     }
-    nl.link_by_index(link.index)?
-        .ok_or_else(|| CniError::netlink(format!("read container interface {ifname:?}"), "vanished"))
+    // The link as read before it went up: its MAC (all the result needs) does not change with
+    // that. Reading it again now would first run its pending link-state event (a GETLINK does that)
+    // while the kernel's link-watch worker may hold RTNL for the new bridge port's events.
+    Ok(link)
 }
 
 /// The netlink form of a result route on the container interface.
