@@ -211,7 +211,9 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
     );
     notes.push(
         "per-plugin times are runner-measured process lifetimes (spawn to reap); bridge includes its delegated \
-         host-local; peak RSS is wait4's ru_maxrss (largest of the plugin and the helpers it waited for)"
+         host-local; \"wait4 RSS\" is wait4's ru_maxrss, an upper bound: the largest of the plugin and the helpers \
+         it waited for, and the kernel also carries the spawning process's own peak RSS into it (a vfork or fork \
+         child's memory before exec), so it rises with the harness's size; the own peak RSS below is the plugin alone"
             .into(),
     );
     let mut report = Report {
@@ -551,9 +553,9 @@ fn targets(opts: &Options, rep: &Report) -> Vec<Target> {
                 all &= r <= 0.5;
             }
             match (own_r, tree) {
-                (Some(o), Some(t)) => parts.push(format!("{p} own {o:.2} (tree incl. helpers {t:.2})")),
+                (Some(o), Some(t)) => parts.push(format!("{p} own {o:.2} (wait4 upper bound {t:.2})")),
                 (Some(o), None) => parts.push(format!("{p} own {o:.2}")),
-                (None, Some(t)) => parts.push(format!("{p} tree {t:.2}")),
+                (None, Some(t)) => parts.push(format!("{p} wait4 upper bound {t:.2}")),
                 (None, None) => {}
             }
         }

@@ -88,7 +88,9 @@ pub struct PluginStats {
     /// Mean user+sys per exec (with the processes it waited for).
     pub add_cpu_ms: f64,
     pub del_cpu_ms: f64,
-    /// Per-process peak RSS (`wait4` ru_maxrss: the process or its largest waited-for descendant).
+    /// Per-process peak RSS from `wait4` (ru_maxrss): an upper bound, the process or its largest
+    /// waited-for descendant, and also the spawning process's own peak before exec (the kernel keeps
+    /// the pre-exec memory of a vfork or fork child in it).
     pub rss_kib_p50: u64,
     pub rss_kib_max: u64,
 }
@@ -369,13 +371,13 @@ impl Report {
                     .iter()
                     .map(|s| s.plugins.iter().find(|x| &x.plugin == p).map(|x| x.rss_kib_p50 as f64))
                     .collect();
-                rows.push(scalar(&format!("peak RSS {p} p50"), vals, &|v| kib(v as u64)));
+                rows.push(scalar(&format!("wait4 RSS {p} p50"), vals, &|v| kib(v as u64)));
                 let vals = run
                     .sides
                     .iter()
                     .map(|s| s.plugins.iter().find(|x| &x.plugin == p).map(|x| x.rss_kib_max as f64))
                     .collect();
-                rows.push(scalar(&format!("peak RSS {p} max"), vals, &|v| kib(v as u64)));
+                rows.push(scalar(&format!("wait4 RSS {p} max"), vals, &|v| kib(v as u64)));
             }
             o.push('\n');
             o.push_str(&table(&rows));
