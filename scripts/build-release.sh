@@ -10,4 +10,4 @@ triple="$(rustc -vV | sed -n 's/^host: //p')"
 # An explicit --target keeps the flag off build scripts and proc-macros, which must stay dynamic.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --release --target "$triple" --workspace --bins "$@" >&2
-echo "$PWD/target/$triple/release"
+echo "${CARGO_TARGET_DIR:-$PWD/target}/$triple/release"
