@@ -34,29 +34,35 @@ impl NsTarget {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                remount_sys();
+                let _ = private_sysfs();
                 Ok(())
             });
         }
     }
 }
 
-/// Best effort: private mount namespace + sysfs of the current network namespace on /sys.
+/// A private mount namespace (slave of the caller's, so nothing propagates back) with the sysfs of
+/// the current network namespace mounted over `/sys`. In a thread of a multi-threaded process it
+/// also unshares the thread's filesystem attributes (the kernel requires that for a mount
+/// namespace of its own). If mounting fails, the inherited `/sys` stays usable.
 ///
 /// # Safety
 /// Only raw syscalls on static C strings; safe to call between fork and exec.
-unsafe fn remount_sys() {
+unsafe fn private_sysfs() -> io::Result<()> {
     if libc::unshare(libc::CLONE_NEWNS) != 0 {
-        return;
+        return Err(io::Error::last_os_error());
     }
     // Without MS_SLAVE our new mount would propagate to the parent's mount namespace: stop here if
     // that cannot be ensured.
     let flags = libc::MS_SLAVE | libc::MS_REC;
     if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
-        return;
+        return Err(io::Error::last_os_error());
     }
     // Mount over the inherited /sys rather than unmounting it first: if this fails, /sys stays usable.
-    let _ = libc::mount(c"sysfs".as_ptr(), c"/sys".as_ptr(), c"sysfs".as_ptr(), 0, std::ptr::null());
+    if libc::mount(c"sysfs".as_ptr(), c"/sys".as_ptr(), c"sysfs".as_ptr(), 0, std::ptr::null()) != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 thread_local! {
@@ -97,36 +103,32 @@ impl ThreadInNs {
         let id = ns_id(&target)?;
         let old_net = File::open("/proc/thread-self/ns/net")?;
         let old_mnt = File::open("/proc/thread-self/ns/mnt")?;
-        // SAFETY: plain syscalls on valid fds and static C strings; they change only this thread
-        // (unshare(CLONE_NEWNS) also unshares the thread's fs attributes from the other threads).
+        let back = ThreadInNs { old_net, old_mnt };
+        // SAFETY: plain syscalls on valid fds and static C strings; they change only this thread.
+        // On an error `back` moves the thread back.
         unsafe {
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let back = ThreadInNs { old_net, old_mnt };
-            let slave = libc::MS_SLAVE | libc::MS_REC;
-            if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), slave, std::ptr::null()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
             if libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::mount(c"sysfs".as_ptr(), c"/sys".as_ptr(), c"sysfs".as_ptr(), 0, std::ptr::null()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            ENTERED.with(|e| e.set(Some(id)));
-            Ok(back)
+            private_sysfs()?;
         }
+        ENTERED.with(|e| e.set(Some(id)));
+        Ok(back)
     }
 }
 
 impl Drop for ThreadInNs {
     fn drop(&mut self) {
         ENTERED.with(|e| e.set(None));
+        // The mount namespace is only changed back if the thread got one of its own.
+        let own_mnt = std::fs::metadata("/proc/thread-self/ns/mnt").ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        }) != ns_id(&self.old_mnt).ok().map(|(_, ino)| ino);
         // SAFETY: setns on fds we own; failures leave the thread where it is (reported below).
         unsafe {
             if libc::setns(self.old_net.as_raw_fd(), libc::CLONE_NEWNET) != 0
-                || libc::setns(self.old_mnt.as_raw_fd(), libc::CLONE_NEWNS) != 0
+                || (own_mnt && libc::setns(self.old_mnt.as_raw_fd(), libc::CLONE_NEWNS) != 0)
             {
                 eprintln!("conformance: could not move a worker thread back to its namespaces: {}", io::Error::last_os_error());
             }

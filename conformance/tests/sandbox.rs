@@ -127,3 +127,31 @@ fn leftovers_of_dead_processes_are_reaped() {
     assert!(netns_exists(sb.host_name()));
     assert!(sb.tempdir().exists());
 }
+
+/// A worker thread that entered the sandbox host (as cnibench's workers do) spawns children that
+/// live in that namespace and see its own sysfs; leaving puts the thread back.
+#[test]
+fn thread_enters_the_sandbox_host_and_leaves_it() {
+    require_root();
+    let sb = Sandbox::new().unwrap();
+    sb.host().run_ok("ip", ["link", "add", "thr0a", "type", "veth", "peer", "name", "thr0b"]).unwrap();
+    let ns_of = |p: &str| std::fs::read_link(p).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let before = (ns_of("/proc/thread-self/ns/net"), ns_of("/proc/thread-self/ns/mnt"));
+            {
+                let _in = conformance::ThreadInNs::enter(sb.host_path()).unwrap();
+                assert_ne!(ns_of("/proc/thread-self/ns/net"), before.0);
+                // a plain spawn (posix_spawn) from this thread: the child is in the sandbox
+                let out = std::process::Command::new("ls").arg("/sys/class/net").output().unwrap();
+                let names = String::from_utf8_lossy(&out.stdout).to_string();
+                assert!(names.contains("thr0a") && names.contains("thr0b"), "child's /sys/class/net: {names}");
+                let out = std::process::Command::new("ip").args(["-o", "link", "show", "thr0a"]).output().unwrap();
+                assert!(out.status.success(), "child not in the sandbox netns: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            assert_eq!((ns_of("/proc/thread-self/ns/net"), ns_of("/proc/thread-self/ns/mnt")), before, "thread not moved back");
+            let main_sys = std::fs::read_dir("/sys/class/net").unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+            assert!(!main_sys.iter().any(|n| n == "thr0a"), "the sandbox's sysfs leaked into our mount namespace");
+        });
+    });
+}
