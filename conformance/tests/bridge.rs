@@ -455,6 +455,38 @@ fn rollback_releases_the_address_when_the_veth_cannot_be_made() {
     lab.del(&l, &rc);
 }
 
+/// An IPAM other than host-local/static (dhcp talks over the interface) runs as in the reference:
+/// its ADD after the veth pair exists, its DEL before the pair is deleted.
+#[test]
+fn other_ipams_see_the_interface_on_add_and_del() {
+    let mut lab = Lab::new();
+    let dir = lab.data_dir().join("fake-ipam-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("seen.log");
+    let script = format!(
+        "#!/bin/sh\ncat >/dev/null\n\
+         if nsenter --net=\"$CNI_NETNS\" ip link show \"$CNI_IFNAME\" >/dev/null 2>&1; then s=present; else s=absent; fi\n\
+         echo \"$CNI_COMMAND $s\" >> {}\n\
+         [ \"$CNI_COMMAND\" = ADD ] && echo '{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"10.10.31.5/24\",\"gateway\":\"10.10.31.1\"}}]}}'\n\
+         exit 0\n",
+        log.display()
+    );
+    let bin = dir.join("fake-dhcp");
+    std::fs::write(&bin, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    lab.rt.plugin_dirs.push(dir.clone());
+    let l = lab.list("1.0.0", "fake-net", json!({"bridge": "br-fake", "isGateway": true, "ipam": {"type": "fake-dhcp"}}));
+    let c = lab.container();
+    let rc = lab.rc("fake-0", &c);
+    let r = lab.add(&l, &rc);
+    assert_eq!(result_ip(&r, false), "10.10.31.5");
+    lab.del(&l, &rc);
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(seen.lines().collect::<Vec<_>>(), ["ADD present", "DEL present"], "IPAM saw: {seen}");
+    assert!(link_details(&c, "eth0").is_none(), "eth0 left after DEL");
+}
+
 #[test]
 fn rollback_on_gateway_conflict_and_force_address() {
     let lab = Lab::new();

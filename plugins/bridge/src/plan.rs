@@ -136,9 +136,10 @@ pub fn result(links: &Links, ipam: &CniResult, routes: Vec<Route>, conf_dns: Opt
     }
 }
 
-/// Whether IPAM plugin `ipam_type` works without the container's interface, so it may run while
-/// the veth pair is being made. Only the reference's file- and config-based IPAMs qualify; `dhcp`
-/// needs the interface, and an unknown plugin is assumed to.
+/// Whether IPAM plugin `ipam_type` works without the container's interface, so its ADD may run
+/// while the veth pair is being made and its DEL while the pair is deleted. Only the reference's
+/// file- and config-based IPAMs qualify; `dhcp` needs the interface, and an unknown plugin is
+/// assumed to.
 pub fn ipam_independent_of_interface(ipam_type: &str) -> bool {
     matches!(ipam_type, "host-local" | "static")
 }

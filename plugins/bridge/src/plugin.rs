@@ -189,8 +189,18 @@ impl Plugin for Bridge {
         let conf = config::parse(req)?;
         // Three independent parts, overlapped: the IPAM release (its own process), deleting the
         // veth pair (the kernel holds that call for RCU grace periods) and the masquerade teardown
-        // (whose socket release waits for one too). Errors are reported in that order.
-        let ipam = conf.ipam_type.as_ref().map(|t| invoke::start(t, Command::Del, req));
+        // (whose socket release waits for one too). Errors are reported in that order. An IPAM that
+        // may still use the interface (dhcp releases its lease over it) finishes first, as in the
+        // reference.
+        let mut ipam: Result<(), CniError> = Ok(());
+        let mut ipam_running = None;
+        if let Some(t) = &conf.ipam_type {
+            match invoke::start(t, Command::Del, req) {
+                Ok(r) if plan::ipam_independent_of_interface(t) => ipam_running = Some(r),
+                Ok(r) => ipam = r.finish().map(drop),
+                Err(e) => ipam = Err(e),
+            }
+        }
         // Addresses for the masquerade teardown: from prevResult, else from the interface itself.
         let mut addrs: Vec<IpNetwork> = match req.prev_result() {
             Ok(Some(prev)) => prev.ips.iter().map(|ip| ip.address).collect(),
@@ -232,10 +242,9 @@ impl Plugin for Bridge {
             };
             (container, masq)
         });
-        let ipam = match ipam {
-            Some(started) => started.and_then(|r| r.finish()).map(|_| ()),
-            None => Ok(()),
-        };
+        if let Some(r) = ipam_running {
+            ipam = r.finish().map(drop);
+        }
         ipam.and(container).and(masq)
     }
 
