@@ -37,7 +37,7 @@ use crate::range::{canonical, RangeSet};
 use cni_common::error::CniError;
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat, renameat2, AtFlags, Flock, FlockArg, OFlag, RenameFlags};
+use nix::fcntl::{openat, renameat, AtFlags, Flock, FlockArg, OFlag};
 use nix::sys::stat::{fchmod, fstat, fstatat, futimens, mkdirat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
@@ -128,7 +128,7 @@ fn replace_at(dir: &OwnedFd, swap_dir: Option<&OwnedFd>, name: &str, content: &[
             other => other?,
         };
         write_fd(fd, content)?;
-        match renameat2(sd, swap.as_str(), dir, name, RenameFlags::RENAME_EXCHANGE) {
+        match renameat2(sd, &swap, dir, name, RENAME_EXCHANGE) {
             Ok(()) => return Ok(()),
             Err(Errno::ENOENT) => return renameat(sd, swap.as_str(), dir, name),
             Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
@@ -242,6 +242,27 @@ fn parse_entry(data: &[u8], cid: &str, ifname: &str) -> Option<Vec<IpAddr>> {
     lines.filter(|l| !l.is_empty()).map(|l| l.parse::<IpAddr>().ok()).collect()
 }
 
+/// `renameat2(2)` flags (linux/fs.h).
+const RENAME_NOREPLACE: libc::c_uint = 1;
+const RENAME_EXCHANGE: libc::c_uint = 2;
+
+/// `renameat2(2)` by its system call: the C libraries differ in whether they wrap it (glibc does
+/// since 2.28, musl does not), and so does nix.
+fn renameat2(olddir: &OwnedFd, old: &str, newdir: &OwnedFd, new: &str, flags: libc::c_uint) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let old = std::ffi::CString::new(old).map_err(|_| Errno::EINVAL)?;
+    let new = std::ffi::CString::new(new).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: valid directory descriptors and NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::syscall(libc::SYS_renameat2, olddir.as_raw_fd(), old.as_ptr(), newdir.as_raw_fd(), new.as_ptr(), flags)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
 /// State of temporary-file creation for one process.
 #[derive(Debug, Default)]
 struct Tmp {
@@ -273,7 +294,7 @@ fn create_exclusive(tmp: &mut Tmp, dir: &OwnedFd, name: &str, content: &[u8]) ->
     let moved = if tmp.no_noreplace {
         Err(Errno::EINVAL)
     } else {
-        renameat2(dir, t.as_str(), dir, name, RenameFlags::RENAME_NOREPLACE)
+        renameat2(dir, &t, dir, name, RENAME_NOREPLACE)
     };
     let res = match moved {
         Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
