@@ -5,8 +5,7 @@ TOOLDIR ?= /usr/local/bin
 DESTDIR ?=
 PLUGINS := loopback bridge host-local portmap isolation
 TOOLS := cnitool
-# Release binaries are static (scripts/build-release.sh) and land in target/<host triple>/release.
-RELEASE_DIR = $(shell rustc -vV | sed -n 's/^host: //p' | sed 's|^|target/|; s|$$|/release|')
+# Release binaries are static (scripts/build-release.sh prints where they land: target/<triple>/release).
 
 .PHONY: build test demo install uninstall clean
 
@@ -20,11 +19,12 @@ demo:
 	bash scripts/demo.sh
 
 # Every plugin goes to $(BINDIR) (where runtimes look for CNI plugins), cnitool to $(TOOLDIR).
-# A binary missing from $(RELEASE_DIR) is an error, never skipped.
-install: build
-	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(TOOLDIR)"
-	set -e; for p in $(PLUGINS); do install -m 0755 "$(RELEASE_DIR)/$$p" "$(DESTDIR)$(BINDIR)/$$p"; done
-	set -e; for t in $(TOOLS); do install -m 0755 "$(RELEASE_DIR)/$$t" "$(DESTDIR)$(TOOLDIR)/$$t"; done
+# A binary missing from the release directory is an error, never skipped.
+install:
+	set -e; dir="$$(bash scripts/build-release.sh -q)"; \
+	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(TOOLDIR)"; \
+	for p in $(PLUGINS); do install -m 0755 "$$dir/$$p" "$(DESTDIR)$(BINDIR)/$$p"; done; \
+	for t in $(TOOLS); do install -m 0755 "$$dir/$$t" "$(DESTDIR)$(TOOLDIR)/$$t"; done
 
 uninstall:
 	for p in $(PLUGINS); do rm -f "$(DESTDIR)$(BINDIR)/$$p"; done

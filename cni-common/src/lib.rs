@@ -10,6 +10,7 @@
 //! - [`netns`]: entering network namespaces
 //! - [`netlink`]: links, addresses, routes over rtnetlink; [`sysctl`]
 
+pub mod arena;
 pub mod error;
 pub mod netns;
 pub mod version;

@@ -7,6 +7,11 @@ mod config;
 mod plugin;
 mod ports;
 
+/// A plugin process lives for milliseconds: allocate by bumping through one region (see
+/// `cni_common::arena`).
+#[global_allocator]
+static ALLOC: cni_common::arena::Arena = cni_common::arena::Arena::new();
+
 fn main() {
     std::process::exit(cni_common::skel::run(&plugin::Isolation));
 }
