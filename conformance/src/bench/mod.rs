@@ -1,6 +1,6 @@
 //! `cnibench`: drive plugin directories exactly as a runtime does (the [`crate::runner`] execs every
 //! plugin of a conflist for ADD and DEL) and compare two directories — ours and the reference — in one
-//! run, interleaving rounds A, B, A, B.
+//! run, interleaving rounds A, B, then B, A, and so on.
 //!
 //! Every round of every side gets a fresh [`Sandbox`](crate::sandbox::Sandbox) (its own host
 //! namespace, data directory and result cache); the N container namespaces are made before the timed
@@ -160,7 +160,12 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
     for &p in &opts.parallel {
         let mut per_side: Vec<Vec<RoundResult>> = vec![Vec::new(); sides.len()];
         for r in 0..opts.rounds {
-            for (si, s) in sides.iter().enumerate() {
+            // A, B in even rounds and B, A in odd ones: what one side leaves behind for the kernel
+            // and the file system to clean up (namespaces, deleted files) slows whichever runs next.
+            let order: Vec<usize> =
+                if r % 2 == 0 { (0..sides.len()).collect() } else { (0..sides.len()).rev().collect() };
+            for si in order {
+                let s = &sides[si];
                 if interrupted() {
                     return Err(BenchError::Interrupted);
                 }
