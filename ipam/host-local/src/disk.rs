@@ -118,7 +118,9 @@ fn write_fd(fd: OwnedFd, content: &[u8]) -> Result<OwnedFd, Errno> {
 fn replace_at(dir: &OwnedFd, swap_dir: Option<&OwnedFd>, name: &str, content: &[u8]) -> Result<(), Errno> {
     if let Some(sd) = swap_dir {
         let swap = format!("{SWAP_PREFIX}{name}");
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        // Not O_TRUNC: the old content is overwritten in place and cut to length after, so the
+        // file keeps its block (truncating to zero frees it and the write allocates it again).
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let open = || openat(sd, swap.as_str(), flags, Mode::from_bits_truncate(0o600));
         let fd = match open() {
             Err(Errno::ELOOP) => {
@@ -127,7 +129,8 @@ fn replace_at(dir: &OwnedFd, swap_dir: Option<&OwnedFd>, name: &str, content: &[
             }
             other => other?,
         };
-        write_fd(fd, content)?;
+        let f = File::from(write_fd(fd, content)?);
+        f.set_len(content.len() as u64).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
         match renameat2(sd, &swap, dir, name, RENAME_EXCHANGE) {
             Ok(()) => return Ok(()),
             Err(Errno::ENOENT) => return renameat(sd, swap.as_str(), dir, name),
