@@ -8,6 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
+use cni_common::netns::NetNs;
+
 /// A network namespace file opened for a child to enter. It must stay alive until the child has been
 /// spawned (the child uses its fd number).
 pub(crate) struct NsTarget {
@@ -71,20 +73,21 @@ thread_local! {
     static ENTERED: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
 }
 
-fn ns_id(file: &File) -> io::Result<(u64, u64)> {
+/// The suite's network namespace handle's identity of `path`, as an I/O result.
+fn netns_id(path: &Path) -> io::Result<(u64, u64)> {
+    NetNs::open(path).and_then(|n| n.id()).map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Inode of the mount namespace file `file` (mount namespaces all live on one nsfs device).
+fn mnt_ino(file: &File) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    let m = file.metadata()?;
-    Ok((m.dev(), m.ino()))
+    file.metadata().ok().map(|m| m.ino())
 }
 
 /// Whether the calling thread has entered `path` with [`ThreadInNs::enter`]; its children then start
 /// in that namespace (and with its sysfs) without any work between fork and exec.
 pub(crate) fn thread_is_in(path: &Path) -> bool {
-    let Some(entered) = ENTERED.with(|e| e.get()) else { return false };
-    std::fs::metadata(path).is_ok_and(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino()) == entered
-    })
+    ENTERED.with(|e| e.get()).is_some_and(|entered| netns_id(path).is_ok_and(|id| id == entered))
 }
 
 /// The calling thread, moved into a network namespace with a private mount namespace of its own
@@ -93,25 +96,20 @@ pub(crate) fn thread_is_in(path: &Path) -> bool {
 /// the thread spawns inherit both, so the runner can spawn them with `posix_spawn` (vfork) as a
 /// runtime does, instead of a fork plus namespace work per plugin. Dropping it moves the thread back.
 pub struct ThreadInNs {
-    old_net: File,
+    old_net: NetNs,
     old_mnt: File,
 }
 
 impl ThreadInNs {
     pub fn enter(path: &Path) -> io::Result<ThreadInNs> {
-        let target = File::open(path)?;
-        let id = ns_id(&target)?;
-        let old_net = File::open("/proc/thread-self/ns/net")?;
-        let old_mnt = File::open("/proc/thread-self/ns/mnt")?;
-        let back = ThreadInNs { old_net, old_mnt };
-        // SAFETY: plain syscalls on valid fds and static C strings; they change only this thread.
+        let as_io = |e: cni_common::error::CniError| io::Error::other(e.to_string());
+        let target = NetNs::open(path).map_err(as_io)?;
+        let id = target.id().map_err(as_io)?;
+        let back = ThreadInNs { old_net: NetNs::current().map_err(as_io)?, old_mnt: File::open("/proc/thread-self/ns/mnt")? };
         // On an error `back` moves the thread back.
-        unsafe {
-            if libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            private_sysfs()?;
-        }
+        target.enter().map_err(as_io)?;
+        // SAFETY: raw syscalls on static C strings that change only this thread.
+        unsafe { private_sysfs()? };
         ENTERED.with(|e| e.set(Some(id)));
         Ok(back)
     }
@@ -120,17 +118,15 @@ impl ThreadInNs {
 impl Drop for ThreadInNs {
     fn drop(&mut self) {
         ENTERED.with(|e| e.set(None));
+        if let Err(e) = self.old_net.enter() {
+            eprintln!("conformance: could not move a worker thread back to its network namespace: {e}");
+        }
         // The mount namespace is only changed back if the thread got one of its own.
-        let own_mnt = std::fs::metadata("/proc/thread-self/ns/mnt").ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.ino()
-        }) != ns_id(&self.old_mnt).ok().map(|(_, ino)| ino);
-        // SAFETY: setns on fds we own; failures leave the thread where it is (reported below).
-        unsafe {
-            if libc::setns(self.old_net.as_raw_fd(), libc::CLONE_NEWNET) != 0
-                || (own_mnt && libc::setns(self.old_mnt.as_raw_fd(), libc::CLONE_NEWNS) != 0)
-            {
-                eprintln!("conformance: could not move a worker thread back to its namespaces: {}", io::Error::last_os_error());
+        let now = File::open("/proc/thread-self/ns/mnt").ok().and_then(|f| mnt_ino(&f));
+        if now != mnt_ino(&self.old_mnt) {
+            // SAFETY: setns on a namespace fd we own; a failure leaves the thread where it is.
+            if unsafe { libc::setns(self.old_mnt.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+                eprintln!("conformance: could not move a worker thread back to its mount namespace: {}", io::Error::last_os_error());
             }
         }
     }

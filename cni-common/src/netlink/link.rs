@@ -162,6 +162,11 @@ impl Netlink {
         self.dump_links(Some(master))
     }
 
+    /// Whether `master` has a port other than `except`.
+    pub fn has_ports(&mut self, master: u32, except: Option<u32>) -> Result<bool, NlError> {
+        Ok(self.ports_of(master)?.iter().any(|l| Some(l.index) != except))
+    }
+
     fn dump_links(&mut self, master: Option<u32>) -> Result<Vec<Link>, NlError> {
         let mut req = LinkMessage::default();
         req.attributes.push(skip_stats());

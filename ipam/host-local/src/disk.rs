@@ -83,6 +83,11 @@ fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
 }
 
+/// The errno of an I/O error (EIO when it has none).
+fn errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
 /// Read a small regular file at `dir/name` without following symlinks.
 fn read_at(dir: impl AsFd, name: &str) -> Result<FileRead, Errno> {
     let fd = match openat(dir, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty()) {
@@ -96,13 +101,13 @@ fn read_at(dir: impl AsFd, name: &str) -> Result<FileRead, Errno> {
         return Ok(FileRead::NotRegular);
     }
     let mut buf = Vec::new();
-    File::from(fd).take(MAX_FILE).read_to_end(&mut buf).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    File::from(fd).take(MAX_FILE).read_to_end(&mut buf).map_err(errno)?;
     Ok(FileRead::Data(buf))
 }
 
 fn write_fd(fd: OwnedFd, content: &[u8]) -> Result<OwnedFd, Errno> {
     let mut f = File::from(fd);
-    f.write_all(content).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    f.write_all(content).map_err(errno)?;
     fchmod(&f, Mode::from_bits_truncate(0o600))?;
     Ok(OwnedFd::from(f))
 }
@@ -130,7 +135,7 @@ fn replace_at(dir: &OwnedFd, swap_dir: Option<&OwnedFd>, name: &str, content: &[
             other => other?,
         };
         let f = File::from(write_fd(fd, content)?);
-        f.set_len(content.len() as u64).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        f.set_len(content.len() as u64).map_err(errno)?;
         match renameat2(sd, &swap, dir, name, RENAME_EXCHANGE) {
             Ok(()) => return Ok(()),
             Err(Errno::ENOENT) => return renameat(sd, swap.as_str(), dir, name),
@@ -341,7 +346,7 @@ fn create_new(dir: &OwnedFd, name: &str, content: &[u8]) -> Result<Option<OwnedF
     let mut f = File::from(fd);
     if let Err(e) = f.write_all(content) {
         let _ = unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
-        return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
+        return Err(errno(e));
     }
     Ok(Some(OwnedFd::from(f)))
 }

@@ -209,7 +209,3 @@ pub fn mac_string(link: &Link) -> String {
     link.mac.as_ref().map(format_mac).unwrap_or_default()
 }
 
-/// Whether any link other than `except` is a port of `bridge`.
-pub fn bridge_has_ports(nl: &mut Netlink, bridge: u32, except: Option<u32>) -> Result<bool, CniError> {
-    Ok(nl.ports_of(bridge)?.iter().any(|l| Some(l.index) != except))
-}

@@ -53,7 +53,7 @@ impl Undo {
             }
         }
         if let Some(index) = self.bridge_created {
-            if matches!(host::bridge_has_ports(nl, index, None), Ok(false)) {
+            if matches!(nl.has_ports(index, None), Ok(false)) {
                 if let Err(e) = nl.delete_link(index) {
                     eprintln!("bridge: rollback: deleting bridge {:?}: {e}", conf.bridge);
                 }
@@ -113,12 +113,12 @@ fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> R
         Some(t) if plan::ipam_independent_of_interface(t) => Some(invoke::start_add(t, req)?),
         _ => None,
     };
-    let host_side = host_side(req, conf, nl, &netns, undo);
+    let made = host_side(req, conf, nl, &netns, undo);
     let early = early.map(|p| p.result());
     if let (Some(Ok(_)), Some(t)) = (&early, &conf.ipam_type) {
         undo.ipam = Some(t.clone());
     }
-    let (bridge, host_veth) = host_side?;
+    let (bridge, host_veth) = made?;
 
     let mut ipam = match (&conf.ipam_type, early) {
         (_, Some(r)) => r?,

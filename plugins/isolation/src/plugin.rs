@@ -43,7 +43,7 @@ impl Plugin for Isolation {
                 .ok_or_else(|| CniError::config(format!("icc=false: no port of bridge {:?} found for {:?}", bridge.name, req.ifname)))?;
             if let Err(e) = ports::set_isolated(&mut nl, &port) {
                 // Undo the bridge's isolation only if no other container uses it.
-                if ports::bridge_in_use(&mut nl, &bridge, Some(port.index)).is_ok_and(|used| !used) {
+                if nl.has_ports(bridge.index, Some(port.index)).is_ok_and(|used| !used) {
                     let _ = fw.del_isolation(&bridge.name);
                 }
                 return Err(e);
@@ -68,7 +68,7 @@ impl Plugin for Isolation {
         };
         match bridge {
             // The last container of the bridge leaves: its isolation state goes.
-            Some(b) if !ports::bridge_in_use(&mut nl, &b, own_index)? => {
+            Some(b) if !nl.has_ports(b.index, own_index)? => {
                 cni_firewall::teardown_each(conf.backend.as_deref(), |fw| fw.del_isolation(&b.name))
             }
             Some(_) => Ok(()),

@@ -46,11 +46,6 @@ pub fn is_isolated(nl: &mut Netlink, port: &Link) -> Result<bool, CniError> {
     Ok(nl.brport(port.index)?.and_then(|f| f.isolated).unwrap_or(false))
 }
 
-/// Whether `bridge` has a port other than `except` (the kernel lists only that bridge's ports).
-pub fn bridge_in_use(nl: &mut Netlink, bridge: &Link, except: Option<u32>) -> Result<bool, CniError> {
-    Ok(nl.ports_of(bridge.index)?.iter().any(|l| Some(l.index) != except))
-}
-
 /// Names of the bridges that have at least one port other than `except`.
 pub fn bridges_with_ports(nl: &mut Netlink, except: Option<u32>) -> Result<Vec<String>, CniError> {
     let links = nl.links()?;

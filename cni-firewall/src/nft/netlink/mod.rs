@@ -52,18 +52,12 @@ thread_local! {
     static KEPT: std::cell::RefCell<Option<((u64, u64), Socket)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The calling thread's network namespace as (device, inode) of its nsfs file.
-fn current_netns() -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| (m.dev(), m.ino()))
-}
-
 /// Run `f` on this thread's socket for its current network namespace, opened on first use and
 /// kept afterwards (see the module documentation). A call that fails drops the socket, so no
 /// half-read reply is left for the next one. (A kept socket pins its namespace, so the inode
 /// cannot be reused by another namespace while it is kept.)
 pub fn with_socket<T>(f: impl FnOnce(&mut Socket) -> Result<T, CniError>) -> Result<T, CniError> {
-    let ns = current_netns();
+    let ns = cni_common::netns::NetNs::current().and_then(|n| n.id()).ok();
     let kept = KEPT.with(|k| k.borrow_mut().take()).filter(|(id, _)| Some(*id) == ns);
     let mut sock = match kept {
         Some((_, sock)) => sock,
