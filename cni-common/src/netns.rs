@@ -8,6 +8,12 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
 
+thread_local! {
+    /// The calling thread's namespace (device, inode), as last entered or read; see
+    /// [`NetNs::current_id`].
+    static CURRENT_ID: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
 /// An open handle on a network namespace.
 #[derive(Debug)]
 pub struct NetNs {
@@ -50,6 +56,23 @@ impl NetNs {
         self.file.as_fd()
     }
 
+    /// Device and inode of the calling thread's namespace, without opening it when the thread
+    /// got there through [`NetNs::enter`] or asked before (a thread-local record). Code that moves
+    /// a thread by other means (`unshare`, a raw `setns`) calls [`NetNs::forget_current`] after.
+    pub fn current_id() -> Result<(u64, u64), CniError> {
+        if let Some(id) = CURRENT_ID.get() {
+            return Ok(id);
+        }
+        let id = NetNs::current()?.id()?;
+        CURRENT_ID.set(Some(id));
+        Ok(id)
+    }
+
+    /// Drop the calling thread's record of its namespace (see [`NetNs::current_id`]).
+    pub fn forget_current() {
+        CURRENT_ID.set(None);
+    }
+
     /// Device and inode that identify the namespace.
     pub fn id(&self) -> Result<(u64, u64), CniError> {
         let st = nix::sys::stat::fstat(self.file.as_fd())
@@ -59,15 +82,18 @@ impl NetNs {
 
     /// Whether `self` is the namespace the calling thread is in.
     pub fn is_current(&self) -> Result<bool, CniError> {
-        Ok(self.id()? == NetNs::current()?.id()?)
+        Ok(self.id()? == NetNs::current_id()?)
     }
 
     /// Move the calling thread into this namespace.
     pub fn enter(&self) -> Result<(), CniError> {
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| CniError::InvalidNetns {
+        let moved = setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| CniError::InvalidNetns {
             path: self.path.display().to_string(),
             reason: format!("setns: {e}"),
-        })
+        });
+        // The record follows the thread; unknown (read again when asked) if the inode cannot be read.
+        CURRENT_ID.set(if moved.is_ok() { self.id().ok() } else { None });
+        moved
     }
 
     /// Run `f` inside this namespace, then return to the thread's original namespace, even when `f`

@@ -12,6 +12,7 @@ use cni_common::netlink::{
     format_mac, parse_mac, AddrOpts, BrPortFlags, IpFamily, Link, Netlink, NlError, Route, VethSpec,
 };
 use cni_common::CniError;
+use cni_common::netns::NetNs;
 use ipnetwork::IpNetwork;
 use nix::sched::{setns, unshare, CloneFlags};
 use serde_json::Value;
@@ -39,11 +40,13 @@ fn this_netns() -> OwnedFd {
 /// Move the calling thread into a new network namespace and return it.
 fn new_netns() -> OwnedFd {
     unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    cni_common::netns::NetNs::forget_current();
     this_netns()
 }
 
 fn enter(ns: &OwnedFd) {
     setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+    cni_common::netns::NetNs::forget_current();
 }
 
 /// `ip -j <args>` run inside `ns`, parsed.
@@ -503,4 +506,45 @@ fn routes_v4_and_v6() {
         let err = nl.del_route(&route).expect_err("already gone");
         assert!(err.is_not_found(), "{err}");
     })
+}
+
+#[test]
+fn route_lookup_and_link_name() {
+    in_netns(|| {
+        let mut nl = Netlink::open().expect("open");
+        let (a, b) = veth_pair(&mut nl, "rg-a", "rg-b");
+        nl.set_up(a.index).expect("up");
+        nl.set_up(b.index).expect("up");
+        nl.add_addr(a.index, net("10.31.0.1/24"), AddrOpts::default()).expect("addr");
+        nl.add_addr(b.index, net("10.32.0.1/16"), AddrOpts::default()).expect("addr");
+        // the kernel's lookup: the connected route of each subnet, nothing for other addresses
+        assert_eq!(nl.route_get_oif("10.31.0.7".parse().expect("ip")).expect("get"), Some(a.index));
+        assert_eq!(nl.route_get_oif("10.32.9.9".parse().expect("ip")).expect("get"), Some(b.index));
+        assert_eq!(nl.route_get_oif("192.0.2.1".parse().expect("ip")).expect("get"), None);
+        // a more specific route wins, as in `ip route get`
+        let route = Route { dst: Some(net("10.32.9.0/24")), oif: Some(a.index), ..Route::default() };
+        nl.add_route(&route).expect("add route");
+        assert_eq!(nl.route_get_oif("10.32.9.9".parse().expect("ip")).expect("get"), Some(a.index));
+        assert_eq!(nl.link_name(a.index).expect("name").as_deref(), Some("rg-a"));
+        assert_eq!(nl.link_name(b.index).expect("name").as_deref(), Some("rg-b"));
+        assert_eq!(nl.link_name(999_999).expect("name"), None);
+    });
+}
+
+#[test]
+fn current_namespace_is_recorded_on_enter() {
+    in_netns(|| {
+        let first = NetNs::current().expect("current");
+        assert_eq!(NetNs::current_id().expect("id"), first.id().expect("id"));
+        // moved by a raw unshare: the record is dropped by hand, then read afresh
+        let _second = new_netns();
+        let second = NetNs::current().expect("current");
+        assert_ne!(first.id().expect("id"), second.id().expect("id"));
+        assert_eq!(NetNs::current_id().expect("id"), second.id().expect("id"));
+        // moved by NetNs::enter: the record follows without reading /proc
+        first.enter().expect("enter");
+        assert_eq!(NetNs::current_id().expect("id"), first.id().expect("id"));
+        assert!(first.is_current().expect("is_current"));
+        assert!(!second.is_current().expect("is_current"));
+    });
 }

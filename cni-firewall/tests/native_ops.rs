@@ -322,6 +322,18 @@ fn transactions_are_atomic_and_errors_name_the_object() {
         let msg = e.to_string();
         assert!(msg.contains("delete chain inet t missing") && msg.contains("No such file or directory"), "{msg}");
         assert!(exec.list_table(&t).unwrap().is_none(), "nothing of a failed transaction stays");
+        // only the last message asks for an acknowledgement: a failure before it is still
+        // reported, and named, though the messages after it succeed
+        let e = exec
+            .apply(&[
+                Op::AddTable(t.clone()),
+                Op::DeleteChain { table: t.clone(), name: "missing".into() },
+                Op::AddChain { table: t.clone(), name: "c".into(), base: None, comment: None },
+            ])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delete chain inet t missing") && e.contains("No such file or directory"), "{e}");
+        assert!(exec.list_table(&t).unwrap().is_none(), "nothing of a failed transaction stays");
         // an element refused in a list of three: the kernel's extended ack points at it
         let fw = native();
         fw.add_masquerade(&ms("a", 1)).unwrap();

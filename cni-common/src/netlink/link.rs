@@ -205,6 +205,27 @@ impl Netlink {
         self.get_link(req).map_err(|e| e.with_op(format!("get link index {index}")))
     }
 
+    /// The name of link `index`, or `None` if there is none: the `SIOCGIFNAME` ioctl, which
+    /// copies the name and nothing else (a GETLINK reply carries every attribute of the link).
+    pub fn link_name(&mut self, index: u32) -> Result<Option<String>, NlError> {
+        let Ok(ifindex) = libc::c_int::try_from(index) else { return Ok(None) };
+        // SAFETY: an all-zero ifreq is valid; the kernel reads ifr_ifindex and writes ifr_name.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        ifr.ifr_ifru.ifru_ifindex = ifindex;
+        // SAFETY: SIOCGIFNAME on a socket of this namespace with a valid ifreq.
+        let r = unsafe { libc::ioctl(self.sock.raw_fd(), libc::SIOCGIFNAME as _, &mut ifr) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENODEV) => Ok(None),
+                _ => Err(NlError::io(e).with_op(format!("get the name of link index {index}"))),
+            };
+        }
+        // SAFETY: the kernel wrote a NUL-terminated name of at most IFNAMSIZ bytes.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifr.ifr_name.as_ptr()) };
+        Ok(Some(name.to_string_lossy().into_owned()))
+    }
+
     fn get_link(&mut self, req: LinkMessage) -> Result<Option<Link>, NlError> {
         match self.sock.request(RouteNetlinkMessage::GetLink(req), 0) {
             Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {

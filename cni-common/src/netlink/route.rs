@@ -247,6 +247,28 @@ impl Netlink {
             .collect())
     }
 
+    /// The output interface of the route the kernel picks for `dst` (`ip route get`): one lookup
+    /// through the routing rules and tables, not a dump. `None` when `dst` is unreachable or the
+    /// route has no single output interface.
+    pub fn route_get_oif(&mut self, dst: IpAddr) -> Result<Option<u32>, NlError> {
+        let family = IpFamily::of(&dst);
+        let mut req = RouteMessage::default();
+        req.header.address_family = af(family);
+        req.header.destination_prefix_length = if family == IpFamily::V4 { 32 } else { 128 };
+        req.attributes.push(RouteAttribute::Destination(dst.into()));
+        match self.sock.request(RouteNetlinkMessage::GetRoute(req), 0) {
+            Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                }),
+                _ => None,
+            })),
+            Err(e) if matches!(e.errno(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENETDOWN)) => Ok(None),
+            Err(e) => Err(e.with_op(format!("look up the route to {dst}"))),
+        }
+    }
+
     /// Add a route; `EEXIST` if it exists (`NLM_F_CREATE | NLM_F_EXCL`).
     pub fn add_route(&mut self, route: &Route) -> Result<(), NlError> {
         self.change_route(route, false, NLM_F_CREATE | NLM_F_EXCL, "add")

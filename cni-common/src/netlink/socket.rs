@@ -43,8 +43,8 @@ const NLMSGERR_ATTR_OFFS: u16 = 2;
 const ACK_TRUESIZE: usize = 2048;
 /// How long [`Socket::send_batch`] waits for the kernel's answers before giving up.
 const BATCH_REPLY_TIMEOUT_MS: i32 = 30_000;
-/// Initial receive buffer; grown when a datagram is larger.
-const RECV_BUF: usize = 32 * 1024;
+/// Receive buffer: twice the largest dump datagram the kernel builds (32 KiB).
+const RECV_BUF: usize = 64 * 1024;
 
 /// A netlink socket, bound to the network namespace it was created in (for its whole life).
 ///
@@ -84,6 +84,12 @@ impl Socket {
         let _ = sock.set_cap_ack(true);
         let _ = sock.set_ext_ack(true);
         Ok(Socket { sock, seq: 0, buf: Vec::with_capacity(RECV_BUF) })
+    }
+
+    /// The socket's file descriptor (for ioctls that any socket of the namespace answers).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.sock.as_raw_fd()
     }
 
     /// Send a request (with `NLM_F_ACK` added to `flags`) and wait for its acknowledgement.
@@ -142,11 +148,13 @@ impl Socket {
     /// own sequence number (`NLM_F_REQUEST` is added to every one), and collect the kernel's
     /// acknowledgements and errors.
     ///
-    /// Returns once every message sent with `NLM_F_ACK` is answered, or, as soon as one error came
-    /// back, with whatever else the kernel had already queued (a protocol that processes the
-    /// datagram synchronously — nfnetlink batches — has then said all it will say). Errors for
-    /// messages without `NLM_F_ACK` (e.g. a batch header) are returned too. Replies carrying data
-    /// (echoes) are skipped. The socket's send buffer is enlarged when the datagram needs it.
+    /// Returns once every message sent with `NLM_F_ACK` is answered and nothing more is queued (a
+    /// protocol that processes the datagram synchronously — nfnetlink batches — has then said all
+    /// it will say). The kernel answers a message without `NLM_F_ACK` only when it fails, so a
+    /// batch can ask for one acknowledgement (its last message) and still learn which message
+    /// failed. Errors for messages without `NLM_F_ACK` (e.g. a batch header) are returned too.
+    /// Replies carrying data (echoes) are skipped. The socket's send buffer is enlarged when the
+    /// datagram needs it.
     pub fn send_batch(&mut self, msgs: Vec<(Vec<u8>, u16)>) -> Result<Vec<BatchReply>, NlError> {
         let mut datagram = Vec::with_capacity(msgs.iter().map(|(m, _)| align4(m.len())).sum());
         let first_seq = self.seq.wrapping_add(1);
@@ -191,8 +199,7 @@ impl Socket {
         };
         let mut replies: Vec<BatchReply> = Vec::new();
         let mut answered = vec![false; count];
-        let mut failed = false;
-        while !expected.iter().all(|&i| answered[i]) {
+        loop {
             let lost = |e: NlError| {
                 if e.errno == Some(libc::ENOBUFS) {
                     e.with_op(format!("receive the answers to a batch of {count} messages (some were dropped: the batch may have been applied)"))
@@ -200,22 +207,17 @@ impl Socket {
                     e
                 }
             };
-            let n = if failed {
-                // Everything the kernel had to say about a failed batch is queued by now.
-                match self.recv_ready(0).map_err(lost)? {
-                    Some(n) => n,
-                    None => break,
+            // A protocol that handles the datagram while it is sent (nfnetlink) has queued every
+            // answer by now; read until the queue is empty, waiting only while an acknowledgement
+            // asked for is still missing. An error (a commit error comes first) is kept with
+            // everything else the kernel said.
+            let waiting = !expected.iter().all(|&i| answered[i]);
+            let n = match self.recv_ready(if waiting { BATCH_REPLY_TIMEOUT_MS } else { 0 }).map_err(lost)? {
+                Some(n) => n,
+                None if waiting => {
+                    return Err(NlError::os(libc::ETIMEDOUT, Some(format!("no answer to a batch of {count} messages"))))
                 }
-            } else {
-                match self.recv_ready(BATCH_REPLY_TIMEOUT_MS).map_err(lost)? {
-                    Some(n) => n,
-                    None => {
-                        return Err(NlError::os(
-                            libc::ETIMEDOUT,
-                            Some(format!("no answer to a batch of {count} messages")),
-                        ))
-                    }
-                }
+                None => break,
             };
             for raw in messages(&self.buf[..n]) {
                 let raw = raw?;
@@ -232,7 +234,6 @@ impl Socket {
                 let (error, bad_attr) = if code == 0 {
                     (None, None)
                 } else {
-                    failed = true;
                     let tlvs = error_ext_ack_tlvs(flags, payload);
                     let text = tlvs.and_then(|t| ext_ack_tlv(t, NLMSGERR_ATTR_MSG)).map(tlv_string);
                     let offs = tlvs.and_then(|t| ext_ack_tlv(t, NLMSGERR_ATTR_OFFS)).filter(|v| v.len() >= 4).map(|v| u32_at(v, 0));
@@ -279,10 +280,18 @@ impl Socket {
         }
     }
 
-    /// Wait up to `timeout_ms` for a datagram and receive it (see [`Socket::recv`]); `None` when
-    /// none came in time.
+    /// Receive a datagram, waiting up to `timeout_ms` for one (see [`Socket::recv`]); `None` when
+    /// none came in time. A datagram already queued is taken without a `poll`.
     fn recv_ready(&mut self, timeout_ms: i32) -> Result<Option<usize>, NlError> {
         use std::os::fd::AsRawFd;
+        match self.recv_flags(libc::MSG_DONTWAIT) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.errno == Some(libc::EAGAIN) => {}
+            Err(e) => return Err(e),
+        }
+        if timeout_ms == 0 {
+            return Ok(None);
+        }
         let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         loop {
             // SAFETY: one valid pollfd.
@@ -322,21 +331,31 @@ impl Socket {
         }
     }
 
-    /// Receive one datagram whole into `self.buf`, growing it when needed; returns its length.
+    /// Receive one datagram whole into `self.buf`; returns its length.
     fn recv(&mut self) -> Result<usize, NlError> {
+        self.recv_flags(0)
+    }
+
+    /// [`Socket::recv`] with extra `recv(2)` flags (`MSG_DONTWAIT`).
+    ///
+    /// One `recv` per datagram into a buffer of [`RECV_BUF`] bytes: the kernel builds dump replies
+    /// of at most 32 KiB (its cap for a reader with a large buffer), and the single-object replies
+    /// this suite asks for are far smaller. `MSG_TRUNC` makes the kernel report a datagram's full
+    /// size, so one that did not fit is an error naming its size, never a silent truncation; the
+    /// buffer is then grown for the next request.
+    fn recv_flags(&mut self, flags: libc::c_int) -> Result<usize, NlError> {
         loop {
-            // Peek first: MSG_TRUNC makes the kernel report the datagram's full size.
             self.buf.clear();
-            let size = match self.sock.recv(&mut self.buf, libc::MSG_PEEK | libc::MSG_TRUNC) {
-                Ok(size) => size,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(NlError::io(e)),
-            };
-            self.buf.clear();
-            self.buf.reserve(size);
-            match self.sock.recv(&mut self.buf, 0) {
-                Ok(n) if n <= self.buf.len() => return Ok(n),
-                Ok(n) => return Err(NlError::decode(format!("netlink datagram of {n} bytes truncated"))),
+            self.buf.reserve(RECV_BUF);
+            let room = self.buf.capacity();
+            match self.sock.recv(&mut self.buf, libc::MSG_TRUNC | flags) {
+                Ok(n) if n <= room => return Ok(n),
+                Ok(n) => {
+                    self.buf.reserve(n);
+                    return Err(NlError::decode(format!(
+                        "netlink datagram of {n} bytes did not fit the {room}-byte receive buffer and was lost"
+                    )));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(NlError::io(e)),
             }

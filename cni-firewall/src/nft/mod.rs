@@ -370,7 +370,7 @@ mod tests {
         ChainState {
             name: name.into(),
             hook: None,
-            rules: rules.iter().enumerate().map(|(i, r)| RuleState { handle: i as u64 + 1, exprs: r.exprs_json(), comment: r.comment.clone() }).collect(),
+            rules: rules.iter().enumerate().map(|(i, r)| RuleState { handle: i as u64 + 1, exprs: state::RuleExprs::Decoded(r.exprs.clone()), comment: r.comment.clone() }).collect(),
         }
     }
 

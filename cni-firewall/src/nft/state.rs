@@ -1,6 +1,6 @@
 //! What the kernel holds: one table parsed from `nft -j list table`.
 
-use super::ops::{DataType, Element, Rule, Value, Verdict};
+use super::ops::{DataType, Element, Expr, Rule, Value, Verdict};
 use crate::{CniError, Protocol};
 use serde_json::Value as J;
 use std::collections::BTreeMap;
@@ -23,15 +23,48 @@ pub struct ChainState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleState {
     pub handle: u64,
-    /// The `expr` array as printed.
-    pub exprs: J,
+    pub exprs: RuleExprs,
     pub comment: Option<String>,
+}
+
+/// A rule's statements as its reader got them. Two are equal when they print the same.
+#[derive(Debug, Clone)]
+pub enum RuleExprs {
+    /// Decoded from netlink into the statements plans are written in (compared as they are).
+    Decoded(Vec<Expr>),
+    /// The `expr` array as `nft -j` prints it, or the netlink reader's placeholder for a rule it
+    /// cannot raise to statements (compared as JSON).
+    Json(J),
+}
+
+impl PartialEq for RuleExprs {
+    fn eq(&self, other: &RuleExprs) -> bool {
+        match (self, other) {
+            (RuleExprs::Decoded(a), RuleExprs::Decoded(b)) => a == b,
+            (RuleExprs::Json(a), RuleExprs::Json(b)) => a == b,
+            _ => self.json() == other.json(),
+        }
+    }
+}
+
+impl RuleExprs {
+    /// The `expr` array as `nft -j` prints it.
+    pub fn json(&self) -> J {
+        match self {
+            RuleExprs::Decoded(exprs) => Rule::new(exprs.clone()).exprs_json(),
+            RuleExprs::Json(j) => j.clone(),
+        }
+    }
 }
 
 impl RuleState {
     /// Whether this is `rule` (same statements and comment).
     pub fn matches(&self, rule: &Rule) -> bool {
-        self.exprs == rule.exprs_json() && self.comment == rule.comment
+        self.comment == rule.comment
+            && match &self.exprs {
+                RuleExprs::Decoded(exprs) => *exprs == rule.exprs,
+                RuleExprs::Json(j) => *j == rule.exprs_json(),
+            }
     }
 }
 
@@ -76,7 +109,7 @@ impl TableState {
                 let chain = r.get("chain").and_then(J::as_str).unwrap_or_default().to_string();
                 let rule = RuleState {
                     handle: r.get("handle").and_then(J::as_u64).unwrap_or(0),
-                    exprs: r.get("expr").cloned().unwrap_or(J::Array(vec![])),
+                    exprs: RuleExprs::Json(r.get("expr").cloned().unwrap_or(J::Array(vec![]))),
                     comment: r.get("comment").and_then(J::as_str).map(str::to_string),
                 };
                 st.chains

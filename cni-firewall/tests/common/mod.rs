@@ -33,6 +33,7 @@ pub fn in_sandbox<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     require_root();
     std::thread::spawn(move || {
         unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        cni_common::netns::NetNs::forget_current();
         sh("ip", &["link", "set", "lo", "up"]);
         f()
     })
@@ -57,6 +58,7 @@ impl NsHandle {
         let fd = self.0.try_clone().unwrap();
         std::thread::spawn(move || {
             setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+            cni_common::netns::NetNs::forget_current();
             f()
         })
     }

@@ -1,10 +1,12 @@
 //! Transactions: the messages of every operation between `NFNL_MSG_BATCH_BEGIN` and
 //! `NFNL_MSG_BATCH_END`, sent as one datagram. The kernel applies the whole batch or nothing.
 //!
-//! Every message carries `NLM_F_ACK`, so each is answered (acknowledged or refused) and an error
-//! is tied to the message, hence to the object, it concerns; when the kernel names the attribute
-//! at fault (extended ack), an error on an element list is narrowed to that element. An error on
-//! the batch header itself is the commit failing.
+//! The kernel answers every message that fails, with its sequence number, so an error is tied to
+//! the message, hence to the object, it concerns; when the kernel names the attribute at fault
+//! (extended ack), an error on an element list is narrowed to that element. Only the last message
+//! asks for an acknowledgement (`NLM_F_ACK`): one answer for a batch that succeeds, instead of one
+//! per message (each costs the kernel an allocation and the plugin a `recv`). An error on the batch
+//! header itself is the commit failing.
 
 use super::consts::*;
 use super::encode::{op_messages, Msg};
@@ -30,7 +32,8 @@ pub fn batch_marker(kind: u16) -> Vec<u8> {
 pub fn wire(msgs: &[Msg]) -> Vec<(Vec<u8>, u16)> {
     let mut w = Vec::with_capacity(msgs.len() + 2);
     w.push((batch_marker(NFNL_MSG_BATCH_BEGIN), 0));
-    w.extend(msgs.iter().map(|m| (m.bytes.clone(), m.flags | NLM_F_ACK)));
+    let last = msgs.len().saturating_sub(1);
+    w.extend(msgs.iter().enumerate().map(|(i, m)| (m.bytes.clone(), if i == last { m.flags | NLM_F_ACK } else { m.flags })));
     w.push((batch_marker(NFNL_MSG_BATCH_END), 0));
     w
 }
@@ -50,10 +53,10 @@ pub fn commit(sock: &mut Socket, msgs: &[Msg]) -> Result<(), CniError> {
 pub fn check(msgs: &[Msg], replies: &[BatchReply]) -> Result<(), CniError> {
     let failed: Vec<&BatchReply> = replies.iter().filter(|r| r.error.is_some()).collect();
     let Some(first) = failed.iter().find(|r| (1..=msgs.len()).contains(&r.index)).or(failed.first()) else {
-        let acked = replies.iter().filter(|r| (1..=msgs.len()).contains(&r.index)).count();
-        if acked != msgs.len() {
+        // Success is the acknowledgement of the last change with no error before it.
+        if !replies.iter().any(|r| r.index == msgs.len()) {
             return Err(CniError::Firewall(format!(
-                "nft transaction: the kernel answered {acked} of {} changes",
+                "nft transaction: the kernel did not acknowledge the last of {} changes",
                 msgs.len()
             )));
         }
@@ -111,7 +114,8 @@ mod tests {
         assert_eq!(w[0].0, want);
         assert_eq!(w[0].1, 0);
         assert_eq!(w[3].0[4..6], 17u16.to_ne_bytes());
-        assert_eq!(w[1].1, NLM_F_CREATE | NLM_F_ACK);
+        // only the last change asks for an acknowledgement; failures are answered anyway
+        assert_eq!(w[1].1, NLM_F_CREATE);
         assert_eq!(w[2].1, NLM_F_CREATE | NLM_F_ACK);
     }
 
@@ -119,9 +123,10 @@ mod tests {
     fn errors_name_the_object() {
         let msgs = messages(&ops()).unwrap();
         let ok = |index| BatchReply { index, error: None, bad_attr: None };
-        assert!(check(&msgs, &[ok(1), ok(2)]).is_ok());
+        assert!(check(&msgs, &[ok(2)]).is_ok());
         // a missing acknowledgement is not a success
-        assert!(check(&msgs, &[ok(1)]).unwrap_err().to_string().contains("answered 1 of 2"));
+        assert!(check(&msgs, &[]).unwrap_err().to_string().contains("did not acknowledge the last of 2"));
+        assert!(check(&msgs, &[ok(1)]).unwrap_err().to_string().contains("did not acknowledge"));
         // an element refused, the kernel pointing at the third element
         let third = msgs[1].parts[2].0;
         let r = [ok(1), BatchReply { index: 2, error: err(libc::EEXIST, "x"), bad_attr: Some(third) }];

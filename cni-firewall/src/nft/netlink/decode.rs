@@ -11,7 +11,7 @@
 use super::consts::*;
 use super::encode::{addr_field, slot_of_reg, type_of_id, ImmData, Low};
 use crate::nft::ops::{DataType, Element, Expr, Field, Rule, TableFamily, Value, Verdict};
-use crate::nft::state::{ChainState, RuleState, SetState, TableState};
+use crate::nft::state::{ChainState, RuleExprs, RuleState, SetState, TableState};
 use crate::{CniError, Family, Protocol};
 use cni_common::netlink::socket::{nfgen_parts, parse_attrs};
 use cni_common::netlink::NlError;
@@ -247,8 +247,8 @@ pub fn parse_rule(raw: &[u8]) -> Result<Option<(String, String, RuleState)>, NlE
         _ => TableFamily::Inet,
     };
     let exprs = match raise(family, &lows) {
-        Some(exprs) => Rule::new(exprs).exprs_json(),
-        None => json!([{"unparsed": lows.iter().map(Low::name).collect::<Vec<_>>()}]),
+        Some(exprs) => RuleExprs::Decoded(exprs),
+        None => RuleExprs::Json(json!([{"unparsed": lows.iter().map(Low::name).collect::<Vec<_>>()}])),
     };
     let comment = match find(&a, NFTA_RULE_USERDATA) {
         Some(u) => udata_comment(u, UDATA_RULE_COMMENT),
@@ -644,7 +644,7 @@ mod tests {
             let msg = &op_messages(&op).unwrap()[0];
             let (_, _, back) = parse_rule(&msg.bytes).unwrap().unwrap();
             assert_eq!(raise(table.family, &lows).as_ref(), Some(&rule.exprs), "{}", rule.text());
-            assert_eq!(back.exprs, rule.exprs_json(), "{}", rule.text());
+            assert_eq!(back.exprs.json(), rule.exprs_json(), "{}", rule.text());
             assert!(back.matches(rule));
             n += 1;
         }

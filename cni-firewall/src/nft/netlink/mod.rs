@@ -57,7 +57,7 @@ thread_local! {
 /// half-read reply is left for the next one. (A kept socket pins its namespace, so the inode
 /// cannot be reused by another namespace while it is kept.)
 pub fn with_socket<T>(f: impl FnOnce(&mut Socket) -> Result<T, CniError>) -> Result<T, CniError> {
-    let ns = cni_common::netns::NetNs::current().and_then(|n| n.id()).ok();
+    let ns = cni_common::netns::NetNs::current_id().ok();
     let kept = KEPT.with(|k| k.borrow_mut().take()).filter(|(id, _)| Some(*id) == ns);
     let mut sock = match kept {
         Some((_, sock)) => sock,
