@@ -548,3 +548,23 @@ fn current_namespace_is_recorded_on_enter() {
         assert!(!second.is_current().expect("is_current"));
     });
 }
+
+#[test]
+fn ipv4_settings_over_netlink() {
+    in_netns(|| {
+        let mut nl = Netlink::open().expect("open");
+        let (a, _b) = veth_pair(&mut nl, "cf-a", "cf-b");
+        let read = |name: &str, key: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/{key}")).expect("read sysctl").trim().to_string()
+        };
+        assert_eq!(read("cf-a", "arp_notify"), "0");
+        nl.set_ipv4_conf(a.index, &[(cni_common::netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)]).expect("set");
+        assert_eq!(read("cf-a", "arp_notify"), "1");
+        assert_eq!(read("cf-b", "arp_notify"), "0", "only the link named");
+        // other settings untouched
+        assert_eq!(read("cf-a", "forwarding"), read("cf-b", "forwarding"));
+        let e = nl.set_ipv4_conf(999_999, &[(cni_common::netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)]).expect_err("no such link");
+        assert_eq!(e.errno(), Some(libc::ENODEV), "{e}");
+        assert!(e.to_string().contains("link index 999999"), "{e}");
+    });
+}

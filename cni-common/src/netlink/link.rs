@@ -8,7 +8,18 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
+use super::socket::{put_attr, put_nested, HEADER_LEN};
 use super::{check_ifname, format_mac, Netlink, NlError};
+
+/// `IPV4_DEVCONF_ARP_NOTIFY` (`include/uapi/linux/ip.h`): `net.ipv4.conf.<link>.arp_notify`.
+pub const IPV4_DEVCONF_ARP_NOTIFY: u16 = 22;
+/// `RTM_SETLINK`.
+const RTM_SETLINK: u16 = 19;
+/// `IFLA_AF_SPEC`, and `IFLA_INET_CONF` inside its `AF_INET` part.
+const IFLA_AF_SPEC: u16 = 26;
+const IFLA_INET_CONF: u16 = 1;
+/// Length of `struct ifinfomsg`.
+const IFINFOMSG_LEN: usize = 16;
 
 /// A network interface as the kernel reports it (`RTM_NEWLINK`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +288,37 @@ impl Netlink {
             Ok(_) => Ok(()),
             Err(e) => Err(e.with_op(format!("delete link {}", self.link_label(index)))),
         }
+    }
+
+    /// Set per-link IPv4 settings (`net.ipv4.conf.<link>.*`), given as `IPV4_DEVCONF_*` ids and
+    /// values, in one `RTM_SETLINK`. The same settings as the sysctl files, without the path
+    /// walk through `/proc/sys`, whose directory entries for a name every namespace has (`eth0`)
+    /// share one hash chain across all namespaces.
+    pub fn set_ipv4_conf(&mut self, index: u32, settings: &[(u16, u32)]) -> Result<(), NlError> {
+        let mut attrs = Vec::new();
+        put_nested(&mut attrs, IFLA_AF_SPEC, |af| {
+            put_nested(af, libc::AF_INET as u16, |inet| {
+                put_nested(inet, IFLA_INET_CONF, |conf| {
+                    for (id, value) in settings {
+                        put_attr(conf, *id, &value.to_ne_bytes());
+                    }
+                })
+            })
+        });
+        let len = HEADER_LEN + IFINFOMSG_LEN + attrs.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&RTM_SETLINK.to_ne_bytes());
+        msg.extend_from_slice(&[0; 10]); // flags, sequence number and port: stamped when sent
+        // struct ifinfomsg: family, pad, type, index, flags, change
+        msg.extend_from_slice(&[0; 4]);
+        msg.extend_from_slice(&(index as i32).to_ne_bytes());
+        msg.extend_from_slice(&[0; 8]);
+        msg.extend_from_slice(&attrs);
+        self.sock
+            .request_raw(msg, 0, |_| Ok(None::<()>))
+            .map(drop)
+            .map_err(|e| e.with_op(format!("set IPv4 settings of link index {index}")))
     }
 
     /// Bring a link up.

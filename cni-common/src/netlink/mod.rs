@@ -31,7 +31,7 @@ pub mod socket;
 pub use addr::{Addr, AddrOpts};
 pub use bridge::{BrPortFlags, VLAN_FILTERING};
 pub use error::NlError;
-pub use link::{Link, VethSpec};
+pub use link::{Link, VethSpec, IPV4_DEVCONF_ARP_NOTIFY};
 pub use mac::{format_mac, parse_mac, random_mac, random_veth_name};
 pub use route::{Route, SCOPE_LINK, TABLE_MAIN};
 

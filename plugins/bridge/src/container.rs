@@ -35,7 +35,9 @@ pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[I
     if conf.enable_dad {
         let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
     }
-    let _ = sysctl::write_if_different(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+    // arp_notify: the kernel announces the address (gratuitous ARP) when the link comes up below.
+    // Set over netlink, as the sysctl file of an `eth0` is a lookup through every namespace's.
+    let _ = nl.set_ipv4_conf(link.index, &[(cni_common::netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)]);
     for addr in &plan.addrs {
         nl.add_addr(link.index, *addr, AddrOpts { nodad: !conf.enable_dad, ..Default::default() })
             .map_err(|e| CniError::netlink(format!("add address {addr} to {ifname:?}"), e))?;
