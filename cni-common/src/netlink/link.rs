@@ -4,11 +4,11 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, State,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use super::socket::{put_attr, put_nested, HEADER_LEN};
+use super::socket::{encode, put_attr, put_nested, HEADER_LEN};
 use super::{check_ifname, format_mac, Netlink, NlError};
 
 /// `IPV4_DEVCONF_ARP_NOTIFY` (`include/uapi/linux/ip.h`): `net.ipv4.conf.<link>.arp_notify`.
@@ -46,42 +46,75 @@ pub struct Link {
     pub promisc: bool,
 }
 
-impl Link {
-    pub(crate) fn from_message(msg: &LinkMessage) -> Link {
-        let flags = msg.header.flags;
-        let mut link = Link {
-            index: msg.header.index,
-            name: String::new(),
-            kind: None,
-            mac: None,
-            mtu: 0,
-            up: flags.contains(LinkFlags::Up),
-            oper_up: false,
-            master: None,
-            link: None,
-            link_netnsid: None,
-            promisc: flags.contains(LinkFlags::Promisc),
-        };
-        for attr in &msg.attributes {
-            match attr {
-                LinkAttribute::IfName(name) => link.name = name.clone(),
-                LinkAttribute::Address(bytes) => link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
-                LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
-                LinkAttribute::OperState(state) => link.oper_up = *state == State::Up,
-                LinkAttribute::Controller(master) if *master != 0 => link.master = Some(*master),
-                LinkAttribute::Link(peer) if *peer != 0 => link.link = Some(*peer),
-                LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(*id),
-                LinkAttribute::LinkInfo(infos) => {
-                    link.kind = infos.iter().find_map(|i| match i {
-                        LinkInfo::Kind(kind) => Some(kind.to_string()),
-                        _ => None,
-                    })
-                }
-                _ => {}
-            }
-        }
-        link
+
+/// `RTM_NEWLINK`, and the `IFLA_*` attributes [`Link`] is made of.
+const RTM_NEWLINK: u16 = 16;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
+const IFLA_OPERSTATE: u16 = 16;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_LINK_NETNSID: u16 = 37;
+/// `IF_OPER_UP` (RFC 2863 operational state).
+const IF_OPER_UP: u8 = 6;
+
+/// The [`Link`] of one `RTM_NEWLINK` message (whole, header included); `None` for any other
+/// message. Reads only the attributes a [`Link`] holds: a link message also carries statistics
+/// and every per-protocol setting, which a full decode would parse for nothing.
+pub(crate) fn link_from_raw(raw: &[u8]) -> Result<Option<Link>, NlError> {
+    use super::socket::iter_attrs;
+    if raw.len() < HEADER_LEN || u16::from_ne_bytes([raw[4], raw[5]]) != RTM_NEWLINK {
+        return Ok(None);
     }
+    let body = &raw[HEADER_LEN..];
+    if body.len() < IFINFOMSG_LEN {
+        return Err(NlError::decode(format!("link message of {} bytes, shorter than its header", raw.len())));
+    }
+    let word = |off: usize| u32::from_ne_bytes([body[off], body[off + 1], body[off + 2], body[off + 3]]);
+    let flags = word(8);
+    let mut link = Link {
+        index: word(4),
+        name: String::new(),
+        kind: None,
+        mac: None,
+        mtu: 0,
+        up: flags & libc::IFF_UP as u32 != 0,
+        oper_up: false,
+        master: None,
+        link: None,
+        link_netnsid: None,
+        promisc: flags & libc::IFF_PROMISC as u32 != 0,
+    };
+    let u32_of = |v: &[u8]| <[u8; 4]>::try_from(v.get(..4)?).ok().map(u32::from_ne_bytes);
+    let string = |v: &[u8]| {
+        let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+        String::from_utf8_lossy(&v[..end]).into_owned()
+    };
+    for attr in iter_attrs(&body[IFINFOMSG_LEN..], "link") {
+        let (kind, v) = attr?;
+        match kind {
+            IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(v).ok(),
+            IFLA_IFNAME => link.name = string(v),
+            IFLA_MTU => link.mtu = u32_of(v).unwrap_or(0),
+            IFLA_OPERSTATE => link.oper_up = v.first() == Some(&IF_OPER_UP),
+            IFLA_MASTER => link.master = u32_of(v).filter(|&m| m != 0),
+            IFLA_LINK => link.link = u32_of(v).filter(|&l| l != 0),
+            IFLA_LINK_NETNSID => link.link_netnsid = u32_of(v).map(|id| id as i32),
+            IFLA_LINKINFO => {
+                for info in iter_attrs(v, "link info") {
+                    let (k, kv) = info?;
+                    if k == IFLA_INFO_KIND {
+                        link.kind = Some(string(kv));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(link))
 }
 
 /// A veth pair to create.
@@ -188,15 +221,11 @@ impl Netlink {
             Some(m) => format!("list ports of link index {m}"),
             None => "list links".to_string(),
         };
-        let msgs = self.sock.dump(RouteNetlinkMessage::GetLink(req)).map_err(|e| e.with_op(op()))?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })
-            .filter(|l| master.is_none() || l.master == master)
-            .collect())
+        let links = self
+            .sock
+            .dump_raw(encode(RouteNetlinkMessage::GetLink(req), 0, 0), link_from_raw)
+            .map_err(|e| e.with_op(op()))?;
+        Ok(links.into_iter().filter(|l| master.is_none() || l.master == master).collect())
     }
 
     /// The link called `name`, or `None` if there is none.
@@ -238,11 +267,8 @@ impl Netlink {
     }
 
     fn get_link(&mut self, req: LinkMessage) -> Result<Option<Link>, NlError> {
-        match self.sock.request(RouteNetlinkMessage::GetLink(req), 0) {
-            Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })),
+        match self.sock.request_raw(encode(RouteNetlinkMessage::GetLink(req), 0, 0), 0, link_from_raw) {
+            Ok(links) => Ok(links.into_iter().next()),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -269,17 +295,14 @@ impl Netlink {
         // NLM_F_ECHO: kernels since 6.3 send the new local end back, which spares a GETLINK. (A
         // GETLINK of a new bridge port is not free: it first runs the port's pending link-state
         // event, and with it the bridge's port state selection over every port.)
-        let msgs = self.sock.request(veth_message(spec), NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO).map_err(|e| {
+        let links = self.sock.request_raw(encode(veth_message(spec), 0, 0), NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, link_from_raw).map_err(|e| {
             let mut e = e.with_op(op());
             if let (Some(master), Some(libc::ENODEV | libc::EINVAL)) = (spec.master, e.errno) {
                 e.reason.push_str(&format!(" (master index {master})"));
             }
             e
         })?;
-        Ok(msgs.iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)).filter(|l| l.name == spec.name),
-            _ => None,
-        }))
+        Ok(links.into_iter().find(|l| l.name == spec.name))
     }
 
     /// Delete a link (deleting one end of a veth deletes both).
@@ -384,6 +407,7 @@ mod tests {
     use super::super::socket::encode;
     use super::*;
     use netlink_packet_core::NLM_F_REQUEST;
+    use netlink_packet_route::link::State;
 
     #[test]
     fn link_from_message() {
@@ -400,7 +424,7 @@ mod tests {
             LinkAttribute::LinkNetNsId(0),
             LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
         ];
-        let link = Link::from_message(&msg);
+        let link = link_from_raw(&encode(RouteNetlinkMessage::NewLink(msg), 0, 1)).expect("parse").expect("a link");
         assert_eq!(
             link,
             Link {
@@ -463,5 +487,66 @@ mod tests {
             find_attr(peer_attrs, libc::IFLA_NET_NS_FD).unwrap(),
             (std::os::fd::AsRawFd::as_raw_fd(&file) as u32).to_ne_bytes()
         );
+    }
+}
+
+#[cfg(test)]
+mod raw_tests {
+    use super::*;
+    use netlink_packet_route::link::State;
+
+    /// A link message as the kernel sends it (built and serialized by netlink-packet-route),
+    /// read back by the hand-written parser.
+    #[test]
+    fn link_from_raw_reads_what_a_link_holds() {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 7;
+        msg.header.flags = LinkFlags::Up | LinkFlags::Promisc | LinkFlags::Broadcast;
+        msg.attributes = vec![
+            LinkAttribute::IfName("veth1234abcd".into()),
+            LinkAttribute::Address(vec![0x02, 0x42, 0xac, 0x11, 0x00, 0x02]),
+            LinkAttribute::Mtu(1450),
+            LinkAttribute::OperState(State::Up),
+            LinkAttribute::Controller(3),
+            LinkAttribute::Link(9),
+            LinkAttribute::LinkNetNsId(2),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+        ];
+        let raw = encode(RouteNetlinkMessage::NewLink(msg), 0, 1);
+        let link = link_from_raw(&raw).expect("parse").expect("a link");
+        assert_eq!(
+            link,
+            Link {
+                index: 7,
+                name: "veth1234abcd".into(),
+                kind: Some("veth".into()),
+                mac: Some([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]),
+                mtu: 1450,
+                up: true,
+                oper_up: true,
+                master: Some(3),
+                link: Some(9),
+                link_netnsid: Some(2),
+                promisc: true,
+            }
+        );
+        // a link without the optional parts; master 0 means none
+        let mut msg = LinkMessage::default();
+        msg.header.index = 1;
+        msg.attributes = vec![LinkAttribute::IfName("lo".into()), LinkAttribute::Controller(0), LinkAttribute::OperState(State::Unknown)];
+        let lo = link_from_raw(&encode(RouteNetlinkMessage::NewLink(msg), 0, 1)).expect("parse").expect("a link");
+        assert_eq!((lo.index, lo.name.as_str(), lo.kind, lo.mac, lo.master, lo.up, lo.oper_up), (1, "lo", None, None, None, false, false));
+        // other messages are not links; a truncated one is an error
+        let del = encode(RouteNetlinkMessage::DelLink(LinkMessage::default()), 0, 1);
+        assert_eq!(link_from_raw(&del).expect("parse"), None);
+        let mut short = raw_header(RTM_NEWLINK);
+        short.extend_from_slice(&[0; 8]);
+        assert!(link_from_raw(&short).is_err());
+    }
+
+    fn raw_header(kind: u16) -> Vec<u8> {
+        let mut h = vec![0u8; HEADER_LEN];
+        h[4..6].copy_from_slice(&kind.to_ne_bytes());
+        h
     }
 }
