@@ -12,7 +12,8 @@
 //! replaces it); dumps are read until `NLMSG_DONE` and repeated, up to [`DUMP_ATTEMPTS`] times in
 //! all, while the kernel flags a reply with `NLM_F_DUMP_INTR` (the table changed during the dump,
 //! so the result may be inconsistent). Control messages (ack, error, done) are decoded here, with
-//! the kernel's extended-ack text; the others are decoded by `netlink-packet-route`.
+//! the kernel's extended-ack text; link messages by the small parser in `link.rs`, the others by
+//! `netlink-packet-route`.
 
 use netlink_packet_core::{
     NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_ACK_TLVS,
