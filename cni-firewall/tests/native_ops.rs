@@ -251,6 +251,32 @@ fn add_reads_only_what_it_touches() {
     });
 }
 
+/// The first ADDs on a fresh host race to make the table: a plan made when the table was missing
+/// creates it exclusively, so a loser's transaction fails on the table (and the loser reads again)
+/// instead of flushing and refilling the chains the winner made.
+#[test]
+fn a_lost_race_to_create_the_table_leaves_the_winners_chains() {
+    in_sandbox(|| {
+        let fw = native();
+        let handles = || -> Vec<u64> {
+            NftNetlink.list_table(&masq_table()).unwrap().unwrap().chain("postrouting").unwrap().rules.iter().map(|r| r.handle).collect()
+        };
+        // the loser planned while the table was missing...
+        let late = cni_firewall::nft::create_exclusively(cni_firewall::nft::plan::plan_masq_add(&ms("late", 2)));
+        // ...and the winner committed first
+        fw.add_masquerade(&ms("first", 1)).unwrap();
+        let base = handles();
+        let e = NftNetlink.apply(&late).unwrap_err().to_string();
+        assert!(e.contains("create table inet cnirs_masquerade") && e.contains("File exists"), "{e}");
+        assert_eq!(handles(), base, "the failed transaction changed nothing");
+        // the ADD itself reads again and finds the table: base chain left as it is
+        fw.add_masquerade(&ms("late", 2)).unwrap();
+        assert_eq!(handles(), base, "base chain rules replaced");
+        fw.check_masquerade(&ms("first", 1)).unwrap();
+        fw.check_masquerade(&ms("late", 2)).unwrap();
+    });
+}
+
 #[test]
 fn concurrent_writers() {
     in_sandbox(|| {

@@ -175,7 +175,7 @@ impl NftFirewall {
                 let st = self.exec.read_for_add(table, &blind)?;
                 let ops = match &st {
                     Some(st) => keep_intact_chains(plan(Some(st)), st),
-                    None => blind.clone(),
+                    None => create_exclusively(blind.clone()),
                 };
                 if ops.is_empty() {
                     return Ok(());
@@ -264,6 +264,21 @@ pub fn keep_intact_chains(ops: Vec<Op>, st: &TableState) -> Vec<Op> {
         i += 1;
     }
     out
+}
+
+/// `ops` (a plan for a table that was missing when read) with its `add table` turned into
+/// `create table`. When plugins race to make the table (the first ADDs on a fresh host, in
+/// parallel), the losers' transactions then fail on the table instead of flushing and refilling
+/// the chains the winner just made; they read again and find the chains intact. (A refill
+/// destroys rules, and each plugin that did one waited for an RCU grace period at exit.)
+pub fn create_exclusively(mut ops: Vec<Op>) -> Vec<Op> {
+    for op in ops.iter_mut() {
+        if let Op::AddTable(t) = op {
+            *op = Op::CreateTable(t.clone());
+            break;
+        }
+    }
+    ops
 }
 
 fn validate_network(network: &str) -> Result<(), CniError> {
@@ -381,6 +396,18 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_missing_table_is_created_exclusively() {
+        let spec = MasqSpec { key: AttachmentKey::new("n", "c", "eth0"), addrs: vec!["10.0.0.2/24".parse().unwrap()] };
+        let ops = plan::plan_masq_add(&spec);
+        let created = create_exclusively(ops.clone());
+        assert_eq!(created.len(), ops.len());
+        assert_eq!(created[0], Op::CreateTable(plan::masq_table()));
+        assert_eq!(created[0].text(), "create table inet cnirs_masquerade");
+        assert_eq!(created[1..], ops[1..], "only the table changes");
+        assert!(!created.iter().any(|o| matches!(o, Op::AddTable(_))));
     }
 
     #[test]

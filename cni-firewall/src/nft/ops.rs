@@ -388,6 +388,8 @@ impl Element {
 pub enum Op {
     /// Create the table if missing.
     AddTable(TableRef),
+    /// Create the table; the transaction fails (`EEXIST`) if it exists (`create table`).
+    CreateTable(TableRef),
     DeleteTable(TableRef),
     /// Create the chain if missing (`add chain`); a base chain's hook/priority are given each time.
     AddChain { table: TableRef, name: String, base: Option<BaseChain>, comment: Option<String> },
@@ -418,6 +420,7 @@ impl Op {
     pub fn text(&self) -> String {
         match self {
             Op::AddTable(t) => format!("add table {}", t.text()),
+            Op::CreateTable(t) => format!("create table {}", t.text()),
             Op::DeleteTable(t) => format!("delete table {}", t.text()),
             Op::AddChain { table, name, base, comment } => {
                 let mut body = Vec::new();

@@ -682,12 +682,14 @@ const ELEMS_BYTES_MAX: usize = 32 * 1024;
 pub fn op_messages(op: &Op) -> Result<Vec<Msg>, CniError> {
     let one = |bytes: Vec<u8>, flags: u16, what: String| Ok(vec![Msg { bytes, flags, what, parts: Vec::new() }]);
     match op {
-        Op::AddTable(t) => {
+        Op::AddTable(t) | Op::CreateTable(t) => {
             check_name("table", &t.name)?;
             let mut a = Vec::new();
             put_str(&mut a, NFTA_TABLE_NAME, &t.name);
             put_u32(&mut a, NFTA_TABLE_FLAGS, 0);
-            one(message(NFT_MSG_NEWTABLE, family_byte(t.family), &a), NLM_F_CREATE, format!("add table {}", table_text(t)))
+            let (flags, verb) =
+                if matches!(op, Op::CreateTable(_)) { (NLM_F_CREATE | NLM_F_EXCL, "create") } else { (NLM_F_CREATE, "add") };
+            one(message(NFT_MSG_NEWTABLE, family_byte(t.family), &a), flags, format!("{verb} table {}", table_text(t)))
         }
         Op::DeleteTable(t) => {
             check_name("table", &t.name)?;

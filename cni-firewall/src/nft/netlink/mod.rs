@@ -262,13 +262,28 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
     Ok(Some(decode::assemble(chains, sets, rules)))
 }
 
-/// What an ADD of `ops` (its blind plan) depends on, read consistently: the chains it fills, with
-/// their rules, and in the sets it adds elements to, the elements with those keys (found by key,
-/// `NFT_MSG_GETSETELEM` without a dump). Its cost does not grow with the number of attachments
-/// in the table; the planners of ADD look at nothing else.
+/// What an ADD of `ops` (its blind plan) depends on: the chains it fills, with their rules, and in
+/// the sets it adds elements to, the elements with those keys (found by key, `NFT_MSG_GETSETELEM`
+/// without a dump). Its cost does not grow with the number of attachments in the table; the
+/// planners of ADD look at nothing else.
+///
+/// Unlike [`read_table`] it is not checked against the ruleset generation: other writers commit
+/// all the time (every ADD of every container), and an ADD's plan stays right whatever they did
+/// in between. A chain it finds intact and leaves alone may be changed right after the read, as
+/// it could be right after the write (the next ADD heals it); an element key taken meanwhile makes
+/// the transaction fail (`EEXIST`) and the caller read again. Requiring an unchanged generation
+/// made parallel ADDs read over and over.
 pub fn read_for(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Option<TableState>, CniError> {
     let what = format!("read table {} {}", table.family.as_str(), table.name);
-    consistent(sock, &what, |sock| read_for_once(sock, table, ops))
+    for _ in 0..READ_ATTEMPTS {
+        match read_for_once(sock, table, ops) {
+            Ok(st) => return Ok(st),
+            // the table or a set vanished between two requests: read again
+            Err(e) if is_enoent(&e) => continue,
+            Err(e) => return Err(decode::read_error(&what, e)),
+        }
+    }
+    Err(CniError::Firewall(format!("nf_tables: {what}: objects kept vanishing during {READ_ATTEMPTS} reads")))
 }
 
 impl NftExecutor for NftNetlink {
