@@ -409,40 +409,6 @@ mod tests {
     use netlink_packet_core::NLM_F_REQUEST;
     use netlink_packet_route::link::State;
 
-    #[test]
-    fn link_from_message() {
-        let mut msg = LinkMessage::default();
-        msg.header.index = 7;
-        msg.header.flags = LinkFlags::Up | LinkFlags::Promisc;
-        msg.attributes = vec![
-            LinkAttribute::IfName("veth0".into()),
-            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
-            LinkAttribute::Mtu(1400),
-            LinkAttribute::OperState(State::Up),
-            LinkAttribute::Controller(3),
-            LinkAttribute::Link(2),
-            LinkAttribute::LinkNetNsId(0),
-            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
-        ];
-        let link = link_from_raw(&encode(RouteNetlinkMessage::NewLink(msg), 0, 1)).expect("parse").expect("a link");
-        assert_eq!(
-            link,
-            Link {
-                index: 7,
-                name: "veth0".into(),
-                kind: Some("veth".into()),
-                mac: Some([2, 0, 0, 0, 0, 1]),
-                mtu: 1400,
-                up: true,
-                oper_up: true,
-                master: Some(3),
-                link: Some(2),
-                link_netnsid: Some(0),
-                promisc: true,
-            }
-        );
-    }
-
     /// Find the attribute `kind` at the top level of an attribute stream.
     fn find_attr(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
         while attrs.len() >= 4 {
@@ -488,12 +454,6 @@ mod tests {
             (std::os::fd::AsRawFd::as_raw_fd(&file) as u32).to_ne_bytes()
         );
     }
-}
-
-#[cfg(test)]
-mod raw_tests {
-    use super::*;
-    use netlink_packet_route::link::State;
 
     /// A link message as the kernel sends it (built and serialized by netlink-packet-route),
     /// read back by the hand-written parser.
