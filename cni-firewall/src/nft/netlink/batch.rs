@@ -14,11 +14,11 @@ use crate::nft::ops::Op;
 use crate::CniError;
 use cni_common::netlink::socket::{nfgen_message, BatchReply, Socket};
 
-/// The messages of a transaction doing `ops` in order.
+/// The messages of a transaction doing `ops` in order, each knowing its operation's index.
 pub fn messages(ops: &[Op]) -> Result<Vec<Msg>, CniError> {
     let mut out = Vec::new();
-    for op in ops {
-        out.extend(op_messages(op)?);
+    for (i, op) in ops.iter().enumerate() {
+        out.extend(op_messages(op)?.into_iter().map(|m| Msg { op: i, ..m }));
     }
     Ok(out)
 }
@@ -38,19 +38,19 @@ pub fn wire(msgs: &[Msg]) -> Vec<(Vec<u8>, u16)> {
     w
 }
 
-/// Send `msgs` as one transaction and wait for the kernel's verdict on each.
-pub fn commit(sock: &mut Socket, msgs: &[Msg]) -> Result<(), CniError> {
+/// Send `msgs` (the [`messages`] of `ops`) as one transaction and wait for the kernel's verdict.
+pub fn commit(sock: &mut Socket, ops: &[Op], msgs: &[Msg]) -> Result<(), CniError> {
     if msgs.is_empty() {
         return Ok(());
     }
     let replies =
         sock.send_batch(wire(msgs)).map_err(|e| CniError::Firewall(format!("nft transaction failed: {e}")))?;
-    check(msgs, &replies)
+    check(ops, msgs, &replies)
 }
 
 /// The outcome of a transaction from the kernel's replies (indexes: 0 the batch header, 1..=n
 /// the messages, n + 1 the trailer).
-pub fn check(msgs: &[Msg], replies: &[BatchReply]) -> Result<(), CniError> {
+pub fn check(ops: &[Op], msgs: &[Msg], replies: &[BatchReply]) -> Result<(), CniError> {
     let failed: Vec<&BatchReply> = replies.iter().filter(|r| r.error.is_some()).collect();
     let Some(first) = failed.iter().find(|r| (1..=msgs.len()).contains(&r.index)).or(failed.first()) else {
         // Success is the acknowledgement of the last change with no error before it.
@@ -67,10 +67,10 @@ pub fn check(msgs: &[Msg], replies: &[BatchReply]) -> Result<(), CniError> {
         0 => format!("commit of {} changes", msgs.len()),
         i if i <= msgs.len() => {
             let m = &msgs[i - 1];
-            // the element the kernel blamed: the last element starting at or before the attribute
-            match first.bad_attr.and_then(|off| m.parts.iter().rev().find(|(start, _)| *start <= off)) {
-                Some((_, elem)) => elem.clone(),
-                None => m.what.clone(),
+            match ops.get(m.op) {
+                // the element the kernel blamed, else the whole message
+                Some(op) => first.bad_attr.and_then(|off| m.blamed(op, off)).unwrap_or_else(|| m.what(op)),
+                None => format!("change {i} of {}", msgs.len()),
             }
         }
         _ => "end of transaction".to_string(),
@@ -121,22 +121,23 @@ mod tests {
 
     #[test]
     fn errors_name_the_object() {
-        let msgs = messages(&ops()).unwrap();
+        let ops = ops();
+        let msgs = messages(&ops).unwrap();
         let ok = |index| BatchReply { index, error: None, bad_attr: None };
-        assert!(check(&msgs, &[ok(2)]).is_ok());
+        assert!(check(&ops, &msgs, &[ok(2)]).is_ok());
         // a missing acknowledgement is not a success
-        assert!(check(&msgs, &[]).unwrap_err().to_string().contains("did not acknowledge the last of 2"));
-        assert!(check(&msgs, &[ok(1)]).unwrap_err().to_string().contains("did not acknowledge"));
+        assert!(check(&ops, &msgs, &[]).unwrap_err().to_string().contains("did not acknowledge the last of 2"));
+        assert!(check(&ops, &msgs, &[ok(1)]).unwrap_err().to_string().contains("did not acknowledge"));
         // an element refused, the kernel pointing at the third element
-        let third = msgs[1].parts[2].0;
+        let third = msgs[1].elems.as_ref().unwrap().1[2];
         let r = [ok(1), BatchReply { index: 2, error: err(libc::EEXIST, "x"), bad_attr: Some(third) }];
-        let e = check(&msgs, &r).unwrap_err().to_string();
+        let e = check(&ops, &msgs, &r).unwrap_err().to_string();
         assert!(e.contains("10.0.0.3 : goto c"), "{e}");
         assert!(!e.contains("10.0.0.2"), "{e}");
         assert!(e.contains("inet t masq4"), "{e}");
         // without the attribute: the whole message (4 elements: summarized)
         let r = [ok(1), BatchReply { index: 2, error: err(libc::ENOENT, "y"), bad_attr: None }];
-        let e = check(&msgs, &r).unwrap_err().to_string();
+        let e = check(&ops, &msgs, &r).unwrap_err().to_string();
         assert!(e.contains("add 4 elements of inet t masq4"), "{e}");
         // a message error wins over the commit error, and others are counted
         let r = [
@@ -144,11 +145,11 @@ mod tests {
             BatchReply { index: 1, error: err(libc::EPERM, "w"), bad_attr: None },
             BatchReply { index: 2, error: err(libc::ENOENT, "v"), bad_attr: None },
         ];
-        let e = check(&msgs, &r).unwrap_err();
+        let e = check(&ops, &msgs, &r).unwrap_err();
         assert_eq!(e.code(), CniError::Firewall(String::new()).code());
         let e = e.to_string();
         assert!(e.contains("add table inet t") && e.contains("2 more refused changes"), "{e}");
         let r = [BatchReply { index: 0, error: err(libc::ENOMEM, "u"), bad_attr: None }, ok(1), ok(2)];
-        assert!(check(&msgs, &r).unwrap_err().to_string().contains("commit of 2 changes"));
+        assert!(check(&ops, &msgs, &r).unwrap_err().to_string().contains("commit of 2 changes"));
     }
 }

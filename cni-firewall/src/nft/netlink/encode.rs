@@ -577,18 +577,86 @@ pub fn put_expr(out: &mut Vec<u8>, low: &Low) {
 // Operations into messages
 // ---------------------------------------------------------------------------------------------
 
-/// One message of a transaction.
+/// One message of a transaction. What it does is described only when needed (an error): the
+/// text of a rule or an element costs more to build than the message itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Msg {
     /// The whole message (flags and sequence number are stamped when sent).
     pub bytes: Vec<u8>,
     /// Header flags besides `NLM_F_REQUEST` and `NLM_F_ACK`.
     pub flags: u16,
-    /// What the message does, naming its object, for errors.
-    pub what: String,
-    /// Elements of a set element message: offset of each element's attribute from the start of
-    /// the message, and the element as `nft` writes it (to name the element the kernel blames).
-    pub parts: Vec<(u32, String)>,
+    /// Index of the operation it was made from in its transaction (0 from [`op_messages`]).
+    pub op: usize,
+    /// For a set element message, which elements of its operation it carries: the index of the
+    /// first, and the offset of each one's attribute from the start of the message (to name the
+    /// element the kernel blames).
+    pub elems: Option<(usize, Vec<u32>)>,
+}
+
+impl Msg {
+    /// What the message does to which object, `op` being the operation it was made from:
+    /// `add rule inet t c ip saddr vmap @m`, `add element inet t m { 10.0.0.1 : goto c }`.
+    pub fn what(&self, op: &Op) -> String {
+        match (op, &self.elems) {
+            (Op::AddElements { table, set, elems } | Op::DeleteElements { table, set, elems }, Some((first, offs))) => {
+                let add = matches!(op, Op::AddElements { .. });
+                let mine = elems.get(*first..first + offs.len()).unwrap_or_default();
+                if mine.len() <= 3 {
+                    let shown: Vec<String> = mine.iter().map(|e| elem_text(e, add)).collect();
+                    format!("{} element {} {set} {{ {} }}", verb(add), table_text(table), shown.join(", "))
+                } else {
+                    format!("{} {} elements of {} {set}", verb(add), mine.len(), table_text(table))
+                }
+            }
+            _ => op_text(op),
+        }
+    }
+
+    /// The element whose attribute holds offset `off` (the last one starting at or before it), as
+    /// the text of its own message; `None` for other messages.
+    pub fn blamed(&self, op: &Op, off: u32) -> Option<String> {
+        let (Op::AddElements { table, set, elems } | Op::DeleteElements { table, set, elems }) = op else { return None };
+        let (first, offs) = self.elems.as_ref()?;
+        let i = offs.iter().rposition(|&start| start <= off)?;
+        let add = matches!(op, Op::AddElements { .. });
+        let e = elems.get(first + i)?;
+        Some(format!("{} element {} {set} {{ {} }}", verb(add), table_text(table), elem_text(e, add)))
+    }
+}
+
+fn verb(add: bool) -> &'static str {
+    if add {
+        "add"
+    } else {
+        "delete"
+    }
+}
+
+/// An element as `nft` writes it: with its verdict when added, the key alone when deleted.
+fn elem_text(e: &Element, add: bool) -> String {
+    if add {
+        e.text()
+    } else {
+        Element { key: e.key.clone(), verdict: None }.text()
+    }
+}
+
+/// What an operation other than an element list does, naming its object.
+fn op_text(op: &Op) -> String {
+    match op {
+        Op::AddTable(t) => format!("add table {}", table_text(t)),
+        Op::CreateTable(t) => format!("create table {}", table_text(t)),
+        Op::DeleteTable(t) => format!("delete table {}", table_text(t)),
+        Op::AddChain { table, name, .. } => format!("add chain {} {name}", table_text(table)),
+        Op::FlushChain { table, name } => format!("flush chain {} {name}", table_text(table)),
+        Op::DeleteChain { table, name } => format!("delete chain {} {name}", table_text(table)),
+        Op::AddRule { table, chain, rule } => format!("add rule {} {chain} {}", table_text(table), rule.text()),
+        Op::AddSet { table, set } => {
+            format!("add {} {} {}", if set.verdict_map { "map" } else { "set" }, table_text(table), set.name)
+        }
+        Op::AddElements { table, set, elems } => format!("add {} elements of {} {set}", elems.len(), table_text(table)),
+        Op::DeleteElements { table, set, elems } => format!("delete {} elements of {} {set}", elems.len(), table_text(table)),
+    }
 }
 
 pub fn family_byte(f: TableFamily) -> u8 {
@@ -680,22 +748,21 @@ const ELEMS_BYTES_MAX: usize = 32 * 1024;
 
 /// The messages of one operation (none for an empty element list).
 pub fn op_messages(op: &Op) -> Result<Vec<Msg>, CniError> {
-    let one = |bytes: Vec<u8>, flags: u16, what: String| Ok(vec![Msg { bytes, flags, what, parts: Vec::new() }]);
+    let one = |bytes: Vec<u8>, flags: u16| Ok(vec![Msg { bytes, flags, op: 0, elems: None }]);
     match op {
         Op::AddTable(t) | Op::CreateTable(t) => {
             check_name("table", &t.name)?;
             let mut a = Vec::new();
             put_str(&mut a, NFTA_TABLE_NAME, &t.name);
             put_u32(&mut a, NFTA_TABLE_FLAGS, 0);
-            let (flags, verb) =
-                if matches!(op, Op::CreateTable(_)) { (NLM_F_CREATE | NLM_F_EXCL, "create") } else { (NLM_F_CREATE, "add") };
-            one(message(NFT_MSG_NEWTABLE, family_byte(t.family), &a), flags, format!("{verb} table {}", table_text(t)))
+            let flags = if matches!(op, Op::CreateTable(_)) { NLM_F_CREATE | NLM_F_EXCL } else { NLM_F_CREATE };
+            one(message(NFT_MSG_NEWTABLE, family_byte(t.family), &a), flags)
         }
         Op::DeleteTable(t) => {
             check_name("table", &t.name)?;
             let mut a = Vec::new();
             put_str(&mut a, NFTA_TABLE_NAME, &t.name);
-            one(message(NFT_MSG_DELTABLE, family_byte(t.family), &a), 0, format!("delete table {}", table_text(t)))
+            one(message(NFT_MSG_DELTABLE, family_byte(t.family), &a), 0)
         }
         Op::AddChain { table, name, base, comment } => {
             check_name("chain", name)?;
@@ -720,25 +787,21 @@ pub fn op_messages(op: &Op) -> Result<Vec<Msg>, CniError> {
             if let Some(c) = comment {
                 put_attr(&mut a, NFTA_CHAIN_USERDATA, &comment_udata(UDATA_CHAIN_COMMENT, c)?);
             }
-            one(
-                message(NFT_MSG_NEWCHAIN, family_byte(table.family), &a),
-                NLM_F_CREATE,
-                format!("add chain {} {name}", table_text(table)),
-            )
+            one(message(NFT_MSG_NEWCHAIN, family_byte(table.family), &a), NLM_F_CREATE)
         }
         Op::FlushChain { table, name } => {
             check_name("chain", name)?;
             let mut a = Vec::new();
             put_str(&mut a, NFTA_RULE_TABLE, &table.name);
             put_str(&mut a, NFTA_RULE_CHAIN, name);
-            one(message(NFT_MSG_DELRULE, family_byte(table.family), &a), 0, format!("flush chain {} {name}", table_text(table)))
+            one(message(NFT_MSG_DELRULE, family_byte(table.family), &a), 0)
         }
         Op::DeleteChain { table, name } => {
             check_name("chain", name)?;
             let mut a = Vec::new();
             put_str(&mut a, NFTA_CHAIN_TABLE, &table.name);
             put_str(&mut a, NFTA_CHAIN_NAME, name);
-            one(message(NFT_MSG_DELCHAIN, family_byte(table.family), &a), 0, format!("delete chain {} {name}", table_text(table)))
+            one(message(NFT_MSG_DELCHAIN, family_byte(table.family), &a), 0)
         }
         Op::AddRule { table, chain, rule } => {
             check_name("chain", chain)?;
@@ -754,11 +817,7 @@ pub fn op_messages(op: &Op) -> Result<Vec<Msg>, CniError> {
             if let Some(c) = &rule.comment {
                 put_attr(&mut a, NFTA_RULE_USERDATA, &comment_udata(UDATA_RULE_COMMENT, c)?);
             }
-            one(
-                message(NFT_MSG_NEWRULE, family_byte(table.family), &a),
-                NLM_F_CREATE | NLM_F_APPEND,
-                format!("add rule {} {chain} {}", table_text(table), rule.text()),
-            )
+            one(message(NFT_MSG_NEWRULE, family_byte(table.family), &a), NLM_F_CREATE | NLM_F_APPEND)
         }
         Op::AddSet { table, set } => set_message(table, set),
         Op::AddElements { table, set, elems } => elem_messages(table, set, elems, true),
@@ -793,13 +852,7 @@ fn set_message(table: &TableRef, set: &SetDef) -> Result<Vec<Msg>, CniError> {
     // by (ours refer to sets by name).
     put_u32(&mut a, NFTA_SET_ID, next_set_id());
     put_attr(&mut a, NFTA_SET_USERDATA, &set_udata(&set.key, set.verdict_map));
-    let kind = if set.verdict_map { "map" } else { "set" };
-    Ok(vec![Msg {
-        bytes: message(NFT_MSG_NEWSET, family_byte(table.family), &a),
-        flags: NLM_F_CREATE,
-        what: format!("add {kind} {} {}", table_text(table), set.name),
-        parts: Vec::new(),
-    }])
+    Ok(vec![Msg { bytes: message(NFT_MSG_NEWSET, family_byte(table.family), &a), flags: NLM_F_CREATE, op: 0, elems: None }])
 }
 
 /// One element attribute: key, and the verdict when adding.
@@ -820,42 +873,29 @@ fn elem_attr(e: &Element, add: bool) -> Result<Vec<u8>, CniError> {
 fn elem_messages(table: &TableRef, set: &str, elems: &[Element], add: bool) -> Result<Vec<Msg>, CniError> {
     check_name("set", set)?;
     let mut out = Vec::new();
-    let mut rest = elems;
-    while !rest.is_empty() {
+    let mut done = 0;
+    while done < elems.len() {
         let mut head = Vec::new();
         put_str(&mut head, NFTA_SET_ELEM_LIST_TABLE, &table.name);
         put_str(&mut head, NFTA_SET_ELEM_LIST_SET, set);
         // offsets: message header, nfgenmsg, the attributes before the list, the list header
         let base = HEADER_LEN + NFGENMSG_LEN + head.len() + 4;
         let mut list = Vec::new();
-        let mut parts = Vec::new();
-        let mut taken = 0;
-        for e in rest {
+        let mut offs = Vec::new();
+        for e in &elems[done..] {
             let attr = elem_attr(e, add)?;
-            if taken > 0 && list.len() + attr.len() > ELEMS_BYTES_MAX {
+            if !offs.is_empty() && list.len() + attr.len() > ELEMS_BYTES_MAX {
                 break;
             }
-            let text = if add { e.text() } else { Element { key: e.key.clone(), verdict: None }.text() };
-            parts.push(((base + list.len()) as u32, text));
+            offs.push((base + list.len()) as u32);
             list.extend(attr);
-            taken += 1;
         }
-        rest = &rest[taken..];
+        let first = done;
+        done += offs.len();
         let mut a = head;
         put_nested(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS, |l| l.extend_from_slice(&list));
-        let (msg, flags, verb) =
-            if add { (NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add") } else { (NFT_MSG_DELSETELEM, 0, "delete") };
-        let shown: Vec<&str> = parts.iter().map(|(_, t)| t.as_str()).collect();
-        let what = if shown.len() <= 3 {
-            format!("{verb} element {} {set} {{ {} }}", table_text(table), shown.join(", "))
-        } else {
-            format!("{verb} {} elements of {} {set}", shown.len(), table_text(table))
-        };
-        let parts = parts
-            .into_iter()
-            .map(|(off, t)| (off, format!("{verb} element {} {set} {{ {t} }}", table_text(table))))
-            .collect();
-        out.push(Msg { bytes: message(msg, family_byte(table.family), &a), flags, what, parts });
+        let (msg, flags) = if add { (NFT_MSG_NEWSETELEM, NLM_F_CREATE) } else { (NFT_MSG_DELSETELEM, 0) };
+        out.push(Msg { bytes: message(msg, family_byte(table.family), &a), flags, op: 0, elems: Some((first, offs)) });
     }
     Ok(out)
 }
@@ -986,7 +1026,7 @@ mod tests {
         assert_eq!(msgs.len(), 1);
         let m = &msgs[0];
         assert_eq!(m.flags, NLM_F_CREATE | NLM_F_APPEND);
-        assert_eq!(m.what, "add rule inet cnirs_masquerade postrouting ip saddr vmap @masq4");
+        assert_eq!(m.what(&op), "add rule inet cnirs_masquerade postrouting ip saddr vmap @masq4");
         let ne16 = |v: u16| v.to_ne_bytes().to_vec();
         let be32 = |v: u32| v.to_be_bytes().to_vec();
         let attr = |kind: u16, val: &[u8]| {
@@ -1023,31 +1063,43 @@ mod tests {
     fn element_message_bytes_and_parts() {
         let t = TableRef::inet("cnirs_masquerade");
         let e = Element { key: vec![Value::Addr("10.1.0.5".parse().unwrap())], verdict: Some(Verdict::Goto("m-8e48f37d5de6-294f9e4a4bb08eb2".into())) };
-        let msgs = op_messages(&Op::AddElements { table: t.clone(), set: "masq4".into(), elems: vec![e.clone()] }).unwrap();
+        let op = Op::AddElements { table: t.clone(), set: "masq4".into(), elems: vec![e.clone()] };
+        let msgs = op_messages(&op).unwrap();
         let m = &msgs[0];
         // nft --debug=mnl: 136 bytes for this element message (nft adds an 8-byte NFTA_SET_ELEM_LIST_SET_ID)
         assert_eq!(m.bytes.len(), 128);
-        assert_eq!(m.what, "add element inet cnirs_masquerade masq4 { 10.1.0.5 : goto m-8e48f37d5de6-294f9e4a4bb08eb2 }");
-        let (off, text) = &m.parts[0];
-        assert_eq!(text, &m.what);
+        assert_eq!(m.what(&op), "add element inet cnirs_masquerade masq4 { 10.1.0.5 : goto m-8e48f37d5de6-294f9e4a4bb08eb2 }");
+        let off = m.elems.as_ref().unwrap().1[0];
+        assert_eq!(m.blamed(&op, off + 10), Some(m.what(&op)));
+        assert_eq!(m.blamed(&op, off - 1), None, "an offset before the first element names none");
         // the element attribute sits at `off`: NFTA_LIST_ELEM with the nested flag
-        let at = *off as usize;
+        let at = off as usize;
         assert_eq!(u16::from_ne_bytes([m.bytes[at + 2], m.bytes[at + 3]]), NFTA_LIST_ELEM | 0x8000);
         let tail = &m.bytes[at..];
         assert!(tail.windows(4).any(|w| w == [10, 1, 0, 5]));
         assert!(tail.windows(4).any(|w| w == NFT_GOTO.to_be_bytes()));
         // deletes carry keys only
-        let d = op_messages(&Op::DeleteElements { table: t.clone(), set: "masq4".into(), elems: vec![e] }).unwrap();
+        let del = Op::DeleteElements { table: t.clone(), set: "masq4".into(), elems: vec![e] };
+        let d = op_messages(&del).unwrap();
         assert!(!d[0].bytes.windows(4).any(|w| w == NFT_GOTO.to_be_bytes()));
         assert_eq!(d[0].flags, 0);
+        assert_eq!(d[0].what(&del), "delete element inet cnirs_masquerade masq4 { 10.1.0.5 }");
         // empty lists: no message; long lists: split under 64 KiB per message
         assert!(op_messages(&Op::AddElements { table: t.clone(), set: "s".into(), elems: vec![] }).unwrap().is_empty());
         let many: Vec<Element> =
             (0..3000u32).map(|i| Element { key: vec![Value::Addr(std::net::Ipv4Addr::from(0x0a00_0000 + i).into())], verdict: Some(Verdict::Goto("c".repeat(40))) }).collect();
-        let msgs = op_messages(&Op::AddElements { table: t, set: "masq4".into(), elems: many }).unwrap();
+        let op = Op::AddElements { table: t, set: "masq4".into(), elems: many };
+        let msgs = op_messages(&op).unwrap();
         assert!(msgs.len() > 1);
-        assert_eq!(msgs.iter().map(|m| m.parts.len()).sum::<usize>(), 3000);
+        assert_eq!(msgs.iter().map(|m| m.elems.as_ref().unwrap().1.len()).sum::<usize>(), 3000);
         assert!(msgs.iter().all(|m| m.bytes.len() < 60 * 1024));
+        // each message knows its own slice of the list
+        let second = &msgs[1];
+        let (first, offs) = second.elems.as_ref().unwrap();
+        assert_eq!(*first, msgs[0].elems.as_ref().unwrap().1.len());
+        assert_eq!(second.what(&op), format!("add {} elements of inet cnirs_masquerade masq4", offs.len()));
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + *first as u32 + 1);
+        assert!(second.blamed(&op, offs[1]).unwrap().contains(&format!("{{ {ip} : goto ")));
     }
 
     #[test]
@@ -1066,8 +1118,9 @@ mod tests {
         let reg = op_messages(&Op::AddChain { table: t.clone(), name: "c".into(), base: None, comment: Some("a \"b\"".into()) }).unwrap();
         // comment user data: type 0, length 4, "a b" + NUL
         assert!(reg[0].bytes.windows(6).any(|w| w == [0, 4, b'a', b' ', b'b', 0]));
-        let set = op_messages(&Op::AddSet { table: t, set: SetDef { name: "iso".into(), key: vec![DataType::Ifname], verdict_map: false } }).unwrap();
-        assert_eq!(set[0].what, "add set inet t iso");
+        let op = Op::AddSet { table: t, set: SetDef { name: "iso".into(), key: vec![DataType::Ifname], verdict_map: false } };
+        let set = op_messages(&op).unwrap();
+        assert_eq!(set[0].what(&op), "add set inet t iso");
         assert!(!set[0].bytes.windows(4).any(|w| w == NFT_DATA_VERDICT.to_be_bytes()));
     }
 

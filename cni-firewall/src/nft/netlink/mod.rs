@@ -292,7 +292,7 @@ impl NftExecutor for NftNetlink {
         if msgs.is_empty() {
             return Ok(());
         }
-        with_socket(|sock| batch::commit(sock, &msgs))
+        with_socket(|sock| batch::commit(sock, ops, &msgs))
     }
 
     fn list_table(&self, table: &TableRef) -> Result<Option<TableState>, CniError> {
