@@ -11,6 +11,7 @@
 //! - [`netlink`]: links, addresses, routes over rtnetlink; [`sysctl`]
 
 pub mod arena;
+pub mod smallcopy;
 pub mod error;
 pub mod netns;
 pub mod version;
