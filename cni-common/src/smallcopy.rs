@@ -50,9 +50,27 @@ pub unsafe fn copy_small(dst: *mut u8, src: *const u8, n: usize) -> bool {
 
 #[cfg(cni_wrap_memcpy)]
 mod wrap {
+    /// The C library's `memcpy` / `memmove` signature.
+    type CopyFn = unsafe extern "C" fn(*mut u8, *const u8, usize) -> *mut u8;
+
     extern "C" {
         fn __real_memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8;
         fn __real_memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8;
+    }
+
+    /// A short copy inline, a longer one by `libc`.
+    ///
+    /// # Safety
+    /// As `libc` (`copy_small` is overlap-safe, so both memcpy and memmove contracts hold).
+    #[inline(always)]
+    unsafe fn small_or(dst: *mut u8, src: *const u8, n: usize, libc: CopyFn) -> *mut u8 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if super::copy_small(dst, src, n) {
+                return dst;
+            }
+            libc(dst, src, n)
+        }
     }
 
     /// `memcpy` for the whole program (the linker's `--wrap=memcpy`).
@@ -62,12 +80,7 @@ mod wrap {
     #[no_mangle]
     pub unsafe extern "C" fn __wrap_memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
         // SAFETY: the caller's memcpy contract.
-        unsafe {
-            if super::copy_small(dst, src, n) {
-                return dst;
-            }
-            __real_memcpy(dst, src, n)
-        }
+        unsafe { small_or(dst, src, n, __real_memcpy) }
     }
 
     /// `memmove` for the whole program (the linker's `--wrap=memmove`).
@@ -76,18 +89,13 @@ mod wrap {
     /// As `memmove`.
     #[no_mangle]
     pub unsafe extern "C" fn __wrap_memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-        // SAFETY: the caller's memmove contract; copy_small is overlap-safe.
-        unsafe {
-            if super::copy_small(dst, src, n) {
-                return dst;
-            }
-            __real_memmove(dst, src, n)
-        }
+        // SAFETY: the caller's memmove contract.
+        unsafe { small_or(dst, src, n, __real_memmove) }
     }
 
     // Kept through LTO: nothing in Rust calls them by name, only the linker's renaming does.
     #[used]
-    static KEEP: [unsafe extern "C" fn(*mut u8, *const u8, usize) -> *mut u8; 2] = [__wrap_memcpy, __wrap_memmove];
+    static KEEP: [CopyFn; 2] = [__wrap_memcpy, __wrap_memmove];
 }
 
 #[cfg(test)]
