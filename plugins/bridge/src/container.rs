@@ -35,14 +35,17 @@ pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[I
     if conf.enable_dad {
         let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
     }
-    // arp_notify: the kernel announces the address (gratuitous ARP) when the link comes up below.
-    // Set over netlink, as the sysctl file of an `eth0` is a lookup through every namespace's.
-    let _ = nl.set_ipv4_conf(link.index, &[(cni_common::netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)]);
     for addr in &plan.addrs {
         nl.add_addr(link.index, *addr, AddrOpts { nodad: !conf.enable_dad, ..Default::default() })
             .map_err(|e| CniError::netlink(format!("add address {addr} to {ifname:?}"), e))?;
     }
     nl.set_up(link.index)?;
+    // arp_notify=1 (as the reference leaves it): the kernel announces the address with a
+    // gratuitous ARP when the link later comes up again or changes its MAC. Set only now that the
+    // link is up, so ADD itself announces nothing, like the reference: an announcement is a
+    // broadcast the bridge floods to every attached container, work that grows with their number.
+    // Over netlink, as the sysctl file of an `eth0` is a lookup through every namespace's.
+    let _ = nl.set_ipv4_conf(link.index, &[(cni_common::netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)]);
     for r in &plan.routes {
         let route = to_netlink(r, ips, link.index);
         match nl.add_route(&route) {
