@@ -493,8 +493,11 @@ fn dual_stack_both_families_ping_masquerade_and_publish() {
     for (outside, host) in [(EXT4, HOST4), (EXT6, HOST6)] {
         assert_eq!(site.source_seen_outside(b, outside), host, "masquerade towards {outside}");
     }
-    reach_tcp(&tcp_listen(a.ns.path(), sa("0.0.0.0", 80)), site.outside.path(), sa(HOST4, 8443));
-    reach_tcp(&tcp_listen(a.ns.path(), sa("::", 80)), site.outside.path(), sa(HOST6, 8443));
+    // One dual-stack listener for both families: binding [::]:80 right after a 0.0.0.0:80 listener
+    // and its connection were closed failed now and then with EADDRINUSE.
+    let web = tcp_listen(a.ns.path(), sa("::", 80));
+    reach_tcp(&web, site.outside.path(), sa(HOST4, 8443));
+    reach_tcp(&web, site.outside.path(), sa(HOST6, 8443));
     site.lab.check(&list, &a.rc);
     site.lab.check(&list, &b.rc);
     for c in &ctrs {

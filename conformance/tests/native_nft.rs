@@ -247,7 +247,19 @@ fn chain_works_without_nft() {
     let nonft = NoNft::new(lab.sb.tempdir());
     // the harness itself: nft is gone for the plugins' thread, whatever the path
     nonft.run(|| {
-        assert!(std::process::Command::new("/usr/sbin/nft").arg("list").arg("tables").output().map(|o| !o.status.success()).unwrap_or(true));
+        // ETXTBSY: another test thread may fork (to spawn) while the tripwire file was open for
+        // writing; its child holds that descriptor until it execs. Retry as a runtime does.
+        let mut tries = 0;
+        let out = loop {
+            match std::process::Command::new("/usr/sbin/nft").arg("list").arg("tables").output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.expect("run /usr/sbin/nft (the tripwire)"),
+            }
+        };
+        assert!(!out.status.success(), "the tripwire must fail: {out:?}");
     });
     assert_eq!(nonft.tripped().len(), 1, "the tripwire works");
     std::fs::remove_file(&nonft.log).unwrap();
