@@ -379,10 +379,20 @@ fn nerdctl_default_network_ping_publish_and_teardown_without_netns() {
     // a socket of that netns, would keep it alive).
     drop(l80);
     let Ctr { ns: web_ns, rc: web_rc, .. } = ctrs.remove(0);
+    let before: Vec<String> = site.lab.host_veths();
     drop(web_ns);
     let mut gone = web_rc;
     gone.netns = String::new();
     site.lab.del(&list, &gone);
+    // The kernel destroys a deleted namespace's devices in its own time (the netns cleanup work,
+    // tens of milliseconds here), and web's host veth with them: wait for that, as `nerdctl rm`
+    // of the next container would come later. Until then the bridge still has a port, so a DEL
+    // of the last container now would rightly keep the bridge's isolation rules.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while site.lab.host_veths().len() >= before.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(site.lab.host_veths().len(), before.len() - 1, "web's host veth outlived its namespace: {:?}", site.lab.host_veths());
     let cache = ctrs.remove(0);
     site.lab.del(&list, &cache.rc);
     site.assert_clean(&["bridge"], &["10.4.0."], &["nerdctl0"]);
