@@ -96,21 +96,34 @@ pub(crate) fn add_addr_message(index: u32, net: &IpNetwork, opts: AddrOpts) -> R
 
 impl Netlink {
     /// Addresses of the namespace, of link `index` only and/or of `family` only.
+    ///
+    /// Always asked per family (both families: two dumps): the kernel serves an `AF_INET` or
+    /// `AF_INET6` address dump without RTNL (since 6.9), while an `AF_UNSPEC` one holds RTNL for
+    /// its whole length, queued behind every link change of every namespace of the machine (with
+    /// parallel ADDs, behind other plugins' veth creations).
     pub fn addrs(&mut self, index: Option<u32>, family: Option<IpFamily>) -> Result<Vec<Addr>, NlError> {
+        match family {
+            Some(f) => self.addrs_of_family(index, f),
+            None => {
+                let mut v = self.addrs_of_family(index, IpFamily::V4)?;
+                v.extend(self.addrs_of_family(index, IpFamily::V6)?);
+                Ok(v)
+            }
+        }
+    }
+
+    fn addrs_of_family(&mut self, index: Option<u32>, family: IpFamily) -> Result<Vec<Addr>, NlError> {
         let mut req = AddressMessage::default();
         req.header.family = match family {
-            Some(IpFamily::V4) => AddressFamily::Inet,
-            Some(IpFamily::V6) => AddressFamily::Inet6,
-            None => AddressFamily::Unspec,
+            IpFamily::V4 => AddressFamily::Inet,
+            IpFamily::V6 => AddressFamily::Inet6,
         };
         // Filtered by the kernel (strict dump checking), so the cost does not grow with the number
         // of links in the namespace.
         req.header.index = index.unwrap_or(0);
-        let op = || match (index, family) {
-            (Some(i), Some(f)) => format!("list {f} addresses of link index {i}"),
-            (Some(i), None) => format!("list addresses of link index {i}"),
-            (None, Some(f)) => format!("list {f} addresses"),
-            (None, None) => "list addresses".to_string(),
+        let op = || match index {
+            Some(i) => format!("list {family} addresses of link index {i}"),
+            None => format!("list {family} addresses"),
         };
         let msgs = self.sock.dump(RouteNetlinkMessage::GetAddress(req)).map_err(|e| e.with_op(op()))?;
         Ok(msgs
@@ -120,7 +133,7 @@ impl Netlink {
                 _ => None,
             })
             .filter(|a| index.is_none() || index == Some(a.index))
-            .filter(|a| family.is_none() || family == Some(IpFamily::of(&a.addr.ip())))
+            .filter(|a| family == IpFamily::of(&a.addr.ip()))
             .collect())
     }
 

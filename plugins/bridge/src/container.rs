@@ -75,13 +75,12 @@ pub fn to_netlink(r: &Route, ips: &[IpConfig], oif: u32) -> NlRoute {
     }
 }
 
-/// Delete the container interface (and so its veth peer); returns the addresses it had. A missing
-/// interface is not an error.
-/// The container interface `ifname` (its index) and its addresses, if it exists.
-pub fn find(ifname: &str) -> Result<Option<(u32, Vec<IpNetwork>)>, CniError> {
+/// The container interface `ifname` (its index) and, if `with_addrs`, its addresses; `None` if
+/// it does not exist.
+pub fn find(ifname: &str, with_addrs: bool) -> Result<Option<(u32, Vec<IpNetwork>)>, CniError> {
     let mut nl = Netlink::open()?;
     let Some(link) = nl.link_by_name(ifname)? else { return Ok(None) };
-    let addrs = nl.addrs(Some(link.index), None)?.into_iter().map(|a| a.addr).collect();
+    let addrs = if with_addrs { nl.addrs(Some(link.index), None)?.into_iter().map(|a| a.addr).collect() } else { vec![] };
     Ok(Some((link.index, addrs)))
 }
 

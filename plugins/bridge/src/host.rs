@@ -2,7 +2,7 @@
 
 use crate::config::BridgeConf;
 use cni_common::error::CniError;
-use cni_common::netlink::{format_mac, random_veth_name, AddrOpts, BrPortFlags, Link, Netlink, VethSpec};
+use cni_common::netlink::{format_mac, random_veth_name, AddrOpts, BrPortFlags, IpFamily, Link, Netlink, VethSpec};
 use cni_common::netns::NetNs;
 use cni_common::sysctl;
 use ipnetwork::IpNetwork;
@@ -150,7 +150,15 @@ pub fn set_gateway_addrs(nl: &mut Netlink, conf: &BridgeConf, bridge: &Link, gws
     if gws.is_empty() {
         return Ok(());
     }
-    let existing = nl.addrs(Some(bridge.index), None)?;
+    // Only the families of the gateways matter.
+    let v4 = gws.iter().any(|g| g.is_ipv4());
+    let v6 = gws.iter().any(|g| g.is_ipv6());
+    let family = match (v4, v6) {
+        (true, false) => Some(IpFamily::V4),
+        (false, true) => Some(IpFamily::V6),
+        _ => None,
+    };
+    let existing = nl.addrs(Some(bridge.index), family)?;
     for gw in gws {
         if existing.iter().any(|a| a.addr.ip() == gw.ip() && a.addr.prefix() == gw.prefix()) {
             continue;

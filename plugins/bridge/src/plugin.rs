@@ -209,7 +209,8 @@ impl Plugin for Bridge {
         // The namespace may be gone, and with it the container end of the veth pair.
         let ns = if req.netns.is_empty() { None } else { NetNs::open(&req.netns).ok() };
         let found = match &ns {
-            Some(ns) => ns.run(|| container::find(&req.ifname)),
+            // Its addresses are needed only when prevResult has none (for the masquerade).
+            Some(ns) => ns.run(|| container::find(&req.ifname, addrs.is_empty() && conf.ip_masq)),
             None => Ok(None),
         };
         let (found, find_error) = match found {
