@@ -172,7 +172,17 @@ impl NftFirewall {
             }
             let mut last = None;
             for _ in 0..ATTEMPTS {
-                let st = self.exec.read_for_add(table, &blind)?;
+                let mut st = self.exec.read_for_add(table, &blind)?;
+                // No table: make it under the creation lock, so that plugins racing to make it
+                // (the first ADDs on a host, in parallel) take turns instead of failing on it.
+                let _turn = match st {
+                    None => {
+                        let turn = creation_lock();
+                        st = self.exec.read_for_add(table, &blind)?;
+                        turn
+                    }
+                    Some(_) => None,
+                };
                 let ops = match &st {
                     Some(st) => keep_intact_chains(plan(Some(st)), st),
                     None => create_exclusively(blind.clone()),
@@ -264,6 +274,26 @@ pub fn keep_intact_chains(ops: Vec<Op>, st: &TableState) -> Vec<Op> {
         i += 1;
     }
     out
+}
+
+/// The lock file that orders the making of missing tables (see [`creation_lock`]).
+pub const CREATION_LOCK: &str = "/run/cnirs-nftables.lock";
+
+/// An exclusive `flock` on [`CREATION_LOCK`], held while a missing table is read again, planned
+/// and made; `None` when the file cannot be opened (no writable `/run`), and the ADD goes on
+/// without it.
+///
+/// Why: a transaction that fails (the `create table` of a plugin that lost the race to make the
+/// table) is rolled back by nf_tables with an RCU grace period (`synchronize_rcu`, 10-17 ms here)
+/// while it holds the ruleset's commit mutex, which every other nf_tables writer and every socket
+/// release then waits for. With the lock the others wait for the winner's short transaction
+/// instead, read again, find the table and only add their own objects. Taken only when the read
+/// found no table; one file for the host (the table's network namespace does not matter: making a
+/// table is rare and short).
+fn creation_lock() -> Option<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(CREATION_LOCK).ok()?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
 }
 
 /// `ops` (a plan for a table that was missing when read) with its `add table` turned into
