@@ -276,24 +276,24 @@ pub fn keep_intact_chains(ops: Vec<Op>, st: &TableState) -> Vec<Op> {
     out
 }
 
-/// The lock file that orders the making of missing tables (see [`creation_lock`]).
-pub const CREATION_LOCK: &str = "/run/cnirs-nftables.lock";
+/// What [`creation_lock`] locks: the network namespace of the calling thread (its nsfs file).
+const CREATION_LOCK: &str = "/proc/thread-self/ns/net";
 
-/// An exclusive `flock` on [`CREATION_LOCK`], held while a missing table is read again, planned
-/// and made; `None` when the file cannot be opened (no writable `/run`), and the ADD goes on
-/// without it.
+/// An exclusive `flock` on the calling thread's network namespace ([`CREATION_LOCK`]), held while
+/// a missing table is read again, planned and made; `None` when it cannot be taken, and the ADD
+/// goes on without it. Every process that opens a namespace's file gets the same nsfs inode, so
+/// the lock orders exactly the plugins working on that namespace's tables, and nothing is left
+/// behind when it is released (no lock file).
 ///
 /// Why: a transaction that fails (the `create table` of a plugin that lost the race to make the
 /// table) is rolled back by nf_tables with an RCU grace period (`synchronize_rcu`, 10-17 ms here)
 /// while it holds the ruleset's commit mutex, which every other nf_tables writer and every socket
 /// release then waits for. With the lock the others wait for the winner's short transaction
 /// instead, read again, find the table and only add their own objects. Taken only when the read
-/// found no table; one file for the host (the table's network namespace does not matter: making a
-/// table is rare and short).
+/// found no table.
 fn creation_lock() -> Option<nix::fcntl::Flock<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(CREATION_LOCK).ok()?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
+    let ns = std::fs::File::open(CREATION_LOCK).ok()?;
+    nix::fcntl::Flock::lock(ns, nix::fcntl::FlockArg::LockExclusive).ok()
 }
 
 /// `ops` (a plan for a table that was missing when read) with its `add table` turned into
