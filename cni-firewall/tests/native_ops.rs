@@ -277,13 +277,18 @@ fn a_lost_race_to_create_the_table_leaves_the_winners_chains() {
     });
 }
 
-/// The native executor, counting the transactions the kernel refused.
-struct Refusals {
+/// The native executor, counting the transactions it sent and those the kernel refused.
+#[derive(Default)]
+struct Counting {
+    applied: std::sync::atomic::AtomicUsize,
     refused: std::sync::atomic::AtomicUsize,
 }
 
-impl NftExecutor for Refusals {
+impl NftExecutor for Counting {
     fn apply(&self, ops: &[Op]) -> Result<(), cni_firewall::CniError> {
+        if !ops.is_empty() {
+            self.applied.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         let r = NftNetlink.apply(ops);
         if r.is_err() {
             self.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -314,7 +319,7 @@ impl NftExecutor for Refusals {
 fn racing_adds_on_a_missing_table_take_turns() {
     in_sandbox(|| {
         let ns = NsHandle::current();
-        let counter = Arc::new(Refusals { refused: Default::default() });
+        let counter = Arc::new(Counting::default());
         let start = Arc::new(std::sync::Barrier::new(8));
         let hs: Vec<_> = (0..8u16)
             .map(|i| {
@@ -343,6 +348,36 @@ fn racing_adds_on_a_missing_table_take_turns() {
         // each base chain holds its rules once
         let masq = NftNetlink.list_table(&masq_table()).unwrap().unwrap();
         assert_eq!(masq.chain("postrouting").unwrap().rules.len(), 2);
+    });
+}
+
+/// An ADD whose objects are all in place (a bridge already isolated, a repeated ADD) reads and
+/// writes nothing.
+#[test]
+fn an_add_already_in_place_writes_nothing() {
+    in_sandbox(|| {
+        let counter = Arc::new(Counting::default());
+        let fw = NftFirewall::with_executor(counter.clone());
+        let applied = || counter.applied.load(std::sync::atomic::Ordering::SeqCst);
+        fw.add_isolation(&iso("brp", true)).unwrap();
+        fw.add_masquerade(&ms("p1", 1)).unwrap();
+        fw.add_portmap(&pm("p1", 1)).unwrap();
+        assert_eq!(applied(), 3);
+        fw.add_isolation(&iso("brp", true)).unwrap();
+        fw.add_masquerade(&ms("p1", 1)).unwrap();
+        fw.add_portmap(&pm("p1", 1)).unwrap();
+        assert_eq!(applied(), 3, "a repeated ADD wrote");
+        // something missing is written again
+        sh("nft", &["flush", "chain", "inet", ISOLATION_TABLE, "forward"]);
+        fw.add_isolation(&iso("brp", true)).unwrap();
+        assert_eq!(applied(), 4);
+        fw.check_isolation(&iso("brp", true)).unwrap();
+        // a second bridge is a change
+        fw.add_isolation(&iso("brq", false)).unwrap();
+        assert_eq!(applied(), 5);
+        fw.check_isolation(&iso("brq", false)).unwrap();
+        fw.check_masquerade(&ms("p1", 1)).unwrap();
+        fw.check_portmap(&pm("p1", 1)).unwrap();
     });
 }
 

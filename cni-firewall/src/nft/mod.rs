@@ -184,7 +184,14 @@ impl NftFirewall {
                     Some(_) => None,
                 };
                 let ops = match &st {
-                    Some(st) => keep_intact_chains(plan(Some(st)), st),
+                    Some(st) => {
+                        let full = plan(Some(st));
+                        let ops = keep_intact_chains(full.clone(), st);
+                        if changes_nothing(&ops, &full, st) {
+                            return Ok(());
+                        }
+                        ops
+                    }
                     None => create_exclusively(blind.clone()),
                 };
                 if ops.is_empty() {
@@ -274,6 +281,35 @@ pub fn keep_intact_chains(ops: Vec<Op>, st: &TableState) -> Vec<Op> {
         i += 1;
     }
     out
+}
+
+/// Whether `ops`, what [`keep_intact_chains`] left of the plan `full`, would change nothing in
+/// `st`: no chain work, the table there, every element there with the same data, and every set
+/// there, either read or used by a rule of a chain the plan found intact (the kernel keeps a set
+/// while a rule uses it). Such an ADD (isolation of a bridge already isolated, any repeated ADD)
+/// writes nothing: a transaction costs the ruleset's commit mutex, and one that adds verdict-map
+/// elements a validation of every chain the maps reach, however many are already in them.
+pub fn changes_nothing(ops: &[Op], full: &[Op], st: &TableState) -> bool {
+    let used_by_intact_chain = |name: &str| {
+        full.iter().any(|o| match o {
+            Op::AddRule { chain, rule, .. } => {
+                !ops.iter().any(|x| matches!(x, Op::AddChain { name: c, .. } if c == chain))
+                    && st.chain(chain).is_some()
+                    && rule.exprs.iter().any(|e| match e {
+                        ops::Expr::Lookup { set, .. } => set == name,
+                        ops::Expr::Vmap { map, .. } => map == name,
+                        _ => false,
+                    })
+            }
+            _ => false,
+        })
+    };
+    ops.iter().all(|op| match op {
+        Op::AddTable(_) => true,
+        Op::AddSet { set, .. } => st.set(&set.name).is_some() || used_by_intact_chain(&set.name),
+        Op::AddElements { set, elems, .. } => st.set(set).is_some_and(|s| elems.iter().all(|e| s.elems.contains(e))),
+        _ => false,
+    })
 }
 
 /// What [`creation_lock`] locks: the network namespace of the calling thread (its nsfs file).
@@ -426,6 +462,44 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn an_add_already_in_place_changes_nothing() {
+        let spec = MasqSpec { key: AttachmentKey::new("n", "c", "eth0"), addrs: vec!["10.0.0.2/24".parse().unwrap()] };
+        let ops = plan::plan_masq_add(&spec);
+        let elems: Vec<(String, Vec<ops::Element>)> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::AddElements { set, elems, .. } => Some((set.clone(), elems.clone())),
+                _ => None,
+            })
+            .collect();
+        assert!(!elems.is_empty());
+        // chains intact (dropped by keep_intact_chains), sets and elements present: nothing to do
+        let left: Vec<Op> = ops.iter().filter(|o| matches!(o, Op::AddTable(_) | Op::AddSet { .. } | Op::AddElements { .. })).cloned().collect();
+        let mut st = TableState::default();
+        for o in &ops {
+            if let Op::AddSet { set, .. } = o {
+                st.sets.insert(set.name.clone(), state::SetState { name: set.name.clone(), key: set.key.clone(), verdict_map: set.verdict_map, elems: vec![] });
+            }
+        }
+        assert!(!changes_nothing(&left, &ops, &st), "elements missing");
+        for (set, es) in &elems {
+            st.sets.get_mut(set).unwrap().elems.extend(es.iter().cloned());
+        }
+        assert!(changes_nothing(&left, &ops, &st));
+        // an element pointing elsewhere, a missing set, or any chain work is a change
+        let mut other = st.clone();
+        let (set, _) = &elems[0];
+        for e in &mut other.sets.get_mut(set).unwrap().elems {
+            e.verdict = Some(ops::Verdict::Goto("m-other".into()));
+        }
+        assert!(!changes_nothing(&left, &ops, &other));
+        let mut no_set = st.clone();
+        no_set.sets.remove(set);
+        assert!(!changes_nothing(&left, &ops, &no_set));
+        assert!(!changes_nothing(&ops, &ops, &st), "the plan's chain refills are changes");
     }
 
     #[test]
