@@ -186,7 +186,7 @@ impl NftFirewall {
                 let ops = match &st {
                     Some(st) => {
                         let full = plan(Some(st));
-                        let ops = keep_intact_chains(full.clone(), st);
+                        let ops = keep_intact_chains(&full, st);
                         if changes_nothing(&ops, &full, st) {
                             return Ok(());
                         }
@@ -258,7 +258,7 @@ impl NftFirewall {
 /// 8-16 ms; re-adding a base chain counts as an update too. An ADD of one more attachment then
 /// only creates objects. A chain changed between the read and the write (flushed by an admin) is
 /// left as it is, as a change right after the write would be; the next ADD heals it.
-pub fn keep_intact_chains(ops: Vec<Op>, st: &TableState) -> Vec<Op> {
+pub fn keep_intact_chains(ops: &[Op], st: &TableState) -> Vec<Op> {
     let mut out = Vec::with_capacity(ops.len());
     let mut i = 0;
     while i < ops.len() {
@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(base.len(), 2);
         let mut st = TableState::default();
         st.chains.insert("postrouting".into(), chain_with("postrouting", &base));
-        let kept = keep_intact_chains(ops.clone(), &st);
+        let kept = keep_intact_chains(&ops, &st);
         // the base chain's add/flush/refill is gone, everything else stays in order
         assert_eq!(kept.len(), ops.len() - 4);
         assert!(!kept.iter().any(|o| matches!(o, Op::AddChain { name, .. } | Op::FlushChain { name, .. } if name == "postrouting")));
@@ -533,15 +533,15 @@ mod tests {
         assert!(matches!(kept[0], Op::AddTable(_)));
         // an existing chain with the same rules: kept out too; with different rules: refilled
         st.chains.insert(own.clone(), chain_with(&own, &rules_of(&ops, &own)));
-        assert_eq!(keep_intact_chains(ops.clone(), &st).len(), ops.len() - 4 - 2 - rules_of(&ops, &own).len());
+        assert_eq!(keep_intact_chains(&ops, &st).len(), ops.len() - 4 - 2 - rules_of(&ops, &own).len());
         st.chains.insert("postrouting".into(), chain_with("postrouting", &base[..1]));
-        assert_eq!(rules_of(&keep_intact_chains(ops.clone(), &st), "postrouting"), base, "a rule missing: refill");
+        assert_eq!(rules_of(&keep_intact_chains(&ops, &st), "postrouting"), base, "a rule missing: refill");
         let mut extra = base.clone();
         extra.push(ops::Rule::new(vec![ops::Expr::Masquerade]));
         st.chains.insert("postrouting".into(), chain_with("postrouting", &extra));
-        assert_eq!(rules_of(&keep_intact_chains(ops.clone(), &st), "postrouting"), base, "a rule too many: refill");
+        assert_eq!(rules_of(&keep_intact_chains(&ops, &st), "postrouting"), base, "a rule too many: refill");
         let reversed: Vec<ops::Rule> = base.iter().rev().cloned().collect();
         st.chains.insert("postrouting".into(), chain_with("postrouting", &reversed));
-        assert_eq!(rules_of(&keep_intact_chains(ops, &st), "postrouting"), base, "another order: refill");
+        assert_eq!(rules_of(&keep_intact_chains(&ops, &st), "postrouting"), base, "another order: refill");
     }
 }
