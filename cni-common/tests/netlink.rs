@@ -568,3 +568,58 @@ fn ipv4_settings_over_netlink() {
         assert!(e.to_string().contains("link index 999999"), "{e}");
     });
 }
+
+#[test]
+fn detached_delete_returns_with_both_ends_gone_and_keeps_no_descriptor() {
+    in_netns(|| {
+        let host = this_netns();
+        let container = new_netns();
+        enter(&host);
+        let mut nl = Netlink::open().expect("open host");
+        nl.create_bridge("br0", None, false).expect("bridge");
+        let br = link(&mut nl, "br0");
+        let spec = VethSpec {
+            peer_netns: Some(container.as_fd()),
+            master: Some(br.index),
+            up: true,
+            ..VethSpec::new("vethhost0", "eth0")
+        };
+        nl.create_veth(&spec).expect("create veth");
+        // The helper must not keep a descriptor like a runtime's stdout pipe (no O_CLOEXEC here:
+        // it closes every descriptor but its socket).
+        let mut fds = [0; 2];
+        // SAFETY: a valid array of two ints.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        let (read_end, write_end) = (fds[0], fds[1]);
+
+        enter(&container);
+        let mut cnl = Netlink::open().expect("open container");
+        let eth0 = link(&mut cnl, "eth0");
+        let pending = cnl.delete_link_detached(eth0.index).expect("detached delete");
+        // First, while the helper is most likely still in the kernel's wait. SAFETY: our own descriptors.
+        unsafe {
+            libc::close(write_end);
+            assert_eq!(libc::fcntl(read_end, libc::F_SETFL, libc::O_NONBLOCK), 0);
+            let mut b = [0u8; 1];
+            let n = libc::read(read_end, b.as_mut_ptr().cast(), 1);
+            let e = std::io::Error::last_os_error();
+            assert_eq!(n, 0, "EOF expected on the pipe: the helper still holds its write end ({e})");
+            libc::close(read_end);
+        }
+        // Gone on both sides the moment the call returns (the helper may still be in the kernel).
+        assert_eq!(cnl.link_by_name("eth0").expect("get"), None);
+        assert!(ip(&container, &["link", "show", "type", "veth"]).as_array().expect("list").is_empty());
+        assert!(ip(&host, &["link", "show", "type", "veth"]).as_array().expect("list").is_empty());
+        assert!(ip(&host, &["link", "show", "master", "br0"]).as_array().expect("list").is_empty());
+        pending.wait();
+
+        // Gone already: not found, from the synchronous request the helper's failure falls back to.
+        let err = cnl.delete_link_detached(eth0.index).expect_err("second delete");
+        assert!(err.is_not_found(), "{err}");
+        // A link the kernel refuses to delete: its own error and text, naming the link.
+        let err = cnl.delete_link_detached(1).expect_err("delete lo");
+        assert_eq!(err.op, "delete link \"lo\" (index 1)", "{err}");
+        assert_eq!(err.errno(), Some(libc::EOPNOTSUPP), "{err}");
+        assert!(cnl.link_by_name("lo").expect("get").is_some());
+    })
+}

@@ -23,6 +23,7 @@
 mod addr;
 mod bridge;
 mod error;
+mod handoff;
 mod link;
 mod mac;
 mod route;
@@ -31,6 +32,7 @@ pub mod socket;
 pub use addr::{Addr, AddrOpts};
 pub use bridge::{BrPortFlags, VLAN_FILTERING};
 pub use error::NlError;
+pub use handoff::DetachedDelete;
 pub use link::{Link, VethSpec, IPV4_DEVCONF_ARP_NOTIFY};
 pub use mac::{format_mac, parse_mac, random_mac, random_veth_name};
 pub use route::{Route, SCOPE_LINK, TABLE_MAIN};

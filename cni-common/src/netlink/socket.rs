@@ -93,6 +93,24 @@ impl Socket {
         self.sock.as_raw_fd()
     }
 
+    /// Join netlink multicast group `group` (`RTNLGRP_*`): the socket then also receives the
+    /// kernel's notifications of that group (read them with [`Socket::try_recv_notification`]).
+    pub(crate) fn subscribe(&mut self, group: u32) -> Result<(), NlError> {
+        self.sock.add_membership(group).map_err(|e| NlError::io(e).with_op(format!("join netlink group {group}")))
+    }
+
+    /// Take one queued datagram without waiting: `None` when none is queued, else whether any
+    /// message in it (whole, header included) satisfies `wanted`. An error (`ENOBUFS`: the
+    /// kernel dropped notifications for lack of room) is returned as such.
+    pub(crate) fn try_recv_notification(&mut self, wanted: impl Fn(&[u8]) -> bool) -> Result<Option<bool>, NlError> {
+        let n = match self.recv_flags(libc::MSG_DONTWAIT) {
+            Ok(n) => n,
+            Err(e) if e.errno == Some(libc::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(messages(&self.buf[..n]).any(|m| m.is_ok_and(&wanted))))
+    }
+
     /// Send a request (with `NLM_F_ACK` added to `flags`) and wait for its acknowledgement.
     /// Returns the messages the kernel sent before it: the reply to a GET, nothing for changes.
     pub(crate) fn request(
@@ -412,6 +430,13 @@ impl Socket {
                 }
             }
         }
+    }
+}
+
+impl std::os::fd::AsFd for Socket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the descriptor is open for as long as `self` is borrowed.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.raw_fd()) }
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::config::BridgeConf;
 use crate::plan::{route_gateway, ContainerPlan};
 use cni_common::error::CniError;
-use cni_common::netlink::{AddrOpts, Link, Netlink, Route as NlRoute};
+use cni_common::netlink::{AddrOpts, DetachedDelete, Link, Netlink, Route as NlRoute};
 use cni_common::result::{IpConfig, Route};
 use cni_common::sysctl;
 use ipnetwork::IpNetwork;
@@ -84,12 +84,14 @@ pub fn find(ifname: &str, with_addrs: bool) -> Result<Option<(u32, Vec<IpNetwork
     Ok(Some((link.index, addrs)))
 }
 
-/// Delete the container interface `ifname` (link `index`), and with it the veth pair. The kernel
-/// holds this call for the unregistration (RCU grace periods, ~15-20 ms on a small VM).
-pub fn delete(ifname: &str, index: u32) -> Result<(), CniError> {
-    match Netlink::open()?.delete_link(index) {
-        Ok(()) => Ok(()),
-        Err(e) if e.is_not_found() => Ok(()),
+/// Delete the container interface `ifname` (link `index`), and with it the veth pair. Returns
+/// once the kernel has taken both ends out of their namespaces; its wait before freeing them
+/// (RCU grace periods, ~15-20 ms on a small VM) is left to a helper process (see
+/// [`Netlink::delete_link_detached`]), dropped with the returned handle.
+pub fn delete(ifname: &str, index: u32) -> Result<Option<DetachedDelete>, CniError> {
+    match Netlink::open()?.delete_link_detached(index) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(CniError::netlink(format!("delete container interface {ifname:?}"), e)),
     }
 }

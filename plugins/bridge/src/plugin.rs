@@ -10,6 +10,7 @@ use cni_common::result::CniResult;
 use cni_common::skel::{Command, Plugin, Request};
 use cni_firewall::{AttachmentKey, MasqSpec};
 use ipnetwork::IpNetwork;
+use std::os::fd::AsFd;
 
 pub struct Bridge;
 
@@ -188,8 +189,9 @@ impl Plugin for Bridge {
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let conf = config::parse(req)?;
         // Three independent parts, overlapped: the IPAM release (its own process), deleting the
-        // veth pair (the kernel holds that call for RCU grace periods) and the masquerade teardown
-        // (whose socket release waits for one too). Errors are reported in that order. An IPAM that
+        // veth pair (returns once both ends are gone; the kernel's RCU wait before freeing them is
+        // left to a helper process) and the masquerade teardown (whose socket release waits for
+        // one too: handed to the same helper). Errors are reported in that order. An IPAM that
         // may still use the interface (dhcp releases its lease over it) finishes first, as in the
         // reference.
         let mut ipam: Result<(), CniError> = Ok(());
@@ -239,10 +241,19 @@ impl Plugin for Bridge {
             };
             let container = match deleting {
                 Some(h) => h.join().unwrap_or_else(|_| Err(CniError::Internal("interface deletion thread panicked".into()))),
-                None => find_error.map_or(Ok(()), Err),
+                None => find_error.map_or(Ok(None), Err),
             };
             (container, masq)
         });
+        // The masquerade teardown's nf_tables socket waits, when released, for the kernel to
+        // destroy what it deleted (a grace period): the deletion's helper, which outlives this
+        // process, releases it instead of this process's exit.
+        if let Ok(Some(helper)) = &container {
+            if let Some(sock) = cni_firewall::nft::netlink::take_kept_socket() {
+                helper.hand_over(sock.as_fd());
+            }
+        }
+        let container = container.map(drop);
         if let Some(r) = ipam_running {
             ipam = r.finish().map(drop);
         }

@@ -14,7 +14,9 @@
 //! keeps one socket per network namespace for the life of the process ([`with_socket`]): releasing
 //! a socket whose transaction deleted objects waits for the kernel to destroy them (one RCU grace
 //! period, ~15 ms on a small VM), and a kept socket lets a plugin do its remaining work meanwhile
-//! (bridge DEL deletes the veth pair) instead of waiting at the release.
+//! instead of waiting at the release. At exit the wait would come back if the destruction has
+//! not started yet; bridge DEL therefore hands its socket ([`take_kept_socket`]) to the helper
+//! process of its veth deletion, which outlives the plugin.
 
 pub mod batch;
 pub mod consts;
@@ -69,6 +71,13 @@ pub fn with_socket<T>(f: impl FnOnce(&mut Socket) -> Result<T, CniError>) -> Res
         KEPT.with(|k| *k.borrow_mut() = Some((id, sock)));
     }
     out
+}
+
+/// Take this thread's kept socket (if any) out of [`with_socket`]'s keeping, e.g. to hand it to
+/// a process that outlives this one (`cni_common::netlink::DetachedDelete::hand_over`) before
+/// it is closed here.
+pub fn take_kept_socket() -> Option<Socket> {
+    KEPT.with(|k| k.borrow_mut().take()).map(|(_, sock)| sock)
 }
 
 /// The ruleset generation (changes with every committed transaction).
