@@ -319,7 +319,8 @@ mod tests {
 
     fn message(kind: u16, index: u32) -> Vec<u8> {
         let mut m = vec![0u8; HEADER_LEN + 16];
-        m[0..4].copy_from_slice(&(m.len() as u32).to_ne_bytes());
+        let len = m.len() as u32;
+        m[0..4].copy_from_slice(&len.to_ne_bytes());
         m[4..6].copy_from_slice(&kind.to_ne_bytes());
         m[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&index.to_ne_bytes());
         m

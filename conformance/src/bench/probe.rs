@@ -15,9 +15,9 @@ use crate::runner::NetworkConfigList;
 use crate::sandbox::Sandbox;
 
 /// How process counts are obtained (printed with them).
-pub const SPAWN_METHOD: &str = "strace -f -e trace=execve around each plugin of one steady-state sample ADD and DEL \
-     (second container, first still attached); count = successful execve calls of the plugin's process tree \
-     minus the plugin itself. The same sample gives each program's own peak RSS: strace delays every exit_group \
+pub const SPAWN_METHOD: &str = "strace -f -e trace=execve,clone,clone3,fork,vfork around each plugin of one steady-state \
+     sample ADD and DEL (second container, first still attached); count = successful execve calls of the plugin's process \
+     tree minus the plugin itself, plus processes forked that never exec (listed as \"fork\"). The same sample gives each program's own peak RSS: strace delays every exit_group \
      by 20 ms while a sampler reads VmHWM of the processes in the sandbox namespace";
 
 /// `name` on `$PATH` (or the usual sbin directories).
@@ -57,7 +57,7 @@ pub struct SpawnCount {
     pub ipam: usize,
     /// `total - ipam`.
     pub besides_ipam: usize,
-    /// Program basename → executions.
+    /// Program basename → executions; `"fork"` for processes that never exec'd (helpers).
     pub programs: BTreeMap<String, usize>,
 }
 
@@ -78,7 +78,7 @@ pub struct ProcSample {
 
 /// Count the processes each plugin of `chain` (from `dir`) spawns on a steady-state ADD and DEL, and
 /// sample every program's own peak RSS.
-pub fn sample_processes(dir: &Path, chain: &[String], cni_version: &str) -> Result<ProcSample, String> {
+pub fn sample_processes(dir: &Path, chain: &[String], cni_version: &str, reap: bool) -> Result<ProcSample, String> {
     let strace = which("strace").ok_or("strace is not installed (apt-get install -y strace)")?;
     let sb = Sandbox::new().map_err(|e| format!("sandbox: {e}"))?;
     let shim = sb.tempdir().join("strace-shim");
@@ -91,7 +91,7 @@ pub fn sample_processes(dir: &Path, chain: &[String], cni_version: &str) -> Resu
         // The wrapper restores CNI_PATH to the real directory so delegated IPAM runs unwrapped (but
         // still traced, as a child of the plugin).
         let script = format!(
-            "#!/bin/sh\nCNI_PATH='{real}'; export CNI_PATH\nexec '{strace}' -f -qq -s 4096 -e trace=execve,exit_group -e signal=none \
+            "#!/bin/sh\nCNI_PATH='{real}'; export CNI_PATH\nexec '{strace}' -f -qq -s 4096 -e trace=execve,exit_group,clone,clone3,fork,vfork -e signal=none \
              -e inject=exit_group:delay_enter=20000 -o \"{traces}/$CNI_COMMAND.{p}.$$\" '{real}/{p}' \"$@\"\n",
             real = real.display(),
             strace = strace.display(),
@@ -133,6 +133,9 @@ pub fn sample_processes(dir: &Path, chain: &[String], cni_version: &str) -> Resu
             Ok(counts)
         };
         let counts = run();
+        if reap {
+            reap_orphans(ORPHAN_LIMIT);
+        }
         stop.store(true, Ordering::SeqCst);
         (counts, sampler.join().unwrap_or_default())
     });
@@ -218,13 +221,18 @@ fn read_traces(dir: &Path) -> Result<Vec<SpawnCount>, String> {
             let base = p.rsplit('/').next().unwrap_or(p).to_string();
             *programs.entry(base).or_insert(0) += 1;
         }
+        let forks = forked_without_exec(&text);
+        if forks > 0 {
+            programs.insert("fork".to_string(), forks);
+        }
         let ipam = programs.get(IPAM).copied().unwrap_or(0);
+        let total = children.len() + forks;
         out.push(SpawnCount {
             plugin: plugin.to_string(),
             command: cmd.to_string(),
-            total: children.len(),
+            total,
             ipam,
-            besides_ipam: children.len() - ipam,
+            besides_ipam: total - ipam,
             programs,
         });
     }
@@ -257,6 +265,78 @@ pub fn successful_execs(log: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Processes (not threads) created in an `strace -f` log that never made a successful `execve`:
+/// helpers a plugin forks. Handles split `<unfinished ...>` / `<... clone resumed>` lines.
+pub fn forked_without_exec(log: &str) -> usize {
+    const CALLS: [&str; 4] = ["clone(", "clone3(", "fork(", "vfork("];
+    let mut pending: BTreeMap<&str, String> = BTreeMap::new();
+    let mut children: Vec<String> = Vec::new();
+    let mut exec_pids: Vec<&str> = Vec::new();
+    for line in log.lines() {
+        let Some((pid, rest)) = line.split_once(' ').filter(|(p, _)| p.chars().all(|c| c.is_ascii_digit())) else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let call = if CALLS.iter().any(|c| rest.starts_with(c)) {
+            if rest.ends_with("<unfinished ...>") {
+                pending.insert(pid, rest.to_string());
+                continue;
+            }
+            rest.to_string()
+        } else if CALLS.iter().any(|c| rest.starts_with(&format!("<... {}", c.trim_end_matches('(')))) {
+            match pending.remove(pid) {
+                Some(start) => format!("{start}{rest}"),
+                None => continue,
+            }
+        } else {
+            if rest.starts_with("execve(") && rest.trim_end().ends_with("= 0")
+                || rest.starts_with("<... execve resumed>") && rest.trim_end().ends_with("= 0")
+            {
+                exec_pids.push(pid);
+            }
+            continue;
+        };
+        if call.contains("CLONE_THREAD") {
+            continue;
+        }
+        let child = call.rsplit("= ").next().unwrap_or("").trim();
+        if !child.is_empty() && child.chars().all(|c| c.is_ascii_digit()) {
+            children.push(child.to_string());
+        }
+    }
+    children.iter().filter(|c| !exec_pids.contains(&c.as_str())).count()
+}
+
+/// How long [`reap_orphans`] waits for processes plugins left running.
+pub const ORPHAN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Reap every child of this process, waiting up to `limit` for those still running; `true` when
+/// none is left. For a child subreaper with no plugin running: the children are then the
+/// processes plugins left behind (see `Options::reap_orphans`), and reaping them adds their CPU
+/// to `RUSAGE_CHILDREN`.
+pub fn reap_orphans(limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: plain wait4 on any child, status out-parameter only.
+        let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, std::ptr::null_mut()) };
+        if pid > 0 {
+            continue;
+        }
+        if pid < 0 {
+            // ECHILD: no child left (EINTR: try again).
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Latency of the harness alone: exec `/bin/true` through the runner the way the timed phases do,
@@ -351,5 +431,22 @@ mod tests {
             successful_execs(log),
             vec!["/opt/bridge", "/opt/host-local", "/usr/sbin/iptables", "/usr/sbin/nft"]
         );
+    }
+
+    #[test]
+    fn forks_that_never_exec_are_counted() {
+        let log = r#"200 execve("/opt/bridge", ["bridge"], 0x7ff /* 9 vars */) = 0
+200 clone3({flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|CLONE_SYSVSEM, stack=0x1}, 88) = 201
+200 clone3({flags=CLONE_VM|CLONE_VFORK, exit_signal=SIGCHLD, stack=0x7f, stack_size=0x9000}, 88 <unfinished ...>
+202 execve("/opt/host-local", ["host-local"], 0x1 /* 9 vars */) = 0
+200 <... clone3 resumed>) = 202
+201 clone3({flags=CLONE_PIDFD, pidfd=0x7ff, exit_signal=SIGCHLD, stack=NULL, stack_size=0} <unfinished ...>
+201 <... clone3 resumed> => {pidfd=[12]}, 64) = 203
+203 exit_group(0) = ?
+"#;
+        assert_eq!(forked_without_exec(log), 1);
+        assert_eq!(successful_execs(log), vec!["/opt/bridge", "/opt/host-local"]);
+        let only_spawns = log.lines().take(5).collect::<Vec<_>>().join("\n");
+        assert_eq!(forked_without_exec(&only_spawns), 0);
     }
 }

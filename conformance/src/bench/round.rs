@@ -46,7 +46,14 @@ pub struct RoundResult {
     pub loadavg: String,
 }
 
-pub fn run_round(side: &Side, round: usize, n: usize, p: usize, cni_version: &str) -> Result<RoundResult, BenchError> {
+pub fn run_round(
+    side: &Side,
+    round: usize,
+    n: usize,
+    p: usize,
+    cni_version: &str,
+    reap: bool,
+) -> Result<RoundResult, BenchError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("side {}: {what}: {e}", side.label));
     let sb = Sandbox::new().map_err(|e| setup("sandbox", &e))?;
     let containers = make_containers(&sb, n).map_err(|e| setup("container namespaces", &e))?;
@@ -71,7 +78,7 @@ pub fn run_round(side: &Side, round: usize, n: usize, p: usize, cni_version: &st
     };
 
     // ADD phase.
-    let add = phase(n, p, sb.host_path(), |i| rt.add_list(&list, &rcs[i]).map(Some));
+    let add = phase(n, p, sb.host_path(), reap, |i| rt.add_list(&list, &rcs[i]).map(Some));
     let add = add.map_err(|(i, e)| op_err("ADD", i, e))?;
     res.add_phase = add.wall;
     res.add_children_cpu = add.children_cpu;
@@ -83,7 +90,7 @@ pub fn run_round(side: &Side, round: usize, n: usize, p: usize, cni_version: &st
     res.firewall_seen = firewall_seen(&sb);
 
     // DEL phase.
-    let del = phase(n, p, sb.host_path(), |i| rt.del_list(&list, &rcs[i]).map(|()| None));
+    let del = phase(n, p, sb.host_path(), reap, |i| rt.del_list(&list, &rcs[i]).map(|()| None));
     let del = del.map_err(|(i, e)| op_err("DEL", i, e))?;
     res.del_phase = del.wall;
     res.del_children_cpu = del.children_cpu;
@@ -97,6 +104,12 @@ pub fn run_round(side: &Side, round: usize, n: usize, p: usize, cni_version: &st
     res.foreign_cpu_pct = 100.0 * foreign.as_secs_f64() / (wall.as_secs_f64() * cores).max(1e-9);
 
     res.violations = checks::after_del(&sb, &rt, &data_dir, &handed);
+    if add.orphans_left || del.orphans_left {
+        res.violations.push(format!(
+            "processes left by the plugins still running {} s after the phase ended",
+            probe::ORPHAN_LIMIT.as_secs()
+        ));
+    }
     drop(containers);
     drop(sb);
     Ok(res)
@@ -141,14 +154,17 @@ struct Phase {
     samples: Vec<OpSample>,
     values: Vec<(usize, Value)>,
     wall: Duration,
+    /// Includes the processes plugins left behind when `reap` (reaped after the phase's wall time).
     children_cpu: Duration,
+    /// Some of those were still running after [`probe::ORPHAN_LIMIT`].
+    orphans_left: bool,
 }
 
 /// Run `op(i)` for every container with `p` workers; worker `w` does `w, w+p, w+2p, ...`. Stops at
 /// the first error (returned with the container index). Each worker enters the sandbox host
 /// namespace `host_ns` before the timed section, so the runner spawns plugins from it the way a
 /// runtime does (posix_spawn from the host namespace), without namespace work per exec.
-fn phase<F>(n: usize, p: usize, host_ns: &Path, op: F) -> Result<Phase, (usize, String)>
+fn phase<F>(n: usize, p: usize, host_ns: &Path, reap: bool, op: F) -> Result<Phase, (usize, String)>
 where
     F: Fn(usize) -> Result<Option<Value>, RunError> + Sync,
 {
@@ -157,7 +173,7 @@ where
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     type WorkerOut = Result<(Vec<OpSample>, Vec<(usize, Value)>), (usize, String)>;
-    let (outs, wall, children_cpu): (Vec<WorkerOut>, Duration, Duration) = std::thread::scope(|s| {
+    let (outs, wall, children_cpu, orphans_left): (Vec<WorkerOut>, Duration, Duration, bool) = std::thread::scope(|s| {
         let hs: Vec<_> = (0..p)
             .map(|w| {
                 let (barrier, next, abort, op) = (&barrier, &next, &abort, &op);
@@ -206,7 +222,9 @@ where
         let outs: Vec<WorkerOut> =
             hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err((0, "benchmark worker panicked".into())))).collect();
         let wall = t0.elapsed();
-        (outs, wall, probe::own_cpu().1.saturating_sub(cpu0))
+        // No plugin runs now: with `reap`, every child left is one they left behind.
+        let orphans_left = reap && !probe::reap_orphans(probe::ORPHAN_LIMIT);
+        (outs, wall, probe::own_cpu().1.saturating_sub(cpu0), orphans_left)
     });
     let mut samples = Vec::with_capacity(n);
     let mut values = Vec::with_capacity(n);
@@ -216,7 +234,7 @@ where
         values.extend(v);
     }
     samples.sort_by_key(|s| s.order);
-    Ok(Phase { samples, values, wall, children_cpu })
+    Ok(Phase { samples, values, wall, children_cpu, orphans_left })
 }
 
 /// Firewall objects in the sandbox host: nftables tables and the number of `CNI-*` iptables chains.
