@@ -188,15 +188,23 @@ fn bridge_create_exists_and_delete() {
     })
 }
 
+/// In the calling thread's new namespace (the "host"): a second namespace (the "container"), and a
+/// bridge `br0` made in the host, which the thread is left in. Returns (host, container, a
+/// netlink handle on the host, the bridge).
+fn host_container_and_bridge() -> (OwnedFd, OwnedFd, Netlink, Link) {
+    let host = this_netns();
+    let container = new_netns();
+    enter(&host);
+    let mut nl = Netlink::open().expect("open host");
+    nl.create_bridge("br0", None, false).expect("bridge");
+    let br = link(&mut nl, "br0");
+    (host, container, nl, br)
+}
+
 #[test]
 fn veth_peer_created_in_other_netns_with_master() {
     in_netns(|| {
-        let host = this_netns();
-        let container = new_netns();
-        enter(&host);
-        let mut nl = Netlink::open().expect("open host");
-        nl.create_bridge("br0", None, false).expect("bridge");
-        let br = link(&mut nl, "br0");
+        let (host, container, mut nl, br) = host_container_and_bridge();
         let mac = parse_mac("02:00:00:00:aa:01").expect("mac");
         let peer_mac = parse_mac("02:00:00:00:aa:02").expect("mac");
         let spec = VethSpec {
@@ -572,12 +580,7 @@ fn ipv4_settings_over_netlink() {
 #[test]
 fn detached_delete_returns_with_both_ends_gone_and_keeps_no_descriptor() {
     in_netns(|| {
-        let host = this_netns();
-        let container = new_netns();
-        enter(&host);
-        let mut nl = Netlink::open().expect("open host");
-        nl.create_bridge("br0", None, false).expect("bridge");
-        let br = link(&mut nl, "br0");
+        let (host, container, mut nl, br) = host_container_and_bridge();
         let spec = VethSpec {
             peer_netns: Some(container.as_fd()),
             master: Some(br.index),
