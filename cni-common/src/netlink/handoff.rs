@@ -160,10 +160,13 @@ fn removal_announced(listener: &mut Socket, pidfd: &OwnedFd, index: u32) -> bool
     }
 }
 
-/// Whether `raw` (one whole netlink message) announces the removal of link `index`.
+/// Whether `raw` (one whole netlink message) announces the removal of link `index` from the
+/// namespace: an `RTM_DELLINK` of family `AF_UNSPEC` (the bridge's `AF_BRIDGE` ones only say that
+/// a port left its bridge).
 fn is_dellink_of(raw: &[u8], index: u32) -> bool {
     raw.len() >= HEADER_LEN + 8
         && u16::from_ne_bytes([raw[4], raw[5]]) == RTM_DELLINK
+        && raw[HEADER_LEN] == libc::AF_UNSPEC as u8
         && u32::from_ne_bytes([raw[HEADER_LEN + 4], raw[HEADER_LEN + 5], raw[HEADER_LEN + 6], raw[HEADER_LEN + 7]])
             == index
 }
@@ -318,7 +321,12 @@ mod tests {
     use super::*;
 
     fn message(kind: u16, index: u32) -> Vec<u8> {
+        family_message(kind, libc::AF_UNSPEC as u8, index)
+    }
+
+    fn family_message(kind: u16, family: u8, index: u32) -> Vec<u8> {
         let mut m = vec![0u8; HEADER_LEN + 16];
+        m[HEADER_LEN] = family;
         let len = m.len() as u32;
         m[0..4].copy_from_slice(&len.to_ne_bytes());
         m[4..6].copy_from_slice(&kind.to_ne_bytes());
@@ -332,5 +340,7 @@ mod tests {
         assert!(!is_dellink_of(&message(RTM_DELLINK, 8), 7));
         assert!(!is_dellink_of(&message(16, 7), 7)); // RTM_NEWLINK
         assert!(!is_dellink_of(&message(RTM_DELLINK, 7)[..HEADER_LEN + 6], 7));
+        // A port leaving its bridge (`ip link set dev X nomaster`): X is still there.
+        assert!(!is_dellink_of(&family_message(RTM_DELLINK, libc::AF_BRIDGE as u8, 7), 7));
     }
 }
