@@ -14,9 +14,10 @@
 //! keeps one socket per network namespace for the life of the process ([`with_socket`]): releasing
 //! a socket whose transaction deleted objects waits for the kernel to destroy them (one RCU grace
 //! period, ~15 ms on a small VM), and a kept socket lets a plugin do its remaining work meanwhile
-//! instead of waiting at the release. At exit the wait would come back if the destruction has
-//! not started yet; bridge DEL therefore hands its socket ([`take_kept_socket`]) to the helper
-//! process of its veth deletion, which outlives the plugin.
+//! instead of waiting at the release. The release at exit still waits while that destruction (or
+//! another writer's) is pending or running, holding the ruleset's commit mutex; bridge DEL
+//! therefore hands its socket ([`take_kept_socket`]) to the helper process of its veth deletion,
+//! which outlives the plugin.
 
 pub mod batch;
 pub mod consts;
