@@ -26,16 +26,14 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use super::link::link_msg;
-use super::socket::{encode, Socket, HEADER_LEN};
+use super::link::{link_msg, RTM_DELLINK};
+use super::socket::{encode, i32_at, u16_at, u32_at, Socket, HEADER_LEN};
 use super::{Netlink, NlError};
 use netlink_packet_core::{NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 use netlink_packet_route::RouteNetlinkMessage;
 
 /// `RTNLGRP_LINK`: the multicast group of link notifications.
 const RTNLGRP_LINK: u32 = 1;
-/// `RTM_DELLINK`.
-const RTM_DELLINK: u16 = 17;
 /// Exit status of a helper that could not set itself up (no `close_range`): the parent then
 /// deletes the link itself.
 const HELPER_NOT_STARTED: i32 = 255;
@@ -59,10 +57,15 @@ struct CloneArgs {
 /// whoever inherits it: a plugin exits right after, and init reaps the orphan.
 #[derive(Debug)]
 pub struct DetachedDelete {
-    /// pidfd of the helper; `None` when the link was deleted synchronously.
-    helper: Option<OwnedFd>,
+    /// `None` when the link was deleted synchronously.
+    helper: Option<Helper>,
+}
+
+#[derive(Debug)]
+struct Helper {
+    pidfd: OwnedFd,
     /// This process's end of the socket pair whose other end the helper holds.
-    keeper: Option<OwnedFd>,
+    keeper: OwnedFd,
 }
 
 impl DetachedDelete {
@@ -70,23 +73,22 @@ impl DetachedDelete {
     /// that closing `fd` here no longer releases it. `false` when there is no helper (the link
     /// was deleted synchronously, or the helper has already ended).
     pub fn hand_over(&self, fd: BorrowedFd<'_>) -> bool {
-        let (Some(keeper), Some(_)) = (&self.keeper, &self.helper) else { return false };
-        send_fd(keeper.as_raw_fd(), fd.as_raw_fd())
+        self.helper.as_ref().is_some_and(|h| send_fd(h.keeper.as_raw_fd(), fd.as_raw_fd()))
     }
 
     /// Wait for the helper to end (the kernel's unregistration complete). For callers that live
     /// on after the deletion (tests, long-running tools): they reap their own children.
     pub fn wait(mut self) {
-        if let Some(pidfd) = self.helper.take() {
-            let _ = wait_helper(&pidfd, libc::WEXITED);
+        if let Some(h) = self.helper.take() {
+            let _ = wait_helper(&h.pidfd, libc::WEXITED);
         }
     }
 }
 
 impl Drop for DetachedDelete {
     fn drop(&mut self) {
-        if let Some(pidfd) = self.helper.take() {
-            let _ = wait_helper(&pidfd, libc::WEXITED | libc::WNOHANG);
+        if let Some(h) = self.helper.take() {
+            let _ = wait_helper(&h.pidfd, libc::WEXITED | libc::WNOHANG);
         }
     }
 }
@@ -98,15 +100,14 @@ impl Netlink {
     /// those of [`Netlink::delete_link`].
     pub fn delete_link_detached(&mut self, index: u32) -> Result<DetachedDelete, NlError> {
         match self.hand_off_delete(index) {
-            Some((helper, keeper)) => Ok(DetachedDelete { helper: Some(helper), keeper: Some(keeper) }),
-            None => self.delete_link(index).map(|()| DetachedDelete { helper: None, keeper: None }),
+            Some(helper) => Ok(DetachedDelete { helper: Some(helper) }),
+            None => self.delete_link(index).map(|()| DetachedDelete { helper: None }),
         }
     }
 
     /// Start the helper and wait for the removal to be announced (or the helper to succeed).
     /// `None` when the caller must delete the link itself: no helper, or it did not succeed.
-    /// Returns the helper's pidfd and this process's end of the keeper socket pair.
-    fn hand_off_delete(&mut self, index: u32) -> Option<(OwnedFd, OwnedFd)> {
+    fn hand_off_delete(&mut self, index: u32) -> Option<Helper> {
         let mut listener = Socket::open().ok()?;
         listener.subscribe(RTNLGRP_LINK).ok()?;
         // The helper's own socket: it reads its acknowledgement there, nobody else does.
@@ -115,11 +116,7 @@ impl Netlink {
         let msg = encode(RouteNetlinkMessage::DelLink(link_msg(index)), NLM_F_REQUEST | NLM_F_ACK, 1);
         let pidfd = spawn_helper([worker.raw_fd(), helper_end.as_raw_fd()], &msg)?;
         drop((worker, helper_end));
-        if removal_announced(&mut listener, &pidfd, index) {
-            Some((pidfd, keeper))
-        } else {
-            None
-        }
+        removal_announced(&mut listener, &pidfd, index).then_some(Helper { pidfd, keeper })
     }
 }
 
@@ -165,10 +162,9 @@ fn removal_announced(listener: &mut Socket, pidfd: &OwnedFd, index: u32) -> bool
 /// a port left its bridge).
 fn is_dellink_of(raw: &[u8], index: u32) -> bool {
     raw.len() >= HEADER_LEN + 8
-        && u16::from_ne_bytes([raw[4], raw[5]]) == RTM_DELLINK
+        && u16_at(raw, 4) == RTM_DELLINK
         && raw[HEADER_LEN] == libc::AF_UNSPEC as u8
-        && u32::from_ne_bytes([raw[HEADER_LEN + 4], raw[HEADER_LEN + 5], raw[HEADER_LEN + 6], raw[HEADER_LEN + 7]])
-            == index
+        && u32_at(raw, HEADER_LEN + 4) == index
 }
 
 /// Reap the helper behind `pidfd` (`options`: `WEXITED`, maybe `WNOHANG`); its exit status if it
@@ -309,9 +305,8 @@ unsafe fn ack_status(socket: RawFd) -> i32 {
             return errno;
         }
         let n = n as usize;
-        if n >= HEADER_LEN + 4 && u16::from_ne_bytes([buf[4], buf[5]]) == NLMSG_ERROR {
-            let code = i32::from_ne_bytes([buf[HEADER_LEN], buf[HEADER_LEN + 1], buf[HEADER_LEN + 2], buf[HEADER_LEN + 3]]);
-            return code.saturating_neg();
+        if n >= HEADER_LEN + 4 && u16_at(&buf, 4) == NLMSG_ERROR {
+            return i32_at(&buf, HEADER_LEN).saturating_neg();
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct Link {
 
 /// `RTM_NEWLINK`, and the `IFLA_*` attributes [`Link`] is made of.
 const RTM_NEWLINK: u16 = 16;
+/// `RTM_DELLINK`.
+pub(crate) const RTM_DELLINK: u16 = 17;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;

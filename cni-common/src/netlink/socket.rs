@@ -645,15 +645,18 @@ pub fn nfgen_parts(raw: &[u8]) -> Option<(u16, u8, &[u8])> {
 }
 
 // Callers check lengths first; these read native-endian integers at `off`.
-fn u16_at(b: &[u8], off: usize) -> u16 {
+/// The native-endian `u16` at `off` of a message (bounds checked by the caller).
+pub(crate) fn u16_at(b: &[u8], off: usize) -> u16 {
     u16::from_ne_bytes([b[off], b[off + 1]])
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
+/// The native-endian `u32` at `off` of a message (bounds checked by the caller).
+pub(crate) fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-fn i32_at(b: &[u8], off: usize) -> i32 {
+/// The native-endian `i32` at `off` of a message (bounds checked by the caller).
+pub(crate) fn i32_at(b: &[u8], off: usize) -> i32 {
     u32_at(b, off) as i32
 }
 

@@ -239,74 +239,58 @@ fn read_traces(dir: &Path) -> Result<Vec<SpawnCount>, String> {
     Ok(out)
 }
 
-/// Paths of successful `execve` calls in an `strace -f` log, in order (handles split
-/// `<unfinished ...>` / `<... execve resumed>` lines).
-pub fn successful_execs(log: &str) -> Vec<String> {
-    let mut pending: BTreeMap<String, String> = BTreeMap::new();
+/// The system calls of an `strace -f` log, each whole, as (pid, call): a call split into
+/// `<unfinished ...>` and `<... name resumed>` lines is joined back. Lines without a pid (a log
+/// of one process) get an empty pid.
+fn strace_calls(log: &str) -> Vec<(&str, String)> {
+    let mut pending: BTreeMap<&str, &str> = BTreeMap::new();
     let mut out = Vec::new();
     for line in log.lines() {
         let (pid, rest) = match line.split_once(' ') {
-            Some((p, r)) if p.chars().all(|c| c.is_ascii_digit()) => (p.to_string(), r.trim_start()),
-            _ => (String::new(), line),
+            Some((p, r)) if p.chars().all(|c| c.is_ascii_digit()) => (p, r.trim_start()),
+            _ => ("", line),
         };
-        if let Some(args) = rest.strip_prefix("execve(\"") {
-            let path = args.split('"').next().unwrap_or("").to_string();
-            if rest.ends_with("<unfinished ...>") {
-                pending.insert(pid, path);
-            } else if rest.trim_end().ends_with("= 0") {
-                out.push(path);
+        if let Some(start) = rest.strip_suffix("<unfinished ...>") {
+            pending.insert(pid, start);
+        } else if rest.starts_with("<... ") {
+            if let (Some(start), Some((_, tail))) = (pending.remove(pid), rest.split_once("resumed>")) {
+                out.push((pid, format!("{start}{tail}")));
             }
-        } else if rest.starts_with("<... execve resumed>") {
-            if let Some(path) = pending.remove(&pid) {
-                if rest.trim_end().ends_with("= 0") {
-                    out.push(path);
-                }
-            }
+        } else {
+            out.push((pid, rest.to_string()));
         }
     }
     out
 }
 
+/// Whether a whole call returned 0.
+fn returned_zero(call: &str) -> bool {
+    call.trim_end().ends_with("= 0")
+}
+
+/// Paths of successful `execve` calls in an `strace -f` log, in order.
+pub fn successful_execs(log: &str) -> Vec<String> {
+    strace_calls(log)
+        .into_iter()
+        .filter(|(_, call)| returned_zero(call))
+        .filter_map(|(_, call)| call.strip_prefix("execve(\"").map(|a| a.split('"').next().unwrap_or("").to_string()))
+        .collect()
+}
+
 /// Processes (not threads) created in an `strace -f` log that never made a successful `execve`:
-/// helpers a plugin forks. Handles split `<unfinished ...>` / `<... clone resumed>` lines.
+/// helpers a plugin forks.
 pub fn forked_without_exec(log: &str) -> usize {
     const CALLS: [&str; 4] = ["clone(", "clone3(", "fork(", "vfork("];
-    let mut pending: BTreeMap<&str, String> = BTreeMap::new();
-    let mut children: Vec<String> = Vec::new();
-    let mut exec_pids: Vec<&str> = Vec::new();
-    for line in log.lines() {
-        let Some((pid, rest)) = line.split_once(' ').filter(|(p, _)| p.chars().all(|c| c.is_ascii_digit())) else {
-            continue;
-        };
-        let rest = rest.trim_start();
-        let call = if CALLS.iter().any(|c| rest.starts_with(c)) {
-            if rest.ends_with("<unfinished ...>") {
-                pending.insert(pid, rest.to_string());
-                continue;
-            }
-            rest.to_string()
-        } else if CALLS.iter().any(|c| rest.starts_with(&format!("<... {}", c.trim_end_matches('(')))) {
-            match pending.remove(pid) {
-                Some(start) => format!("{start}{rest}"),
-                None => continue,
-            }
-        } else {
-            if rest.starts_with("execve(") && rest.trim_end().ends_with("= 0")
-                || rest.starts_with("<... execve resumed>") && rest.trim_end().ends_with("= 0")
-            {
-                exec_pids.push(pid);
-            }
-            continue;
-        };
-        if call.contains("CLONE_THREAD") {
-            continue;
-        }
-        let child = call.rsplit("= ").next().unwrap_or("").trim();
-        if !child.is_empty() && child.chars().all(|c| c.is_ascii_digit()) {
-            children.push(child.to_string());
-        }
-    }
-    children.iter().filter(|c| !exec_pids.contains(&c.as_str())).count()
+    let calls = strace_calls(log);
+    let exec_pids: Vec<&str> =
+        calls.iter().filter(|(_, c)| c.starts_with("execve(") && returned_zero(c)).map(|(p, _)| *p).collect();
+    calls
+        .iter()
+        .filter(|(_, c)| CALLS.iter().any(|name| c.starts_with(name)) && !c.contains("CLONE_THREAD"))
+        .filter_map(|(_, c)| c.rsplit("= ").next().map(str::trim))
+        .filter(|child| !child.is_empty() && child.chars().all(|d| d.is_ascii_digit()))
+        .filter(|child| !exec_pids.contains(child))
+        .count()
 }
 
 /// How long [`reap_orphans`] waits for processes plugins left running.
