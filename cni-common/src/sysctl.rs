@@ -48,6 +48,20 @@ pub fn write(key: &str, value: &str) -> Result<(), CniError> {
     file.write_all(value.as_bytes()).map_err(io_err)
 }
 
+/// Set `key` to `value` if the key exists; `Ok(false)` if it does not (for instance
+/// `net/ipv6/conf/<link>/*` when the kernel runs without IPv6), other errors as [`write`].
+pub fn write_if_present(key: &str, value: &str) -> Result<bool, CniError> {
+    let path = path(key)?;
+    let io_err = |e: std::io::Error| CniError::Io(format!("write sysctl {key}={value:?} ({}): {e}", path.display()));
+    let mut file = match fs::OpenOptions::new().write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err(e)),
+    };
+    file.write_all(value.as_bytes()).map_err(io_err)?;
+    Ok(true)
+}
+
 /// Set `key` to `value` only if it currently differs (whitespace-separated fields compared, so
 /// `"32768\t60999"` equals `"32768 60999"`), sparing the kernel a needless write. Returns whether it
 /// wrote.

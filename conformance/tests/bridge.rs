@@ -896,6 +896,84 @@ fn ipv6_dad_only_with_enabledad() {
     }
 }
 
+/// IPv6 frames that entered bridge `bridge` from its ports, counted by a `bridge` family
+/// prerouting chain that [`count_ipv6_into_bridge`] installed in `host`.
+fn ipv6_into_bridge(host: &NamedNetns) -> u64 {
+    let out = host.run_ok("nft", ["-j", "list", "chain", "bridge", "v6count", "pre"]).unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["rule"]["expr"].as_array())
+        .flatten()
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum()
+}
+
+fn count_ipv6_into_bridge(host: &NamedNetns) {
+    host.sh("nft add table bridge v6count && nft add chain bridge v6count pre '{ type filter hook prerouting priority -300; }' && nft add rule bridge v6count pre ether type ip6 counter").unwrap();
+}
+
+/// A container interface that gets IPv4 addresses only has IPv6 turned off before it comes up
+/// (as Docker does in IPv4-only networks): no link-local address, and no IPv6 traffic (MLD
+/// reports, router solicitations) for the bridge to flood to every other container.
+/// `"linkLocalIPv6": true` keeps the reference's behaviour; dual-stack and L2-only (no IPAM)
+/// interfaces keep IPv6.
+#[test]
+fn ipv4_only_interface_has_ipv6_off_unless_link_local_ipv6() {
+    let lab = Lab::new();
+    let host = lab.host();
+    // Each network its own subnet (host-local keeps leases per network name).
+    let add = |net: &str, third: u8, name: &str, extra: Value| {
+        let mut conf = json!({"bridge": "br-v6off", "ipam": lab.ipam4(&format!("10.10.{third}.0/24"))});
+        for (k, v) in extra.as_object().unwrap() {
+            conf[k] = v.clone();
+        }
+        let l = lab.list("1.0.0", net, conf);
+        let c = lab.container();
+        let rc = lab.rc(name, &c);
+        let r = lab.add(&l, &rc);
+        (l, c, rc, r)
+    };
+    // Default: off, and silent on the bridge while it comes up and after.
+    let (l0, c0, rc0, r0) = add("v6off", 32, "v6off-0", json!({}));
+    count_ipv6_into_bridge(host);
+    let (l1, c1, rc1, _) = add("v6off", 32, "v6off-1", json!({}));
+    for c in [&c0, &c1] {
+        assert_eq!(sysctl(c, "net/ipv6/conf/eth0/disable_ipv6"), "1");
+        assert!(addrs(c, "-6", "eth0").is_empty(), "{:?}", addrs(c, "-6", "eth0"));
+        assert_eq!(sysctl(c, "net/ipv6/conf/lo/disable_ipv6"), "0", "only the CNI interface");
+    }
+    assert_ping(&c1, &result_ip(&r0, false));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(ipv6_into_bridge(host), 0, "an IPv4-only container sent IPv6 into the bridge");
+
+    // Kept on request: link-local address, and the kernel's IPv6 traffic reaches the bridge (this
+    // also shows the counter works).
+    let (l2, c2, rc2, _) = add("v6on", 34, "v6off-2", json!({"linkLocalIPv6": true}));
+    assert_eq!(sysctl(&c2, "net/ipv6/conf/eth0/disable_ipv6"), "0");
+    assert_eq!(sysctl(&c2, "net/ipv6/conf/eth0/accept_dad"), "0", "as the reference: no DAD unless enabledad");
+    let t0 = std::time::Instant::now();
+    while (addrs(&c2, "-6", "eth0").is_empty() || ipv6_into_bridge(host) == 0) && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(addrs(&c2, "-6", "eth0").iter().any(|a| a.starts_with("fe80:")), "{:?}", addrs(&c2, "-6", "eth0"));
+    assert!(ipv6_into_bridge(host) > 0, "no IPv6 from the container that kept it");
+
+    // Dual-stack and L2-only keep IPv6.
+    let (l3, c3, rc3, _) = add("v6dual", 33, "v6off-3", json!({"ipam": lab.ipam(json!([[{"subnet": "10.10.33.0/24"}], [{"subnet": "fd00:10:33::/64"}]]))}));
+    assert_eq!(sysctl(&c3, "net/ipv6/conf/eth0/disable_ipv6"), "0");
+    let (l4, c4, rc4, _) = add("v6l2", 35, "v6off-4", json!({"ipam": {}}));
+    assert_eq!(sysctl(&c4, "net/ipv6/conf/eth0/disable_ipv6"), "0");
+
+    for (l, rc) in [(&l0, &rc0), (&l1, &rc1), (&l2, &rc2), (&l3, &rc3), (&l4, &rc4)] {
+        lab.rt.check_list(l, rc).unwrap();
+        lab.del(l, rc);
+    }
+    assert!(lab.host_veths().is_empty());
+}
+
 /// ARP packets that reached `ns`'s stack, counted by an `arp` family input chain installed there.
 fn arp_seen(ns: &NamedNetns) -> u64 {
     let out = ns.run_ok("nft", ["-j", "list", "chain", "arp", "arpcount", "input"]).unwrap();
@@ -1070,7 +1148,9 @@ fn differential_gateway_and_masq() {
                 // The backend is named explicitly: without it the reference uses iptables and we
                 // pick nftables on a host without iptables rules (a documented choice of ours,
                 // plugins/bridge/README.md); the reference v1.1.1 ignores the field.
-                json!({"bridge": "br-diff", "isGateway": true, "ipMasq": true, "ipMasqBackend": "iptables",
+                // `linkLocalIPv6` keeps IPv6 on the IPv4-only eth0 as the reference does (which
+                // ignores the field); the default, off, is tested on its own above.
+                json!({"bridge": "br-diff", "isGateway": true, "ipMasq": true, "ipMasqBackend": "iptables", "linkLocalIPv6": true,
                        "ipam": {"type": "host-local", "subnet": "10.10.19.0/24", "dataDir": "{{tmp}}/ipam"}}),
             ),
         )

@@ -44,6 +44,8 @@ struct Raw {
     disable_container_interface: bool,
     #[serde(default)]
     port_isolation: bool,
+    #[serde(default, rename = "linkLocalIPv6")]
+    link_local_ipv6: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -77,6 +79,9 @@ pub struct BridgeConf {
     pub mac_spoof_chk: bool,
     pub disable_container_interface: bool,
     pub port_isolation: bool,
+    /// Keep IPv6 (with its link-local address) on a container interface that gets IPv4 addresses
+    /// only; by default IPv6 is turned off on it, as Docker does in IPv4-only networks.
+    pub link_local_ipv6: bool,
     /// MAC of the container interface (CNI_ARGS MAC, args.cni.mac, runtimeConfig.mac; later wins).
     pub mac: Option<[u8; 6]>,
     /// The IPAM plugin to delegate to; `None` for `ipam: {}` (L2 only).
@@ -211,6 +216,7 @@ pub fn parse(req: &Request) -> Result<BridgeConf, CniError> {
         mac_spoof_chk: raw.mac_spoof_chk,
         disable_container_interface: raw.disable_container_interface,
         port_isolation: raw.port_isolation,
+        link_local_ipv6: raw.link_local_ipv6,
         mac: container_mac(req)?,
         ipam_type,
     })

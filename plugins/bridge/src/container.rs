@@ -25,15 +25,22 @@ pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[I
         sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
         let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
     }
-    // Duplicate address detection delays addresses (also the link-local one) by a second or more;
-    // off unless asked, as the reference does. Absent when the kernel has IPv6 disabled: not an error.
-    let dad = if conf.enable_dad { "1" } else { "0" };
-    let dad_set = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad);
-    if has_v6 {
-        dad_set?;
-    }
-    if conf.enable_dad {
-        let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+    if plan.disable_ipv6 {
+        // Before the link comes up, so the kernel never starts IPv6 on it. Absent when the kernel
+        // runs without IPv6: nothing to turn off.
+        sysctl::write_if_present(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")?;
+    } else {
+        // Duplicate address detection delays addresses (also the link-local one) by a second or
+        // more; off unless asked, as the reference does. Absent when the kernel has IPv6
+        // disabled: not an error.
+        let dad = if conf.enable_dad { "1" } else { "0" };
+        let dad_set = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad);
+        if has_v6 {
+            dad_set?;
+        }
+        if conf.enable_dad {
+            let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+        }
     }
     for addr in &plan.addrs {
         nl.add_addr(link.index, *addr, AddrOpts { nodad: !conf.enable_dad, ..Default::default() })

@@ -17,6 +17,8 @@ pub const IF_CONTAINER: usize = 2;
 pub struct ContainerPlan {
     pub addrs: Vec<IpNetwork>,
     pub routes: Vec<Route>,
+    /// Turn IPv6 off on the interface (`disable_ipv6`) before it comes up.
+    pub disable_ipv6: bool,
 }
 
 /// The gateway address each IP's gateway puts on the bridge: the gateway with the prefix of the
@@ -93,7 +95,18 @@ pub fn route_gateway(route: &Route, ips: &[IpConfig]) -> Option<IpAddr> {
 
 /// The plan for the container side.
 pub fn container_plan(conf: &BridgeConf, ipam: &CniResult) -> Result<ContainerPlan, CniError> {
-    Ok(ContainerPlan { addrs: ipam.ips.iter().map(|ip| ip.address).collect(), routes: container_routes(conf, ipam)? })
+    let addrs: Vec<IpNetwork> = ipam.ips.iter().map(|ip| ip.address).collect();
+    Ok(ContainerPlan { disable_ipv6: ipv6_off(conf, &addrs), routes: container_routes(conf, ipam)?, addrs })
+}
+
+/// Whether IPv6 goes off on the container interface: it gets IPv4 addresses and no IPv6 one,
+/// and the config does not ask to keep it (`linkLocalIPv6`). Docker does the same for its
+/// IPv4-only networks: the kernel would otherwise give the interface a link-local address, join
+/// it to multicast groups and send router solicitations and MLD reports, which the bridge floods
+/// to every other container, and accept router advertisements (SLAAC) from the link. An
+/// interface without any IPAM address (L2 only) keeps IPv6: its addresses are someone else's.
+fn ipv6_off(conf: &BridgeConf, addrs: &[IpNetwork]) -> bool {
+    !conf.link_local_ipv6 && addrs.iter().any(|a| a.is_ipv4()) && !addrs.iter().any(|a| a.is_ipv6())
 }
 
 /// Names and MACs of the three links, as read after they were set up.
@@ -175,6 +188,7 @@ mod tests {
             mac_spoof_chk: false,
             disable_container_interface: false,
             port_isolation: false,
+            link_local_ipv6: false,
             mac: None,
             ipam_type: Some("host-local".into()),
         }
@@ -211,6 +225,22 @@ mod tests {
         assert_eq!(routes[1].dst, "0.0.0.0/0".parse::<IpNetwork>().unwrap());
         assert_eq!(routes[1].gw, Some("10.1.0.1".parse().unwrap()));
         assert_eq!(container_routes(&conf(true, false), &r).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ipv6_goes_off_only_on_ipv4_only_interfaces() {
+        let off = |c: &BridgeConf, v: serde_json::Value| container_plan(c, &ipam(v)).unwrap().disable_ipv6;
+        let v4 = json!({"ips": [{"address": "10.1.0.5/24"}]});
+        let v6 = json!({"ips": [{"address": "fd00::5/64"}]});
+        let dual = json!({"ips": [{"address": "10.1.0.5/24"}, {"address": "fd00::5/64"}]});
+        let none = json!({"ips": []});
+        let plain = conf(false, false);
+        assert!(off(&plain, v4.clone()));
+        assert!(!off(&plain, v6));
+        assert!(!off(&plain, dual));
+        assert!(!off(&plain, none), "an interface without IPAM addresses (L2 only) keeps IPv6");
+        let keep = BridgeConf { link_local_ipv6: true, ..plain };
+        assert!(!off(&keep, v4), "\"linkLocalIPv6\": true keeps IPv6 as the reference does");
     }
 
     #[test]

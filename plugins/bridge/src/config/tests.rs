@@ -40,6 +40,15 @@ fn defaults() {
 }
 
 #[test]
+fn link_local_ipv6_is_off_unless_asked_and_must_be_a_bool() {
+    assert!(!parse_ok(json!({})).link_local_ipv6);
+    assert!(parse_ok(json!({"linkLocalIPv6": true})).link_local_ipv6);
+    let e = parse_err(json!({"linkLocalIPv6": "yes"}));
+    assert_eq!(e.code(), 7);
+    assert!(e.to_string().contains("linkLocalIPv6"), "{e}");
+}
+
+#[test]
 fn default_gateway_implies_gateway() {
     let c = parse_ok(json!({"isDefaultGateway": true}));
     assert!(c.is_gateway && c.is_default_gateway);
