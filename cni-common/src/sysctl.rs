@@ -41,23 +41,24 @@ pub fn read(key: &str) -> Result<String, CniError> {
 
 /// Set `key` to `value`.
 pub fn write(key: &str, value: &str) -> Result<(), CniError> {
-    let path = path(key)?;
-    let io_err = |e: std::io::Error| CniError::Io(format!("write sysctl {key}={value:?} ({}): {e}", path.display()));
-    // A sysctl takes the whole value in one write(2).
-    let mut file = fs::OpenOptions::new().write(true).open(&path).map_err(io_err)?;
-    file.write_all(value.as_bytes()).map_err(io_err)
+    write_key(key, value, false).map(drop)
 }
 
 /// Set `key` to `value` if the key exists; `Ok(false)` if it does not (for instance
 /// `net/ipv6/conf/<link>/*` when the kernel runs without IPv6), other errors as [`write`].
 pub fn write_if_present(key: &str, value: &str) -> Result<bool, CniError> {
+    write_key(key, value, true)
+}
+
+fn write_key(key: &str, value: &str, absent_ok: bool) -> Result<bool, CniError> {
     let path = path(key)?;
     let io_err = |e: std::io::Error| CniError::Io(format!("write sysctl {key}={value:?} ({}): {e}", path.display()));
     let mut file = match fs::OpenOptions::new().write(true).open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if absent_ok && e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(io_err(e)),
     };
+    // A sysctl takes the whole value in one write(2).
     file.write_all(value.as_bytes()).map_err(io_err)?;
     Ok(true)
 }
@@ -115,6 +116,14 @@ mod tests {
     fn write_errors_name_the_key() {
         let err = write("net/ipv4/conf/no-such-iface/forwarding", "1").unwrap_err().to_string();
         assert!(err.contains("net/ipv4/conf/no-such-iface/forwarding"), "{err}");
+    }
+
+    #[test]
+    fn write_if_present_skips_only_an_absent_key() {
+        assert!(!write_if_present("net/ipv6/conf/no-such-iface/disable_ipv6", "1").unwrap());
+        // Present but not writable (a directory): still an error that names the key.
+        let err = write_if_present("net/ipv6/conf/all", "1").unwrap_err().to_string();
+        assert!(err.contains("net/ipv6/conf/all"), "{err}");
     }
 
     #[test]
