@@ -896,10 +896,9 @@ fn ipv6_dad_only_with_enabledad() {
     }
 }
 
-/// IPv6 frames that entered bridge `bridge` from its ports, counted by a `bridge` family
-/// prerouting chain that [`count_ipv6_into_bridge`] installed in `host`.
-fn ipv6_into_bridge(host: &NamedNetns) -> u64 {
-    let out = host.run_ok("nft", ["-j", "list", "chain", "bridge", "v6count", "pre"]).unwrap();
+/// Packets counted by the `counter` rules of one nft chain in `ns`.
+fn nft_counted(ns: &NamedNetns, family: &str, table: &str, chain: &str) -> u64 {
+    let out = ns.run_ok("nft", ["-j", "list", "chain", family, table, chain]).unwrap();
     let v: Value = serde_json::from_str(&out).unwrap();
     v["nftables"]
         .as_array()
@@ -909,6 +908,12 @@ fn ipv6_into_bridge(host: &NamedNetns) -> u64 {
         .flatten()
         .filter_map(|e| e["counter"]["packets"].as_u64())
         .sum()
+}
+
+/// IPv6 frames that entered a bridge in `host` from its ports, counted by the `bridge` family
+/// prerouting chain that [`count_ipv6_into_bridge`] installed.
+fn ipv6_into_bridge(host: &NamedNetns) -> u64 {
+    nft_counted(host, "bridge", "v6count", "pre")
 }
 
 fn count_ipv6_into_bridge(host: &NamedNetns) {
@@ -976,16 +981,7 @@ fn ipv4_only_interface_has_ipv6_off_unless_link_local_ipv6() {
 
 /// ARP packets that reached `ns`'s stack, counted by an `arp` family input chain installed there.
 fn arp_seen(ns: &NamedNetns) -> u64 {
-    let out = ns.run_ok("nft", ["-j", "list", "chain", "arp", "arpcount", "input"]).unwrap();
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o["rule"]["expr"].as_array())
-        .flatten()
-        .filter_map(|e| e["counter"]["packets"].as_u64())
-        .sum()
+    nft_counted(ns, "arp", "arpcount", "input")
 }
 
 /// ADD announces nothing to the containers already on the bridge (the reference brings the link
