@@ -322,7 +322,7 @@ fn set_user_data_matches_nft() {
     let native_made = in_sandbox(|| {
         use cni_firewall::nft::ops::{DataType::*, Op, SetDef};
         let t = TableRef::inet("t");
-        let set = |name: &str, key, verdict_map| Op::AddSet { table: t.clone(), set: SetDef { name: name.into(), key, verdict_map } };
+        let set = |name: &str, key, verdict_map: bool| Op::AddSet { table: t.clone(), set: if verdict_map { SetDef::vmap(name, key) } else { SetDef::set(name, key) } };
         NftNetlink
             .apply(&[
                 Op::AddTable(t.clone()),

@@ -237,7 +237,7 @@ fn add_reads_only_what_it_touches() {
         let reuse = masq(NET, "thief", &["10.77.0.7/16"]); // c5's v4 address
         let st = cni_firewall::nft::netlink::read_for(&mut sock, &masq_table(), &cni_firewall::nft::plan::plan_masq_add(&reuse)).unwrap().unwrap();
         let owner = masq_chain(&key(NET, "c5"));
-        assert_eq!(st.set("masq4").unwrap().elems, vec![Element { key: vec![Value::Addr("10.77.0.7".parse().unwrap())], verdict: Some(Verdict::Goto(owner)) }]);
+        assert_eq!(st.set("masq4").unwrap().elems, vec![Element::verdict(vec![Value::Addr("10.77.0.7".parse().unwrap())], Verdict::Goto(owner))]);
         fw.add_masquerade(&reuse).unwrap();
         fw.check_masquerade(&reuse).unwrap();
         assert!(fw.check_masquerade(&ms("c5", 5)).is_err());
@@ -471,9 +471,9 @@ fn transactions_are_atomic_and_errors_name_the_object() {
         let goto = |c: &str| Some(Verdict::Goto(c.into()));
         let (ca, cb) = (masq_chain(&key(NET, "a")), masq_chain(&key(NET, "b")));
         let elems = vec![
-            Element { key: vec![Value::Addr("10.9.0.1".parse().unwrap())], verdict: goto(&ca) },
-            Element { key: vec![Value::Addr("10.77.0.3".parse().unwrap())], verdict: goto(&cb) }, // a's address, to b's chain
-            Element { key: vec![Value::Addr("10.9.0.3".parse().unwrap())], verdict: goto(&ca) },
+            Element { key: vec![Value::Addr("10.9.0.1".parse().unwrap())], verdict: goto(&ca), data: vec![] },
+            Element { key: vec![Value::Addr("10.77.0.3".parse().unwrap())], verdict: goto(&cb), data: vec![] }, // a's address, to b's chain
+            Element { key: vec![Value::Addr("10.9.0.3".parse().unwrap())], verdict: goto(&ca), data: vec![] },
         ];
         let e = exec.apply(&[Op::AddElements { table: masq_table(), set: "masq4".into(), elems }]).unwrap_err().to_string();
         assert!(e.contains(&format!("add element inet cnirs_masquerade masq4 {{ 10.77.0.3 : goto {cb} }}")), "{e}");
@@ -483,13 +483,13 @@ fn transactions_are_atomic_and_errors_name_the_object() {
         assert_eq!(st.set("masq4").unwrap().elems.len(), 2, "atomic: no element of the failed list added");
         // a base chain is no goto target: the kernel's refusal names the element too
         let e = exec
-            .apply(&[Op::AddElements { table: masq_table(), set: "masq4".into(), elems: vec![Element { key: vec![Value::Addr("10.9.0.9".parse().unwrap())], verdict: goto("postrouting") }] }])
+            .apply(&[Op::AddElements { table: masq_table(), set: "masq4".into(), elems: vec![Element { key: vec![Value::Addr("10.9.0.9".parse().unwrap())], verdict: goto("postrouting"), data: vec![] }] }])
             .unwrap_err()
             .to_string();
         assert!(e.contains("10.9.0.9 : goto postrouting") && e.contains("not supported"), "{e}");
         // deleting an element that is not there
         let e = exec
-            .apply(&[Op::DeleteElements { table: masq_table(), set: "masq6".into(), elems: vec![Element { key: vec![Value::Addr("fd00::9".parse().unwrap())], verdict: None }] }])
+            .apply(&[Op::DeleteElements { table: masq_table(), set: "masq6".into(), elems: vec![Element::key(vec![Value::Addr("fd00::9".parse().unwrap())])] }])
             .unwrap_err()
             .to_string();
         assert!(e.contains("delete element inet cnirs_masquerade masq6 { fd00::9 }"), "{e}");

@@ -481,7 +481,7 @@ mod tests {
         let mut st = TableState::default();
         for o in &ops {
             if let Op::AddSet { set, .. } = o {
-                st.sets.insert(set.name.clone(), state::SetState { name: set.name.clone(), key: set.key.clone(), verdict_map: set.verdict_map, elems: vec![] });
+                st.sets.insert(set.name.clone(), state::SetState { name: set.name.clone(), key: set.key.clone(), data: set.data.clone(), interval: set.interval, elems: vec![] });
             }
         }
         assert!(!changes_nothing(&left, &ops, &st), "elements missing");

@@ -85,6 +85,8 @@ pub enum DataType {
     InetProto,
     InetService,
     Ifname,
+    /// A 32-bit mark (`mark`): the parts of an owner id in map data.
+    Mark,
 }
 
 impl DataType {
@@ -95,6 +97,7 @@ impl DataType {
             DataType::InetProto => "inet_proto",
             DataType::InetService => "inet_service",
             DataType::Ifname => "ifname",
+            DataType::Mark => "mark",
         }
     }
     pub fn addr(fam: Family) -> DataType {
@@ -105,12 +108,44 @@ impl DataType {
     }
 }
 
-/// A set (`verdict_map == false`) or a verdict map.
+/// What the elements of a set map to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SetData {
+    /// Nothing: a set.
+    #[default]
+    None,
+    /// A verdict: a verdict map.
+    Verdict,
+    /// Values of these types (a concatenation when several): a data map.
+    Values(Vec<DataType>),
+}
+
+/// A set or map definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetDef {
     pub name: String,
     pub key: Vec<DataType>,
-    pub verdict_map: bool,
+    pub data: SetData,
+    /// `flags interval`: keys are ranges, one per field (written as prefixes or single values).
+    pub interval: bool,
+}
+
+impl SetDef {
+    pub fn set(name: impl Into<String>, key: Vec<DataType>) -> Self {
+        SetDef { name: name.into(), key, data: SetData::None, interval: false }
+    }
+    pub fn interval_set(name: impl Into<String>, key: Vec<DataType>) -> Self {
+        SetDef { name: name.into(), key, data: SetData::None, interval: true }
+    }
+    pub fn vmap(name: impl Into<String>, key: Vec<DataType>) -> Self {
+        SetDef { name: name.into(), key, data: SetData::Verdict, interval: false }
+    }
+    pub fn map(name: impl Into<String>, key: Vec<DataType>, data: Vec<DataType>) -> Self {
+        SetDef { name: name.into(), key, data: SetData::Values(data), interval: false }
+    }
+    pub fn is_map(&self) -> bool {
+        self.data != SetData::None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -158,6 +193,7 @@ pub enum Value {
     Proto(Protocol),
     Port(u16),
     Ifname(String),
+    Mark(u32),
 }
 
 impl Value {
@@ -175,6 +211,7 @@ impl Value {
             Value::Port(p) => p.to_string(),
             // Interface names are validated (no quotes, backslashes, whitespace or control characters).
             Value::Ifname(s) => format!("\"{s}\""),
+            Value::Mark(m) => format!("0x{m:08x}"),
         }
     }
     pub fn json(&self) -> J {
@@ -190,6 +227,7 @@ impl Value {
             Value::Proto(p) => json!(p.as_str()),
             Value::Port(p) => json!(p),
             Value::Ifname(s) => json!(s),
+            Value::Mark(m) => json!(m),
         }
     }
 }
@@ -289,6 +327,9 @@ pub enum Expr {
     Masquerade,
     /// `dnat ip to A:P` / `dnat ip6 to [A]:P`.
     Dnat { addr: IpAddr, port: u16 },
+    /// `dnat ip to <key> map @map` (`ip6` for V6): address and port from the map's data
+    /// (`ipvX_addr . inet_service`); no match when the key is not in the map.
+    DnatMap { family: Family, key: Vec<Field>, map: String },
     Verdict(Verdict),
 }
 
@@ -309,6 +350,7 @@ impl Expr {
             Expr::Masquerade => "masquerade".into(),
             Expr::Dnat { addr: IpAddr::V4(a), port } => format!("dnat ip to {a}:{port}"),
             Expr::Dnat { addr: IpAddr::V6(a), port } => format!("dnat ip6 to [{a}]:{port}"),
+            Expr::DnatMap { family, key, map } => format!("dnat {} to {} map @{map}", ip_kw(*family), fields_text(key)),
             Expr::Verdict(v) => v.text(),
         }
     }
@@ -336,6 +378,9 @@ impl Expr {
             Expr::Dnat { addr, port } => {
                 let fam = if addr.is_ipv4() { "ip" } else { "ip6" };
                 json!({"dnat": {"family": fam, "addr": addr.to_string(), "port": port}})
+            }
+            Expr::DnatMap { family, key, map } => {
+                json!({"dnat": {"family": ip_kw(*family), "addr": {"map": {"key": fields_json(key), "data": format!("@{map}")}}}})
             }
             Expr::Verdict(v) => v.json(),
         }
@@ -365,19 +410,46 @@ impl Rule {
     }
 }
 
-/// One element of a set or verdict map.
+/// One element of a set, verdict map or data map.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
-    /// Key (several values = concatenation).
+    /// Key (several values = concatenation). In an interval set a field may be a
+    /// [`Value::Prefix`] (a range); single values are [`Value::Addr`] etc.
     pub key: Vec<Value>,
+    /// The verdict of a verdict map's element.
     pub verdict: Option<Verdict>,
+    /// The data of a data map's element (several values = concatenation); empty otherwise.
+    pub data: Vec<Value>,
 }
 
 impl Element {
+    /// An element of a set.
+    pub fn key(key: Vec<Value>) -> Self {
+        Element { key, verdict: None, data: Vec::new() }
+    }
+    /// An element of a verdict map.
+    pub fn verdict(key: Vec<Value>, v: Verdict) -> Self {
+        Element { key, verdict: Some(v), data: Vec::new() }
+    }
+    /// An element of a data map.
+    pub fn data(key: Vec<Value>, data: Vec<Value>) -> Self {
+        Element { key, verdict: None, data }
+    }
+    /// The same key without data (what a delete names).
+    pub fn key_only(&self) -> Element {
+        Element::key(self.key.clone())
+    }
+    /// Whether the element carries data (a verdict or values) that an add would compare.
+    pub fn has_data(&self) -> bool {
+        self.verdict.is_some() || !self.data.is_empty()
+    }
     pub fn text(&self) -> String {
         let k = self.key.iter().map(Value::text).collect::<Vec<_>>().join(" . ");
         match &self.verdict {
             Some(v) => format!("{k} : {}", v.text()),
+            None if !self.data.is_empty() => {
+                format!("{k} : {}", self.data.iter().map(Value::text).collect::<Vec<_>>().join(" . "))
+            }
             None => k,
         }
     }
@@ -444,11 +516,15 @@ impl Op {
             Op::DeleteChain { table, name } => format!("delete chain {} {name}", table.text()),
             Op::AddRule { table, chain, rule } => format!("add rule {} {chain} {}", table.text(), rule.text()),
             Op::AddSet { table, set } => {
-                let key = set.key.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" . ");
-                if set.verdict_map {
-                    format!("add map {} {} {{ type {key} : verdict; }}", table.text(), set.name)
-                } else {
-                    format!("add set {} {} {{ type {key}; }}", table.text(), set.name)
+                let types = |t: &[DataType]| t.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" . ");
+                let key = types(&set.key);
+                let flags = if set.interval { " flags interval;" } else { "" };
+                match &set.data {
+                    SetData::Verdict => format!("add map {} {} {{ type {key} : verdict;{flags} }}", table.text(), set.name),
+                    SetData::Values(d) => {
+                        format!("add map {} {} {{ type {key} : {};{flags} }}", table.text(), set.name, types(d))
+                    }
+                    SetData::None => format!("add set {} {} {{ type {key};{flags} }}", table.text(), set.name),
                 }
             }
             Op::AddElements { table, set, elems } => format!(
@@ -459,7 +535,7 @@ impl Op {
             Op::DeleteElements { table, set, elems } => format!(
                 "delete element {} {set} {{ {} }}",
                 table.text(),
-                elems.iter().map(|e| Element { key: e.key.clone(), verdict: None }.text()).collect::<Vec<_>>().join(", ")
+                elems.iter().map(|e| e.key_only().text()).collect::<Vec<_>>().join(", ")
             ),
         }
     }
@@ -491,7 +567,7 @@ mod tests {
             Op::AddTable(t.clone()),
             Op::AddSet {
                 table: t.clone(),
-                set: SetDef { name: "masq4".into(), key: vec![DataType::Ipv4Addr], verdict_map: true },
+                set: SetDef::vmap("masq4", vec![DataType::Ipv4Addr]),
             },
             Op::AddChain {
                 table: t.clone(),
@@ -514,10 +590,7 @@ mod tests {
             Op::AddElements {
                 table: t.clone(),
                 set: "masq4".into(),
-                elems: vec![Element {
-                    key: vec![Value::Addr("10.0.0.5".parse().unwrap())],
-                    verdict: Some(Verdict::Goto("m-x".into())),
-                }],
+                elems: vec![Element::verdict(vec![Value::Addr("10.0.0.5".parse().unwrap())], Verdict::Goto("m-x".into()))],
             },
             Op::DeleteElements { table: t.clone(), set: "masq4".into(), elems: vec![] },
         ];
@@ -545,7 +618,24 @@ mod tests {
         let mc = Expr::Cmp { field: Field::Daddr(Family::V6), negate: true, value: Value::Prefix("ff00::/8".parse().unwrap()) };
         assert_eq!(mc.text(), "ip6 daddr != ff00::/8");
         assert_eq!(quote_comment("a\"b;c"), "\"abc\"");
-        let e = Element { key: vec![Value::Ifname("br0".into())], verdict: None };
+        let e = Element::key(vec![Value::Ifname("br0".into())]);
         assert_eq!(e.text(), "\"br0\"");
+        let d = Element::data(
+            vec![Value::Proto(Protocol::Tcp), Value::Port(8080)],
+            vec![Value::Addr("10.0.0.5".parse().unwrap()), Value::Port(80)],
+        );
+        assert_eq!(d.text(), "tcp . 8080 : 10.0.0.5 . 80");
+        assert_eq!(d.key_only().text(), "tcp . 8080");
+        let o = Element::data(vec![Value::Addr("10.0.0.5".parse().unwrap())], vec![Value::Mark(0x12), Value::Mark(0xdeadbeef)]);
+        assert_eq!(o.text(), "10.0.0.5 : 0x00000012 . 0xdeadbeef");
+        let dm = Expr::DnatMap { family: Family::V4, key: vec![Field::L4proto, Field::ThDport], map: "dnat4".into() };
+        assert_eq!(dm.text(), "dnat ip to meta l4proto . th dport map @dnat4");
+        let def = Op::AddSet {
+            table: TableRef::inet("t"),
+            set: SetDef::map("dnat4", vec![DataType::InetProto, DataType::InetService], vec![DataType::Ipv4Addr, DataType::InetService]),
+        };
+        assert_eq!(def.text(), "add map inet t dnat4 { type inet_proto . inet_service : ipv4_addr . inet_service; }");
+        let iv = Op::AddSet { table: TableRef::inet("t"), set: SetDef::interval_set("x4", vec![DataType::Ipv4Addr, DataType::Ipv4Addr]) };
+        assert_eq!(iv.text(), "add set inet t x4 { type ipv4_addr . ipv4_addr; flags interval; }");
     }
 }

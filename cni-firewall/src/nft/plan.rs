@@ -54,7 +54,7 @@ fn base(table: &TableRef, name: &str, kind: ChainType, hook: Hook, priority: i32
 }
 
 fn vmap_def(table: &TableRef, name: String, key: Vec<DataType>) -> Op {
-    Op::AddSet { table: table.clone(), set: SetDef { name, key, verdict_map: true } }
+    Op::AddSet { table: table.clone(), set: SetDef::vmap(name, key) }
 }
 
 /// Replace the content of a (per-key) chain: create if missing, flush, add `rules`.
@@ -205,7 +205,7 @@ fn masq_elems(spec: &MasqSpec, fam: Family) -> Vec<Element> {
         .addrs
         .iter()
         .filter(|a| Family::of_net(a) == fam)
-        .map(|a| Element { key: vec![addr_val(a.ip())], verdict: Some(Verdict::Goto(chain.clone())) })
+        .map(|a| Element::verdict(vec![addr_val(a.ip())], Verdict::Goto(chain.clone())))
         .collect();
     v.sort();
     v.dedup();
@@ -445,15 +445,15 @@ fn hostport_elems(spec: &PortMapSpec) -> Vec<(String, Vec<Element>)> {
             let proto = Value::Proto(m.protocol);
             let port = Value::Port(m.host_port);
             match host_ip(m) {
-                Some(h) => hostip.insert(Element { key: vec![Value::Addr(h), proto, port], verdict: Some(dnat.clone()) }),
-                None => any.insert(Element { key: vec![proto, port], verdict: Some(dnat.clone()) }),
+                Some(h) => hostip.insert(Element::verdict(vec![Value::Addr(h), proto, port], dnat.clone())),
+                None => any.insert(Element::verdict(vec![proto, port], dnat.clone())),
             };
         }
         let has = !hostip.is_empty() || !any.is_empty();
         out.push((hostip_map(fam), hostip.into_iter().collect()));
         out.push((any_map(fam), any.into_iter().collect()));
         if spec.snat && has {
-            out.push((snat_map(fam), vec![Element { key: vec![Value::Addr(ctr.ip())], verdict: Some(snat.clone()) }]));
+            out.push((snat_map(fam), vec![Element::verdict(vec![Value::Addr(ctr.ip())], snat.clone())]));
         }
     }
     out.retain(|(_, e)| !e.is_empty());
@@ -572,7 +572,7 @@ fn isolation_forward_rules() -> [Rule; 3] {
 }
 
 fn published_elem(bridge: &str) -> Element {
-    Element { key: vec![Value::Ifname(bridge.into())], verdict: None }
+    Element::key(vec![Value::Ifname(bridge.into())])
 }
 
 fn isolation_bridge_rule(bridge: &str) -> Rule {
@@ -585,8 +585,8 @@ fn isolation_bridge_rule(bridge: &str) -> Rule {
 
 fn isolation_elems(bridge: &str) -> (Element, Element) {
     (
-        Element { key: vec![Value::Ifname(bridge.into())], verdict: None },
-        Element { key: vec![Value::Ifname(bridge.into())], verdict: Some(Verdict::Goto(isolation_chain(bridge))) },
+        Element::key(vec![Value::Ifname(bridge.into())]),
+        Element::verdict(vec![Value::Ifname(bridge.into())], Verdict::Goto(isolation_chain(bridge))),
     )
 }
 
@@ -599,8 +599,8 @@ pub fn plan_isolation_add_with_state(spec: &IsolationSpec, st: Option<&TableStat
     let br = &spec.bridge;
     let mut ops = vec![
         Op::AddTable(t.clone()),
-        Op::AddSet { table: t.clone(), set: SetDef { name: "isolated".into(), key: vec![DataType::Ifname], verdict_map: false } },
-        Op::AddSet { table: t.clone(), set: SetDef { name: "published".into(), key: vec![DataType::Ifname], verdict_map: false } },
+        Op::AddSet { table: t.clone(), set: SetDef::set("isolated", vec![DataType::Ifname]) },
+        Op::AddSet { table: t.clone(), set: SetDef::set("published", vec![DataType::Ifname]) },
         vmap_def(&t, "by_iif".into(), vec![DataType::Ifname]),
         base(&t, "forward", ChainType::Filter, Hook::Forward, PRIO_FILTER),
         Op::FlushChain { table: t.clone(), name: "forward".into() },
@@ -783,11 +783,12 @@ add element inet cnirs_masquerade masq6 {{ fd01::5 : goto {chain} }}
         let mut set = super::super::state::SetState {
             name: "masq4".into(),
             key: vec![DataType::Ipv4Addr],
-            verdict_map: true,
+            data: SetData::Verdict,
+            interval: false,
             elems: vec![],
         };
         for (a, c) in elems4 {
-            set.elems.push(Element { key: vec![Value::Addr(a.parse().unwrap())], verdict: Some(Verdict::Goto(c.to_string())) });
+            set.elems.push(Element::verdict(vec![Value::Addr(a.parse().unwrap())], Verdict::Goto(c.to_string())));
         }
         st.sets.insert("masq4".into(), set);
         for c in chains {

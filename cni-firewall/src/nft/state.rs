@@ -1,6 +1,6 @@
 //! What the kernel holds: one table parsed from `nft -j list table`.
 
-use super::ops::{DataType, Element, Expr, Rule, Value, Verdict};
+use super::ops::{DataType, Element, Expr, Rule, SetData, Value, Verdict};
 use crate::{CniError, Protocol};
 use serde_json::Value as J;
 use std::collections::BTreeMap;
@@ -72,8 +72,11 @@ impl RuleState {
 pub struct SetState {
     pub name: String,
     pub key: Vec<DataType>,
-    pub verdict_map: bool,
-    /// Elements we could parse (keys of the types above, verdict data).
+    /// What elements map to (nothing, a verdict, values).
+    pub data: SetData,
+    /// `flags interval`.
+    pub interval: bool,
+    /// Elements we could parse (keys and data of the types above).
     pub elems: Vec<Element>,
 }
 
@@ -130,30 +133,41 @@ impl TableState {
     }
 }
 
-fn parse_type(t: Option<&J>) -> Vec<DataType> {
-    let one = |s: &str| match s {
+fn type_of_name(s: &str) -> Option<DataType> {
+    match s {
         "ipv4_addr" => Some(DataType::Ipv4Addr),
         "ipv6_addr" => Some(DataType::Ipv6Addr),
         "inet_proto" => Some(DataType::InetProto),
         "inet_service" => Some(DataType::InetService),
         "ifname" => Some(DataType::Ifname),
+        "mark" => Some(DataType::Mark),
         _ => None,
-    };
+    }
+}
+
+/// A type as `nft -j` prints it: `"ipv4_addr"`, `["inet_proto", "inet_service"]` (keys) or
+/// `"ipv4_addr . inet_service"` (map data). `None` when a part is a type our layouts do not use.
+fn parse_type(t: Option<&J>) -> Option<Vec<DataType>> {
     match t {
-        Some(J::String(s)) => one(s).into_iter().collect(),
-        Some(J::Array(a)) => a.iter().filter_map(|x| x.as_str().and_then(one)).collect(),
-        _ => Vec::new(),
+        Some(J::String(s)) => s.split(" . ").map(type_of_name).collect(),
+        Some(J::Array(a)) => a.iter().map(|x| x.as_str().and_then(type_of_name)).collect(),
+        _ => None,
     }
 }
 
 fn parse_set(s: &J, is_map: bool) -> SetState {
     let name = s.get("name").and_then(J::as_str).unwrap_or_default().to_string();
-    let key = parse_type(s.get("type"));
-    let verdict_map = is_map && s.get("map").and_then(J::as_str) == Some("verdict");
+    let key = parse_type(s.get("type")).unwrap_or_default();
+    let data = match s.get("map") {
+        Some(J::String(v)) if is_map && v == "verdict" => SetData::Verdict,
+        Some(m) if is_map => SetData::Values(parse_type(Some(m)).unwrap_or_default()),
+        _ => SetData::None,
+    };
+    let interval = s.get("flags").and_then(J::as_array).is_some_and(|f| f.iter().any(|x| x.as_str() == Some("interval")));
     let mut elems = Vec::new();
     if let Some(list) = s.get("elem").and_then(J::as_array) {
         for e in list {
-            let (k, data) = if is_map {
+            let (k, d) = if is_map {
                 match e.as_array() {
                     Some(pair) if pair.len() == 2 => (&pair[0], Some(&pair[1])),
                     _ => continue,
@@ -162,18 +176,22 @@ fn parse_set(s: &J, is_map: bool) -> SetState {
                 (e, None)
             };
             let Some(keyv) = parse_key(k, &key) else { continue };
-            let verdict = match data {
-                Some(d) if verdict_map => match parse_verdict(d) {
-                    Some(v) => Some(v),
+            let elem = match (&data, d) {
+                (SetData::Verdict, Some(d)) => match parse_verdict(d) {
+                    Some(v) => Element::verdict(keyv, v),
                     None => continue,
                 },
-                Some(_) => continue, // non-verdict maps are not used by our layouts
-                None => None,
+                (SetData::Values(types), Some(d)) => match parse_key(d, types) {
+                    Some(values) => Element::data(keyv, values),
+                    None => continue,
+                },
+                (SetData::None, None) => Element::key(keyv),
+                _ => continue,
             };
-            elems.push(Element { key: keyv, verdict });
+            elems.push(elem);
         }
     }
-    SetState { name, key, verdict_map, elems }
+    SetState { name, key, data, interval, elems }
 }
 
 fn parse_key(k: &J, types: &[DataType]) -> Option<Vec<Value>> {
@@ -199,7 +217,7 @@ fn parse_value(v: &J, t: DataType) -> Option<Value> {
             }
             let p = v.get("prefix")?;
             let addr: IpAddr = p.get("addr")?.as_str()?.parse().ok()?;
-            let len = p.get("len")?.as_u64()? as u8;
+            let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
             Some(Value::Prefix(ipnetwork::IpNetwork::new(addr, len).ok()?))
         }
         DataType::InetProto => match v.as_str()? {
@@ -210,6 +228,7 @@ fn parse_value(v: &J, t: DataType) -> Option<Value> {
         },
         DataType::InetService => Some(Value::Port(u16::try_from(v.as_u64()?).ok()?)),
         DataType::Ifname => Some(Value::Ifname(v.as_str()?.to_string())),
+        DataType::Mark => Some(Value::Mark(u32::try_from(v.as_u64()?).ok()?)),
     }
 }
 
@@ -256,7 +275,7 @@ mod tests {
         assert_eq!(c.rules.len(), 1);
         assert_eq!(c.rules[0].comment.as_deref(), Some("k"));
         let any4 = st.set("any4").unwrap();
-        assert!(any4.verdict_map);
+        assert_eq!(any4.data, SetData::Verdict);
         assert_eq!(any4.elems[0].key, vec![Value::Proto(Protocol::Tcp), Value::Port(8080)]);
         assert_eq!(any4.pointing_to("c").count(), 1);
         let v6 = st.set("v6").unwrap();
