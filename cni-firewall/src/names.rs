@@ -101,6 +101,22 @@ pub fn nft_key_name(prefix: char, key: &AttachmentKey) -> String {
     format!("{prefix}-{}-{}", nft_network_hash(&key.network), nft_key_hash(key))
 }
 
+/// The owner marks of an attachment in the nftables layouts without per-attachment chains: the
+/// first 4 bytes of sha512(network), then the first 8 bytes of sha512(network NUL containerID NUL
+/// ifname) as two marks (the hashes [`nft_network_hash`] and [`nft_key_hash`] print in hex).
+pub fn nft_owner_marks(key: &AttachmentKey) -> [u32; 3] {
+    let net = Sha512::digest(key.network.as_bytes());
+    let mut h = Sha512::new();
+    h.update(key.network.as_bytes());
+    h.update([0u8]);
+    h.update(key.container_id.as_bytes());
+    h.update([0u8]);
+    h.update(key.ifname.as_bytes());
+    let k = h.finalize();
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    [be(&net[0..4]), be(&k[0..4]), be(&k[4..8])]
+}
+
 /// Human-readable key for nftables comments (validated characters only, ≤ 127 bytes).
 pub fn nft_key_comment(key: &AttachmentKey) -> String {
     let s = format!("net: {} id: {} if: {}", key.network, key.container_id, sanitize(&key.ifname));

@@ -20,6 +20,7 @@ use crate::exec::{find_program, short_err, CommandRunner};
 use crate::names::{validate_ifname, validate_key};
 use crate::{AttachmentKey, Backend, CniError, Firewall, IpNetwork, IsolationSpec, MasqSpec, PortMapSpec};
 use ops::{render_script, Op, TableRef};
+use plan::legacy;
 use state::TableState;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -162,9 +163,16 @@ impl NftFirewall {
     }
 
     /// With cheap reads: read what the ADD touches, plan from that state, keep intact chains
-    /// (retried when the table keeps changing). Otherwise blind transaction first (one process); if it fails, read the
-    /// table and apply the state-aware plan (retried likewise).
-    fn add(&self, table: &TableRef, plan: impl Fn(Option<&TableState>) -> Vec<Op>) -> Result<(), CniError> {
+    /// (retried when the table keeps changing); when `needs_full` says the plan needs more than
+    /// that read (another attachment's state to evict), read the whole table. Otherwise blind
+    /// transaction first (one process); if it fails, read the table and apply the state-aware
+    /// plan (retried likewise).
+    fn add(
+        &self,
+        table: &TableRef,
+        plan: impl Fn(Option<&TableState>) -> Vec<Op>,
+        needs_full: impl Fn(&TableState) -> bool,
+    ) -> Result<(), CniError> {
         if self.exec.cheap_reads() {
             let blind = plan(None);
             if blind.is_empty() {
@@ -183,6 +191,9 @@ impl NftFirewall {
                     }
                     Some(_) => None,
                 };
+                if st.as_ref().is_some_and(&needs_full) {
+                    st = self.exec.list_table(table)?;
+                }
                 let ops = match &st {
                     Some(st) => {
                         let full = plan(Some(st));
@@ -247,6 +258,24 @@ impl NftFirewall {
         let st = self.exec.list_table(table)?;
         check(st.as_ref()).map_err(CniError::CheckFailed)
     }
+
+    /// CHECK of the current layout; when it fails, the attachment may have been made before an
+    /// upgrade: it passes if the earlier layout (`legacy`) holds it. The error is the current
+    /// layout's.
+    fn check_either(
+        &self,
+        (table, check): (&TableRef, impl Fn(Option<&TableState>) -> Result<(), String>),
+        (legacy_table, legacy_check): (&TableRef, impl Fn(Option<&TableState>) -> Result<(), String>),
+    ) -> Result<(), CniError> {
+        let err = match self.check(table, check) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        match self.exec.list_table(legacy_table)? {
+            Some(st) if legacy_check(Some(&st)).is_ok() => Ok(()),
+            _ => Err(err),
+        }
+    }
 }
 
 /// `ops` without the refills of chains that already hold exactly the rules the refill would
@@ -297,7 +326,7 @@ pub fn changes_nothing(ops: &[Op], full: &[Op], st: &TableState) -> bool {
                     && st.chain(chain).is_some()
                     && rule.exprs.iter().any(|e| match e {
                         ops::Expr::Lookup { set, .. } => set == name,
-                        ops::Expr::Vmap { map, .. } => map == name,
+                        ops::Expr::Vmap { map, .. } | ops::Expr::DnatMap { map, .. } => map == name,
                         _ => false,
                     })
             }
@@ -358,23 +387,30 @@ impl Firewall for NftFirewall {
 
     fn add_masquerade(&self, spec: &MasqSpec) -> Result<(), CniError> {
         validate_key(&spec.key)?;
-        self.add(&plan::masq_table(), |st| plan::plan_masq_add_with_state(spec, st))
+        self.add(&plan::masq_table(), |st| plan::plan_masq_add_with_state(spec, st), |st| plan::masq_add_needs_full_read(spec, st))
             .map_err(|e| e.context("masquerade"))
     }
 
     fn del_masquerade(&self, key: &AttachmentKey, _addrs: &[IpNetwork]) -> Result<(), CniError> {
         validate_key(key)?;
-        self.remove(&plan::masq_table(), |st| plan::plan_masq_del(key, st)).map_err(|e| e.context("masquerade teardown"))
+        self.remove(&plan::masq_table(), |st| plan::plan_masq_del(key, st))
+            .and_then(|()| self.remove(&legacy::masq_table(), |st| legacy::plan_masq_del(key, st)))
+            .map_err(|e| e.context("masquerade teardown"))
     }
 
     fn check_masquerade(&self, spec: &MasqSpec) -> Result<(), CniError> {
         validate_key(&spec.key)?;
-        self.check(&plan::masq_table(), |st| plan::check_masq(spec, st))
+        self.check_either(
+            (&plan::masq_table(), |st: Option<&TableState>| plan::check_masq(spec, st)),
+            (&legacy::masq_table(), |st: Option<&TableState>| legacy::check_masq(spec, st)),
+        )
     }
 
     fn gc_masquerade(&self, network: &str, valid: &[AttachmentKey]) -> Result<(), CniError> {
         validate_network(network)?;
-        self.remove(&plan::masq_table(), |st| plan::plan_masq_gc(network, valid, st)).map_err(|e| e.context("masquerade gc"))
+        self.remove(&plan::masq_table(), |st| plan::plan_masq_gc(network, valid, st))
+            .and_then(|()| self.remove(&legacy::masq_table(), |st| legacy::plan_masq_gc(network, valid, st)))
+            .map_err(|e| e.context("masquerade gc"))
     }
 
     fn add_portmap(&self, spec: &PortMapSpec) -> Result<(), CniError> {
@@ -386,30 +422,35 @@ impl Firewall for NftFirewall {
                 "conditionsV4/conditionsV6 are not supported by the nftables backend of this suite; use backend \"iptables\"".into(),
             ));
         }
-        self.add(&plan::hostport_table(), |st| plan::plan_portmap_add_with_state(spec, st))
+        self.add(&plan::hostport_table(), |st| plan::plan_portmap_add_with_state(spec, st), |st| plan::portmap_add_needs_full_read(spec, st))
             .map_err(|e| e.context("port mappings"))
     }
 
     fn del_portmap(&self, key: &AttachmentKey) -> Result<(), CniError> {
         validate_key(key)?;
         self.remove(&plan::hostport_table(), |st| plan::plan_portmap_del(key, st))
+            .and_then(|()| self.remove(&legacy::hostport_table(), |st| legacy::plan_portmap_del(key, st)))
             .map_err(|e| e.context("port mappings teardown"))
     }
 
     fn check_portmap(&self, spec: &PortMapSpec) -> Result<(), CniError> {
         validate_key(&spec.key)?;
-        self.check(&plan::hostport_table(), |st| plan::check_portmap(spec, st))
+        self.check_either(
+            (&plan::hostport_table(), |st: Option<&TableState>| plan::check_portmap(spec, st)),
+            (&legacy::hostport_table(), |st: Option<&TableState>| legacy::check_portmap(spec, st)),
+        )
     }
 
     fn gc_portmap(&self, network: &str, valid: &[AttachmentKey]) -> Result<(), CniError> {
         validate_network(network)?;
         self.remove(&plan::hostport_table(), |st| plan::plan_portmap_gc(network, valid, st))
+            .and_then(|()| self.remove(&legacy::hostport_table(), |st| legacy::plan_portmap_gc(network, valid, st)))
             .map_err(|e| e.context("port mappings gc"))
     }
 
     fn add_isolation(&self, spec: &IsolationSpec) -> Result<(), CniError> {
         validate_ifname("bridge name", &spec.bridge)?;
-        self.add(&plan::isolation_table(), |st| plan::plan_isolation_add_with_state(spec, st))
+        self.add(&plan::isolation_table(), |st| plan::plan_isolation_add_with_state(spec, st), |_| false)
             .map_err(|e| e.context("isolation"))
     }
 
@@ -509,7 +550,7 @@ mod tests {
         let created = create_exclusively(ops.clone());
         assert_eq!(created.len(), ops.len());
         assert_eq!(created[0], Op::CreateTable(plan::masq_table()));
-        assert_eq!(created[0].text(), "create table inet cnirs_masquerade");
+        assert_eq!(created[0].text(), "create table inet cnirs_masquerade2");
         assert_eq!(created[1..], ops[1..], "only the table changes");
         assert!(!created.iter().any(|o| matches!(o, Op::AddTable(_))));
     }
@@ -517,8 +558,8 @@ mod tests {
     #[test]
     fn intact_chains_are_not_refilled() {
         let spec = MasqSpec { key: AttachmentKey::new("n", "c", "eth0"), addrs: vec!["10.0.0.2/24".parse().unwrap()] };
-        let ops = plan::plan_masq_add(&spec);
-        let own = plan::masq_chain(&spec.key);
+        let ops = legacy::plan_masq_add(&spec);
+        let own = legacy::masq_chain(&spec.key);
         let base = rules_of(&ops, "postrouting");
         assert_eq!(base.len(), 2);
         let mut st = TableState::default();

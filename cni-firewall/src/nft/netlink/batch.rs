@@ -94,7 +94,7 @@ mod tests {
 
     fn ops() -> Vec<Op> {
         let t = TableRef::inet("t");
-        let e = |a: &str, c: &str| Element { key: vec![Value::Addr(a.parse().unwrap())], verdict: Some(Verdict::Goto(c.into())) };
+        let e = |a: &str, c: &str| Element::verdict(vec![Value::Addr(a.parse().unwrap())], Verdict::Goto(c.into()));
         vec![
             Op::AddTable(t.clone()),
             Op::AddElements { table: t, set: "masq4".into(), elems: vec![e("10.0.0.1", "a"), e("10.0.0.2", "b"), e("10.0.0.3", "c"), e("10.0.0.4", "d")] },

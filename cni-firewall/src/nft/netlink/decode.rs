@@ -123,7 +123,7 @@ pub fn parse_set(raw: &[u8]) -> Result<Option<(String, SetState, u32)>, NlError>
     let flags = be32(find(&a, NFTA_SET_FLAGS)).unwrap_or(0);
     let key = key_types(be32(find(&a, NFTA_SET_KEY_TYPE)).unwrap_or(0));
     let verdict_map = flags & NFT_SET_MAP != 0 && be32(find(&a, NFTA_SET_DATA_TYPE)) == Some(NFT_DATA_VERDICT);
-    Ok(Some((table, SetState { name, key, verdict_map, elems: Vec::new() }, flags)))
+    Ok(Some((table, SetState { name, key, data: if verdict_map { super::super::ops::SetData::Verdict } else { super::super::ops::SetData::None }, interval: false, elems: Vec::new() }, flags)))
 }
 
 /// The data types of a key type number (6 bits per part of a concatenation); unknown parts are
@@ -167,7 +167,7 @@ pub fn parse_elems(raw: &[u8], types: &[DataType], verdict_map: bool) -> Result<
             None if verdict_map => continue,
             None => None,
         };
-        out.push(Element { key, verdict });
+        out.push(Element { key, verdict, data: Vec::new() });
     }
     Ok(out)
 }
@@ -199,6 +199,7 @@ fn parse_value(b: &[u8], t: DataType) -> Option<Value> {
         },
         DataType::InetService => Some(Value::Port(u16::from_be_bytes(b.try_into().ok()?))),
         DataType::Ifname => ifname_of(b, true).map(Value::Ifname),
+        DataType::Mark => None,
     }
 }
 
@@ -686,7 +687,7 @@ mod tests {
     #[test]
     fn elements_and_comments_from_messages() {
         let t = TableRef::inet("t");
-        let e = Element { key: vec![Value::Proto(Protocol::Tcp), Value::Port(8080)], verdict: Some(Verdict::Goto("p-x".into())) };
+        let e = Element::verdict(vec![Value::Proto(Protocol::Tcp), Value::Port(8080)], Verdict::Goto("p-x".into()));
         let msg = &op_messages(&Op::AddElements { table: t.clone(), set: "any4".into(), elems: vec![e.clone()] }).unwrap()[0];
         // a dump reply has the request's layout, with NEWSETELEM
         assert_eq!(parse_elems(&msg.bytes, &[DataType::InetProto, DataType::InetService], true).unwrap(), vec![e.clone()]);

@@ -196,6 +196,7 @@ pub fn type_len(t: DataType) -> usize {
         DataType::InetProto => 1,
         DataType::InetService => 2,
         DataType::Ifname => IFNAMSIZ,
+        DataType::Mark => 4,
     }
 }
 
@@ -207,6 +208,7 @@ pub fn type_id(t: DataType) -> u32 {
         DataType::InetProto => TYPE_INET_PROTOCOL,
         DataType::InetService => TYPE_INET_SERVICE,
         DataType::Ifname => TYPE_IFNAME,
+        DataType::Mark => 19,
     }
 }
 
@@ -256,6 +258,7 @@ fn types_of(key: &[Value]) -> Result<Vec<DataType>, CniError> {
             Value::Proto(_) => Ok(DataType::InetProto),
             Value::Port(_) => Ok(DataType::InetService),
             Value::Ifname(_) => Ok(DataType::Ifname),
+            Value::Mark(_) => Ok(DataType::Mark),
             Value::Prefix(p) => Err(unsupported(format!("prefix {p} as a set key (no layout uses interval sets)"))),
         })
         .collect()
@@ -388,6 +391,7 @@ impl Lowering {
 
     fn expr(&mut self, e: &Expr) -> Result<(), CniError> {
         match e {
+            Expr::DnatMap { .. } => return Err(unsupported("TEMP")),
             Expr::Cmp { field, negate, value } => self.cmp(*field, *negate, value)?,
             Expr::Nfproto(fam) => {
                 self.out.push(Low::Meta { key: NFT_META_NFPROTO, dreg: NFT_REG_1 });
@@ -637,7 +641,7 @@ fn elem_text(e: &Element, add: bool) -> String {
     if add {
         e.text()
     } else {
-        Element { key: e.key.clone(), verdict: None }.text()
+        e.key_only().text()
     }
 }
 
@@ -652,7 +656,7 @@ fn op_text(op: &Op) -> String {
         Op::DeleteChain { table, name } => format!("delete chain {} {name}", table_text(table)),
         Op::AddRule { table, chain, rule } => format!("add rule {} {chain} {}", table_text(table), rule.text()),
         Op::AddSet { table, set } => {
-            format!("add {} {} {}", if set.verdict_map { "map" } else { "set" }, table_text(table), set.name)
+            format!("add {} {} {}", if set.is_map() { "map" } else { "set" }, table_text(table), set.name)
         }
         Op::AddElements { table, set, elems } => format!("add {} elements of {} {set}", elems.len(), table_text(table)),
         Op::DeleteElements { table, set, elems } => format!("delete {} elements of {} {set}", elems.len(), table_text(table)),
@@ -841,17 +845,17 @@ fn set_message(table: &TableRef, set: &SetDef) -> Result<Vec<Msg>, CniError> {
     let mut a = Vec::new();
     put_str(&mut a, NFTA_SET_TABLE, &table.name);
     put_str(&mut a, NFTA_SET_NAME, &set.name);
-    put_u32(&mut a, NFTA_SET_FLAGS, if set.verdict_map { NFT_SET_MAP } else { 0 });
+    put_u32(&mut a, NFTA_SET_FLAGS, if set.is_map() { NFT_SET_MAP } else { 0 });
     put_u32(&mut a, NFTA_SET_KEY_TYPE, ty);
     put_u32(&mut a, NFTA_SET_KEY_LEN, len);
-    if set.verdict_map {
+    if set.is_map() {
         put_u32(&mut a, NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
         put_u32(&mut a, NFTA_SET_DATA_LEN, 0);
     }
     // Required by the kernel: a transaction-local id other messages could refer to the new set
     // by (ours refer to sets by name).
     put_u32(&mut a, NFTA_SET_ID, next_set_id());
-    put_attr(&mut a, NFTA_SET_USERDATA, &set_udata(&set.key, set.verdict_map));
+    put_attr(&mut a, NFTA_SET_USERDATA, &set_udata(&set.key, set.is_map()));
     Ok(vec![Msg { bytes: message(NFT_MSG_NEWSET, family_byte(table.family), &a), flags: NLM_F_CREATE, op: 0, elems: None }])
 }
 
@@ -957,7 +961,7 @@ mod tests {
     #[test]
     fn dependencies_once_per_rule() {
         // ip daddr 192.0.2.1 tcp dport 8443 dnat ip to 10.1.0.5:443
-        let r = &plan::hostport_dnat_rules(&{
+        let r = &plan::legacy::hostport_dnat_rules(&{
             let mut s = crate::PortMapSpec::new(
                 crate::AttachmentKey::new("n", "c", "eth0"),
                 vec![crate::PortMapping { host_port: 8443, container_port: 443, protocol: Protocol::Tcp, host_ip: Some("192.0.2.1".parse().unwrap()) }],
@@ -1062,7 +1066,7 @@ mod tests {
     #[test]
     fn element_message_bytes_and_parts() {
         let t = TableRef::inet("cnirs_masquerade");
-        let e = Element { key: vec![Value::Addr("10.1.0.5".parse().unwrap())], verdict: Some(Verdict::Goto("m-8e48f37d5de6-294f9e4a4bb08eb2".into())) };
+        let e = Element { key: vec![Value::Addr("10.1.0.5".parse().unwrap())], data: vec![], verdict: Some(Verdict::Goto("m-8e48f37d5de6-294f9e4a4bb08eb2".into())) };
         let op = Op::AddElements { table: t.clone(), set: "masq4".into(), elems: vec![e.clone()] };
         let msgs = op_messages(&op).unwrap();
         let m = &msgs[0];
@@ -1087,7 +1091,7 @@ mod tests {
         // empty lists: no message; long lists: split under 64 KiB per message
         assert!(op_messages(&Op::AddElements { table: t.clone(), set: "s".into(), elems: vec![] }).unwrap().is_empty());
         let many: Vec<Element> =
-            (0..3000u32).map(|i| Element { key: vec![Value::Addr(std::net::Ipv4Addr::from(0x0a00_0000 + i).into())], verdict: Some(Verdict::Goto("c".repeat(40))) }).collect();
+            (0..3000u32).map(|i| Element { key: vec![Value::Addr(std::net::Ipv4Addr::from(0x0a00_0000 + i).into())], verdict: Some(Verdict::Goto("c".repeat(40))), data: vec![] }).collect();
         let op = Op::AddElements { table: t, set: "masq4".into(), elems: many };
         let msgs = op_messages(&op).unwrap();
         assert!(msgs.len() > 1);
@@ -1118,7 +1122,7 @@ mod tests {
         let reg = op_messages(&Op::AddChain { table: t.clone(), name: "c".into(), base: None, comment: Some("a \"b\"".into()) }).unwrap();
         // comment user data: type 0, length 4, "a b" + NUL
         assert!(reg[0].bytes.windows(6).any(|w| w == [0, 4, b'a', b' ', b'b', 0]));
-        let op = Op::AddSet { table: t, set: SetDef { name: "iso".into(), key: vec![DataType::Ifname], verdict_map: false } };
+        let op = Op::AddSet { table: t, set: SetDef::set("iso", vec![DataType::Ifname]) };
         let set = op_messages(&op).unwrap();
         assert_eq!(set[0].what(&op), "add set inet t iso");
         assert!(!set[0].bytes.windows(4).any(|w| w == NFT_DATA_VERDICT.to_be_bytes()));

@@ -150,7 +150,7 @@ fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, 
         let mut a = Vec::new();
         put_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, &table.name);
         put_str(&mut a, NFTA_SET_ELEM_LIST_SET, &set.name);
-        let (types, vmap) = (set.key.clone(), set.verdict_map);
+        let (types, vmap) = (set.key.clone(), set.data == super::ops::SetData::Verdict);
         let elems = sock.dump_raw(encode::message(NFT_MSG_GETSETELEM, fam, &a), |raw| {
             decode::parse_elems(raw, &types, vmap).map(Some)
         })?;
@@ -248,7 +248,7 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
                 }
             }
         };
-        let (types, vmap) = (sets[idx].key.clone(), sets[idx].verdict_map);
+        let (types, vmap) = (sets[idx].key.clone(), sets[idx].data == super::ops::SetData::Verdict);
         for e in elems {
             // a key that does not fit the set's type cannot be in it
             let Ok(key) = encode::key_bytes(&e.key, &types) else { continue };

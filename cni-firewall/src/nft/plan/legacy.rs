@@ -1,134 +1,29 @@
-//! Pure planning for the nftables backend: specs (+ current state) in, operations out.
+//! The layouts of earlier versions: a chain per attachment behind verdict maps, in tables
+//! `inet cnirs_masquerade` and `inet cnirs_hostport`. Nothing is added to them any more; DEL,
+//! CHECK and GC still read them, so attachments made before an upgrade are checked and torn
+//! down as before. (The planners of ADD stay for the tests that make such state.)
 //!
-//! Layout principle: one table per feature; per-packet dispatch through verdict maps keyed by what
-//! the packet carries (source address, destination port, input interface), leading to a small
-//! per-attachment (or per-bridge) chain. Ownership is carried by the map data itself (the element
-//! points at the owner's chain, whose name is a hash of the key), so an element is removed only by
-//! its owner even when addresses or ports are reused.
+//! ```text
+//! table inet cnirs_masquerade {
+//!   map masq4 { type ipv4_addr : verdict }   container address -> goto m-<12 hex sha512(net)>-<16 hex sha512(net\0cid\0ifname)>
+//!   chain postrouting { nat postrouting 100: ip saddr vmap @masq4; ip6 saddr vmap @masq6 }
+//!   chain m-<net>-<key> { ip daddr <subnet> return; ip daddr 224.0.0.0/4 return; ...; masquerade } }
+//! table inet cnirs_hostport {
+//!   map hostip4 { type ipv4_addr . inet_proto . inet_service : verdict }, any4, snat4 (and 6)
+//!   chain prerouting/output { fib daddr type local jump hostports }
+//!   chain hostports { ip daddr . meta l4proto . th dport vmap @hostip4; meta nfproto ipv4 meta l4proto . th dport vmap @any4; ... }
+//!   chain postrouting { ct status dnat ip daddr vmap @snat4; ... }
+//!   chain p-<net>-<key> { [ip daddr H] tcp dport 8080 dnat ip to C:80 ... }
+//!   chain s-<net>-<key> { ip saddr <subnet> masquerade; ip saddr 127.0.0.1 masquerade } }
+//! ```
 
-use super::ops::*;
-use super::state::TableState;
-use crate::names::{hash_parts, nft_key_comment, nft_key_name, nft_network_hash};
-use crate::{AttachmentKey, Family, IsolationSpec, MasqSpec, PortMapSpec};
-use ipnetwork::IpNetwork;
+use super::*;
+use crate::names::{nft_key_comment, nft_key_name, nft_network_hash};
+use crate::{MasqSpec, PortMapSpec};
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 pub const MASQ_TABLE: &str = "cnirs_masquerade";
 pub const HOSTPORT_TABLE: &str = "cnirs_hostport";
-pub const ISOLATION_TABLE: &str = "cnirs_isolation";
-
-const PRIO_DSTNAT: i32 = -100;
-const PRIO_FILTER: i32 = 0;
-const PRIO_SRCNAT: i32 = 100;
-
-fn addr_val(a: IpAddr) -> Value {
-    Value::Addr(a)
-}
-
-fn subnet(a: &IpNetwork) -> IpNetwork {
-    IpNetwork::new(a.network(), a.prefix()).expect("prefix of a valid network")
-}
-
-fn multicast(fam: Family) -> IpNetwork {
-    match fam {
-        Family::V4 => "224.0.0.0/4".parse().unwrap(),
-        Family::V6 => "ff00::/8".parse().unwrap(),
-    }
-}
-
-fn fam_suffix(fam: Family) -> &'static str {
-    match fam {
-        Family::V4 => "4",
-        Family::V6 => "6",
-    }
-}
-
-fn base(table: &TableRef, name: &str, kind: ChainType, hook: Hook, priority: i32) -> Op {
-    Op::AddChain {
-        table: table.clone(),
-        name: name.into(),
-        base: Some(BaseChain { kind, hook, priority }),
-        comment: None,
-    }
-}
-
-fn vmap_def(table: &TableRef, name: String, key: Vec<DataType>) -> Op {
-    Op::AddSet { table: table.clone(), set: SetDef::vmap(name, key) }
-}
-
-/// Replace the content of a (per-key) chain: create if missing, flush, add `rules`.
-fn fill_chain(table: &TableRef, name: &str, comment: Option<String>, rules: &[Rule], ops: &mut Vec<Op>) {
-    ops.push(Op::AddChain { table: table.clone(), name: name.into(), base: None, comment });
-    ops.push(Op::FlushChain { table: table.clone(), name: name.into() });
-    for r in rules {
-        ops.push(Op::AddRule { table: table.clone(), chain: name.into(), rule: r.clone() });
-    }
-}
-
-/// Deletes of every element of `maps` pointing at one of `chains`, then the chains themselves.
-fn remove_owned(table: &TableRef, st: &TableState, maps: &[String], chains: &[String], ops: &mut Vec<Op>) {
-    for m in maps {
-        if let Some(set) = st.set(m) {
-            let elems: Vec<Element> =
-                set.elems.iter().filter(|e| e.verdict.as_ref().and_then(|v| v.target()).is_some_and(|t| chains.iter().any(|c| c == t))).cloned().collect();
-            delete_if_unchanged(table, m, elems, ops);
-        }
-    }
-    for c in chains {
-        if st.chain(c).is_some() {
-            ops.push(Op::DeleteChain { table: table.clone(), name: c.clone() });
-        }
-    }
-}
-
-/// Before adding `wanted` elements: delete those whose key exists pointing at another chain
-/// (another owner had the address/port: last writer wins, like the reference).
-fn evict_conflicts(table: &TableRef, st: &TableState, set: &str, wanted: &[Element], ops: &mut Vec<Op>) {
-    let Some(cur) = st.set(set) else { return };
-    let evict: Vec<Element> = wanted
-        .iter()
-        .filter_map(|w| cur.get(&w.key).filter(|e| e.verdict != w.verdict).cloned())
-        .collect();
-    delete_if_unchanged(table, set, evict, ops);
-}
-
-/// Compare-and-delete of verdict-map elements read earlier: `nft delete element` matches the key
-/// only, so first re-add each element with the verdict we read. If another writer re-pointed the
-/// key meanwhile (address or port reused), that add fails with EEXIST and the whole transaction
-/// aborts — the other owner's element survives and the caller re-reads and re-plans. If the
-/// element is unchanged the add is a no-op; if it vanished, add + delete leaves it absent.
-fn delete_if_unchanged(table: &TableRef, set: &str, elems: Vec<Element>, ops: &mut Vec<Op>) {
-    if elems.is_empty() {
-        return;
-    }
-    let asserted: Vec<Element> = elems.iter().filter(|e| e.verdict.is_some()).cloned().collect();
-    if !asserted.is_empty() {
-        ops.push(Op::AddElements { table: table.clone(), set: set.into(), elems: asserted });
-    }
-    ops.push(Op::DeleteElements { table: table.clone(), set: set.into(), elems });
-}
-
-fn check_rules(st: &TableState, chain: &str, want: &[Rule], what: &str) -> Result<(), String> {
-    let Some(c) = st.chain(chain) else { return Err(format!("{what}: chain {chain} is missing")) };
-    for r in want {
-        if !c.rules.iter().any(|x| x.matches(r)) {
-            return Err(format!("{what}: chain {chain} lacks rule `{}`", r.text()));
-        }
-    }
-    Ok(())
-}
-
-fn check_elems(st: &TableState, set: &str, want: &[Element], what: &str) -> Result<(), String> {
-    let Some(s) = st.set(set) else { return Err(format!("{what}: map {set} is missing")) };
-    for e in want {
-        if s.get(&e.key).map(|x| x.verdict.as_ref()) != Some(e.verdict.as_ref()) {
-            return Err(format!("{what}: map {set} lacks element `{}`", e.text()));
-        }
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Masquerade: table inet cnirs_masquerade
 //
@@ -533,210 +428,6 @@ pub fn check_portmap(spec: &PortMapSpec, st: Option<&TableState>) -> Result<(), 
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// Isolation: table inet cnirs_isolation
-//
-//   set isolated { type ifname }                   every isolated bridge
-//   set published { type ifname }                  isolated bridges whose published ports others reach
-//   map by_iif { type ifname : verdict }           bridge -> goto b-<16 hex sha512(bridge)>
-//   chain forward { filter forward 0: ct status dnat oifname @published accept;
-//                   ct direction reply ct status dnat iifname @published accept; iifname vmap @by_iif }
-//   chain b-<hash> { oifname != "<bridge>" oifname @isolated drop }
-// ---------------------------------------------------------------------------------------------
-
-pub fn isolation_table() -> TableRef {
-    TableRef::inet(ISOLATION_TABLE)
-}
-
-pub fn isolation_chain(bridge: &str) -> String {
-    format!("b-{}", hash_parts(&[bridge], 16))
-}
-
-fn isolation_forward_rules() -> [Rule; 3] {
-    [
-        // to a published port of an allowPublished bridge...
-        Rule::new(vec![
-            Expr::CtStatusDnat,
-            Expr::Lookup { key: vec![Field::Oifname], set: "published".into(), negate: false },
-            Expr::Verdict(Verdict::Accept),
-        ]),
-        // ...and its answers, whatever the client's bridge says
-        Rule::new(vec![
-            Expr::CtDirectionReply,
-            Expr::CtStatusDnat,
-            Expr::Lookup { key: vec![Field::Iifname], set: "published".into(), negate: false },
-            Expr::Verdict(Verdict::Accept),
-        ]),
-        Rule::new(vec![Expr::Vmap { key: vec![Field::Iifname], map: "by_iif".into() }]),
-    ]
-}
-
-fn published_elem(bridge: &str) -> Element {
-    Element::key(vec![Value::Ifname(bridge.into())])
-}
-
-fn isolation_bridge_rule(bridge: &str) -> Rule {
-    Rule::new(vec![
-        Expr::Cmp { field: Field::Oifname, negate: true, value: Value::Ifname(bridge.into()) },
-        Expr::Lookup { key: vec![Field::Oifname], set: "isolated".into(), negate: false },
-        Expr::Verdict(Verdict::Drop),
-    ])
-}
-
-fn isolation_elems(bridge: &str) -> (Element, Element) {
-    (
-        Element::key(vec![Value::Ifname(bridge.into())]),
-        Element::verdict(vec![Value::Ifname(bridge.into())], Verdict::Goto(isolation_chain(bridge))),
-    )
-}
-
-pub fn plan_isolation_add(spec: &IsolationSpec) -> Vec<Op> {
-    plan_isolation_add_with_state(spec, None)
-}
-
-pub fn plan_isolation_add_with_state(spec: &IsolationSpec, st: Option<&TableState>) -> Vec<Op> {
-    let t = isolation_table();
-    let br = &spec.bridge;
-    let mut ops = vec![
-        Op::AddTable(t.clone()),
-        Op::AddSet { table: t.clone(), set: SetDef::set("isolated", vec![DataType::Ifname]) },
-        Op::AddSet { table: t.clone(), set: SetDef::set("published", vec![DataType::Ifname]) },
-        vmap_def(&t, "by_iif".into(), vec![DataType::Ifname]),
-        base(&t, "forward", ChainType::Filter, Hook::Forward, PRIO_FILTER),
-        Op::FlushChain { table: t.clone(), name: "forward".into() },
-    ];
-    for rule in isolation_forward_rules() {
-        ops.push(Op::AddRule { table: t.clone(), chain: "forward".into(), rule });
-    }
-    fill_chain(&t, &isolation_chain(br), Some(format!("bridge: {}", crate::names::sanitize(br))), &[isolation_bridge_rule(br)], &mut ops);
-    let (iso, by) = isolation_elems(br);
-    if let Some(st) = st {
-        evict_conflicts(&t, st, "by_iif", std::slice::from_ref(&by), &mut ops);
-    }
-    ops.push(Op::AddElements { table: t.clone(), set: "isolated".into(), elems: vec![iso] });
-    ops.push(Op::AddElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(br)] });
-    if !spec.allow_published {
-        // add + delete in one transaction: absent afterwards whether it was there or not
-        ops.push(Op::DeleteElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(br)] });
-    }
-    ops.push(Op::AddElements { table: t, set: "by_iif".into(), elems: vec![by] });
-    ops
-}
-
-/// DEL without reading: fails atomically when part of the bridge's state is already gone.
-pub fn plan_isolation_del_blind(bridge: &str) -> Vec<Op> {
-    let t = isolation_table();
-    let (iso, by) = isolation_elems(bridge);
-    vec![
-        Op::DeleteElements { table: t.clone(), set: "by_iif".into(), elems: vec![by] },
-        Op::DeleteElements { table: t.clone(), set: "isolated".into(), elems: vec![iso] },
-        // `published` may or may not hold the bridge: add + delete removes it either way
-        Op::AddElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(bridge)] },
-        Op::DeleteElements { table: t.clone(), set: "published".into(), elems: vec![published_elem(bridge)] },
-        Op::DeleteChain { table: t, name: isolation_chain(bridge) },
-    ]
-}
-
-pub fn plan_isolation_del(bridge: &str, st: &TableState) -> Vec<Op> {
-    plan_isolation_remove(&[bridge.to_string()], st)
-}
-
-fn plan_isolation_remove(bridges: &[String], st: &TableState) -> Vec<Op> {
-    let t = isolation_table();
-    let mut ops = Vec::new();
-    let chains: Vec<String> = bridges.iter().map(|b| isolation_chain(b)).collect();
-    // by_iif elements pointing at the chains or keyed by the bridges
-    if let Some(m) = st.set("by_iif") {
-        let el: Vec<Element> = m
-            .elems
-            .iter()
-            .filter(|e| {
-                e.verdict.as_ref().and_then(|v| v.target()).is_some_and(|c| chains.iter().any(|x| x == c))
-                    || e.key.first().is_some_and(|k| bridges.iter().any(|b| *k == Value::Ifname(b.clone())))
-            })
-            .cloned()
-            .collect();
-        delete_if_unchanged(&t, "by_iif", el, &mut ops);
-    }
-    for set in ["isolated", "published"] {
-        if let Some(s) = st.set(set) {
-            let el: Vec<Element> = s
-                .elems
-                .iter()
-                .filter(|e| e.key.first().is_some_and(|k| bridges.iter().any(|b| *k == Value::Ifname(b.clone()))))
-                .cloned()
-                .collect();
-            if !el.is_empty() {
-                ops.push(Op::DeleteElements { table: t.clone(), set: set.into(), elems: el });
-            }
-        }
-    }
-    for c in chains {
-        if st.chain(&c).is_some() {
-            ops.push(Op::DeleteChain { table: t.clone(), name: c });
-        }
-    }
-    ops
-}
-
-pub fn plan_isolation_gc(valid_bridges: &[String], st: &TableState) -> Vec<Op> {
-    let mut stale = BTreeSet::new();
-    if let Some(s) = st.set("isolated") {
-        for e in &s.elems {
-            if let Some(Value::Ifname(b)) = e.key.first() {
-                if !valid_bridges.contains(b) {
-                    stale.insert(b.clone());
-                }
-            }
-        }
-    }
-    if let Some(m) = st.set("by_iif") {
-        for e in &m.elems {
-            if let Some(Value::Ifname(b)) = e.key.first() {
-                if !valid_bridges.contains(b) {
-                    stale.insert(b.clone());
-                }
-            }
-        }
-    }
-    let stale: Vec<String> = stale.into_iter().collect();
-    let mut ops = plan_isolation_remove(&stale, st);
-    // chains b-* no valid bridge maps to (orphans)
-    let keep: BTreeSet<String> = valid_bridges.iter().map(|b| isolation_chain(b)).collect();
-    let known: BTreeSet<String> = stale.iter().map(|b| isolation_chain(b)).collect();
-    for c in st.chains.keys() {
-        if c.starts_with("b-") && !keep.contains(c) && !known.contains(c) {
-            let referenced = st.set("by_iif").is_some_and(|m| m.pointing_to(c).next().is_some());
-            if !referenced {
-                ops.push(Op::DeleteChain { table: isolation_table(), name: c.clone() });
-            }
-        }
-    }
-    ops
-}
-
-pub fn check_isolation(spec: &IsolationSpec, st: Option<&TableState>) -> Result<(), String> {
-    let Some(st) = st else { return Err(format!("table inet {ISOLATION_TABLE} is missing")) };
-    check_rules(st, "forward", &isolation_forward_rules(), "isolation")?;
-    check_rules(st, &isolation_chain(&spec.bridge), &[isolation_bridge_rule(&spec.bridge)], "isolation")?;
-    let (iso, by) = isolation_elems(&spec.bridge);
-    check_elems(st, "by_iif", &[by], "isolation")?;
-    let Some(s) = st.set("isolated") else { return Err("isolation: set isolated is missing".into()) };
-    if s.get(&iso.key).is_none() {
-        return Err(format!("isolation: bridge {} is not in set isolated", spec.bridge));
-    }
-    let published = st.set("published").is_some_and(|s| s.get(&published_elem(&spec.bridge).key).is_some());
-    if published != spec.allow_published {
-        return Err(format!(
-            "isolation: bridge {} is {}in set published (allowPublished is {})",
-            spec.bridge,
-            if published { "" } else { "not " },
-            spec.allow_published
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -780,7 +471,7 @@ add element inet cnirs_masquerade masq6 {{ fd01::5 : goto {chain} }}
 
     fn state_with(elems4: &[(&str, &str)], chains: &[&str]) -> TableState {
         let mut st = TableState::default();
-        let mut set = super::super::state::SetState {
+        let mut set = crate::nft::state::SetState {
             name: "masq4".into(),
             key: vec![DataType::Ipv4Addr],
             data: SetData::Verdict,
@@ -893,20 +584,4 @@ add element inet cnirs_masquerade masq6 {{ fd01::5 : goto {chain} }}
         assert!(!render_script(&plan_portmap_add(&spec)).contains("add element inet cnirs_hostport snat4"));
     }
 
-    #[test]
-    fn isolation_plan() {
-        let spec = IsolationSpec { bridge: "br1".into(), families: vec![Family::V4], allow_published: true };
-        let s = render_script(&plan_isolation_add(&spec));
-        let c = isolation_chain("br1");
-        assert!(s.contains("add rule inet cnirs_isolation forward ct status dnat oifname @published accept"), "{s}");
-        assert!(s.contains("add element inet cnirs_isolation published { \"br1\" }"), "{s}");
-        let closed = render_script(&plan_isolation_add(&IsolationSpec { allow_published: false, ..spec.clone() }));
-        // closed: the bridge is taken out of `published` whether it was in it or not
-        let add = closed.find("add element inet cnirs_isolation published { \"br1\" }").unwrap();
-        let del = closed.find("delete element inet cnirs_isolation published { \"br1\" }").unwrap();
-        assert!(add < del, "{closed}");
-        assert!(s.contains(&format!("add rule inet cnirs_isolation {c} oifname != \"br1\" oifname @isolated drop")));
-        assert!(s.contains(&format!("add element inet cnirs_isolation by_iif {{ \"br1\" : goto {c} }}")));
-        assert!(s.contains("add rule inet cnirs_isolation forward iifname vmap @by_iif"));
-    }
 }

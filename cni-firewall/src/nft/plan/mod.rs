@@ -1,0 +1,221 @@
+//! Pure planning for the nftables backend: specs (+ current state) in, operations out.
+//!
+//! One table per feature, per-packet dispatch by lookups keyed by what the packet carries:
+//!
+//! - [`masquerade`] (`inet cnirs_masquerade2`) and [`hostport`] (`inet cnirs_hostport2`): no chain
+//!   per attachment. Constant base chains look the packet up in data maps and interval sets whose
+//!   elements are the attachments' addresses and ports; each attachment's ownership is the data of
+//!   its container address's element (three marks: the network's and the key's hash), so an
+//!   element is removed only by its owner even when addresses or ports are reused. An ADD only
+//!   adds elements, which nf_tables neither validates nor walks on device events: its cost does
+//!   not grow with the number of attachments.
+//! - [`isolation`] (`inet cnirs_isolation`): per bridge, a verdict map into a chain per bridge.
+//! - [`legacy`]: the layouts of earlier versions (`cnirs_masquerade`, `cnirs_hostport`, a chain
+//!   per attachment behind verdict maps), which DEL, CHECK and GC still read and tear down.
+
+pub mod hostport;
+pub mod isolation;
+pub mod legacy;
+pub mod masquerade;
+
+pub use hostport::*;
+pub use isolation::*;
+pub use masquerade::*;
+
+use super::ops::*;
+use super::state::TableState;
+use crate::names::nft_owner_marks;
+use crate::{AttachmentKey, Family};
+use ipnetwork::IpNetwork;
+use std::net::IpAddr;
+
+pub(crate) const PRIO_DSTNAT: i32 = -100;
+pub(crate) const PRIO_FILTER: i32 = 0;
+pub(crate) const PRIO_SRCNAT: i32 = 100;
+
+pub(crate) fn addr_val(a: IpAddr) -> Value {
+    Value::Addr(a)
+}
+
+pub(crate) fn subnet(a: &IpNetwork) -> IpNetwork {
+    IpNetwork::new(a.network(), a.prefix()).expect("prefix of a valid network")
+}
+
+pub(crate) fn multicast(fam: Family) -> IpNetwork {
+    match fam {
+        Family::V4 => "224.0.0.0/4".parse().unwrap(),
+        Family::V6 => "ff00::/8".parse().unwrap(),
+    }
+}
+
+pub(crate) fn fam_suffix(fam: Family) -> &'static str {
+    match fam {
+        Family::V4 => "4",
+        Family::V6 => "6",
+    }
+}
+
+pub(crate) fn base(table: &TableRef, name: &str, kind: ChainType, hook: Hook, priority: i32) -> Op {
+    Op::AddChain {
+        table: table.clone(),
+        name: name.into(),
+        base: Some(BaseChain { kind, hook, priority }),
+        comment: None,
+    }
+}
+
+pub(crate) fn vmap_def(table: &TableRef, name: String, key: Vec<DataType>) -> Op {
+    Op::AddSet { table: table.clone(), set: SetDef::vmap(name, key) }
+}
+
+/// Replace the content of a (per-key) chain: create if missing, flush, add `rules`.
+pub(crate) fn fill_chain(table: &TableRef, name: &str, comment: Option<String>, rules: &[Rule], ops: &mut Vec<Op>) {
+    ops.push(Op::AddChain { table: table.clone(), name: name.into(), base: None, comment });
+    ops.push(Op::FlushChain { table: table.clone(), name: name.into() });
+    for r in rules {
+        ops.push(Op::AddRule { table: table.clone(), chain: name.into(), rule: r.clone() });
+    }
+}
+
+/// Deletes of every element of `maps` pointing at one of `chains`, then the chains themselves.
+pub(crate) fn remove_owned(table: &TableRef, st: &TableState, maps: &[String], chains: &[String], ops: &mut Vec<Op>) {
+    for m in maps {
+        if let Some(set) = st.set(m) {
+            let elems: Vec<Element> =
+                set.elems.iter().filter(|e| e.verdict.as_ref().and_then(|v| v.target()).is_some_and(|t| chains.iter().any(|c| c == t))).cloned().collect();
+            delete_if_unchanged(table, m, elems, ops);
+        }
+    }
+    for c in chains {
+        if st.chain(c).is_some() {
+            ops.push(Op::DeleteChain { table: table.clone(), name: c.clone() });
+        }
+    }
+}
+
+/// Before adding `wanted` elements: delete those whose key exists pointing at another chain
+/// (another owner had the address/port: last writer wins, like the reference).
+pub(crate) fn evict_conflicts(table: &TableRef, st: &TableState, set: &str, wanted: &[Element], ops: &mut Vec<Op>) {
+    let Some(cur) = st.set(set) else { return };
+    let evict: Vec<Element> = wanted
+        .iter()
+        .filter_map(|w| cur.get(&w.key).filter(|e| e.verdict != w.verdict).cloned())
+        .collect();
+    delete_if_unchanged(table, set, evict, ops);
+}
+
+/// Compare-and-delete of verdict-map elements read earlier: `nft delete element` matches the key
+/// only, so first re-add each element with the verdict we read. If another writer re-pointed the
+/// key meanwhile (address or port reused), that add fails with EEXIST and the whole transaction
+/// aborts — the other owner's element survives and the caller re-reads and re-plans. If the
+/// element is unchanged the add is a no-op; if it vanished, add + delete leaves it absent.
+pub(crate) fn delete_if_unchanged(table: &TableRef, set: &str, elems: Vec<Element>, ops: &mut Vec<Op>) {
+    if elems.is_empty() {
+        return;
+    }
+    let asserted: Vec<Element> = elems.iter().filter(|e| e.has_data()).cloned().collect();
+    if !asserted.is_empty() {
+        ops.push(Op::AddElements { table: table.clone(), set: set.into(), elems: asserted });
+    }
+    ops.push(Op::DeleteElements { table: table.clone(), set: set.into(), elems });
+}
+
+pub(crate) fn check_rules(st: &TableState, chain: &str, want: &[Rule], what: &str) -> Result<(), String> {
+    let Some(c) = st.chain(chain) else { return Err(format!("{what}: chain {chain} is missing")) };
+    for r in want {
+        if !c.rules.iter().any(|x| x.matches(r)) {
+            return Err(format!("{what}: chain {chain} lacks rule `{}`", r.text()));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_elems(st: &TableState, set: &str, want: &[Element], what: &str) -> Result<(), String> {
+    let Some(s) = st.set(set) else { return Err(format!("{what}: map {set} is missing")) };
+    for e in want {
+        if s.get(&e.key) != Some(e) {
+            return Err(format!("{what}: map {set} lacks element `{}`", e.text()));
+        }
+    }
+    Ok(())
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Owners and ranges (the layouts without per-attachment chains)
+// ---------------------------------------------------------------------------------------------
+
+/// Map data naming the owner of an element: `mark . mark . mark`.
+pub(crate) fn owner_type() -> Vec<DataType> {
+    vec![DataType::Mark; 3]
+}
+
+/// The owner data of `key`: the first 4 bytes of sha512(network), then the first 8 bytes of
+/// sha512(network NUL containerID NUL ifname), as three marks.
+pub fn owner_data(key: &AttachmentKey) -> Vec<Value> {
+    nft_owner_marks(key).iter().map(|m| Value::Mark(*m)).collect()
+}
+
+/// Whether owner data belongs to `network` (its first mark).
+pub(crate) fn owner_in_network(data: &[Value], network: &str) -> bool {
+    let marks = nft_owner_marks(&AttachmentKey::new(network, "", ""));
+    data.first() == Some(&Value::Mark(marks[0]))
+}
+
+/// An address range as an interval-set key field: a host is the address itself, anything wider
+/// the prefix (how both readers give it back).
+pub(crate) fn range(n: IpNetwork) -> Value {
+    let net = subnet(&n);
+    if net.prefix() == max_prefix(&net) {
+        Value::Addr(net.ip())
+    } else {
+        Value::Prefix(net)
+    }
+}
+
+fn max_prefix(n: &IpNetwork) -> u8 {
+    match n {
+        IpNetwork::V4(_) => 32,
+        IpNetwork::V6(_) => 128,
+    }
+}
+
+/// Whether the range `inner` lies within `outer` (both as [`range`] gives them).
+pub(crate) fn range_within(inner: &Value, outer: &Value) -> bool {
+    let as_net = |v: &Value| match v {
+        Value::Addr(a) => IpNetwork::new(*a, if a.is_ipv4() { 32 } else { 128 }).ok(),
+        Value::Prefix(p) => Some(*p),
+        _ => None,
+    };
+    match (as_net(inner), as_net(outer)) {
+        (Some(i), Some(o)) => o.prefix() <= i.prefix() && o.contains(i.network()),
+        _ => false,
+    }
+}
+
+/// The subnets of `addrs` of family `fam`, without those inside another one (an interval set
+/// refuses overlapping elements), sorted.
+pub(crate) fn outer_subnets(addrs: &[IpNetwork], fam: Family) -> Vec<Value> {
+    let mut all: Vec<Value> = addrs.iter().filter(|a| Family::of_net(a) == fam).map(|a| range(*a)).collect();
+    all.sort();
+    all.dedup();
+    let keep: Vec<Value> =
+        all.iter().filter(|v| !all.iter().any(|o| o != *v && range_within(v, o))).cloned().collect();
+    keep
+}
+
+/// Whether a map element's data is `addr` first (a DNAT target, an owner's key address...).
+pub(crate) fn data_addr(e: &Element) -> Option<IpAddr> {
+    match e.data.first() {
+        Some(Value::Addr(a)) => Some(*a),
+        _ => None,
+    }
+}
+
+/// The first key field of an element as an address.
+pub(crate) fn key_addr(e: &Element) -> Option<IpAddr> {
+    match e.key.first() {
+        Some(Value::Addr(a)) => Some(*a),
+        _ => None,
+    }
+}
