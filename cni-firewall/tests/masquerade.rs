@@ -4,8 +4,10 @@
 mod common;
 
 use cni_firewall::names::{format_chain_name, masq_comment};
-use cni_firewall::nft::plan::{masq_chain, MASQ_TABLE};
-use cni_firewall::{choose_backend, Backend, Family};
+use cni_firewall::exec::ProcessRunner;
+use cni_firewall::nft::plan::{legacy, MASQ_TABLE};
+use cni_firewall::nft::{NftCli, NftExecutor};
+use cni_firewall::{choose_backend, Backend, Family, MasqSpec};
 use common::*;
 use serde_json::json;
 
@@ -35,53 +37,53 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-/// Assert the full state of table nat (iptables) / cnirs_masquerade (nft) holds exactly the given
+/// The rules of the base chain `postrouting` of `inet cnirs_masquerade2`, as `nft -j` prints them:
+/// multicast and the attachments' own subnets are exempt, the rest from their addresses masqueraded.
+fn nft_base_rules() -> Vec<serde_json::Value> {
+    let pl = |p: &str, f: &str| json!({"payload": {"protocol": p, "field": f}});
+    vec![
+        json!([{"match": {"op": "==", "left": pl("ip", "daddr"), "right": {"prefix": {"addr": "224.0.0.0", "len": 4}}}}, {"return": null}]),
+        json!([{"match": {"op": "==", "left": {"concat": [pl("ip", "saddr"), pl("ip", "daddr")]}, "right": "@exempt4"}}, {"return": null}]),
+        json!([{"match": {"op": "==", "left": pl("ip", "saddr"), "right": "@masq4"}}, {"masquerade": null}]),
+        json!([{"match": {"op": "==", "left": pl("ip6", "daddr"), "right": {"prefix": {"addr": "ff00::", "len": 8}}}}, {"return": null}]),
+        json!([{"match": {"op": "==", "left": {"concat": [pl("ip6", "saddr"), pl("ip6", "daddr")]}, "right": "@exempt6"}}, {"return": null}]),
+        json!([{"match": {"op": "==", "left": pl("ip6", "saddr"), "right": "@masq6"}}, {"masquerade": null}]),
+    ]
+}
+
+/// Assert table `inet cnirs_masquerade2` in `rs` holds exactly the given containers (cid, v4 ip,
+/// v6 ip), all in /24 and /64 subnets of 10.88.0.0 and fd88:: on network NET: the base chain and
+/// nothing else, each address owned by its container, each address exempt towards its subnet.
+/// An absent table holds nothing.
+fn assert_nft_masq(rs: &[serde_json::Value], ctrs: &[(&str, &str, &str)]) {
+    if !nft_has_table(rs, MASQ_TABLE) {
+        assert!(ctrs.is_empty(), "table {MASQ_TABLE} missing");
+        return;
+    }
+    assert_eq!(nft_chains_sorted(rs, MASQ_TABLE), vec!["postrouting"], "no chain per attachment");
+    assert_eq!(nft_base_chain(rs, MASQ_TABLE, "postrouting"), ("nat".into(), "postrouting".into(), 100, "accept".into()));
+    assert_eq!(nft_rules(rs, MASQ_TABLE, "postrouting"), nft_base_rules());
+    let (mut m4, mut m6, mut x4, mut x6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (cid, ip4, ip6) in ctrs {
+        let owner = nft_owner(&key(NET, cid));
+        m4.push((json!(ip4), owner.clone()));
+        m6.push((json!(ip6), owner));
+        x4.push(nft_pair(ip4, "10.88.0.0/24"));
+        x6.push(nft_pair(ip6, "fd88::/64"));
+    }
+    for (set, want) in [("masq4", m4), ("masq6", m6), ("exempt4", x4), ("exempt6", x6)] {
+        assert_eq!(nft_elems_sorted(rs, MASQ_TABLE, set), sorted_elems(want), "{set}");
+    }
+}
+
+/// Assert the full state of table nat (iptables) / cnirs_masquerade2 (nft) holds exactly the given
 /// containers (cid, v4 ip, v6 ip), all in /24 and /64 subnets of 10.88.0.0 and fd88::.
 fn assert_state(flavor: Flavor, ctrs: &[(&str, &str, &str)]) {
     match flavor {
         Flavor::Nft => {
             let rs = nft_ruleset();
-            let mut chains: Vec<String> = nft_chain_names(&rs, MASQ_TABLE).into_iter().filter(|c| c != "postrouting").collect();
-            chains.sort();
-            let mut want: Vec<String> = ctrs.iter().map(|(cid, _, _)| masq_chain(&key(NET, cid))).collect();
-            want.sort();
-            assert_eq!(chains, want, "per-container chains");
-            if ctrs.is_empty() {
-                for m in ["masq4", "masq6"] {
-                    assert!(nft_elems(&rs, MASQ_TABLE, m).is_empty(), "{m} not empty");
-                }
-                return;
-            }
-            // base chain
-            let base = rs.iter().filter_map(|o| o.get("chain")).find(|c| c["table"] == MASQ_TABLE && c["name"] == "postrouting").unwrap();
-            assert_eq!(base["hook"], "postrouting");
-            assert_eq!(base["type"], "nat");
-            assert_eq!(
-                nft_rules(&rs, MASQ_TABLE, "postrouting"),
-                vec![
-                    json!([{"vmap": {"key": {"payload": {"protocol": "ip", "field": "saddr"}}, "data": "@masq4"}}]),
-                    json!([{"vmap": {"key": {"payload": {"protocol": "ip6", "field": "saddr"}}, "data": "@masq6"}}]),
-                ]
-            );
-            let e4 = nft_elems(&rs, MASQ_TABLE, "masq4");
-            let e6 = nft_elems(&rs, MASQ_TABLE, "masq6");
-            assert_eq!(e4.len(), ctrs.len());
-            assert_eq!(e6.len(), ctrs.len());
-            for (cid, ip4, ip6) in ctrs {
-                let chain = masq_chain(&key(NET, cid));
-                assert!(e4.contains(&(json!(ip4), json!({"goto": {"target": chain}}))), "{ip4} -> {chain}");
-                assert!(e6.contains(&(json!(ip6), json!({"goto": {"target": chain}}))), "{ip6} -> {chain}");
-                assert_eq!(
-                    nft_rules(&rs, MASQ_TABLE, &chain),
-                    vec![
-                        json!([{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.88.0.0", "len": 24}}}}, {"return": null}]),
-                        json!([{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "224.0.0.0", "len": 4}}}}, {"return": null}]),
-                        json!([{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": {"prefix": {"addr": "fd88::", "len": 64}}}}, {"return": null}]),
-                        json!([{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": {"prefix": {"addr": "ff00::", "len": 8}}}}, {"return": null}]),
-                        json!([{"masquerade": null}]),
-                    ]
-                );
-            }
+            assert!(!nft_has_table(&rs, legacy::MASQ_TABLE), "the earlier layout's table made");
+            assert_nft_masq(&rs, ctrs);
         }
         _ => {
             for fam in Family::BOTH {
@@ -115,13 +117,21 @@ fn add_check_del(flavor: Flavor) {
         assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 2 }, "processes for CHECK");
 
         let n = count(&runner, || fw.del_masquerade(&spec.key, &spec.addrs).unwrap());
-        // iptables: one blind restore per family; nftables: one read + one transaction
-        assert_eq!(n, 2, "processes for DEL");
+        // iptables: one blind restore per family; nftables: read + transaction on the table, and
+        // a read of the earlier layout's table (absent here)
+        assert_eq!(n, if flavor == Flavor::Nft { 3 } else { 2 }, "processes for DEL");
         assert_state(flavor, &[]);
-        let e = fw.check_masquerade(&spec).unwrap_err();
-        assert_eq!(e.code(), 105, "{e}");
-        // DEL again: everything already gone
-        fw.del_masquerade(&spec.key, &spec.addrs).unwrap();
+        let n = count(&runner, || {
+            let e = fw.check_masquerade(&spec).unwrap_err();
+            assert_eq!(e.code(), 105, "{e}");
+        });
+        // iptables: the first family's read fails it; nftables: the table, then the earlier layout's
+        assert_eq!(n, if flavor == Flavor::Nft { 2 } else { 1 }, "processes for a failing CHECK");
+        // DEL again: everything already gone (nftables: the two tables read, nothing written)
+        let n = count(&runner, || fw.del_masquerade(&spec.key, &spec.addrs).unwrap());
+        if flavor == Flavor::Nft {
+            assert_eq!(n, 2, "processes for a DEL with nothing to do");
+        }
         fw.del_masquerade(&spec.key, &[]).unwrap();
         assert_state(flavor, &[]);
     });
@@ -218,10 +228,22 @@ fn teardown_after_flush(flavor: Flavor) {
         }
         match flavor {
             Flavor::Nft => {
-                // an admin empties the map (e.g. partial cleanup), then everything
+                // an admin empties the v4 owner map (e.g. partial cleanup), then everything
                 sh("nft", &["flush", "map", "inet", MASQ_TABLE, "masq4"]);
                 fw.del_masquerade(&a.key, &a.addrs).unwrap();
-                assert!(!nft_chain_names(&nft_ruleset(), MASQ_TABLE).contains(&masq_chain(&a.key)));
+                // a's v6 elements go; its v4 exemption, whose owner element is gone, stays
+                let rs = nft_ruleset();
+                assert!(nft_elems(&rs, MASQ_TABLE, "masq4").is_empty());
+                let owners = |o: &str| nft_elems_sorted(&rs, MASQ_TABLE, o);
+                assert_eq!(owners("masq6"), sorted_elems(vec![(json!("fd88::6"), nft_owner(&b.key)), (json!("fd88::7"), nft_owner(&c.key))]));
+                assert_eq!(owners("exempt6"), sorted_elems(vec![nft_pair("fd88::6", "fd88::/64"), nft_pair("fd88::7", "fd88::/64")]));
+                let orphans = sorted_elems(["10.88.0.5", "10.88.0.6", "10.88.0.7"].iter().map(|a| nft_pair(a, "10.88.0.0/24")).collect());
+                assert_eq!(owners("exempt4"), orphans);
+                // exemptions nobody owns are collected by any GC (here of another network's)
+                fw.gc_masquerade("othernet", &[]).unwrap();
+                let rs = nft_ruleset();
+                assert!(nft_elems(&rs, MASQ_TABLE, "exempt4").is_empty());
+                assert_eq!(nft_elems(&rs, MASQ_TABLE, "masq6").len(), 2, "b's and c's v6 elements stay");
                 sh("nft", &["flush", "ruleset"]);
                 fw.del_masquerade(&b.key, &b.addrs).unwrap();
                 fw.del_masquerade(&c.key, &[]).unwrap();
@@ -260,14 +282,28 @@ fn gc(flavor: Flavor) {
             fw.add_masquerade(s).unwrap();
         }
         let n = count(&runner, || fw.gc_masquerade(NET, std::slice::from_ref(&a.key)).unwrap());
-        assert_eq!(n, if flavor == Flavor::Nft { 2 } else { 4 }, "GC: one read and one write per family");
+        // iptables: one read and one write per family; nftables: read + write, and a read of the
+        // earlier layout's table (absent)
+        assert_eq!(n, if flavor == Flavor::Nft { 3 } else { 4 }, "processes for GC");
+        if flavor == Flavor::Nft {
+            // a's and the other network's elements stay, b's and c's are gone
+            let rs = nft_ruleset();
+            let want4 = vec![(json!("10.88.0.5"), nft_owner(&a.key)), (json!("10.89.0.5"), nft_owner(&x.key))];
+            assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "masq4"), sorted_elems(want4));
+            let want6 = vec![(json!("fd88::5"), nft_owner(&a.key)), (json!("fd89::5"), nft_owner(&x.key))];
+            assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "masq6"), sorted_elems(want6));
+            let ex4 = vec![nft_pair("10.88.0.5", "10.88.0.0/24"), nft_pair("10.89.0.5", "10.89.0.0/24")];
+            assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "exempt4"), sorted_elems(ex4));
+            let ex6 = vec![nft_pair("fd88::5", "fd88::/64"), nft_pair("fd89::5", "fd89::/64")];
+            assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "exempt6"), sorted_elems(ex6));
+        }
         fw.check_masquerade(&a).unwrap();
         fw.check_masquerade(&x).unwrap();
         assert_eq!(fw.check_masquerade(&b).unwrap_err().code(), 105);
         assert_eq!(fw.check_masquerade(&c).unwrap_err().code(), 105);
-        // nothing left to collect: reads only
+        // nothing left to collect: reads only (nftables: both layouts' tables)
         let n = count(&runner, || fw.gc_masquerade(NET, std::slice::from_ref(&a.key)).unwrap());
-        assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 2 });
+        assert_eq!(n, 2);
         fw.gc_masquerade("net2", &[]).unwrap();
         fw.check_masquerade(&a).unwrap();
         assert_eq!(fw.check_masquerade(&x).unwrap_err().code(), 105);
@@ -304,12 +340,23 @@ fn second_ifname(flavor: Flavor) {
         fw.add_masquerade(&e1).unwrap();
         fw.check_masquerade(&e0).unwrap();
         fw.check_masquerade(&e1).unwrap();
+        if flavor == Flavor::Nft {
+            // the interfaces are distinct owners
+            assert_ne!(nft_owner(&e0.key), nft_owner(&e1.key));
+            let want = vec![(json!("10.88.0.5"), nft_owner(&e0.key)), (json!("10.88.0.6"), nft_owner(&e1.key))];
+            assert_eq!(nft_elems_sorted(&nft_ruleset(), MASQ_TABLE, "masq4"), sorted_elems(want));
+        }
         fw.del_masquerade(&e0.key, &e0.addrs).unwrap();
         fw.check_masquerade(&e1).unwrap();
+        if flavor == Flavor::Nft {
+            let rs = nft_ruleset();
+            assert_eq!(nft_elems(&rs, MASQ_TABLE, "masq4"), vec![(json!("10.88.0.6"), nft_owner(&e1.key))]);
+            assert_eq!(nft_elems(&rs, MASQ_TABLE, "exempt4"), vec![nft_pair("10.88.0.6", "10.88.0.0/24")]);
+        }
         fw.del_masquerade(&e1.key, &e1.addrs).unwrap();
         assert_eq!(fw.check_masquerade(&e1).unwrap_err().code(), 105);
         match flavor {
-            Flavor::Nft => assert!(nft_elems(&nft_ruleset(), MASQ_TABLE, "masq4").is_empty()),
+            Flavor::Nft => assert_state(flavor, &[]),
             _ => assert!(ipt_rules(flavor, Family::V4, "nat").is_empty()),
         }
     });
@@ -395,10 +442,89 @@ fn nft_del_is_compare_and_delete() {
         let late = cni_firewall::nft::NftFirewall::with_executor(std::sync::Arc::new(exec));
         use cni_firewall::Firewall;
         late.del_masquerade(&a.key, &a.addrs).unwrap();
-        // first write aborted (EEXIST on the asserted element), re-read, second write removed only A's chain
-        assert_eq!(runner.spawned(), 4, "read, aborted write, read, write");
+        // the write aborted (EEXIST on the asserted element: 10.88.0.5 is B's now), the re-read
+        // finds nothing of A's; then the earlier layout's table is read (absent)
+        assert_eq!(runner.spawned(), 4, "read, aborted write, read, legacy read");
         fw.check_masquerade(&b).unwrap();
         assert_state(Flavor::Nft, &[("b", "10.88.0.5", "fd88::5")]);
+    });
+}
+
+/// Assert table `inet cnirs_masquerade` (the layout of earlier versions: a chain per attachment
+/// behind verdict maps) holds exactly the attachments `specs`.
+fn assert_legacy_masq(specs: &[&MasqSpec]) {
+    let rs = nft_ruleset();
+    let t = legacy::MASQ_TABLE;
+    let mut chains: Vec<String> = specs.iter().map(|s| legacy::masq_chain(&s.key)).collect();
+    chains.push("postrouting".into());
+    chains.sort();
+    assert_eq!(nft_chains_sorted(&rs, t), chains, "legacy chains");
+    for (map, v4) in [("masq4", true), ("masq6", false)] {
+        let want: Vec<_> = specs
+            .iter()
+            .flat_map(|s| {
+                let target = json!({"goto": {"target": legacy::masq_chain(&s.key)}});
+                s.addrs.iter().filter(move |a| a.is_ipv4() == v4).map(move |a| (json!(a.ip().to_string()), target.clone()))
+            })
+            .collect();
+        assert_eq!(nft_elems_sorted(&rs, t, map), sorted_elems(want), "legacy {map}");
+    }
+}
+
+/// State made by an earlier version (table `cnirs_masquerade`, a chain per attachment) is checked,
+/// torn down by DEL and collected by GC, while new attachments go to `cnirs_masquerade2`.
+#[test]
+fn nft_upgrade_from_the_chain_per_attachment_layout() {
+    in_sandbox(|| {
+        let old = masq(NET, "old", &["10.88.0.5/24", "fd88::5/64"]);
+        let stale = masq(NET, "stale", &["10.88.0.6/24", "fd88::6/64"]);
+        let other = masq("net2", "x", &["10.89.0.5/24", "fd89::5/64"]);
+        let cli = NftCli::new(std::sync::Arc::new(ProcessRunner::new()));
+        for s in [&old, &stale, &other] {
+            cli.apply(&legacy::plan_masq_add(s)).unwrap();
+        }
+        assert_legacy_masq(&[&old, &stale, &other]);
+        assert!(!nft_has_table(&nft_ruleset(), MASQ_TABLE));
+
+        let (fw, runner) = make(Flavor::Nft);
+        // CHECK: the new table is missing, the earlier layout holds the attachment
+        assert_eq!(count(&runner, || fw.check_masquerade(&old).unwrap()), 2, "CHECK: both tables read");
+        fw.check_masquerade(&other).unwrap();
+        let moved = masq(NET, "old", &["10.88.0.9/24"]);
+        assert_eq!(fw.check_masquerade(&moved).unwrap_err().code(), 105, "held by neither layout");
+
+        // a new attachment goes to the new table only
+        let new = masq(NET, "new", &["10.88.0.7/24", "fd88::7/64"]);
+        assert_eq!(count(&runner, || fw.add_masquerade(&new).unwrap()), 1, "ADD");
+        assert_nft_masq(&nft_ruleset(), &[("new", "10.88.0.7", "fd88::7")]);
+        assert_legacy_masq(&[&old, &stale, &other]);
+        assert_eq!(count(&runner, || fw.check_masquerade(&new).unwrap()), 1, "CHECK held by the new layout");
+        assert_eq!(count(&runner, || fw.check_masquerade(&old).unwrap()), 2, "CHECK held by the earlier layout");
+
+        // DEL of the old attachment: nothing of it in the new table (a read), its chain and
+        // elements removed from the earlier one (read + write)
+        assert_eq!(count(&runner, || fw.del_masquerade(&old.key, &[]).unwrap()), 3, "DEL");
+        assert_legacy_masq(&[&stale, &other]);
+        assert_nft_masq(&nft_ruleset(), &[("new", "10.88.0.7", "fd88::7")]);
+        assert_eq!(fw.check_masquerade(&old).unwrap_err().code(), 105);
+        fw.check_masquerade(&new).unwrap();
+
+        // GC of the network: its legacy attachments not in the list go, another network's stay
+        assert_eq!(count(&runner, || fw.gc_masquerade(NET, std::slice::from_ref(&new.key)).unwrap()), 3, "GC");
+        assert_legacy_masq(&[&other]);
+        assert_nft_masq(&nft_ruleset(), &[("new", "10.88.0.7", "fd88::7")]);
+        assert_eq!(fw.check_masquerade(&stale).unwrap_err().code(), 105);
+        fw.check_masquerade(&other).unwrap();
+        fw.check_masquerade(&new).unwrap();
+
+        // the last one: the earlier layout's maps empty, no chain of an attachment left
+        fw.del_masquerade(&other.key, &other.addrs).unwrap();
+        assert_legacy_masq(&[]);
+        let rs = nft_ruleset();
+        assert!(nft_chain_names(&rs, legacy::MASQ_TABLE).iter().all(|c| !c.starts_with("m-")));
+        assert_nft_masq(&rs, &[("new", "10.88.0.7", "fd88::7")]);
+        fw.del_masquerade(&new.key, &[]).unwrap();
+        assert_nft_masq(&nft_ruleset(), &[]);
     });
 }
 

@@ -10,7 +10,7 @@ use cni_firewall::detect::{choose_backend_with, observe_host};
 use cni_firewall::exec::ProcessRunner;
 use cni_firewall::nft::netlink::{list_tables, NftNetlink};
 use cni_firewall::nft::ops::{Element, Op, TableRef, Value, Verdict};
-use cni_firewall::nft::plan::{hostport_dnat_chain, isolation_chain, masq_chain, masq_table, HOSTPORT_TABLE, ISOLATION_TABLE, MASQ_TABLE};
+use cni_firewall::nft::plan::{exempt_elems, isolation_chain, masq_elems, masq_table, owner_data, HOSTPORT_TABLE, ISOLATION_TABLE, MASQ_TABLE};
 use cni_firewall::nft::{NftExecutor, NftFirewall};
 use cni_firewall::{firewall_with_runner, AttachmentKey, Backend, Family, Firewall, IsolationSpec, PortMapSpec, PortMapping, Protocol};
 use common::*;
@@ -53,6 +53,40 @@ fn chains(table: &str) -> Vec<String> {
     v
 }
 
+/// Whether `cnirs_masquerade2` holds anything of the attachment `s`: an element owned by it, or
+/// an exemption of one of its addresses.
+fn masq_present(s: &cni_firewall::MasqSpec) -> bool {
+    let rs = nft_ruleset();
+    let owner = nft_owner(&s.key);
+    let addrs: Vec<serde_json::Value> = s.addrs.iter().map(|a| serde_json::json!(a.ip().to_string())).collect();
+    let owns = ["masq4", "masq6"].iter().any(|m| nft_elems(&rs, MASQ_TABLE, m).iter().any(|(_, d)| *d == owner));
+    let exempt = ["exempt4", "exempt6"].iter().any(|m| nft_elems(&rs, MASQ_TABLE, m).iter().any(|(k, _)| addrs.contains(&k["concat"][0])));
+    owns || exempt
+}
+
+/// Whether `cnirs_hostport2` holds anything of the attachment `s`: its owner elements, mappings
+/// to its container addresses, hairpin elements of them.
+fn portmap_present(s: &PortMapSpec) -> bool {
+    let rs = nft_ruleset();
+    let owner = nft_owner(&s.key);
+    let addrs: Vec<serde_json::Value> = [s.container_v4, s.container_v6].iter().flatten().map(|a| serde_json::json!(a.ip().to_string())).collect();
+    let elems = |sets: &[&str]| -> Vec<(serde_json::Value, serde_json::Value)> { sets.iter().flat_map(|m| nft_elems(&rs, HOSTPORT_TABLE, m)).collect() };
+    elems(&["owner4", "owner6"]).iter().any(|(_, d)| *d == owner)
+        || elems(&["dnat4", "hostip4", "dnat6", "hostip6"]).iter().any(|(_, d)| addrs.contains(&d["concat"][0]))
+        || elems(&["hairpin4", "hairpin6"]).iter().any(|(k, _)| addrs.contains(&k["concat"][0]))
+}
+
+/// Every set of `table` (named) is empty.
+fn all_empty(table: &str, sets: &[&str]) {
+    let rs = nft_ruleset();
+    for m in sets {
+        assert!(nft_elems(&rs, table, m).is_empty(), "{table} {m}: {:?}", nft_elems(&rs, table, m));
+    }
+}
+
+const MASQ_SETS: [&str; 4] = ["masq4", "masq6", "exempt4", "exempt6"];
+const HOSTPORT_SETS: [&str; 8] = ["dnat4", "hostip4", "owner4", "hairpin4", "dnat6", "hostip6", "owner6", "hairpin6"];
+
 #[test]
 fn masquerade_add_check_del_gc() {
     in_sandbox(|| {
@@ -68,7 +102,8 @@ fn masquerade_add_check_del_gc() {
         fw.del_masquerade(&a.key, &[]).unwrap();
         assert_eq!(fw.check_masquerade(&a).unwrap_err().code(), 105);
         fw.check_masquerade(&b).unwrap();
-        assert!(!chains(MASQ_TABLE).contains(&masq_chain(&a.key)));
+        assert!(!masq_present(&a));
+        assert!(masq_present(&b));
         fw.del_masquerade(&a.key, &a.addrs).unwrap(); // already gone
         // an address reused by another attachment: the new owner wins, the old one's DEL spares it
         let d = masq(NET, "d", &["10.77.0.4/16"]); // b's v4 address
@@ -85,7 +120,12 @@ fn masquerade_add_check_del_gc() {
         fw.check_masquerade(&other).unwrap();
         fw.gc_masquerade(NET, &[]).unwrap();
         assert!(fw.check_masquerade(&c).is_err());
-        assert_eq!(chains(MASQ_TABLE), vec![masq_chain(&other.key), "postrouting".to_string()]);
+        // what is left: the other network's attachment, behind the base chain alone
+        assert_eq!(chains(MASQ_TABLE), vec!["postrouting"]);
+        let rs = nft_ruleset();
+        assert_eq!(nft_elems(&rs, MASQ_TABLE, "masq4"), vec![(serde_json::json!("10.99.0.5"), nft_owner(&other.key))]);
+        assert_eq!(nft_elems(&rs, MASQ_TABLE, "exempt4"), vec![nft_pair("10.99.0.5", "10.99.0.0/24")]);
+        assert!(nft_elems(&rs, MASQ_TABLE, "masq6").is_empty() && nft_elems(&rs, MASQ_TABLE, "exempt6").is_empty());
     });
 }
 
@@ -97,8 +137,7 @@ fn portmap_add_check_del_gc() {
         fw.add_portmap(&a).unwrap();
         fw.add_portmap(&b).unwrap();
         fw.check_portmap(&a).unwrap();
-        // a port taken over by another container: the blind ADD is refused (atomically), the
-        // state-aware retry evicts the stale owner
+        // a port taken over by another container: its element is re-pointed (last writer wins)
         let mut c = pm("c", 7);
         c.mappings[0].host_port = 8005; // a's port
         fw.add_portmap(&c).unwrap();
@@ -106,7 +145,8 @@ fn portmap_add_check_del_gc() {
         assert!(fw.check_portmap(&a).is_err());
         fw.del_portmap(&a.key).unwrap();
         fw.check_portmap(&c).unwrap();
-        assert!(!chains(HOSTPORT_TABLE).contains(&hostport_dnat_chain(&a.key)));
+        assert!(!portmap_present(&a));
+        assert!(portmap_present(&c));
         // changed options replace the attachment's rules
         let mut b2 = b.clone();
         b2.masq_all = true;
@@ -117,10 +157,8 @@ fn portmap_add_check_del_gc() {
         assert!(fw.check_portmap(&b2).is_err());
         fw.check_portmap(&c).unwrap();
         fw.del_portmap(&c.key).unwrap();
-        let rs = nft_ruleset();
-        for m in ["hostip4", "any4", "snat4", "hostip6", "any6", "snat6"] {
-            assert!(nft_elems(&rs, HOSTPORT_TABLE, m).is_empty(), "{m}");
-        }
+        all_empty(HOSTPORT_TABLE, &HOSTPORT_SETS);
+        assert_eq!(chains(HOSTPORT_TABLE), vec!["hostports", "output", "postrouting", "prerouting"]);
     });
 }
 
@@ -165,7 +203,10 @@ fn teardown_after_flush() {
         fw.add_isolation(&iso("br1", true)).unwrap();
         sh("nft", &["flush", "map", "inet", MASQ_TABLE, "masq4"]);
         fw.del_masquerade(&a.key, &a.addrs).unwrap();
-        assert!(!chains(MASQ_TABLE).contains(&masq_chain(&a.key)));
+        // a's v6 elements go; its v4 exemption (owner element flushed) waits for a GC
+        let rs = nft_ruleset();
+        assert!(!nft_elems(&rs, MASQ_TABLE, "masq6").iter().any(|(_, d)| *d == nft_owner(&a.key)));
+        assert!(!nft_elems(&rs, MASQ_TABLE, "exempt6").iter().any(|(k, _)| k["concat"][0] == "fd77::1"));
         sh("nft", &["flush", "ruleset"]);
         fw.del_masquerade(&b.key, &[]).unwrap();
         fw.del_portmap(&pm("p", 5).key).unwrap();
@@ -189,16 +230,17 @@ fn add_keeps_intact_chains_and_heals_flushed_ones() {
             NftNetlink.list_table(&masq_table()).unwrap().unwrap().chain(chain).unwrap().rules.iter().map(|r| r.handle).collect()
         };
         fw.add_masquerade(&ms("a", 1)).unwrap();
-        let (base, own) = (handles("postrouting"), handles(&masq_chain(&key(NET, "a"))));
+        let base = handles("postrouting");
+        assert_eq!(base.len(), 6);
         fw.add_masquerade(&ms("b", 2)).unwrap();
         fw.add_masquerade(&ms("a", 1)).unwrap();
         assert_eq!(handles("postrouting"), base, "base chain rules replaced");
-        assert_eq!(handles(&masq_chain(&key(NET, "a"))), own, "a's unchanged chain refilled");
-        // a different address for a: its chain and elements are rewritten
+        // a different address for a: its elements are written
         let a2 = masq(NET, "a", &["10.78.0.9/24"]);
         fw.add_masquerade(&a2).unwrap();
         fw.check_masquerade(&a2).unwrap();
-        assert_ne!(handles(&masq_chain(&key(NET, "a"))), own);
+        assert_eq!(handles("postrouting"), base, "base chain rules replaced");
+        assert!(nft_elems(&nft_ruleset(), MASQ_TABLE, "masq4").contains(&(serde_json::json!("10.78.0.9"), nft_owner(&a2.key))));
         // an admin flushes the base chain: the next ADD heals it
         sh("nft", &["flush", "chain", "inet", MASQ_TABLE, "postrouting"]);
         assert!(fw.check_masquerade(&ms("b", 2)).is_err());
@@ -230,22 +272,27 @@ fn add_reads_only_what_it_touches() {
         let mut sock = cni_firewall::nft::netlink::open().unwrap();
         let fresh = ms("new", 100);
         let st = cni_firewall::nft::netlink::read_for(&mut sock, &masq_table(), &cni_firewall::nft::plan::plan_masq_add(&fresh)).unwrap().unwrap();
-        assert_eq!(st.chains.keys().collect::<Vec<_>>(), vec!["postrouting"], "only the chains the ADD fills (its own does not exist yet)");
-        assert_eq!(st.chain("postrouting").unwrap().rules.len(), 2);
+        assert_eq!(st.chains.keys().collect::<Vec<_>>(), vec!["postrouting"], "only the chain the ADD fills");
+        assert_eq!(st.chain("postrouting").unwrap().rules.len(), 6);
         assert!(st.sets.values().all(|s| s.elems.is_empty()), "no element of other attachments");
         // an address held by another attachment is found, so the ADD evicts it
         let reuse = masq(NET, "thief", &["10.77.0.7/16"]); // c5's v4 address
         let st = cni_firewall::nft::netlink::read_for(&mut sock, &masq_table(), &cni_firewall::nft::plan::plan_masq_add(&reuse)).unwrap().unwrap();
-        let owner = masq_chain(&key(NET, "c5"));
-        assert_eq!(st.set("masq4").unwrap().elems, vec![Element::verdict(vec![Value::Addr("10.77.0.7".parse().unwrap())], Verdict::Goto(owner))]);
+        let owner = owner_data(&key(NET, "c5"));
+        assert_eq!(st.set("masq4").unwrap().elems, vec![Element::data(vec![Value::Addr("10.77.0.7".parse().unwrap())], owner)]);
+        assert_eq!(st.set("exempt4").unwrap().elems, exempt_elems(&ms("c5", 5), Family::V4), "the address's exemptions");
         fw.add_masquerade(&reuse).unwrap();
         fw.check_masquerade(&reuse).unwrap();
         assert!(fw.check_masquerade(&ms("c5", 5)).is_err());
-        // the focused read of an existing attachment sees its chain and elements
-        let st = cni_firewall::nft::netlink::read_for(&mut sock, &masq_table(), &cni_firewall::nft::plan::plan_masq_add(&ms("c9", 9))).unwrap().unwrap();
-        assert_eq!(st.chains.len(), 2);
-        assert_eq!(st.set("masq4").unwrap().elems.len(), 1);
-        assert_eq!(st.set("masq6").unwrap().elems.len(), 1);
+        // the focused read of an existing attachment sees the base chain and its elements
+        let c9 = ms("c9", 9);
+        let st = cni_firewall::nft::netlink::read_for(&mut sock, &masq_table(), &cni_firewall::nft::plan::plan_masq_add(&c9)).unwrap().unwrap();
+        assert_eq!(st.chains.len(), 1);
+        for fam in Family::BOTH {
+            let sfx = if fam == Family::V4 { "4" } else { "6" };
+            assert_eq!(st.set(&format!("masq{sfx}")).unwrap().elems, masq_elems(&c9, fam));
+            assert_eq!(st.set(&format!("exempt{sfx}")).unwrap().elems, exempt_elems(&c9, fam));
+        }
         // no table yet: nothing to read
         assert!(cni_firewall::nft::netlink::read_for(&mut sock, &TableRef::inet("none"), &[]).unwrap().is_none());
     });
@@ -267,7 +314,7 @@ fn a_lost_race_to_create_the_table_leaves_the_winners_chains() {
         fw.add_masquerade(&ms("first", 1)).unwrap();
         let base = handles();
         let e = NftNetlink.apply(&late).unwrap_err().to_string();
-        assert!(e.contains("create table inet cnirs_masquerade") && e.contains("File exists"), "{e}");
+        assert!(e.contains("create table inet cnirs_masquerade2") && e.contains("File exists"), "{e}");
         assert_eq!(handles(), base, "the failed transaction changed nothing");
         // the ADD itself reads again and finds the table: base chain left as it is
         fw.add_masquerade(&ms("late", 2)).unwrap();
@@ -347,7 +394,8 @@ fn racing_adds_on_a_missing_table_take_turns() {
         fw.check_isolation(&iso("brr1", true)).unwrap();
         // each base chain holds its rules once
         let masq = NftNetlink.list_table(&masq_table()).unwrap().unwrap();
-        assert_eq!(masq.chain("postrouting").unwrap().rules.len(), 2);
+        assert_eq!(masq.chain("postrouting").unwrap().rules.len(), 6);
+        assert_eq!(masq.chains.len(), 1);
     });
 }
 
@@ -428,11 +476,15 @@ fn large_transactions() {
         let st = NftNetlink.list_table(&t).unwrap().unwrap();
         assert_eq!(st.set("masq4").unwrap().elems.len(), 400);
         assert_eq!(st.set("masq6").unwrap().elems.len(), 400);
+        assert_eq!(st.set("exempt4").unwrap().elems.len(), 400);
+        assert_eq!(st.set("exempt6").unwrap().elems.len(), 400);
         fw.check_masquerade(&specs[399]).unwrap();
         fw.gc_masquerade(NET, std::slice::from_ref(&specs[7].key)).unwrap();
         let st = NftNetlink.list_table(&t).unwrap().unwrap();
-        assert_eq!(st.set("masq4").unwrap().elems.len(), 1);
-        assert_eq!(st.chains.len(), 2, "postrouting and c7's chain");
+        assert_eq!(st.set("masq4").unwrap().elems, masq_elems(&specs[7], Family::V4));
+        assert_eq!(st.set("exempt4").unwrap().elems, exempt_elems(&specs[7], Family::V4));
+        assert_eq!(st.set("masq6").unwrap().elems, masq_elems(&specs[7], Family::V6));
+        assert_eq!(st.chains.len(), 1, "postrouting only");
         fw.check_masquerade(&specs[7]).unwrap();
     });
 }
@@ -468,31 +520,33 @@ fn transactions_are_atomic_and_errors_name_the_object() {
         let fw = native();
         fw.add_masquerade(&ms("a", 1)).unwrap();
         fw.add_masquerade(&ms("b", 2)).unwrap();
-        let goto = |c: &str| Some(Verdict::Goto(c.into()));
-        let (ca, cb) = (masq_chain(&key(NET, "a")), masq_chain(&key(NET, "b")));
+        let (oa, ob) = (owner_data(&key(NET, "a")), owner_data(&key(NET, "b")));
+        let taken = Element::data(vec![Value::Addr("10.77.0.3".parse().unwrap())], ob); // a's address, b's owner
         let elems = vec![
-            Element { key: vec![Value::Addr("10.9.0.1".parse().unwrap())], verdict: goto(&ca), data: vec![] },
-            Element { key: vec![Value::Addr("10.77.0.3".parse().unwrap())], verdict: goto(&cb), data: vec![] }, // a's address, to b's chain
-            Element { key: vec![Value::Addr("10.9.0.3".parse().unwrap())], verdict: goto(&ca), data: vec![] },
+            Element::data(vec![Value::Addr("10.9.0.1".parse().unwrap())], oa.clone()),
+            taken.clone(),
+            Element::data(vec![Value::Addr("10.9.0.3".parse().unwrap())], oa),
         ];
         let e = exec.apply(&[Op::AddElements { table: masq_table(), set: "masq4".into(), elems }]).unwrap_err().to_string();
-        assert!(e.contains(&format!("add element inet cnirs_masquerade masq4 {{ 10.77.0.3 : goto {cb} }}")), "{e}");
+        let want = format!("add element inet cnirs_masquerade2 masq4 {{ {} }}", taken.text());
+        assert!(e.contains(&want), "{e}");
         assert!(e.contains("File exists"), "{e}");
         assert!(!e.contains("10.9.0.1"), "the refused element only: {e}");
         let st = exec.list_table(&masq_table()).unwrap().unwrap();
         assert_eq!(st.set("masq4").unwrap().elems.len(), 2, "atomic: no element of the failed list added");
-        // a base chain is no goto target: the kernel's refusal names the element too
-        let e = exec
-            .apply(&[Op::AddElements { table: masq_table(), set: "masq4".into(), elems: vec![Element { key: vec![Value::Addr("10.9.0.9".parse().unwrap())], verdict: goto("postrouting"), data: vec![] }] }])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("10.9.0.9 : goto postrouting") && e.contains("not supported"), "{e}");
+        // a base chain is no goto target: the kernel's refusal names the element too (the
+        // isolation table's verdict map)
+        fw.add_isolation(&iso("br1", true)).unwrap();
+        let iso_t = cni_firewall::nft::plan::isolation_table();
+        let bad = Element::verdict(vec![Value::Ifname("br9".into())], Verdict::Goto("forward".into()));
+        let e = exec.apply(&[Op::AddElements { table: iso_t, set: "by_iif".into(), elems: vec![bad.clone()] }]).unwrap_err().to_string();
+        assert!(e.contains(&bad.text()) && e.contains("not supported"), "{e}");
         // deleting an element that is not there
         let e = exec
             .apply(&[Op::DeleteElements { table: masq_table(), set: "masq6".into(), elems: vec![Element::key(vec![Value::Addr("fd00::9".parse().unwrap())])] }])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("delete element inet cnirs_masquerade masq6 { fd00::9 }"), "{e}");
+        assert!(e.contains("delete element inet cnirs_masquerade2 masq6 { fd00::9 }"), "{e}");
         // a rule jumping to a chain that does not exist
         let e = exec
             .apply(&[Op::AddRule {
@@ -502,7 +556,7 @@ fn transactions_are_atomic_and_errors_name_the_object() {
             }])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("add rule inet cnirs_masquerade postrouting jump nowhere"), "{e}");
+        assert!(e.contains("add rule inet cnirs_masquerade2 postrouting jump nowhere"), "{e}");
         // errors reach the plugin as firewall errors
         assert_eq!(exec.apply(&[Op::DeleteTable(t)]).unwrap_err().code(), cni_firewall::CniError::Firewall(String::new()).code());
     });
@@ -535,6 +589,8 @@ fn interop_with_the_nft_executor() {
         n.del_isolation("br1").unwrap();
         x.del_isolation("br2").unwrap();
         assert_eq!(chains(MASQ_TABLE), vec!["postrouting"]);
+        all_empty(MASQ_TABLE, &MASQ_SETS);
+        all_empty(HOSTPORT_TABLE, &HOSTPORT_SETS);
         assert_eq!(chains(ISOLATION_TABLE), vec!["forward"]);
         assert!(nft_elems(&nft_ruleset(), ISOLATION_TABLE, "by_iif").is_empty());
     });

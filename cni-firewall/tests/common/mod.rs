@@ -240,3 +240,60 @@ pub fn portmap_spec(net: &str, cid: &str, n: u8, ports: &[(u16, u16, Protocol, O
     s.container_v6 = Some(format!("fd66::{n}/64").parse().unwrap());
     s
 }
+
+// ---- the nftables layouts, as `nft -j` prints them ----
+
+/// Whether the ruleset holds table `inet <name>`.
+pub fn nft_has_table(rs: &[Value], name: &str) -> bool {
+    rs.iter().filter_map(|o| o.get("table")).any(|t| t["family"] == "inet" && t["name"] == name)
+}
+
+/// The owner data of `k` (the three marks of `plan::owner_data`) as `nft -j` prints an element's
+/// data: `{"concat": [mark, mark, mark]}`, the marks as numbers.
+pub fn nft_owner(k: &AttachmentKey) -> Value {
+    let marks: Vec<Value> = cni_firewall::nft::plan::owner_data(k)
+        .into_iter()
+        .map(|v| match v {
+            cni_firewall::nft::ops::Value::Mark(m) => serde_json::json!(m),
+            other => panic!("owner data holds {other:?}, not a mark"),
+        })
+        .collect();
+    serde_json::json!({ "concat": marks })
+}
+
+/// `{"prefix": {"addr": .., "len": ..}}` of a network given as `addr/len`.
+pub fn nft_prefix(net: &str) -> Value {
+    let (addr, len) = net.split_once('/').expect("addr/len");
+    serde_json::json!({"prefix": {"addr": addr, "len": len.parse::<u8>().unwrap()}})
+}
+
+/// An interval-set element `addr . range` (a range `a/len` as a prefix, a bare address as it is).
+pub fn nft_pair(addr: &str, range: &str) -> (Value, Value) {
+    let r = if range.contains('/') { nft_prefix(range) } else { serde_json::json!(range) };
+    (serde_json::json!({"concat": [addr, r]}), Value::Null)
+}
+
+/// Pairs sorted by their JSON text (element order in a listing is the set's, not ours).
+pub fn sorted_elems(mut v: Vec<(Value, Value)>) -> Vec<(Value, Value)> {
+    v.sort_by_key(|(k, d)| format!("{k} {d}"));
+    v
+}
+
+/// Elements of a map/set, sorted (see [`sorted_elems`]).
+pub fn nft_elems_sorted(rs: &[Value], table: &str, set: &str) -> Vec<(Value, Value)> {
+    sorted_elems(nft_elems(rs, table, set))
+}
+
+/// Chains of a table, sorted.
+pub fn nft_chains_sorted(rs: &[Value], table: &str) -> Vec<String> {
+    let mut v = nft_chain_names(rs, table);
+    v.sort();
+    v
+}
+
+/// The properties of base chain `name` as (type, hook, prio, policy).
+pub fn nft_base_chain(rs: &[Value], table: &str, name: &str) -> (String, String, i64, String) {
+    let c = nft_objects(rs, "chain", table).into_iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("chain {table} {name} missing"));
+    let s = |f: &str| c[f].as_str().unwrap_or_else(|| panic!("{name}: no {f}")).to_string();
+    (s("type"), s("hook"), c["prio"].as_i64().unwrap(), s("policy"))
+}

@@ -179,12 +179,14 @@ pub fn hostport_elems(spec: &PortMapSpec, fam: Family) -> FamilyElems {
 }
 
 /// Whether an ADD planned from the state read for it (elements by key and by point) needs the
-/// whole table: when a container address is owned by another attachment, that attachment's
-/// DNAT elements (which only a full read finds) are evicted with it.
+/// whole table: when its container address already has an owner. Another attachment's (stale
+/// state of a reused address) DNAT elements are evicted with it; its own (an ADD repeated with
+/// other mappings) are replaced, as the earlier layout's refill of the attachment's chain did.
+/// Only a full read finds DNAT elements by their target. A first ADD reads no more than its keys.
 pub fn portmap_add_needs_full_read(spec: &PortMapSpec, st: &TableState) -> bool {
     Family::BOTH.iter().any(|f| {
         let want = hostport_elems(spec, *f);
-        st.set(&owner_map(*f)).is_some_and(|m| want.owner.iter().any(|o| m.get(&o.key).is_some_and(|cur| cur != o)))
+        st.set(&owner_map(*f)).is_some_and(|m| want.owner.iter().any(|o| m.get(&o.key).is_some()))
     })
 }
 
@@ -228,9 +230,10 @@ fn evict(st: &TableState, fam: Family, want: &FamilyElems, ops: &mut Vec<Op>) {
         let Some(cur) = st.set(&set) else { continue };
         let mut gone: Vec<Element> = wanted.iter().filter_map(|w| cur.get(&w.key).filter(|c| *c != w)).cloned().collect();
         if set != owner_map(fam) {
-            // DNAT elements of a former owner of our address (found by a full read)
-            let former = st.set(&owner_map(fam)).is_some_and(|o| want.owner.iter().any(|w| o.get(&w.key).is_some_and(|c| c != w)));
-            if former {
+            // DNAT elements targeting our address that we do not write: a former owner's, or ours
+            // from an earlier ADD with other mappings (a full read found them)
+            let owned_before = st.set(&owner_map(fam)).is_some_and(|o| want.owner.iter().any(|w| o.get(&w.key).is_some()));
+            if owned_before {
                 gone.extend(cur.elems.iter().filter(|e| data_addr(e).is_some_and(|a| ours.contains(&a)) && !wanted.contains(e)).cloned());
             }
         }
@@ -444,6 +447,18 @@ mod tests {
         assert!(s.contains("delete element inet cnirs_hostport2 dnat4 { udp . 5353 }"), "{s}");
         assert!(s.contains("delete element inet cnirs_hostport2 hostip4 { 192.0.2.1 . tcp . 8443 }"), "{s}");
         assert!(!s.contains("delete element inet cnirs_hostport2 hairpin4"), "the same hairpin: kept: {s}");
+        // a again with fewer mappings and masqAll (an ADD repeated without DEL): its dropped
+        // mappings and hairpin sources go, as the earlier layout's chain refill did
+        let mut again = a.clone();
+        again.mappings.truncate(1);
+        again.masq_all = true;
+        assert!(portmap_add_needs_full_read(&again, &st));
+        let s = render_script(&plan_portmap_add_with_state(&again, Some(&st)));
+        assert!(s.contains("delete element inet cnirs_hostport2 dnat4 { udp . 5353 }"), "{s}");
+        assert!(s.contains("delete element inet cnirs_hostport2 hostip4 { 192.0.2.1 . tcp . 8443 }"), "{s}");
+        assert!(s.contains("delete element inet cnirs_hostport2 hairpin4 { 10.1.0.5 . 10.1.0.0/24, 10.1.0.5 . 127.0.0.1 }"), "{s}");
+        assert!(!s.contains("delete element inet cnirs_hostport2 owner4"), "its own owner element stays: {s}");
+        assert!(!s.contains("dnat4 { tcp . 8080 }"), "the kept mapping stays: {s}");
     }
 
     #[test]
