@@ -101,23 +101,50 @@ fn masq_reaches_external(backend: &str) {
             assert_eq!(got, want);
         }
         "nftables" => {
-            // The layout is ours (the reference v1.1.1 has no nftables backend): require a
-            // masquerade rule outside iptables-nft's `ip nat` table, the container address in the
-            // ruleset, and nothing in iptables.
+            // The layout is ours (the reference v1.1.1 has no nftables backend): table
+            // inet cnirs_masquerade2, the container address owned by the attachment in masq4, its
+            // exemption (address . subnet) in exempt4, constant rules; nothing in iptables, no
+            // table of the earlier layout.
             assert!(cni_nat_lines(lab.host(), false).is_empty(), "nftables backend wrote iptables rules");
-            let rules = nft_json(lab.host());
-            let masq = rules.iter().filter_map(|o| o.get("rule")).any(|rule| {
-                !(rule["family"] == "ip" && rule["table"] == "nat") && rule["expr"].to_string().contains("masquerade")
-            });
-            assert!(masq, "no nftables masquerade rule: {rules:#?}");
-            assert!(masq_present(lab.host(), &ip), "{ip} not in the nftables ruleset");
+            let sets = masq_sets_with(&[
+                ("masq4", vec![format!("{ip} : {}", owner_marks(&net, &cid, "eth0"))]),
+                ("exempt4", vec![format!("{ip} . 10.10.2.0/24")]),
+            ]);
+            assert_masq_layout(lab.host(), &sets);
+            assert_eq!(
+                nft_tables(lab.host()).into_iter().filter(|t| t.contains("cnirs_")).collect::<Vec<_>>(),
+                [format!("table inet {MASQ_TABLE}")]
+            );
         }
         _ => unreachable!(),
     }
     lab.rt.check_list(&l, &rc).unwrap();
+    if backend == "nftables" {
+        // CHECK reads the elements: a missing exemption, or the address owned by another
+        // attachment, fail it; restored, it passes again
+        let nft = |args: &[&str]| lab.host().run_ok("nft", args).unwrap();
+        let exempt = format!("{{ {ip} . 10.10.2.0/24 }}");
+        nft(&["delete", "element", "inet", MASQ_TABLE, "exempt4", &exempt]);
+        let p = failure(lab.rt.check_list(&l, &rc), "CHECK without the exemption");
+        eprintln!("CHECK without the exemption: {}", text_of(&p));
+        nft(&["add", "element", "inet", MASQ_TABLE, "exempt4", &exempt]);
+        lab.rt.check_list(&l, &rc).unwrap();
+        nft(&["delete", "element", "inet", MASQ_TABLE, "masq4", &format!("{{ {ip} }}")]);
+        let other = format!("{{ {ip} : {} }}", owner_marks(&net, &cid, "eth1"));
+        nft(&["add", "element", "inet", MASQ_TABLE, "masq4", &other]);
+        let p = failure(lab.rt.check_list(&l, &rc), "CHECK with the address owned by another attachment");
+        eprintln!("CHECK with another owner: {}", text_of(&p));
+        nft(&["delete", "element", "inet", MASQ_TABLE, "masq4", &format!("{{ {ip} }}")]);
+        nft(&["add", "element", "inet", MASQ_TABLE, "masq4", &format!("{{ {ip} : {} }}", owner_marks(&net, &cid, "eth0"))]);
+        lab.rt.check_list(&l, &rc).unwrap();
+    }
 
     lab.del(&l, &rc);
     assert!(!masq_present(lab.host(), &ip), "masquerade of {ip} left after DEL:\n{}", nft_ruleset(lab.host()));
+    if backend == "nftables" {
+        // DEL removes the elements and keeps the table with its constant chains
+        assert_masq_layout(lab.host(), &masq_sets_with(&[]));
+    }
     lab.assert_nothing_left(&net, "10.10.2.", &["ext0"]);
 }
 
@@ -616,6 +643,15 @@ fn gc_removes_stale_masq_and_lease(backend: &str) {
     lab.rt.gc_list(&l, &[Attachment::new("gc-0", "eth0")]).unwrap();
     assert!(masq_present(lab.host(), &ip0), "GC removed the masquerade of a valid attachment");
     assert!(!masq_present(lab.host(), &ip1), "GC left the masquerade of {ip1}");
+    if backend == "nftables" {
+        assert_masq_layout(
+            lab.host(),
+            &masq_sets_with(&[
+                ("masq4", vec![format!("{ip0} : {}", owner_marks("gc-net", "gc-0", "eth0"))]),
+                ("exempt4", vec![format!("{ip0} . 10.10.17.0/24")]),
+            ]),
+        );
+    }
     assert_eq!(lab.leases("gc-net"), [ip0.clone()], "GC must release only the stale lease");
     lab.rt.check_list(&l, &rc0).unwrap();
     lab.rt.status_list(&l).unwrap();
@@ -742,12 +778,26 @@ fn two_interfaces_keep_their_own_masquerade(backend: &str) {
     let ip0 = result_ip(&lab.add(&l, &rc0), false);
     let ip1 = result_ip(&lab.add(&l, &rc1), false);
     assert!(masq_present(lab.host(), &ip0) && masq_present(lab.host(), &ip1));
+    // nftables: each address owned by its own interface's attachment
+    let (own0, own1) = (owner_marks(&net, "twoif-0", "eth0"), owner_marks(&net, "twoif-0", "eth1"));
+    assert_ne!(own0, own1);
+    let only_eth0 = masq_sets_with(&[("masq4", vec![format!("{ip0} : {own0}")]), ("exempt4", vec![format!("{ip0} . 10.10.23.0/24")])]);
+    if backend == "nftables" {
+        let both = masq_sets_with(&[
+            ("masq4", vec![format!("{ip0} : {own0}"), format!("{ip1} : {own1}")]),
+            ("exempt4", vec![format!("{ip0} . 10.10.23.0/24"), format!("{ip1} . 10.10.23.0/24")]),
+        ]);
+        assert_masq_layout(lab.host(), &both);
+    }
     lab.rt.check_list(&l, &rc0).unwrap();
     lab.rt.check_list(&l, &rc1).unwrap();
 
     lab.del(&l, &rc1);
     assert!(!masq_present(lab.host(), &ip1), "masquerade of eth1 ({ip1}) left");
     assert!(masq_present(lab.host(), &ip0), "DEL of eth1 removed the masquerade of eth0 ({ip0})");
+    if backend == "nftables" {
+        assert_masq_layout(lab.host(), &only_eth0);
+    }
     lab.rt.check_list(&l, &rc0).unwrap_or_else(|e| panic!("eth0 damaged by DEL of eth1: {e}"));
 
     // again, DEL without netns and prevResult
@@ -762,11 +812,15 @@ fn two_interfaces_keep_their_own_masquerade(backend: &str) {
         assert!(masq_present(lab.host(), &ip1), "ambiguous iptables masquerade of eth1 ({ip1}) was removed");
     } else {
         assert!(!masq_present(lab.host(), &ip1), "masquerade of eth1 ({ip1}) left by DEL without netns");
+        assert_masq_layout(lab.host(), &only_eth0);
     }
     assert!(masq_present(lab.host(), &ip0), "DEL of eth1 without netns removed the masquerade of eth0 ({ip0})");
     lab.rt.check_list(&l, &rc0).unwrap_or_else(|e| panic!("eth0 damaged by DEL of eth1 without netns: {e}"));
     lab.del(&l, &rc0);
     assert!(!masq_present(lab.host(), &ip0));
+    if backend == "nftables" {
+        assert_masq_layout(lab.host(), &masq_sets_with(&[]));
+    }
 }
 
 #[test]

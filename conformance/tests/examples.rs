@@ -135,8 +135,9 @@ impl Site {
     }
 
     /// Nothing of the networks is left: no veth but the uplink, no lease, no NAT rule (iptables or
-    /// nftables) naming an address starting with one of `prefixes`, and no firewall state naming
-    /// one of `bridges` (isolation removes it with the bridge's last container).
+    /// nftables) naming an address starting with one of `prefixes`, no firewall state naming
+    /// one of `bridges` (isolation removes it with the bridge's last container), and no element in
+    /// our masquerade and port mapping tables.
     #[track_caller]
     fn assert_clean(&self, networks: &[&str], prefixes: &[&str], bridges: &[&str]) {
         let veths: Vec<String> = self.lab.host_veths().into_iter().filter(|v| v != "uplink0").collect();
@@ -149,6 +150,8 @@ impl Site {
             let left = firewall_lines_mentioning(self.host(), word);
             assert!(left.is_empty(), "firewall state naming {word} left: {left:#?}");
         }
+        let left = nft_attachment_leftovers(self.host());
+        assert!(left.is_empty(), "nftables attachment state left: {left:#?}");
     }
 }
 

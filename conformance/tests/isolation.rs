@@ -21,7 +21,6 @@ use conformance::sandbox::NamedNetns;
 use conformance::ContainerNs;
 use serde_json::{json, Value};
 
-const ISOLATION_TABLE: &str = "cnirs_isolation";
 const STAGE1: &str = "CNI-ISOLATION-STAGE-1";
 const STAGE2: &str = "CNI-ISOLATION-STAGE-2";
 

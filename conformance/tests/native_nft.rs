@@ -235,6 +235,9 @@ fn assert_blocked(pairs: &[(&Ctr, &Ctr)]) {
     assert!(errors.is_empty(), "traffic that must be blocked got through: {errors:?}");
 }
 
+/// The tables of the layout without a chain per attachment (and none of the earlier layout's).
+const OUR_TABLES: [&str; 3] = ["table inet cnirs_hostport2", "table inet cnirs_isolation", "table inet cnirs_masquerade2"];
+
 fn our_tables(lab: &Lab) -> Vec<String> {
     let mut t: Vec<String> = nft_tables(lab.host()).into_iter().filter(|t| t.contains("cnirs_")).collect();
     t.sort();
@@ -273,7 +276,34 @@ fn chain_works_without_nft() {
     let a1 = attach(&lab, &a, &nonft, "ctr-a1", Some(json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])));
     let a2 = attach(&lab, &a, &nonft, "ctr-a2", None);
     let b1 = attach(&lab, &b, &nonft, "ctr-b1", None);
-    assert_eq!(our_tables(&lab), ["table inet cnirs_hostport", "table inet cnirs_isolation", "table inet cnirs_masquerade"]);
+    assert_eq!(our_tables(&lab), OUR_TABLES);
+    // what netlink wrote reads back, through `nft`, as the layout: elements with their owners
+    let own = |net: &str, c: &Ctr| owner_marks(net, &c.rc.container_id, "eth0");
+    assert_masq_layout(
+        lab.host(),
+        &masq_sets_with(&[
+            (
+                "masq4",
+                vec![
+                    format!("{} : {}", a1.ip, own("nat-a", &a1)),
+                    format!("{} : {}", a2.ip, own("nat-a", &a2)),
+                    format!("{} : {}", b1.ip, own("nat-b", &b1)),
+                ],
+            ),
+            (
+                "exempt4",
+                vec![format!("{} . 10.60.1.0/24", a1.ip), format!("{} . 10.60.1.0/24", a2.ip), format!("{} . 10.60.2.0/24", b1.ip)],
+            ),
+        ]),
+    );
+    assert_hostport_layout(
+        lab.host(),
+        &hostport_sets_with(&[
+            ("dnat4", vec![format!("tcp . 8080 : {} . 80", a1.ip)]),
+            ("owner4", vec![format!("{} : {}", a1.ip, own("nat-a", &a1))]),
+            ("hairpin4", vec![format!("{} . 10.60.1.0/24", a1.ip), format!("{} . 127.0.0.1", a1.ip)]),
+        ]),
+    );
 
     // across the bridge, to the gateway, to the outside (masqueraded: the outside has no route back)
     assert_ping(&a1.ns, &a2.ip);
@@ -300,6 +330,14 @@ fn chain_works_without_nft() {
     nonft.run(|| a.del(&a1.rc, Some(&a1.result)));
     assert!(tcp_connect_seen(&l80, ext.path(), SocketAddr::new(ip(HOST4), 8080), BLOCKED_TIMEOUT).is_err());
     assert!(firewall_lines_mentioning(lab.host(), "ctr-a1").is_empty(), "{:?}", firewall_lines_mentioning(lab.host(), "ctr-a1"));
+    assert_hostport_layout(lab.host(), &hostport_sets_with(&[]));
+    assert_masq_layout(
+        lab.host(),
+        &masq_sets_with(&[
+            ("masq4", vec![format!("{} : {}", a2.ip, own("nat-a", &a2)), format!("{} : {}", b1.ip, own("nat-b", &b1))]),
+            ("exempt4", vec![format!("{} . 10.60.1.0/24", a2.ip), format!("{} . 10.60.2.0/24", b1.ip)]),
+        ]),
+    );
     assert_ping(&a2.ns, EXT4);
     assert_blocked(&[(&a2, &b1)]);
     // GC keeps the valid, DEL without prevResult cleans by key
@@ -315,6 +353,13 @@ fn chain_works_without_nft() {
         assert!(firewall_lines_mentioning(lab.host(), cid).is_empty(), "{cid}: {:?}", firewall_lines_mentioning(lab.host(), cid));
     }
     assert!(firewall_lines_mentioning(lab.host(), "br-nat").is_empty(), "{:?}", firewall_lines_mentioning(lab.host(), "br-nat"));
+    for c in [&a1, &a2, &b1] {
+        assert!(firewall_lines_with_addr(lab.host(), &c.ip).is_empty(), "{:?}", firewall_lines_with_addr(lab.host(), &c.ip));
+    }
+    assert_masq_layout(lab.host(), &masq_sets_with(&[]));
+    assert_hostport_layout(lab.host(), &hostport_sets_with(&[]));
+    let left = nft_attachment_leftovers(lab.host());
+    assert!(left.is_empty(), "{left:#?}");
 
     let tripped = nonft.tripped();
     assert!(tripped.is_empty(), "firewall tools were called: {tripped:?}");
@@ -329,8 +374,16 @@ fn automatic_choice_without_nft_is_nftables() {
     let nonft = NoNft::new(lab.sb.tempdir());
     let c = Chain { lab: &lab, list: list(&lab, "nat-auto", "br-natauto", "10.61.1.0/24", None), path: nonft.path.display().to_string() };
     let x = attach(&lab, &c, &nonft, "ctr-auto", Some(json!([{"hostPort": 8081, "containerPort": 81, "protocol": "tcp"}])));
-    assert_eq!(our_tables(&lab), ["table inet cnirs_hostport", "table inet cnirs_isolation", "table inet cnirs_masquerade"]);
+    assert_eq!(our_tables(&lab), OUR_TABLES);
     assert!(cni_nat_lines(lab.host(), false).is_empty(), "iptables used: {:?}", cni_nat_lines(lab.host(), false));
+    assert_hostport_layout(
+        lab.host(),
+        &hostport_sets_with(&[
+            ("dnat4", vec![format!("tcp . 8081 : {} . 81", x.ip)]),
+            ("owner4", vec![format!("{} : {}", x.ip, owner_marks("nat-auto", "ctr-auto", "eth0"))]),
+            ("hairpin4", vec![format!("{} . 10.61.1.0/24", x.ip), format!("{} . 127.0.0.1", x.ip)]),
+        ]),
+    );
     assert_ping(&x.ns, "10.61.1.1");
     nonft.run(|| {
         c.check(&x.rc, &x.result);
@@ -338,6 +391,9 @@ fn automatic_choice_without_nft_is_nftables() {
         c.gc(&[]);
     });
     assert!(firewall_lines_mentioning(lab.host(), "ctr-auto").is_empty());
+    assert!(firewall_lines_with_addr(lab.host(), &x.ip).is_empty(), "{:?}", firewall_lines_with_addr(lab.host(), &x.ip));
+    let left = nft_attachment_leftovers(lab.host());
+    assert!(left.is_empty(), "{left:#?}");
     let tripped = nonft.tripped();
     assert!(tripped.is_empty(), "firewall tools were called: {tripped:?}");
 }

@@ -28,8 +28,6 @@ use serde_json::{json, Value};
 /// A second host address (same veth), for hostIP tests.
 const HOST4B: &str = "203.0.113.1";
 
-const HOSTPORT_TABLE: &str = "cnirs_hostport";
-
 /// One port mapping as runtimes send it (`hostIP` omitted when empty).
 fn pmap(host_port: i64, container_port: i64, protocol: &str, host_ip: &str) -> Value {
     let mut m = json!({"hostPort": host_port, "containerPort": container_port, "protocol": protocol});
@@ -115,24 +113,72 @@ impl Pm {
                 assert!(nft_table(self.host(), "inet", HOSTPORT_TABLE).is_none(), "iptables backend made an nftables table");
             }
             "nftables" => {
-                let chains = nft_chains_mentioning(self.host(), "inet", HOSTPORT_TABLE, &format!("id: {cid} "));
-                assert!(!chains.is_empty(), "no chain of {cid} in inet {HOSTPORT_TABLE}:\n{}", nft_ruleset(self.host()));
+                // the container's addresses owned by the attachment, each the target of at least
+                // one DNAT element of its family; the constant chains; nothing of the earlier layout
+                let dump = || nft_table(self.host(), "inet", HOSTPORT_TABLE).unwrap_or_default();
+                let sets = nft_sets(self.host(), HOSTPORT_TABLE)
+                    .unwrap_or_else(|| panic!("no table inet {HOSTPORT_TABLE}:\n{}", nft_ruleset(self.host())));
+                let owner = format!(" : {}", owner_marks(&self.net, cid, "eth0"));
+                let mut owned = 0;
+                for fam in ["4", "6"] {
+                    let get = |set: &str| sets.get(&format!("{set}{fam}")).cloned().unwrap_or_default();
+                    for addr in get("owner").iter().filter_map(|e| e.strip_suffix(&owner)) {
+                        owned += 1;
+                        let target = format!(" : {addr} . ");
+                        let dnat: Vec<String> = get("dnat").into_iter().chain(get("hostip")).filter(|e| e.contains(&target)).collect();
+                        assert!(!dnat.is_empty(), "no DNAT element of {cid} ({addr}) in inet {HOSTPORT_TABLE}:\n{}", dump());
+                    }
+                }
+                assert!(owned > 0, "no owner element of {cid} in inet {HOSTPORT_TABLE}:\n{}", dump());
+                assert_eq!(nft_chains(self.host(), HOSTPORT_TABLE).unwrap_or_default(), hostport_chains(), "{}", dump());
+                assert!(nft_table(self.host(), "inet", LEGACY_HOSTPORT_TABLE).is_none(), "a table of the earlier layout was made");
                 assert!(nat.is_empty(), "nftables backend wrote iptables rules: {nat:#?}");
             }
             _ => unreachable!(),
         }
     }
 
-    /// Nothing in the firewall mentions `cid` or its address `ip`.
+    /// Nothing in the firewall mentions `cid` or its address `ip`, and no nftables element is
+    /// owned by `cid` or holds `ip`.
     #[track_caller]
     fn assert_unmapped(&self, cid: &str, ip: &str) {
         let left: Vec<String> = self.state(cid).into_iter().chain(firewall_lines_with_addr(self.host(), ip)).collect();
         assert!(left.is_empty(), "state of {cid} ({ip}) left: {left:#?}");
+        let owner = owner_marks(&self.net, cid, "eth0");
+        for table in [HOSTPORT_TABLE, LEGACY_HOSTPORT_TABLE] {
+            let left = nft_elements_of(self.host(), table, &owner, ip);
+            assert!(left.is_empty(), "elements of {cid} ({ip}) left in inet {table}: {left:#?}");
+        }
         if self.backend == "iptables" {
             let chain = dnat_chain_name(&self.net, cid);
             let nat = nat_lines(self.host(), false);
             assert!(!nat.iter().any(|l| l.contains(&chain)), "chain {chain} of {cid} left: {nat:#?}");
         }
+    }
+
+    /// nftables backend: table `inet cnirs_hostport2` is exactly the constant chains with the
+    /// elements `elems` (the sets not named are empty). Nothing to look at with iptables.
+    #[track_caller]
+    fn assert_layout(&self, elems: &[(&str, Vec<String>)]) {
+        if self.backend == "nftables" {
+            assert_hostport_layout(self.host(), &hostport_sets_with(elems));
+        }
+    }
+
+    /// No element left in our nftables tables (both backends: with iptables there is none).
+    #[track_caller]
+    fn assert_no_attachment_state(&self) {
+        let left = nft_attachment_leftovers(self.host());
+        assert!(left.is_empty(), "nftables attachment state left: {left:#?}\n{}", nft_ruleset(self.host()));
+    }
+
+    /// The elements one attachment with the IPv4 address `ip` in `subnet` owns besides its DNAT
+    /// elements: its owner element and its hairpin elements (its subnet and 127.0.0.1).
+    fn owned4(&self, cid: &str, ip: &str, subnet: &str) -> Vec<(&'static str, Vec<String>)> {
+        vec![
+            ("owner4", vec![format!("{ip} : {}", owner_marks(&self.net, cid, "eth0"))]),
+            ("hairpin4", vec![format!("{ip} . {subnet}"), format!("{ip} . 127.0.0.1")]),
+        ]
     }
 
     /// Flush (`delete`: remove) our state behind the plugin's back: the nftables table, or every
@@ -191,6 +237,17 @@ fn external_tcp_udp_and_host_ip(backend: &'static str) {
     let r = pm.lab.add(&l, &rc);
     let ip = result_ip(&r, false);
     pm.assert_mapped("ctr-ext");
+    let mut elems = pm.owned4("ctr-ext", &ip, "10.40.1.0/24");
+    elems.push(("dnat4", vec![format!("tcp . 8080 : {ip} . 80"), format!("udp . 5353 : {ip} . 53")]));
+    elems.push((
+        "hostip4",
+        vec![
+            format!("{HOST4} . tcp . 8081 : {ip} . 81"),
+            format!("{HOST4B} . tcp . 8082 : {ip} . 82"),
+            format!("{HOST4B} . udp . 5354 : {ip} . 54"),
+        ],
+    ));
+    pm.assert_layout(&elems);
     let ext = pm.ext.path();
 
     let seen = reach_tcp(&t80, ext, sa(HOST4, 8080));
@@ -210,6 +267,8 @@ fn external_tcp_udp_and_host_ip(backend: &'static str) {
     pm.lab.check(&l, &rc);
     pm.lab.del(&l, &rc);
     pm.assert_unmapped("ctr-ext", &ip);
+    pm.assert_layout(&[]);
+    pm.assert_no_attachment_state();
     no_tcp(&t80, ext, sa(HOST4, 8080));
     no_udp(&u53, ext, sa(HOST4, 5353));
 }
@@ -223,7 +282,7 @@ fn hairpin_and_localhost(backend: &'static str) {
     let rc = pm.rc("ctr-hp", &c, json!([pmap(8080, 80, "tcp", ""), pmap(5353, 53, "udp", "")]));
     let t80 = tcp_listen(c.path(), sa("0.0.0.0", 80));
     let u53 = udp_bind(c.path(), sa("0.0.0.0", 53));
-    pm.lab.add(&l, &rc);
+    let ip = result_ip(&pm.lab.add(&l, &rc), false);
     let gw = "10.40.2.1";
 
     let seen = reach_tcp(&t80, c.path(), sa(HOST4, 8080));
@@ -239,9 +298,13 @@ fn hairpin_and_localhost(backend: &'static str) {
     assert_eq!(sysctl(pm.host(), "net/ipv4/conf/all/route_localnet"), "0", "route_localnet only where needed");
     assert_eq!(sysctl(pm.host(), "net/ipv4/conf/ext0/route_localnet"), "0", "route_localnet only where needed");
 
+    let mut elems = pm.owned4("ctr-hp", &ip, "10.40.2.0/24");
+    elems.push(("dnat4", vec![format!("tcp . 8080 : {ip} . 80"), format!("udp . 5353 : {ip} . 53")]));
+    pm.assert_layout(&elems);
     pm.lab.check(&l, &rc);
     pm.lab.del(&l, &rc);
-    pm.assert_unmapped("ctr-hp", "10.40.2.2");
+    pm.assert_unmapped("ctr-hp", &ip);
+    pm.assert_layout(&[]);
     no_tcp(&t80, pm.host_path(), sa("127.0.0.1", 8080));
 }
 
@@ -260,6 +323,16 @@ fn ipv6_mappings(backend: &'static str) {
     let t443 = tcp_listen(c.path(), sa("::", 443));
     let t444 = tcp_listen(c.path(), sa("::", 444));
     pm.assert_mapped("ctr-v6");
+    let mut elems = pm.owned4("ctr-v6", &ip4, "10.40.3.0/24");
+    elems.extend([
+        ("dnat4", vec![format!("tcp . 8080 : {ip4} . 80"), format!("udp . 5353 : {ip4} . 53")]),
+        ("hostip4", vec![format!("{HOST4} . tcp . 8444 : {ip4} . 444")]),
+        ("owner6", vec![format!("{ip6} : {}", owner_marks(&pm.net, "ctr-v6", "eth0"))]),
+        ("hairpin6", vec![format!("{ip6} . fd00:40:3::/64")]),
+        ("dnat6", vec![format!("tcp . 8080 : {ip6} . 80"), format!("udp . 5353 : {ip6} . 53")]),
+        ("hostip6", vec![format!("{HOST6} . tcp . 8443 : {ip6} . 443")]),
+    ]);
+    pm.assert_layout(&elems);
     let ext = pm.ext.path();
 
     let seen = reach_tcp(&t80_6, ext, sa(HOST6, 8080));
@@ -279,6 +352,7 @@ fn ipv6_mappings(backend: &'static str) {
     pm.lab.del(&l, &rc);
     pm.assert_unmapped("ctr-v6", &ip4);
     pm.assert_unmapped("ctr-v6", &ip6);
+    pm.assert_layout(&[]);
     no_tcp(&t80_6, ext, sa(HOST6, 8080));
 }
 
@@ -292,7 +366,15 @@ fn two_containers_del_one(backend: &'static str) {
     let (t1, u1) = (tcp_listen(c1.path(), sa("0.0.0.0", 80)), udp_bind(c1.path(), sa("0.0.0.0", 53)));
     let (t2, u2) = (tcp_listen(c2.path(), sa("0.0.0.0", 80)), udp_bind(c2.path(), sa("0.0.0.0", 53)));
     let ip1 = result_ip(&pm.lab.add(&l, &rc1), false);
-    pm.lab.add(&l, &rc2);
+    let ip2 = result_ip(&pm.lab.add(&l, &rc2), false);
+    let dnat1 = [format!("tcp . 8080 : {ip1} . 80"), format!("udp . 5353 : {ip1} . 53")];
+    let dnat2 = [format!("tcp . 9090 : {ip2} . 80"), format!("udp . 6363 : {ip2} . 53")];
+    let mut both = pm.owned4("ctr-one", &ip1, "10.40.4.0/24");
+    both.extend(pm.owned4("ctr-two", &ip2, "10.40.4.0/24"));
+    both.push(("dnat4", dnat1.iter().chain(&dnat2).cloned().collect()));
+    pm.assert_layout(&both);
+    let mut only2 = pm.owned4("ctr-two", &ip2, "10.40.4.0/24");
+    only2.push(("dnat4", dnat2.to_vec()));
     let ext = pm.ext.path();
     reach_tcp(&t1, ext, sa(HOST4, 8080));
     reach_udp(&u1, ext, sa(HOST4, 5353));
@@ -304,6 +386,7 @@ fn two_containers_del_one(backend: &'static str) {
     pm.lab.del(&l, &rc1);
     pm.assert_unmapped("ctr-one", &ip1);
     pm.assert_mapped("ctr-two");
+    pm.assert_layout(&only2);
     no_tcp(&t1, ext, sa(HOST4, 8080));
     no_udp(&u1, ext, sa(HOST4, 5353));
     reach_tcp(&t2, ext, sa(HOST4, 9090));
@@ -311,6 +394,9 @@ fn two_containers_del_one(backend: &'static str) {
     reach_tcp(&t2, c2.path(), sa(HOST4, 9090));
     pm.lab.check(&l, &rc2);
     pm.lab.del(&l, &rc2);
+    pm.assert_unmapped("ctr-two", &ip2);
+    pm.assert_layout(&[]);
+    pm.assert_no_attachment_state();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -325,27 +411,42 @@ fn check_detects_removed_rules(backend: &'static str) {
     let (c1, c2) = (pm.lab.container(), pm.lab.container());
     let rc1 = pm.rc("ctr-chk1", &c1, json!([pmap(8080, 80, "tcp", "")]));
     let rc2 = pm.rc("ctr-chk2", &c2, json!([pmap(9090, 80, "tcp", ""), pmap(5353, 53, "udp", "")]));
-    pm.lab.add(&l, &rc1);
-    pm.lab.add(&l, &rc2);
+    let ip1 = result_ip(&pm.lab.add(&l, &rc1), false);
+    let ip2 = result_ip(&pm.lab.add(&l, &rc2), false);
     pm.lab.check(&l, &rc1);
     pm.lab.check(&l, &rc2);
+    let nft = |args: &[&str]| pm.host().run_ok("nft", args).map(drop).unwrap();
 
-    // 1: only container 1's own chain flushed
+    // 1: only container 1's own rules (iptables: its chain flushed; nftables: its DNAT element)
     match backend {
         "iptables" => {
             pm.host().run_ok("iptables", ["-t", "nat", "-F", &dnat_chain_name(&pm.net, "ctr-chk1")]).unwrap();
         }
         _ => {
-            let chains = nft_chains_mentioning(pm.host(), "inet", HOSTPORT_TABLE, "id: ctr-chk1 ");
-            assert!(!chains.is_empty(), "no chain of ctr-chk1:\n{}", nft_ruleset(pm.host()));
-            for ch in chains {
-                pm.host().run_ok("nft", ["flush", "chain", "inet", HOSTPORT_TABLE, &ch]).unwrap();
-            }
+            let before = nft_sets(pm.host(), HOSTPORT_TABLE).unwrap_or_default();
+            assert!(before["dnat4"].contains(&format!("tcp . 8080 : {ip1} . 80")), "{before:?}");
+            nft(&["delete", "element", "inet", HOSTPORT_TABLE, "dnat4", "{ tcp . 8080 }"]);
         }
     }
-    let p = failure(pm.lab.rt.check_list(&l, &rc1), "CHECK with the container's rules flushed");
-    eprintln!("CHECK ctr-chk1 after flushing its chain: {}", text_of(&p));
+    let p = failure(pm.lab.rt.check_list(&l, &rc1), "CHECK with the container's rules removed");
+    eprintln!("CHECK ctr-chk1 after removing its rules: {}", text_of(&p));
     pm.lab.check(&l, &rc2);
+    if backend == "nftables" {
+        // a mapping of container 2 pointed at another container port: CHECK compares the data
+        nft(&["delete", "element", "inet", HOSTPORT_TABLE, "dnat4", "{ udp . 5353 }"]);
+        nft(&["add", "element", "inet", HOSTPORT_TABLE, "dnat4", &format!("{{ udp . 5353 : {ip2} . 54 }}")]);
+        let p = failure(pm.lab.rt.check_list(&l, &rc2), "CHECK with a mapping re-pointed");
+        eprintln!("CHECK ctr-chk2 with its mapping re-pointed: {}", text_of(&p));
+        nft(&["delete", "element", "inet", HOSTPORT_TABLE, "dnat4", "{ udp . 5353 }"]);
+        nft(&["add", "element", "inet", HOSTPORT_TABLE, "dnat4", &format!("{{ udp . 5353 : {ip2} . 53 }}")]);
+        pm.lab.check(&l, &rc2);
+        // its hairpin element gone
+        nft(&["delete", "element", "inet", HOSTPORT_TABLE, "hairpin4", &format!("{{ {ip2} . 127.0.0.1 }}")]);
+        let p = failure(pm.lab.rt.check_list(&l, &rc2), "CHECK without a hairpin element");
+        eprintln!("CHECK ctr-chk2 without a hairpin element: {}", text_of(&p));
+        nft(&["add", "element", "inet", HOSTPORT_TABLE, "hairpin4", &format!("{{ {ip2} . 127.0.0.1 }}")]);
+        pm.lab.check(&l, &rc2);
+    }
 
     // 2: everything flushed
     pm.wipe(false);
@@ -354,8 +455,9 @@ fn check_detects_removed_rules(backend: &'static str) {
 
     pm.lab.del(&l, &rc1);
     pm.lab.del(&l, &rc2);
-    pm.assert_unmapped("ctr-chk1", "10.40.5.2");
-    pm.assert_unmapped("ctr-chk2", "10.40.5.3");
+    pm.assert_unmapped("ctr-chk1", &ip1);
+    pm.assert_unmapped("ctr-chk2", &ip2);
+    pm.assert_no_attachment_state();
 }
 
 /// DEL without prevResult removes exactly that container's mappings; DEL repeats; DEL works after
@@ -406,11 +508,15 @@ fn del_idempotent_without_prev_result_and_after_flush(backend: &'static str) {
 
     // and ADD builds everything anew
     let rc3 = pm.rc("ctr-del3", &c3, json!([pmap(9090, 80, "tcp", "")]));
-    pm.lab.add(&l, &rc3);
+    let ip3 = result_ip(&pm.lab.add(&l, &rc3), false);
     pm.assert_mapped("ctr-del3");
+    let mut elems = pm.owned4("ctr-del3", &ip3, "10.40.6.0/24");
+    elems.push(("dnat4", vec![format!("tcp . 9090 : {ip3} . 80")]));
+    pm.assert_layout(&elems);
     reach_tcp(&t3, ext, sa(HOST4, 9090));
     pm.lab.check(&l, &rc3);
     pm.lab.del(&l, &rc3);
+    pm.assert_no_attachment_state();
 }
 
 /// Without port mappings, ADD passes prevResult through and no firewall state is made at all (no
@@ -457,7 +563,7 @@ fn gc_and_status(backend: &'static str) {
     let rc0 = pm.rc("ctr-gc0", &c0, json!([pmap(8080, 80, "tcp", "")]));
     let rc1 = pm.rc("ctr-gc1", &c1, json!([pmap(9090, 80, "tcp", ""), pmap(6363, 53, "udp", "")]));
     let (t0, t1) = (tcp_listen(c0.path(), sa("0.0.0.0", 80)), tcp_listen(c1.path(), sa("0.0.0.0", 80)));
-    pm.lab.add(&l, &rc0);
+    let ip0 = result_ip(&pm.lab.add(&l, &rc0), false);
     let ip1 = result_ip(&pm.lab.add(&l, &rc1), false);
     pm.lab.rt.status_list(&l).unwrap_or_else(|e| panic!("STATUS: {e}"));
     let ext = pm.ext.path();
@@ -469,13 +575,18 @@ fn gc_and_status(backend: &'static str) {
     pm.assert_unmapped("ctr-gc1", &ip1);
     no_tcp(&t1, ext, sa(HOST4, 9090));
     pm.assert_mapped("ctr-gc0");
+    let mut elems = pm.owned4("ctr-gc0", &ip0, "10.40.8.0/24");
+    elems.push(("dnat4", vec![format!("tcp . 8080 : {ip0} . 80")]));
+    pm.assert_layout(&elems);
     reach_tcp(&t0, ext, sa(HOST4, 8080));
     pm.lab.check(&l, &rc0);
     pm.lab.rt.status_list(&l).unwrap_or_else(|e| panic!("STATUS after GC: {e}"));
 
     // GC with nothing valid (the runner DELs the cached attachment first; GC then finds nothing)
     pm.lab.rt.gc_list(&l, &[]).unwrap_or_else(|e| panic!("GC: {e}"));
-    pm.assert_unmapped("ctr-gc0", "10.40.8.2");
+    pm.assert_unmapped("ctr-gc0", &ip0);
+    pm.assert_layout(&[]);
+    pm.assert_no_attachment_state();
     no_tcp(&t0, ext, sa(HOST4, 8080));
 }
 

@@ -69,6 +69,16 @@ impl Handed {
 /// Chains the reference plugins (and our iptables backend) keep between containers on purpose.
 const SHARED_CHAIN_PREFIXES: &[&str] = &["CNI-HOSTPORT-", "CNI-ISOLATION-", "CNI-FORWARD", "CNI-ADMIN"];
 
+/// Our nftables tables (family inet) whose sets and maps hold nothing but per-attachment elements:
+/// masquerade and port mappings, in the current layout (`…2`: data maps and interval sets keyed by
+/// the containers' addresses and ports) and in the earlier one (verdict maps into a chain per
+/// attachment, only torn down now). After every DEL they hold no element and no per-attachment
+/// chain. (`cnirs_isolation` keeps per-bridge state while the bridge exists.)
+pub const NFT_PER_ATTACHMENT_TABLES: &[&str] = &["cnirs_masquerade2", "cnirs_hostport2", "cnirs_masquerade", "cnirs_hostport"];
+
+/// Name prefixes of the earlier layout's per-attachment chains (`m-<net>-<key>`, `p-…`, `s-…`).
+const NFT_ATTACHMENT_CHAIN_PREFIXES: &[&str] = &["m-", "p-", "s-"];
+
 /// Check the sandbox after all DELs of a round; one message per violation.
 pub fn after_del(sb: &Sandbox, rt: &Runtime, data_dir: &Path, handed: &Handed) -> Vec<String> {
     let mut bad = handed.unique_ips();
@@ -125,6 +135,47 @@ pub fn after_del(sb: &Sandbox, rt: &Runtime, data_dir: &Path, handed: &Handed) -
         }
         let text = String::from_utf8_lossy(&out.stdout);
         bad.extend(firewall_leftovers(tool, &text, &ips, &ids, &handed.host_ifaces));
+    }
+
+    // Our nftables tables: no element at all (an owner's marks name no address or id, so the
+    // text scan above cannot be the only check), no per-attachment chain.
+    if crate::bench::probe::which("nft").is_some() {
+        match sb.run("nft", ["-j", "list", "ruleset"]) {
+            Ok(out) if out.status.success() => match serde_json::from_slice::<Value>(&out.stdout) {
+                Ok(v) => bad.extend(nft_attachment_leftovers(&v)),
+                Err(e) => bad.push(format!("nft -j list ruleset: not JSON: {e}")),
+            },
+            Ok(out) => bad.push(format!("nft -j list ruleset failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            Err(e) => bad.push(format!("cannot run nft: {e}")),
+        }
+    }
+    bad
+}
+
+/// Violations in `nft -j list ruleset` output: any element of a set or map, and any chain of the
+/// earlier layout's per-attachment kinds, in [`NFT_PER_ATTACHMENT_TABLES`].
+pub fn nft_attachment_leftovers(ruleset: &Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    for obj in ruleset["nftables"].as_array().into_iter().flatten() {
+        let (kind, o) = match obj.as_object().and_then(|m| m.iter().next()) {
+            Some((k, o)) if ["set", "map", "chain"].contains(&k.as_str()) => (k.as_str(), o),
+            _ => continue,
+        };
+        let table = o["table"].as_str().unwrap_or_default();
+        if o["family"] != "inet" || !NFT_PER_ATTACHMENT_TABLES.contains(&table) {
+            continue;
+        }
+        let name = o["name"].as_str().unwrap_or_default();
+        if kind == "chain" {
+            if NFT_ATTACHMENT_CHAIN_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                bad.push(format!("nft: per-attachment chain left: inet {table} {name}"));
+            }
+            continue;
+        }
+        let n = o["elem"].as_array().map_or(0, Vec::len);
+        if n > 0 {
+            bad.push(format!("nft: {n} element(s) left in {kind} inet {table} {name}: {}", o["elem"]));
+        }
     }
     bad
 }
@@ -212,8 +263,54 @@ mod tests {
         assert_eq!(firewall_leftovers("iptables-save", dirty, &ips, &ids, &ifaces).len(), 2);
         let nft = "table inet cnirs_masquerade {\n  set addrs { elements = { 10.88.0.2 } }\n  comment \"cnibench-r0-c00001\"\n iifname \"veth1\" }";
         assert_eq!(firewall_leftovers("nft", nft, &ips, &ids, &ifaces).len(), 3);
+        let nft2 = "table inet cnirs_masquerade2 {\n\tmap masq4 {\n\t\ttype ipv4_addr : mark . mark . mark\n\t\telements = { 10.88.0.2 : 0x00000001 . 0x00000002 . 0x00000003 }\n\t}\n\tset exempt4 {\n\t\telements = { 10.88.0.2 . 10.88.0.0/16 }\n\t}\n}";
+        assert_eq!(firewall_leftovers("nft", nft2, &ips, &ids, &ifaces).len(), 2);
+        let nft3 = "table inet cnirs_hostport2 {\n\tmap dnat4 {\n\t\telements = { tcp . 20000 : 10.88.0.2 . 80,\n\t\t\t     tcp . 20001 : 10.88.0.3 . 80 }\n\t}\n}";
+        assert_eq!(firewall_leftovers("nft", nft3, &ips, &ids, &ifaces).len(), 1);
         assert_eq!(token_ip("10.88.0.2:80"), Some("10.88.0.2".parse().unwrap()));
         assert_eq!(token_ip("2001:db8::1/128"), Some("2001:db8::1".parse().unwrap()));
         assert_eq!(token_ip("dport"), None);
+    }
+
+    #[test]
+    fn nft_leftovers() {
+        let set = |table: &str, kind: &str, name: &str, elem: Value| {
+            let mut o = json!({"family": "inet", "table": table, "name": name, "type": "ipv4_addr"});
+            if !elem.is_null() {
+                o["elem"] = elem;
+            }
+            json!({ kind: o })
+        };
+        let chain = |table: &str, name: &str| json!({"chain": {"family": "inet", "table": table, "name": name}});
+        // after every DEL: the tables and their constant chains, empty sets; isolation's elements
+        let clean = json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "cnirs_masquerade2"}},
+            set("cnirs_masquerade2", "map", "masq4", Value::Null),
+            set("cnirs_masquerade2", "set", "exempt4", json!([])),
+            chain("cnirs_masquerade2", "postrouting"),
+            set("cnirs_hostport2", "map", "dnat4", Value::Null),
+            chain("cnirs_hostport2", "hostports"),
+            chain("cnirs_hostport2", "prerouting"),
+            chain("cnirs_hostport", "postrouting"),
+            set("cnirs_isolation", "map", "bridges", json!([["cnibench0", {"goto": {"target": "b-x"}}]])),
+            set("other", "set", "s", json!(["10.88.0.2"])),
+        ]});
+        assert!(nft_attachment_leftovers(&clean).is_empty(), "{:?}", nft_attachment_leftovers(&clean));
+        let dirty = json!({"nftables": [
+            // an owner element (its marks name no address of the round), an exemption, a DNAT element
+            set("cnirs_masquerade2", "map", "masq4", json!([["10.88.0.9", {"concat": [1, 2, 3]}]])),
+            set("cnirs_masquerade2", "set", "exempt4", json!([{"concat": ["10.88.0.9", {"prefix": {"addr": "10.88.0.0", "len": 16}}]}])),
+            set("cnirs_hostport2", "map", "dnat4", json!([[{"concat": ["tcp", 20000]}, {"concat": ["10.88.0.9", 80]}]])),
+            // the earlier layout: a verdict map element and the chain it leads to
+            set("cnirs_masquerade", "map", "masq4", json!([["10.88.0.9", {"goto": {"target": "m-0123456789ab-0123456789abcdef"}}]])),
+            chain("cnirs_masquerade", "m-0123456789ab-0123456789abcdef"),
+            chain("cnirs_hostport", "p-0123456789ab-0123456789abcdef"),
+            chain("cnirs_hostport", "s-0123456789ab-0123456789abcdef"),
+        ]});
+        let bad = nft_attachment_leftovers(&dirty);
+        assert_eq!(bad.len(), 7, "{bad:#?}");
+        assert!(bad[0].contains("inet cnirs_masquerade2 masq4"), "{bad:?}");
+        assert!(bad[6].contains("s-0123456789ab"), "{bad:?}");
     }
 }

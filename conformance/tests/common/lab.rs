@@ -105,7 +105,8 @@ impl Lab {
     }
 
     /// Nothing of network `net` is left in the host: no veth (other than `keep`), no lease, no
-    /// masquerade of any address starting with `prefix` (iptables or nftables).
+    /// masquerade of any address starting with `prefix` (iptables or nftables), and no element
+    /// (nor chain of the earlier layout) in our per-attachment nftables tables.
     #[track_caller]
     pub fn assert_nothing_left(&self, net: &str, prefix: &str, keep: &[&str]) {
         let veths: Vec<String> = self.host_veths().into_iter().filter(|v| !keep.contains(&v.as_str())).collect();
@@ -115,6 +116,8 @@ impl Lab {
         assert!(nat.is_empty(), "iptables nat rules left: {nat:#?}");
         let nft = nft_ruleset(self.host());
         assert!(!nft.contains(prefix), "nftables rules mentioning {prefix} left:\n{nft}");
+        let left = nft_attachment_leftovers(self.host());
+        assert!(left.is_empty(), "nftables attachment state left: {left:#?}\n{nft}");
     }
 }
 

@@ -142,12 +142,13 @@ pub fn cni_chain_name(prefix: &str, network: &str, container_id: &str) -> String
     s
 }
 
-/// The reference `utils.FormatChainName`: `("CNI-" + hex(sha512(network + containerID)))[:28]`.
+/// The reference `utils.FormatChainName`: `("CNI-" + hex(sha512(network + containerID)))[:28]`
+/// (the iptables backend's masquerade chain, as the reference names it).
 pub fn masq_chain_name(network: &str, container_id: &str) -> String {
     cni_chain_name("", network, container_id)
 }
 
-/// The reference portmap per-container chain `CNI-DN-<hash>`.
+/// The reference portmap per-container chain `CNI-DN-<hash>` (the iptables backend's).
 pub fn dnat_chain_name(network: &str, container_id: &str) -> String {
     cni_chain_name("DN-", network, container_id)
 }
@@ -218,21 +219,246 @@ pub fn nft_table(ns: &NamedNetns, family: &str, name: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Names of the chains of nftables table `FAMILY NAME` whose listing (rules, comment) contains
-/// `needle`.
-pub fn nft_chains_mentioning(ns: &NamedNetns, family: &str, table: &str, needle: &str) -> Vec<String> {
-    let Some(text) = nft_table(ns, family, table) else { return vec![] };
-    let mut out: Vec<String> = Vec::new();
+// ---- our nftables layout (cni-firewall's nftables backend) ----
+//
+// Masquerade: `inet cnirs_masquerade2`; port mappings: `inet cnirs_hostport2`; isolation:
+// `inet cnirs_isolation`. No chain per attachment: attachments are elements of data maps and
+// interval sets, each container address owned by `mark . mark . mark` (see
+// `cni_firewall::nft::plan::owner_data`). The layout of earlier versions (`cnirs_masquerade`,
+// `cnirs_hostport`, chains `m-…`, `p-…`, `s-…` behind verdict maps) is only torn down.
+
+/// The masquerade table (bridge `ipMasq`, nftables backend).
+pub const MASQ_TABLE: &str = "cnirs_masquerade2";
+/// The port mapping table (portmap, nftables backend).
+pub const HOSTPORT_TABLE: &str = "cnirs_hostport2";
+/// The isolation table.
+pub const ISOLATION_TABLE: &str = "cnirs_isolation";
+/// The masquerade table of the earlier layout (only torn down).
+pub const LEGACY_MASQ_TABLE: &str = "cnirs_masquerade";
+/// The port mapping table of the earlier layout (only torn down).
+pub const LEGACY_HOSTPORT_TABLE: &str = "cnirs_hostport";
+/// Tables whose sets hold per-attachment elements: empty once every attachment is deleted.
+pub const PER_ATTACHMENT_TABLES: [&str; 4] = [MASQ_TABLE, HOSTPORT_TABLE, LEGACY_MASQ_TABLE, LEGACY_HOSTPORT_TABLE];
+
+/// The owner data of attachment `(network, container_id, ifname)` as nft prints it:
+/// `0x........ . 0x........ . 0x........`.
+pub fn owner_marks(network: &str, container_id: &str, ifname: &str) -> String {
+    let key = cni_firewall::AttachmentKey::new(network, container_id, ifname);
+    cni_firewall::nft::plan::owner_data(&key).iter().map(|v| v.text()).collect::<Vec<_>>().join(" . ")
+}
+
+/// One value of an `nft -j` element as `nft list` prints it, given its type (`mark` is printed in
+/// hex, `0x%08x`).
+fn nft_json_value(v: &Value, ty: &str) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if ty == "mark" => format!("0x{:08x}", n.as_u64().unwrap_or_default()),
+        Value::Number(n) => n.to_string(),
+        Value::Object(o) if o.contains_key("prefix") => {
+            format!("{}/{}", o["prefix"]["addr"].as_str().unwrap_or_default(), o["prefix"]["len"])
+        }
+        Value::Object(o) if o.contains_key("range") => {
+            let r = &o["range"];
+            format!("{}-{}", nft_json_value(&r[0], ty), nft_json_value(&r[1], ty))
+        }
+        Value::Object(o) if o.contains_key("elem") => nft_json_value(&o["elem"]["val"], ty),
+        Value::Object(o) => match o.iter().next() {
+            // verdicts: {"goto": {"target": "c"}}, {"accept": null}
+            Some((verdict, target)) => match target["target"].as_str() {
+                Some(t) => format!("{verdict} {t}"),
+                None => verdict.clone(),
+            },
+            None => String::new(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// A key or data of an `nft -j` element (`{"concat": [...]}` or one value) as `nft list` prints
+/// it: the fields joined with ` . `.
+fn nft_json_fields(v: &Value, types: &[String]) -> String {
+    let ty = |i: usize| types.get(i).map(String::as_str).unwrap_or_default();
+    match v.get("concat").and_then(Value::as_array) {
+        Some(parts) => parts.iter().enumerate().map(|(i, p)| nft_json_value(p, ty(i))).collect::<Vec<_>>().join(" . "),
+        None => match v.get("elem") {
+            Some(e) => nft_json_fields(&e["val"], types),
+            None => nft_json_value(v, ty(0)),
+        },
+    }
+}
+
+/// A set's `type` or a map's `map` in `nft -j` output (a string, `a . b`, or an array).
+fn nft_json_types(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => s.split(" . ").map(String::from).collect(),
+        Value::Array(a) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+        _ => vec![],
+    }
+}
+
+/// The sets and maps of nftables table `inet NAME` in `ns`, each with its elements as `nft list`
+/// prints them (`key . key` or `key . key : data . data`), sorted; `None` without the table.
+pub fn nft_sets(ns: &NamedNetns, table: &str) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+    let objs = nft_table_json(ns, "inet", table)?;
+    let mut out = std::collections::BTreeMap::new();
+    for o in &objs {
+        let Some(set) = o.get("set").or_else(|| o.get("map")) else { continue };
+        let key_types = nft_json_types(&set["type"]);
+        let data_types = nft_json_types(&set["map"]);
+        let mut elems: Vec<String> = set["elem"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| match e.as_array() {
+                Some(kv) if kv.len() == 2 => {
+                    format!("{} : {}", nft_json_fields(&kv[0], &key_types), nft_json_fields(&kv[1], &data_types))
+                }
+                _ => nft_json_fields(e, &key_types),
+            })
+            .collect();
+        elems.sort();
+        out.insert(set["name"].as_str().unwrap_or_default().to_string(), elems);
+    }
+    Some(out)
+}
+
+/// The chains of nftables table `inet NAME` in `ns`, each with its lines as `nft list table`
+/// prints them (a base chain's `type … hook … priority …; policy …;` first, then the rules);
+/// `None` without the table.
+pub fn nft_chains(ns: &NamedNetns, table: &str) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+    let text = nft_table(ns, "inet", table)?;
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
     let mut current: Option<String> = None;
     for line in text.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("chain ") {
-            current = rest.split_whitespace().next().map(String::from);
-        } else if line.starts_with("set ") || line.starts_with("map ") {
+            let name = rest.trim_end_matches('{').trim().to_string();
+            out.insert(name.clone(), vec![]);
+            current = Some(name);
+        } else if line.starts_with("set ") || line.starts_with("map ") || line == "}" {
             current = None;
+        } else if let Some(c) = &current {
+            if !line.is_empty() {
+                out.get_mut(c).unwrap().push(line.to_string());
+            }
         }
-        if let Some(c) = &current {
-            if line.contains(needle) && !out.contains(c) {
-                out.push(c.clone());
+    }
+    Some(out)
+}
+
+/// The sets of the masquerade table `inet cnirs_masquerade2` with the elements `elems` (set
+/// name, elements); the sets not named are empty.
+pub fn masq_sets_with(elems: &[(&str, Vec<String>)]) -> std::collections::BTreeMap<String, Vec<String>> {
+    sets_with(&["masq4", "masq6", "exempt4", "exempt6"], elems)
+}
+
+/// The sets of the port mapping table `inet cnirs_hostport2` with the elements `elems`; the sets
+/// not named are empty.
+pub fn hostport_sets_with(elems: &[(&str, Vec<String>)]) -> std::collections::BTreeMap<String, Vec<String>> {
+    sets_with(&["dnat4", "dnat6", "hostip4", "hostip6", "owner4", "owner6", "hairpin4", "hairpin6"], elems)
+}
+
+fn sets_with(names: &[&str], elems: &[(&str, Vec<String>)]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = names.iter().map(|n| (n.to_string(), vec![])).collect();
+    for (name, e) in elems {
+        let set = out.get_mut(*name).unwrap_or_else(|| panic!("no set {name} in the layout"));
+        set.extend(e.iter().cloned());
+        set.sort();
+    }
+    out
+}
+
+/// The chains of `inet cnirs_masquerade2` (the same whatever the attachments).
+pub fn masq_chains() -> std::collections::BTreeMap<String, Vec<String>> {
+    let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    std::collections::BTreeMap::from([(
+        "postrouting".to_string(),
+        lines(&[
+            "type nat hook postrouting priority srcnat; policy accept;",
+            "ip daddr 224.0.0.0/4 return",
+            "ip saddr . ip daddr @exempt4 return",
+            "ip saddr @masq4 masquerade",
+            "ip6 daddr ff00::/8 return",
+            "ip6 saddr . ip6 daddr @exempt6 return",
+            "ip6 saddr @masq6 masquerade",
+        ]),
+    )])
+}
+
+/// The chains of `inet cnirs_hostport2` (the same whatever the attachments).
+pub fn hostport_chains() -> std::collections::BTreeMap<String, Vec<String>> {
+    let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    std::collections::BTreeMap::from([
+        (
+            "hostports".to_string(),
+            lines(&[
+                "dnat ip to ip daddr . meta l4proto . th dport map @hostip4",
+                "meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4",
+                "dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostip6",
+                "meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6",
+            ]),
+        ),
+        (
+            "prerouting".to_string(),
+            lines(&["type nat hook prerouting priority dstnat; policy accept;", "fib daddr type local jump hostports"]),
+        ),
+        ("output".to_string(), lines(&["type nat hook output priority -100; policy accept;", "fib daddr type local jump hostports"])),
+        (
+            "postrouting".to_string(),
+            lines(&[
+                "type nat hook postrouting priority srcnat; policy accept;",
+                "ct status dnat ip daddr . ip saddr @hairpin4 masquerade",
+                "ct status dnat ip6 daddr . ip6 saddr @hairpin6 masquerade",
+            ]),
+        ),
+    ])
+}
+
+/// Table `inet cnirs_masquerade2` in `ns` is exactly [`masq_chains`] with the sets `sets`.
+#[track_caller]
+pub fn assert_masq_layout(ns: &NamedNetns, sets: &std::collections::BTreeMap<String, Vec<String>>) {
+    let dump = || nft_table(ns, "inet", MASQ_TABLE).unwrap_or_default();
+    let got = nft_sets(ns, MASQ_TABLE).unwrap_or_else(|| panic!("no table inet {MASQ_TABLE}:\n{}", nft_ruleset(ns)));
+    assert_eq!(&got, sets, "sets of inet {MASQ_TABLE}:\n{}", dump());
+    assert_eq!(nft_chains(ns, MASQ_TABLE).unwrap_or_default(), masq_chains(), "chains of inet {MASQ_TABLE}:\n{}", dump());
+}
+
+/// Table `inet cnirs_hostport2` in `ns` is exactly [`hostport_chains`] with the sets `sets`.
+#[track_caller]
+pub fn assert_hostport_layout(ns: &NamedNetns, sets: &std::collections::BTreeMap<String, Vec<String>>) {
+    let dump = || nft_table(ns, "inet", HOSTPORT_TABLE).unwrap_or_default();
+    let got = nft_sets(ns, HOSTPORT_TABLE).unwrap_or_else(|| panic!("no table inet {HOSTPORT_TABLE}:\n{}", nft_ruleset(ns)));
+    assert_eq!(&got, sets, "sets of inet {HOSTPORT_TABLE}:\n{}", dump());
+    assert_eq!(nft_chains(ns, HOSTPORT_TABLE).unwrap_or_default(), hostport_chains(), "chains of inet {HOSTPORT_TABLE}:\n{}", dump());
+}
+
+/// What is left of attachments in our per-attachment tables (new and earlier layout) in `ns`:
+/// every element of their sets and maps, and every chain of the earlier layout's kinds `m-…`,
+/// `p-…`, `s-…`. Empty once every attachment is deleted (the tables and their constant chains may
+/// stay).
+pub fn nft_attachment_leftovers(ns: &NamedNetns) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in PER_ATTACHMENT_TABLES {
+        for (set, elems) in nft_sets(ns, table).unwrap_or_default() {
+            out.extend(elems.into_iter().map(|e| format!("inet {table} {set}: element {e}")));
+        }
+        for chain in nft_chains(ns, table).unwrap_or_default().into_keys() {
+            if ["m-", "p-", "s-"].iter().any(|p| chain.starts_with(p)) {
+                out.push(format!("inet {table}: per-attachment chain {chain}"));
+            }
+        }
+    }
+    out
+}
+
+/// Every element of table `inet TABLE` in `ns` whose text contains `owner` (owner marks) or the
+/// address `ip` as a whole field.
+pub fn nft_elements_of(ns: &NamedNetns, table: &str, owner: &str, ip: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (set, elems) in nft_sets(ns, table).unwrap_or_default() {
+        for e in elems {
+            let has_ip = e.split([' ', '/']).any(|w| w == ip);
+            if e.contains(owner) || has_ip {
+                out.push(format!("{set}: {e}"));
             }
         }
     }
