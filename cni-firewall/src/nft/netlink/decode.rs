@@ -7,10 +7,14 @@
 //! A rule's statements are then rendered as the JSON `nft -j list` prints, so a table read here
 //! and one read through `nft` compare equal. A rule with an expression outside that vocabulary
 //! reads as `[{"unparsed": [<expression names>]}]`: it matches no rule of ours.
+//!
+//! Elements of interval sets are read back as `nft` prints them: a field whose range is one
+//! value as that value, a range that is exactly a prefix as the prefix; an element with any
+//! other range is skipped, as the JSON reader skips it.
 
 use super::consts::*;
-use super::encode::{addr_field, slot_of_reg, type_of_id, ImmData, Low};
-use crate::nft::ops::{DataType, Element, Expr, Field, Rule, TableFamily, Value, Verdict};
+use super::encode::{addr_field, dnat_map_regs, slot_of_reg, type_of_id, ImmData, Low};
+use crate::nft::ops::{DataType, Element, Expr, Field, Rule, SetData, TableFamily, Value, Verdict};
 use crate::nft::state::{ChainState, RuleExprs, RuleState, SetState, TableState};
 use crate::{CniError, Family, Protocol};
 use cni_common::netlink::socket::{nfgen_parts, parse_attrs};
@@ -122,12 +126,24 @@ pub fn parse_set(raw: &[u8]) -> Result<Option<(String, SetState, u32)>, NlError>
     };
     let flags = be32(find(&a, NFTA_SET_FLAGS)).unwrap_or(0);
     let key = key_types(be32(find(&a, NFTA_SET_KEY_TYPE)).unwrap_or(0));
-    let verdict_map = flags & NFT_SET_MAP != 0 && be32(find(&a, NFTA_SET_DATA_TYPE)) == Some(NFT_DATA_VERDICT);
-    Ok(Some((table, SetState { name, key, verdict_map, elems: Vec::new() }, flags)))
+    let data = if flags & NFT_SET_MAP != 0 {
+        match be32(find(&a, NFTA_SET_DATA_TYPE)) {
+            Some(NFT_DATA_VERDICT) => SetData::Verdict,
+            Some(t) => SetData::Values(key_types(t)),
+            None => SetData::Values(Vec::new()),
+        }
+    } else if flags & NFT_SET_OBJECT != 0 {
+        // an object map: `nft -j` lists it as a map of a type the JSON reader does not know
+        SetData::Values(Vec::new())
+    } else {
+        SetData::None
+    };
+    let interval = flags & NFT_SET_INTERVAL != 0;
+    Ok(Some((table, SetState { name, key, data, interval, elems: Vec::new() }, flags)))
 }
 
-/// The data types of a key type number (6 bits per part of a concatenation); unknown parts are
-/// left out, as the JSON reader leaves out unknown type names.
+/// The data types of a key (or data) type number (6 bits per part of a concatenation); none
+/// when a part is unknown, as the JSON reader reads a type with an unknown name.
 pub fn key_types(id: u32) -> Vec<DataType> {
     let mut parts = Vec::new();
     let mut t = id;
@@ -139,12 +155,14 @@ pub fn key_types(id: u32) -> Vec<DataType> {
         }
     }
     parts.reverse();
-    parts.into_iter().filter_map(type_of_id).collect()
+    parts.into_iter().map(type_of_id).collect::<Option<Vec<_>>>().unwrap_or_default()
 }
 
-/// The elements of a `NEWSETELEM` reply that parse for a set of key `types` (a verdict map:
-/// with a verdict); others are skipped, like the JSON reader skips them.
-pub fn parse_elems(raw: &[u8], types: &[DataType], verdict_map: bool) -> Result<Vec<Element>, NlError> {
+/// The elements of a `NEWSETELEM` reply that parse for `set` (its key types, what it maps to,
+/// whether it is an interval set; its elements are not looked at): a verdict map's with a
+/// verdict, a data map's with data of its types. Others are skipped, like the JSON reader skips
+/// them.
+pub fn parse_elems(raw: &[u8], set: &SetState) -> Result<Vec<Element>, NlError> {
     let Some((_, a)) = body(raw, NFT_MSG_NEWSETELEM)? else { return Ok(Vec::new()) };
     let Some(list) = find(&a, NFTA_SET_ELEM_LIST_ELEMENTS) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
@@ -156,37 +174,85 @@ pub fn parse_elems(raw: &[u8], types: &[DataType], verdict_map: bool) -> Result<
         if be32(find(&ea, NFTA_SET_ELEM_FLAGS)).unwrap_or(0) & NFT_SET_ELEM_INTERVAL_END != 0 {
             continue;
         }
-        let Some(key) = data_value(find(&ea, NFTA_SET_ELEM_KEY))? else { continue };
-        let Some(key) = parse_key(&key, types) else { continue };
-        let verdict = match find(&ea, NFTA_SET_ELEM_DATA) {
-            Some(d) if verdict_map => match data_verdict(d)? {
-                Some(v) => Some(v),
+        let Some(first) = data_value(find(&ea, NFTA_SET_ELEM_KEY))? else { continue };
+        let key = if set.interval {
+            // segment-tree intervals (sets of single fields, no last key) are not read
+            let Some(last) = data_value(find(&ea, NFTA_SET_ELEM_KEY_END))? else { continue };
+            parse_range_key(&first, &last, &set.key)
+        } else {
+            parse_key(&first, &set.key)
+        };
+        let Some(key) = key else { continue };
+        let elem = match (&set.data, find(&ea, NFTA_SET_ELEM_DATA)) {
+            (SetData::Verdict, Some(d)) => match data_verdict(d)? {
+                Some(v) => Element::verdict(key, v),
                 None => continue,
             },
-            Some(_) => continue, // non-verdict data: no layout uses it
-            None if verdict_map => continue,
-            None => None,
+            (SetData::Values(types), Some(d)) => match data_value(Some(d))?.and_then(|b| parse_key(&b, types)) {
+                Some(values) => Element::data(key, values),
+                None => continue,
+            },
+            (SetData::None, None) => Element::key(key),
+            _ => continue,
         };
-        out.push(Element { key, verdict });
+        out.push(elem);
     }
     Ok(out)
 }
 
-fn parse_key(b: &[u8], types: &[DataType]) -> Option<Vec<Value>> {
+/// The parts of a key (or data) of `types`: the whole value for one type, else each part at its
+/// natural length, parts padded to 4 bytes.
+fn split_parts<'a>(b: &'a [u8], types: &[DataType]) -> Option<Vec<&'a [u8]>> {
     if types.is_empty() {
         return None;
     }
     if types.len() == 1 {
-        return Some(vec![parse_value(b, types[0])?]);
+        return Some(vec![b]);
     }
     let mut out = Vec::new();
     let mut off = 0;
     for t in types {
         let len = super::encode::type_len(*t);
-        out.push(parse_value(b.get(off..off + len)?, *t)?);
+        out.push(b.get(off..off + len)?);
         off += len.next_multiple_of(4);
     }
     (off == b.len()).then_some(out)
+}
+
+fn parse_key(b: &[u8], types: &[DataType]) -> Option<Vec<Value>> {
+    split_parts(b, types)?.into_iter().zip(types).map(|(p, t)| parse_value(p, *t)).collect()
+}
+
+/// The key of an interval set's element from its first and last keys: per field, the value
+/// when its range is one value, the prefix when its range is exactly a prefix; `None` for any
+/// other range.
+pub fn parse_range_key(first: &[u8], last: &[u8], types: &[DataType]) -> Option<Vec<Value>> {
+    let firsts = split_parts(first, types)?;
+    let lasts = split_parts(last, types)?;
+    let mut out = Vec::new();
+    for ((f, l), t) in firsts.into_iter().zip(lasts).zip(types) {
+        if f == l {
+            out.push(parse_value(f, *t)?);
+            continue;
+        }
+        let (bits, start) = match t {
+            DataType::Ipv4Addr | DataType::Ipv6Addr if f.len() == l.len() => {
+                let to_u128 = |b: &[u8]| b.iter().fold(0u128, |n, &x| (n << 8) | u128::from(x));
+                (f.len() as u32 * 8, (to_u128(f), to_u128(l)))
+            }
+            _ => return None,
+        };
+        let (s, e) = start;
+        // a prefix: the last address is the first with every host bit set, and the first has none
+        let host = s ^ e;
+        if host & host.wrapping_add(1) != 0 || s & host != 0 {
+            return None;
+        }
+        let len = bits - host.count_ones();
+        let Value::Addr(addr) = parse_value(f, *t)? else { return None };
+        out.push(Value::Prefix(ipnetwork::IpNetwork::new(addr, len as u8).ok()?));
+    }
+    Some(out)
 }
 
 fn parse_value(b: &[u8], t: DataType) -> Option<Value> {
@@ -199,6 +265,7 @@ fn parse_value(b: &[u8], t: DataType) -> Option<Value> {
         },
         DataType::InetService => Some(Value::Port(u16::from_be_bytes(b.try_into().ok()?))),
         DataType::Ifname => ifname_of(b, true).map(Value::Ifname),
+        DataType::Mark => Some(Value::Mark(u32::from_ne_bytes(b.try_into().ok()?))),
     }
 }
 
@@ -317,6 +384,13 @@ pub fn parse_expr(e: &[u8]) -> Result<Low, NlError> {
                 },
             }
         }
+        // a range (a maximum other than the minimum) is not in the vocabulary; the kernel reports
+        // the maximum registers equal to the minimum ones when none was given
+        "nat" if u(NFTA_NAT_REG_ADDR_MAX).is_some_and(|r| Some(r) != u(NFTA_NAT_REG_ADDR_MIN))
+            || u(NFTA_NAT_REG_PROTO_MAX).is_some_and(|r| Some(r) != u(NFTA_NAT_REG_PROTO_MIN)) =>
+        {
+            Low::Other(name)
+        }
         "nat" => Low::Nat {
             kind: u(NFTA_NAT_TYPE).ok_or_else(|| missing("type"))?,
             family: u(NFTA_NAT_FAMILY).ok_or_else(|| missing("family"))?,
@@ -433,13 +507,35 @@ pub fn raise(table: TableFamily, lows: &[Low]) -> Option<Vec<Expr>> {
                             return None;
                         }
                         match (dreg, flags) {
-                            (Some(NFT_REG_VERDICT), 0) => out.push(Expr::Vmap { key: fields, map: set.clone() }),
+                            (Some(NFT_REG_VERDICT), 0) => {
+                                out.push(Expr::Vmap { key: fields, map: set.clone() });
+                                i += n + 1;
+                            }
                             (None, f) if *f & !NFT_LOOKUP_F_INV == 0 => {
-                                out.push(Expr::Lookup { key: fields, set: set.clone(), negate: *f & NFT_LOOKUP_F_INV != 0 })
+                                out.push(Expr::Lookup { key: fields, set: set.clone(), negate: *f & NFT_LOOKUP_F_INV != 0 });
+                                i += n + 1;
+                            }
+                            // a lookup into registers, then a NAT from them: `dnat ip to <key> map @m`
+                            (Some(r), 0) => {
+                                let Some(Low::Nat { kind: NFT_NAT_DNAT, family, addr: Some(a), proto: Some(p), flags }) = rest.get(n + 1) else {
+                                    return None;
+                                };
+                                let fam = match u8::try_from(*family).ok()? {
+                                    NFPROTO_IPV4 => Family::V4,
+                                    NFPROTO_IPV6 => Family::V6,
+                                    _ => return None,
+                                };
+                                // the kernel records the registers given as flags; any other flag is another statement
+                                if (*r, *a, *p) != (dnat_map_regs(fam).0, dnat_map_regs(fam).0, dnat_map_regs(fam).1)
+                                    || flags & !(NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) != 0
+                                {
+                                    return None;
+                                }
+                                out.push(Expr::DnatMap { family: fam, key: fields, map: set.clone() });
+                                i += n + 2;
                             }
                             _ => return None,
                         }
-                        i += n + 1;
                     }
                     Some(Low::Cmp { .. } | Low::Bitwise { .. }) if n == 1 => {
                         let (f, reg) = field_of(&loads[0], nfproto, &mut l4dep)?;
@@ -671,7 +767,9 @@ mod tests {
         use DataType::*;
         assert_eq!(key_types(29453), vec![Ipv4Addr, InetProto, InetService]);
         assert_eq!(key_types(41), vec![Ifname]);
-        assert_eq!(key_types(7 << 6 | 63), vec![Ipv4Addr]); // unknown part left out
+        // a type with an unknown part is not read, as the JSON reader reads it
+        assert_eq!(key_types(7 << 6 | 63), vec![]);
+        assert_eq!(key_types(19 << 12 | 19 << 6 | 19), vec![Mark, Mark, Mark]);
         let k = super::super::encode::key_bytes(
             &[Value::Addr("2001:db8::1".parse().unwrap()), Value::Proto(Protocol::Sctp), Value::Port(8444)],
             &[Ipv6Addr, InetProto, InetService],
@@ -686,12 +784,13 @@ mod tests {
     #[test]
     fn elements_and_comments_from_messages() {
         let t = TableRef::inet("t");
-        let e = Element { key: vec![Value::Proto(Protocol::Tcp), Value::Port(8080)], verdict: Some(Verdict::Goto("p-x".into())) };
+        let e = Element::verdict(vec![Value::Proto(Protocol::Tcp), Value::Port(8080)], Verdict::Goto("p-x".into()));
+        let shape = |data| SetState { name: "any4".into(), key: vec![DataType::InetProto, DataType::InetService], data, interval: false, elems: vec![] };
         let msg = &op_messages(&Op::AddElements { table: t.clone(), set: "any4".into(), elems: vec![e.clone()] }).unwrap()[0];
         // a dump reply has the request's layout, with NEWSETELEM
-        assert_eq!(parse_elems(&msg.bytes, &[DataType::InetProto, DataType::InetService], true).unwrap(), vec![e.clone()]);
+        assert_eq!(parse_elems(&msg.bytes, &shape(SetData::Verdict)).unwrap(), vec![e.clone()]);
         // in a plain set, data is not expected: skipped like the JSON reader does
-        assert!(parse_elems(&msg.bytes, &[DataType::InetProto, DataType::InetService], false).unwrap().is_empty());
+        assert!(parse_elems(&msg.bytes, &shape(SetData::None)).unwrap().is_empty());
         let c = op_messages(&Op::AddChain { table: t, name: "c".into(), base: None, comment: Some("net: n id: c if: eth0".into()) }).unwrap();
         let (table, chain) = parse_chain(&c[0].bytes).unwrap().unwrap();
         assert_eq!((table.as_str(), chain.name.as_str(), chain.hook), ("t", "c", None));

@@ -12,14 +12,26 @@
 //! - concatenated keys are loaded into consecutive 4-byte register slots (slot 0 = `NFT_REG_1`,
 //!   every 16-byte-aligned slot as the 16-byte register, the others as `NFT_REG32_*`), each field
 //!   padded to 4 bytes, and looked up from the first;
-//! - NAT takes the address in `NFT_REG_1` and the port in `NFT_REG_2`;
-//! - sets carry `nft`'s user data (key/data byte order, the typeof marker of concatenations);
-//!   comments of chains and rules are `NFTNL_UDATA_*_COMMENT` TLVs holding the text and a NUL.
+//! - NAT takes the address in `NFT_REG_1` and the port in `NFT_REG_2`; a NAT from a map
+//!   (`dnat ip to <key> map @m`) looks the key up into `NFT_REG_1` and takes the port from the
+//!   slot right after the address (`NFT_REG32_01` for IPv4, `NFT_REG_2` for IPv6);
+//! - sets carry `nft`'s user data (key/data byte order, the typeof marker of concatenated keys
+//!   and data); comments of chains and rules are `NFTNL_UDATA_*_COMMENT` TLVs holding the text
+//!   and a NUL;
+//! - interval sets with concatenated keys (the kernel's pipapo backend) are flagged
+//!   `NFT_SET_INTERVAL | NFT_SET_CONCAT` and describe their fields' lengths (`NFTA_SET_DESC`);
+//!   each element names its first (`NFTA_SET_ELEM_KEY`) and last (`NFTA_SET_ELEM_KEY_END`) key,
+//!   in additions and deletions alike; marks are in host byte order.
 
 use super::consts::*;
-use crate::nft::ops::{comment_text, BaseChain, ChainType, DataType, Element, Expr, Field, Hook, Op, Rule, SetDef, TableFamily, TableRef, Value, Verdict};
+use crate::nft::ops::{
+    comment_text, BaseChain, ChainType, DataType, Element, Expr, Field, Hook, Op, Rule, SetData, SetDef, TableFamily, TableRef, Value,
+    Verdict,
+};
 use crate::{CniError, Family, Protocol};
 use cni_common::netlink::socket::{nfgen_message, put_attr, put_nested, HEADER_LEN, NFGENMSG_LEN};
+use ipnetwork::IpNetwork;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// Data an immediate expression loads.
@@ -184,7 +196,23 @@ fn value_bytes(v: &Value, ty: DataType) -> Result<Vec<u8>, CniError> {
         (Value::Proto(p), DataType::InetProto) => Ok(vec![proto_number(*p)]),
         (Value::Port(p), DataType::InetService) => Ok(p.to_be_bytes().to_vec()),
         (Value::Ifname(n), DataType::Ifname) => ifname_bytes(n),
+        // nft keeps marks in host byte order
+        (Value::Mark(m), DataType::Mark) => Ok(m.to_ne_bytes().to_vec()),
         _ => Err(bad()),
+    }
+}
+
+/// The first and last value a key part of an interval set covers, in wire order and natural
+/// length: a prefix spans its network's addresses, any other value only itself.
+fn range_bytes(v: &Value, ty: DataType) -> Result<(Vec<u8>, Vec<u8>), CniError> {
+    match (v, ty) {
+        (Value::Prefix(p @ IpNetwork::V4(_)), DataType::Ipv4Addr) | (Value::Prefix(p @ IpNetwork::V6(_)), DataType::Ipv6Addr) => {
+            Ok((addr_bytes(&p.network()), addr_bytes(&p.broadcast())))
+        }
+        _ => {
+            let b = value_bytes(v, ty)?;
+            Ok((b.clone(), b))
+        }
     }
 }
 
@@ -196,6 +224,7 @@ pub fn type_len(t: DataType) -> usize {
         DataType::InetProto => 1,
         DataType::InetService => 2,
         DataType::Ifname => IFNAMSIZ,
+        DataType::Mark => 4,
     }
 }
 
@@ -207,6 +236,7 @@ pub fn type_id(t: DataType) -> u32 {
         DataType::InetProto => TYPE_INET_PROTOCOL,
         DataType::InetService => TYPE_INET_SERVICE,
         DataType::Ifname => TYPE_IFNAME,
+        DataType::Mark => TYPE_MARK,
     }
 }
 
@@ -218,6 +248,7 @@ pub fn type_of_id(id: u32) -> Option<DataType> {
         TYPE_INET_PROTOCOL => DataType::InetProto,
         TYPE_INET_SERVICE => DataType::InetService,
         TYPE_IFNAME => DataType::Ifname,
+        TYPE_MARK => DataType::Mark,
         _ => return None,
     })
 }
@@ -225,38 +256,58 @@ pub fn type_of_id(id: u32) -> Option<DataType> {
 /// The byte order nft records for a key of this type.
 fn type_byteorder(t: DataType) -> u32 {
     match t {
-        DataType::Ifname => BYTEORDER_HOST_ENDIAN,
+        DataType::Ifname | DataType::Mark => BYTEORDER_HOST_ENDIAN,
         _ => BYTEORDER_BIG_ENDIAN,
     }
 }
 
-/// Key bytes of an element: one part at its natural length, or every part padded to 4 bytes.
-pub fn key_bytes(key: &[Value], types: &[DataType]) -> Result<Vec<u8>, CniError> {
+/// Parts laid out as a key or map data: one part at its natural length, or every part padded
+/// to 4 bytes (a concatenation).
+fn concat(parts: Vec<Vec<u8>>) -> Vec<u8> {
+    if parts.len() == 1 {
+        return parts.into_iter().next().expect("one part");
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p);
+        out.resize(out.len().next_multiple_of(4), 0);
+    }
+    out
+}
+
+fn check_parts(key: &[Value], types: &[DataType]) -> Result<(), CniError> {
     if key.len() != types.len() || key.is_empty() {
         return Err(unsupported(format!("key of {} parts for a type of {}", key.len(), types.len())));
     }
-    if key.len() == 1 {
-        return value_bytes(&key[0], types[0]);
-    }
-    let mut out = Vec::new();
-    for (v, t) in key.iter().zip(types) {
-        out.extend(value_bytes(v, *t)?);
-        out.resize(out.len().next_multiple_of(4), 0);
-    }
-    Ok(out)
+    Ok(())
 }
 
-/// The data types of an element's key, guessed from its values (for deletes, whose set type is
-/// not known to the operation).
+/// Key bytes of an element (or the data of a data map's element): one part at its natural
+/// length, or every part padded to 4 bytes.
+pub fn key_bytes(key: &[Value], types: &[DataType]) -> Result<Vec<u8>, CniError> {
+    check_parts(key, types)?;
+    Ok(concat(key.iter().zip(types).map(|(v, t)| value_bytes(v, *t)).collect::<Result<_, _>>()?))
+}
+
+/// The first and last key an element of an interval set covers (`NFTA_SET_ELEM_KEY` and
+/// `NFTA_SET_ELEM_KEY_END`): every part's first values, and every part's last values.
+pub fn key_range_bytes(key: &[Value], types: &[DataType]) -> Result<(Vec<u8>, Vec<u8>), CniError> {
+    check_parts(key, types)?;
+    let (first, last): (Vec<_>, Vec<_>) = key.iter().zip(types).map(|(v, t)| range_bytes(v, *t)).collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
+    Ok((concat(first), concat(last)))
+}
+
+/// The data types of an element's key (or data), guessed from its values (for an element
+/// operation on a set the transaction does not define and that was not looked up).
 fn types_of(key: &[Value]) -> Result<Vec<DataType>, CniError> {
     key.iter()
         .map(|v| match v {
-            Value::Addr(IpAddr::V4(_)) => Ok(DataType::Ipv4Addr),
-            Value::Addr(IpAddr::V6(_)) => Ok(DataType::Ipv6Addr),
+            Value::Addr(IpAddr::V4(_)) | Value::Prefix(IpNetwork::V4(_)) => Ok(DataType::Ipv4Addr),
+            Value::Addr(IpAddr::V6(_)) | Value::Prefix(IpNetwork::V6(_)) => Ok(DataType::Ipv6Addr),
             Value::Proto(_) => Ok(DataType::InetProto),
             Value::Port(_) => Ok(DataType::InetService),
             Value::Ifname(_) => Ok(DataType::Ifname),
-            Value::Prefix(p) => Err(unsupported(format!("prefix {p} as a set key (no layout uses interval sets)"))),
+            Value::Mark(_) => Ok(DataType::Mark),
         })
         .collect()
 }
@@ -439,10 +490,30 @@ impl Lowering {
                     flags: NF_NAT_RANGE_PROTO_SPECIFIED,
                 });
             }
+            Expr::DnatMap { family, key, map } => {
+                if matches!((self.table, family), (TableFamily::Ip, Family::V6) | (TableFamily::Ip6, Family::V4)) {
+                    return Err(unsupported(format!("{} in a table of family {}", e.text(), self.table.as_str())));
+                }
+                let sreg = self.concat(key)?;
+                let (ra, rp) = dnat_map_regs(*family);
+                self.out.push(Low::Lookup { set: map.clone(), sreg, dreg: Some(ra), flags: 0 });
+                // nft sends no flags here: the kernel derives them from the registers given
+                self.out.push(Low::Nat { kind: NFT_NAT_DNAT, family: u32::from(nfproto_of(*family)), addr: Some(ra), proto: Some(rp), flags: 0 });
+            }
             Expr::Verdict(v) => self.out.push(Low::Immediate { dreg: NFT_REG_VERDICT, data: ImmData::Verdict(v.clone()) }),
         }
         Ok(())
     }
+}
+
+/// The registers of a NAT from a map of `ipvX_addr . inet_service` data: the lookup writes the
+/// data from `NFT_REG_1`, the address first, the port in the 4-byte slot right after it.
+pub fn dnat_map_regs(family: Family) -> (u32, u32) {
+    let addr_slots = match family {
+        Family::V4 => 1,
+        Family::V6 => 4,
+    };
+    (NFT_REG_1, reg_of_slot(addr_slots))
 }
 
 /// The kernel expressions of a rule in a table of family `table`.
@@ -632,12 +703,13 @@ fn verb(add: bool) -> &'static str {
     }
 }
 
-/// An element as `nft` writes it: with its verdict when added, the key alone when deleted.
+/// An element as `nft` writes it: with its verdict or data when added, the key alone when
+/// deleted.
 fn elem_text(e: &Element, add: bool) -> String {
     if add {
         e.text()
     } else {
-        Element { key: e.key.clone(), verdict: None }.text()
+        e.key_only().text()
     }
 }
 
@@ -652,7 +724,7 @@ fn op_text(op: &Op) -> String {
         Op::DeleteChain { table, name } => format!("delete chain {} {name}", table_text(table)),
         Op::AddRule { table, chain, rule } => format!("add rule {} {chain} {}", table_text(table), rule.text()),
         Op::AddSet { table, set } => {
-            format!("add {} {} {}", if set.verdict_map { "map" } else { "set" }, table_text(table), set.name)
+            format!("add {} {} {}", if set.is_map() { "map" } else { "set" }, table_text(table), set.name)
         }
         Op::AddElements { table, set, elems } => format!("add {} elements of {} {set}", elems.len(), table_text(table)),
         Op::DeleteElements { table, set, elems } => format!("delete {} elements of {} {set}", elems.len(), table_text(table)),
@@ -690,28 +762,40 @@ pub fn comment_udata(kind: u8, comment: &str) -> Result<Vec<u8>, CniError> {
     Ok(udata(kind, &text))
 }
 
-/// The user data nft 1.x stores in a set of these key types (map: verdict data).
-pub fn set_udata(key: &[DataType], map: bool) -> Vec<u8> {
-    let mut u = Vec::new();
-    let order = if key.len() == 1 { type_byteorder(key[0]) } else { BYTEORDER_INVALID };
-    u.extend(udata(UDATA_SET_KEYBYTEORDER, &order.to_ne_bytes()));
-    if map {
-        u.extend(udata(UDATA_SET_DATABYTEORDER, &BYTEORDER_INVALID.to_ne_bytes()));
-    }
-    if key.len() > 1 {
-        // What nft records as the "typeof" of a concatenation declared by type: an expression
-        // marker (13) and no sub-expressions.
+/// The user data nft 1.x stores in a set of these key types mapping to `data`, TLVs in this
+/// order: the key's byte order; for maps the data's byte order; for a concatenated key, and for
+/// concatenated data, the "typeof" marker; for maps the data-interval flag (0).
+/// A concatenation's byte order is recorded as invalid (0), a verdict's too.
+pub fn set_udata(key: &[DataType], data: &SetData) -> Vec<u8> {
+    let order = |types: &[DataType]| if types.len() == 1 { type_byteorder(types[0]) } else { BYTEORDER_INVALID };
+    // What nft records as the "typeof" of a concatenation declared by type: an expression
+    // marker (13) and no sub-expressions.
+    let concat_typeof = || {
         let mut inner = udata(0, &13u32.to_ne_bytes());
         inner.extend(udata(1, &[]));
-        u.extend(udata(UDATA_SET_KEY_TYPEOF, &inner));
+        inner
+    };
+    let mut u = Vec::new();
+    u.extend(udata(UDATA_SET_KEYBYTEORDER, &order(key).to_ne_bytes()));
+    match data {
+        SetData::None => {}
+        SetData::Verdict => u.extend(udata(UDATA_SET_DATABYTEORDER, &BYTEORDER_INVALID.to_ne_bytes())),
+        SetData::Values(d) => u.extend(udata(UDATA_SET_DATABYTEORDER, &order(d).to_ne_bytes())),
     }
-    if map {
+    if key.len() > 1 {
+        u.extend(udata(UDATA_SET_KEY_TYPEOF, &concat_typeof()));
+    }
+    if matches!(data, SetData::Values(d) if d.len() > 1) {
+        u.extend(udata(UDATA_SET_DATA_TYPEOF, &concat_typeof()));
+    }
+    if *data != SetData::None {
         u.extend(udata(UDATA_SET_DATA_INTERVAL, &0u32.to_ne_bytes()));
     }
     u
 }
 
-/// Key type number and length of a set key (concatenations: 6 bits per part, parts padded to 4).
+/// Type number and length of a set key or map data (concatenations: 6 bits per part, parts
+/// padded to 4).
 pub fn set_key_type(key: &[DataType]) -> (u32, u32) {
     if key.len() == 1 {
         return (type_id(key[0]), type_len(key[0]) as u32);
@@ -746,8 +830,42 @@ fn check_name(what: &str, name: &str) -> Result<(), CniError> {
 /// Largest element list put in one message (the list is one attribute: under 64 KiB).
 const ELEMS_BYTES_MAX: usize = 32 * 1024;
 
-/// The messages of one operation (none for an empty element list).
+/// Definitions of sets and maps the encoder of element operations knows, by table and name: the
+/// sets a transaction makes, and those looked up in the kernel. The elements of an interval set
+/// carry their last key too, which the elements alone do not tell (`10.0.0.1 . 10.0.0.2` is
+/// a single key in either kind of set).
+#[derive(Debug, Clone, Default)]
+pub struct SetCatalog(HashMap<(TableRef, String), SetDef>);
+
+impl SetCatalog {
+    /// The sets `ops` make.
+    pub fn of_ops(ops: &[Op]) -> SetCatalog {
+        let mut c = SetCatalog::default();
+        for op in ops {
+            if let Op::AddSet { table, set } = op {
+                c.insert(table, set.clone());
+            }
+        }
+        c
+    }
+    pub fn insert(&mut self, table: &TableRef, set: SetDef) {
+        self.0.insert((table.clone(), set.name.clone()), set);
+    }
+    pub fn get(&self, table: &TableRef, name: &str) -> Option<&SetDef> {
+        self.0.get(&(table.clone(), name.to_string()))
+    }
+}
+
+/// The messages of one operation (none for an empty element list); element operations are laid
+/// out from their values alone (see [`op_messages_in`]).
 pub fn op_messages(op: &Op) -> Result<Vec<Msg>, CniError> {
+    op_messages_in(op, &SetCatalog::default())
+}
+
+/// The messages of one operation, element operations laid out for their set as `sets` defines
+/// it; for a set it does not define, key and data types are those of the values, and the set is
+/// taken for an interval set when a key holds a prefix.
+pub fn op_messages_in(op: &Op, sets: &SetCatalog) -> Result<Vec<Msg>, CniError> {
     let one = |bytes: Vec<u8>, flags: u16| Ok(vec![Msg { bytes, flags, op: 0, elems: None }]);
     match op {
         Op::AddTable(t) | Op::CreateTable(t) => {
@@ -820,8 +938,8 @@ pub fn op_messages(op: &Op) -> Result<Vec<Msg>, CniError> {
             one(message(NFT_MSG_NEWRULE, family_byte(table.family), &a), NLM_F_CREATE | NLM_F_APPEND)
         }
         Op::AddSet { table, set } => set_message(table, set),
-        Op::AddElements { table, set, elems } => elem_messages(table, set, elems, true),
-        Op::DeleteElements { table, set, elems } => elem_messages(table, set, elems, false),
+        Op::AddElements { table, set, elems } => elem_messages(table, set, sets.get(table, set), elems, true),
+        Op::DeleteElements { table, set, elems } => elem_messages(table, set, sets.get(table, set), elems, false),
     }
 }
 
@@ -834,44 +952,118 @@ fn next_set_id() -> u32 {
 
 fn set_message(table: &TableRef, set: &SetDef) -> Result<Vec<Msg>, CniError> {
     check_name("set", &set.name)?;
+    let what = || format!("{} {}", if set.is_map() { "map" } else { "set" }, set.name);
     if set.key.is_empty() || set.key.len() > 5 {
-        return Err(unsupported(format!("set {} with a key of {} parts", set.name, set.key.len())));
+        return Err(unsupported(format!("{} with a key of {} parts", what(), set.key.len())));
+    }
+    // nft writes interval sets of single values as segment trees (start and end elements); only
+    // concatenations (one range per field, pipapo) are encoded here.
+    if set.interval && set.key.len() == 1 {
+        return Err(unsupported(format!("{}: interval sets with a key of one field", what())));
     }
     let (ty, len) = set_key_type(&set.key);
+    let mut flags = 0;
+    if set.is_map() {
+        flags |= NFT_SET_MAP;
+    }
+    if set.interval {
+        flags |= NFT_SET_INTERVAL | NFT_SET_CONCAT;
+    }
     let mut a = Vec::new();
     put_str(&mut a, NFTA_SET_TABLE, &table.name);
     put_str(&mut a, NFTA_SET_NAME, &set.name);
-    put_u32(&mut a, NFTA_SET_FLAGS, if set.verdict_map { NFT_SET_MAP } else { 0 });
+    put_u32(&mut a, NFTA_SET_FLAGS, flags);
     put_u32(&mut a, NFTA_SET_KEY_TYPE, ty);
     put_u32(&mut a, NFTA_SET_KEY_LEN, len);
-    if set.verdict_map {
-        put_u32(&mut a, NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
-        put_u32(&mut a, NFTA_SET_DATA_LEN, 0);
+    match &set.data {
+        SetData::None => {}
+        SetData::Verdict => {
+            put_u32(&mut a, NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+            put_u32(&mut a, NFTA_SET_DATA_LEN, 0);
+        }
+        SetData::Values(d) => {
+            if d.is_empty() || d.len() > 5 {
+                return Err(unsupported(format!("{} with data of {} parts", what(), d.len())));
+            }
+            let (dty, dlen) = set_key_type(d);
+            put_u32(&mut a, NFTA_SET_DATA_TYPE, dty);
+            put_u32(&mut a, NFTA_SET_DATA_LEN, dlen);
+        }
     }
     // Required by the kernel: a transaction-local id other messages could refer to the new set
     // by (ours refer to sets by name).
     put_u32(&mut a, NFTA_SET_ID, next_set_id());
-    put_attr(&mut a, NFTA_SET_USERDATA, &set_udata(&set.key, set.verdict_map));
+    if set.interval {
+        // the length of each field, unpadded: the kernel lays out its pipapo fields by them
+        put_nested(&mut a, NFTA_SET_DESC, |d| {
+            put_nested(d, NFTA_SET_DESC_CONCAT, |c| {
+                for t in &set.key {
+                    put_nested(c, NFTA_LIST_ELEM, |f| put_u32(f, NFTA_SET_FIELD_LEN, type_len(*t) as u32));
+                }
+            })
+        });
+    }
+    put_attr(&mut a, NFTA_SET_USERDATA, &set_udata(&set.key, &set.data));
     Ok(vec![Msg { bytes: message(NFT_MSG_NEWSET, family_byte(table.family), &a), flags: NLM_F_CREATE, op: 0, elems: None }])
 }
 
-/// One element attribute: key, and the verdict when adding.
-fn elem_attr(e: &Element, add: bool) -> Result<Vec<u8>, CniError> {
-    let key = key_bytes(&e.key, &types_of(&e.key)?)?;
+/// What the elements of one operation are laid out for: their set's definition, or types
+/// guessed from each element's values.
+struct ElemShape<'a> {
+    set: &'a str,
+    def: Option<&'a SetDef>,
+    /// Without a definition: whether the set is taken for an interval set.
+    interval: bool,
+}
+
+/// One element attribute: key (and last key in an interval set), and when adding, the verdict or
+/// data.
+fn elem_attr(e: &Element, add: bool, shape: &ElemShape) -> Result<Vec<u8>, CniError> {
+    let bad = |why: &str| unsupported(format!("element {} of {}: {why}", elem_text(e, add), shape.set));
+    let key_types = match shape.def {
+        Some(d) => d.key.clone(),
+        None => types_of(&e.key)?,
+    };
+    let interval = shape.def.map_or(shape.interval, |d| d.interval);
+    let (key, key_end) = if interval {
+        let (first, last) = key_range_bytes(&e.key, &key_types)?;
+        (first, Some(last))
+    } else {
+        (key_bytes(&e.key, &key_types)?, None)
+    };
+    let data = if !add {
+        None
+    } else {
+        match (shape.def.map(|d| &d.data), &e.verdict, e.data.is_empty()) {
+            (Some(SetData::None), None, true) => None,
+            (Some(SetData::None), ..) => return Err(bad("data for a set")),
+            (Some(SetData::Verdict) | None, Some(v), true) => Some(ImmData::Verdict(v.clone())),
+            (Some(SetData::Verdict), ..) => return Err(bad("a verdict map's element needs a verdict")),
+            (Some(SetData::Values(types)), None, false) => Some(ImmData::Value(key_bytes(&e.data, types)?)),
+            (Some(SetData::Values(_)), ..) => return Err(bad("a data map's element needs data and no verdict")),
+            (None, None, false) => Some(ImmData::Value(key_bytes(&e.data, &types_of(&e.data)?)?)),
+            (None, None, true) => None,
+            (None, Some(_), false) => return Err(bad("both a verdict and data")),
+        }
+    };
     let mut out = Vec::new();
     put_nested(&mut out, NFTA_LIST_ELEM, |el| {
         put_value(el, NFTA_SET_ELEM_KEY, &key);
-        if add {
-            if let Some(v) = &e.verdict {
-                put_verdict(el, NFTA_SET_ELEM_DATA, v);
-            }
+        if let Some(end) = &key_end {
+            put_value(el, NFTA_SET_ELEM_KEY_END, end);
+        }
+        match &data {
+            Some(ImmData::Verdict(v)) => put_verdict(el, NFTA_SET_ELEM_DATA, v),
+            Some(ImmData::Value(d)) => put_value(el, NFTA_SET_ELEM_DATA, d),
+            None => {}
         }
     });
     Ok(out)
 }
 
-fn elem_messages(table: &TableRef, set: &str, elems: &[Element], add: bool) -> Result<Vec<Msg>, CniError> {
+fn elem_messages(table: &TableRef, set: &str, def: Option<&SetDef>, elems: &[Element], add: bool) -> Result<Vec<Msg>, CniError> {
     check_name("set", set)?;
+    let shape = ElemShape { set, def, interval: elems.iter().any(|e| e.key.iter().any(|v| matches!(v, Value::Prefix(_)))) };
     let mut out = Vec::new();
     let mut done = 0;
     while done < elems.len() {
@@ -883,7 +1075,7 @@ fn elem_messages(table: &TableRef, set: &str, elems: &[Element], add: bool) -> R
         let mut list = Vec::new();
         let mut offs = Vec::new();
         for e in &elems[done..] {
-            let attr = elem_attr(e, add)?;
+            let attr = elem_attr(e, add, &shape)?;
             if !offs.is_empty() && list.len() + attr.len() > ELEMS_BYTES_MAX {
                 break;
             }
@@ -1002,10 +1194,10 @@ mod tests {
         assert_eq!(set_key_type(&[Ipv6Addr, InetProto, InetService]), (33549, 24));
         assert_eq!(set_key_type(&[Ifname]), (41, 16));
         // Bytes captured from `nft --debug=mnl` (nft 1.0.6) for the same declarations.
-        assert_eq!(set_udata(&[Ipv4Addr], true), [0, 4, 2, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0]);
-        assert_eq!(set_udata(&[Ifname], false), [0, 4, 1, 0, 0, 0]);
+        assert_eq!(set_udata(&[Ipv4Addr], &SetData::Verdict), [0, 4, 2, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0]);
+        assert_eq!(set_udata(&[Ifname], &SetData::None), [0, 4, 1, 0, 0, 0]);
         assert_eq!(
-            set_udata(&[Ipv4Addr, InetProto, InetService], true),
+            set_udata(&[Ipv4Addr, InetProto, InetService], &SetData::Verdict),
             [0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0]
         );
         assert_eq!(comment_udata(0, "net: net1 id: c1 if: eth0").unwrap()[..2], [0, 26]);
@@ -1062,7 +1254,7 @@ mod tests {
     #[test]
     fn element_message_bytes_and_parts() {
         let t = TableRef::inet("cnirs_masquerade");
-        let e = Element { key: vec![Value::Addr("10.1.0.5".parse().unwrap())], verdict: Some(Verdict::Goto("m-8e48f37d5de6-294f9e4a4bb08eb2".into())) };
+        let e = Element::verdict(vec![Value::Addr("10.1.0.5".parse().unwrap())], Verdict::Goto("m-8e48f37d5de6-294f9e4a4bb08eb2".into()));
         let op = Op::AddElements { table: t.clone(), set: "masq4".into(), elems: vec![e.clone()] };
         let msgs = op_messages(&op).unwrap();
         let m = &msgs[0];
@@ -1087,7 +1279,7 @@ mod tests {
         // empty lists: no message; long lists: split under 64 KiB per message
         assert!(op_messages(&Op::AddElements { table: t.clone(), set: "s".into(), elems: vec![] }).unwrap().is_empty());
         let many: Vec<Element> =
-            (0..3000u32).map(|i| Element { key: vec![Value::Addr(std::net::Ipv4Addr::from(0x0a00_0000 + i).into())], verdict: Some(Verdict::Goto("c".repeat(40))) }).collect();
+            (0..3000u32).map(|i| Element::verdict(vec![Value::Addr(std::net::Ipv4Addr::from(0x0a00_0000 + i).into())], Verdict::Goto("c".repeat(40)))).collect();
         let op = Op::AddElements { table: t, set: "masq4".into(), elems: many };
         let msgs = op_messages(&op).unwrap();
         assert!(msgs.len() > 1);
@@ -1118,7 +1310,7 @@ mod tests {
         let reg = op_messages(&Op::AddChain { table: t.clone(), name: "c".into(), base: None, comment: Some("a \"b\"".into()) }).unwrap();
         // comment user data: type 0, length 4, "a b" + NUL
         assert!(reg[0].bytes.windows(6).any(|w| w == [0, 4, b'a', b' ', b'b', 0]));
-        let op = Op::AddSet { table: t, set: SetDef { name: "iso".into(), key: vec![DataType::Ifname], verdict_map: false } };
+        let op = Op::AddSet { table: t, set: SetDef::set("iso", vec![DataType::Ifname]) };
         let set = op_messages(&op).unwrap();
         assert_eq!(set[0].what(&op), "add set inet t iso");
         assert!(!set[0].bytes.windows(4).any(|w| w == NFT_DATA_VERDICT.to_be_bytes()));
