@@ -697,9 +697,9 @@ pub fn read_error(what: &str, e: NlError) -> CniError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::encode::{lower_rule, op_messages};
+    use super::super::encode::{lower_rule, op_messages, op_messages_in, put_str, SetCatalog};
     use super::*;
-    use crate::nft::ops::{Op, TableRef};
+    use crate::nft::ops::{Op, SetDef, TableRef};
     use crate::nft::plan;
     use crate::{AttachmentKey, IsolationSpec, MasqSpec, PortMapSpec, PortMapping};
 
@@ -797,5 +797,164 @@ mod tests {
         assert_eq!(udata_comment(&[0, 4, b'a', b'b', b'c', 0], 0).as_deref(), Some("abc"));
         assert_eq!(udata_comment(&[7, 2, b'x', 0, 0, 2, b'y', 0], 0).as_deref(), Some("y"));
         assert_eq!(udata_comment(&[0, 9, b'x'], 0), None);
+    }
+
+    // ---- data maps, concatenated interval sets, dnat from a map ----
+
+    fn v(s: &str) -> Value {
+        if s.contains('/') {
+            Value::Prefix(s.parse().unwrap())
+        } else {
+            Value::Addr(s.parse().unwrap())
+        }
+    }
+
+    /// The new statements through the wire and back, and their JSON as `nft -j list` (1.0.6)
+    /// printed it for the same rules.
+    #[test]
+    fn dnat_maps_and_data_map_lookups_roundtrip() {
+        let t = TableFamily::Inet;
+        let dm = |family, key: Vec<Field>, map: &str| Expr::DnatMap { family, key, map: map.into() };
+        let cases = vec![
+            (
+                Rule::new(vec![dm(Family::V4, vec![Field::Daddr(Family::V4), Field::L4proto, Field::ThDport], "dnat4h")]),
+                r#"[{"dnat": {"family": "ip", "addr": {"map": {"key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@dnat4h"}}}}]"#,
+            ),
+            (
+                Rule::new(vec![Expr::Nfproto(Family::V4), dm(Family::V4, vec![Field::L4proto, Field::ThDport], "dnat4")]),
+                r#"[{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}}, {"dnat": {"family": "ip", "addr": {"map": {"key": {"concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@dnat4"}}}}]"#,
+            ),
+            (
+                Rule::new(vec![dm(Family::V6, vec![Field::Daddr(Family::V6), Field::L4proto, Field::ThDport], "dnat6h")]),
+                r#"[{"dnat": {"family": "ip6", "addr": {"map": {"key": {"concat": [{"payload": {"protocol": "ip6", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@dnat6h"}}}}]"#,
+            ),
+            (
+                Rule::new(vec![Expr::Lookup { key: vec![Field::Saddr(Family::V4)], set: "masq4".into(), negate: false }, Expr::Masquerade]),
+                r#"[{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@masq4"}}, {"masquerade": null}]"#,
+            ),
+            (
+                Rule::new(vec![
+                    Expr::CtStatusDnat,
+                    Expr::Lookup { key: vec![Field::Daddr(Family::V6), Field::Saddr(Family::V6)], set: "exempt6".into(), negate: false },
+                    Expr::Masquerade,
+                ]),
+                r#"[{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip6", "field": "daddr"}}, {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@exempt6"}}, {"masquerade": null}]"#,
+            ),
+        ];
+        for (rule, nft_json) in cases {
+            let op = Op::AddRule { table: TableRef::inet("t"), chain: "c".into(), rule: rule.clone() };
+            let (_, _, back) = parse_rule(&op_messages(&op).unwrap()[0].bytes).unwrap().unwrap();
+            assert!(back.matches(&rule), "{}", rule.text());
+            let want: J = serde_json::from_str(nft_json).unwrap();
+            assert_eq!(back.exprs.json(), want, "{}", rule.text());
+            // the kernel reports the flags it derived from the registers given: still the same statement
+            let mut lows = lower_rule(t, &rule).unwrap();
+            for l in lows.iter_mut() {
+                if let Low::Nat { flags, .. } = l {
+                    *flags = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
+                }
+            }
+            assert_eq!(rule_json(t, &lows), want);
+        }
+        // other registers or flags are other statements
+        let rule = Rule::new(vec![dm(Family::V6, vec![Field::L4proto, Field::ThDport], "m")]);
+        let lows = lower_rule(t, &rule).unwrap();
+        let mut wrong_port = lows.clone();
+        if let Some(Low::Nat { proto, .. }) = wrong_port.last_mut() {
+            *proto = Some(9);
+        }
+        assert_eq!(raise(t, &wrong_port), None);
+        let mut random = lows.clone();
+        if let Some(Low::Nat { flags, .. }) = random.last_mut() {
+            *flags = 0x4; // NF_NAT_RANGE_PROTO_RANDOM
+        }
+        assert_eq!(raise(t, &random), None);
+        let mut no_nat = lows;
+        no_nat.pop();
+        assert_eq!(raise(t, &no_nat), None);
+    }
+
+    #[test]
+    fn nat_ranges_are_not_statements() {
+        // as the kernel dumps `dnat ip to 10.0.0.1-10.0.0.2`: a maximum register other than the minimum
+        let mut d = Vec::new();
+        put_str(&mut d, NFTA_EXPR_NAME, "nat");
+        cni_common::netlink::socket::put_nested(&mut d, NFTA_EXPR_DATA, |x| {
+            for (k, val) in [(NFTA_NAT_TYPE, NFT_NAT_DNAT), (NFTA_NAT_FAMILY, 2), (NFTA_NAT_REG_ADDR_MIN, 1), (NFTA_NAT_REG_ADDR_MAX, 9)] {
+                cni_common::netlink::socket::put_attr(x, k, &val.to_be_bytes());
+            }
+        });
+        assert_eq!(parse_expr(&d).unwrap(), Low::Other("nat".into()));
+    }
+
+    #[test]
+    fn data_maps_and_interval_sets_from_messages() {
+        use DataType::*;
+        let t = TableRef::inet("t");
+        let defs = [
+            SetDef::map("masq4", vec![Ipv4Addr], vec![Mark, Mark, Mark]),
+            SetDef::interval_set("exempt6", vec![Ipv6Addr, Ipv6Addr]),
+            SetDef::map("dnat4", vec![InetProto, InetService], vec![Ipv4Addr, InetService]),
+            SetDef::vmap("v", vec![Ipv4Addr, Ipv4Addr]),
+        ];
+        let mut shapes = Vec::new();
+        for def in &defs {
+            let msg = &op_messages(&Op::AddSet { table: t.clone(), set: def.clone() }).unwrap()[0];
+            let (table, st, flags) = parse_set(&msg.bytes).unwrap().unwrap();
+            assert_eq!(table, "t");
+            assert_eq!((&st.name, &st.key, &st.data, st.interval), (&def.name, &def.key, &def.data, def.interval));
+            assert_eq!(flags & NFT_SET_CONCAT != 0, def.interval);
+            shapes.push(st);
+        }
+        let sets = SetCatalog::of_ops(&defs.iter().map(|d| Op::AddSet { table: t.clone(), set: d.clone() }).collect::<Vec<_>>());
+        let back = |set: &SetState, elems: Vec<Element>| {
+            let op = Op::AddElements { table: t.clone(), set: set.name.clone(), elems };
+            parse_elems(&op_messages_in(&op, &sets).unwrap()[0].bytes, set).unwrap()
+        };
+        let m = Element::data(vec![v("10.88.0.5")], vec![Value::Mark(0x0123_4567), Value::Mark(0x89ab_cdef), Value::Mark(1)]);
+        assert_eq!(back(&shapes[0], vec![m.clone()]), vec![m.clone()]);
+        // a data map's element without its data, or with data of other types, is not read
+        assert!(back(&SetState { data: SetData::None, ..shapes[0].clone() }, vec![m.clone()]).is_empty());
+        assert!(back(&SetState { data: SetData::Values(vec![Mark]), ..shapes[0].clone() }, vec![m]).is_empty());
+        // ranges: a host written as a /128 reads as the address, prefixes as their networks
+        let written = vec![
+            Element::key(vec![v("fd88::5"), v("fd88::1/64")]),
+            Element::key(vec![v("fd88::6"), v("::/0")]),
+            Element::key(vec![v("fd88::7"), v("fd88::7/128")]),
+        ];
+        let read = vec![
+            Element::key(vec![v("fd88::5"), v("fd88::/64")]),
+            Element::key(vec![v("fd88::6"), v("::/0")]),
+            Element::key(vec![v("fd88::7"), v("fd88::7")]),
+        ];
+        assert_eq!(back(&shapes[1], written), read);
+        let d = Element::data(vec![Value::Proto(Protocol::Sctp), Value::Port(9000)], vec![v("10.88.0.5"), Value::Port(9000)]);
+        assert_eq!(back(&shapes[2], vec![d.clone()]), vec![d]);
+        let vm = Element::verdict(vec![v("10.0.0.1"), v("10.0.0.2")], Verdict::Jump("c".into()));
+        assert_eq!(back(&shapes[3], vec![vm.clone()]), vec![vm]);
+    }
+
+    #[test]
+    fn ranges_read_as_nft_prints_them() {
+        use DataType::*;
+        let b = |s: &str| match s.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let two = |x: &str, y: &str| [b(x), b(y)].concat();
+        let r = |first: Vec<u8>, last: Vec<u8>| parse_range_key(&first, &last, &[Ipv4Addr, Ipv4Addr]);
+        assert_eq!(r(two("10.0.0.1", "10.1.0.0"), two("10.0.0.1", "10.1.255.255")), Some(vec![v("10.0.0.1"), v("10.1.0.0/16")]));
+        assert_eq!(r(two("0.0.0.0", "10.1.0.7"), two("255.255.255.255", "10.1.0.7")), Some(vec![v("0.0.0.0/0"), v("10.1.0.7")]));
+        assert_eq!(r(two("10.0.0.254", "10.1.0.7"), two("10.0.0.255", "10.1.0.7")), Some(vec![v("10.0.0.254/31"), v("10.1.0.7")]));
+        // not a prefix: no element (the JSON reader skips `{"range": ...}` too)
+        assert_eq!(r(two("10.0.0.1", "10.1.0.0"), two("10.0.0.2", "10.1.0.0")), None);
+        assert_eq!(r(two("10.0.0.1", "10.1.0.255"), two("10.0.0.1", "10.1.0.0")), None); // last before first
+        assert_eq!(r(two("10.0.0.0", "10.1.0.1"), two("10.0.0.0", "10.1.0.255")), None);
+        let v6 = parse_range_key(&[b("::"), b("fd00::")].concat(), &[b("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), b("fd00::ffff")].concat(), &[Ipv6Addr, Ipv6Addr]);
+        assert_eq!(v6, Some(vec![v("::/0"), v("fd00::/112")]));
+        // port ranges are not read; one port is
+        let pp = |a: u16, z: u16| parse_range_key(&[6, 0, 0, 0, (a >> 8) as u8, a as u8, 0, 0], &[6, 0, 0, 0, (z >> 8) as u8, z as u8, 0, 0], &[InetProto, InetService]);
+        assert_eq!(pp(80, 80), Some(vec![Value::Proto(Protocol::Tcp), Value::Port(80)]));
+        assert_eq!(pp(80, 90), None);
     }
 }

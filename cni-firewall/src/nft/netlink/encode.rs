@@ -1326,4 +1326,264 @@ mod tests {
         assert!(ifname_bytes("0123456789abcdef").is_err());
         assert_eq!(ifname_bytes("br*").unwrap()[..4], *b"br*\0");
     }
+
+    // ---- data maps, concatenated interval sets, dnat from a map ----
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The attributes of the one message of `op` as (type, value in hex), without
+    /// `NFTA_SET_ID` (a number local to the transaction).
+    fn attrs_hex(op: &Op, msg: u16) -> Vec<(u16, String)> {
+        let msgs = op_messages(op).unwrap();
+        assert_eq!(msgs.len(), 1);
+        let (_, a) = super::super::decode::body(&msgs[0].bytes, msg).unwrap().unwrap();
+        a.into_iter().filter(|(k, _)| *k != NFTA_SET_ID).map(|(k, v)| (k, hex(v))).collect()
+    }
+
+    /// The elements of the one message of `op`, each as its attributes (data attributes
+    /// unwrapped to their `NFTA_DATA_VALUE`) in hex.
+    fn elems_hex(msg: &Msg, kind: u16) -> Vec<Vec<(u16, String)>> {
+        use cni_common::netlink::socket::parse_attrs;
+        let (_, a) = super::super::decode::body(&msg.bytes, kind).unwrap().unwrap();
+        let list = a.iter().find(|(k, _)| *k == NFTA_SET_ELEM_LIST_ELEMENTS).unwrap().1;
+        parse_attrs(list)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| {
+                parse_attrs(e)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let inner = parse_attrs(v).unwrap();
+                        match inner.iter().find(|(ik, _)| *ik == NFTA_DATA_VALUE) {
+                            Some((_, d)) => (k, hex(d)),
+                            None => (k, hex(v)),
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn v(s: &str) -> Value {
+        if s.contains('/') {
+            Value::Prefix(s.parse().unwrap())
+        } else {
+            Value::Addr(s.parse().unwrap())
+        }
+    }
+
+    fn owned(pairs: &[(u16, &str)]) -> Vec<(u16, String)> {
+        pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    }
+
+    /// Set messages as `nft --debug=mnl -f` (nft 1.0.6) shows them for the same declarations.
+    #[test]
+    fn data_map_and_interval_set_messages_follow_nft() {
+        use DataType::*;
+        let t = TableRef::inet("t");
+        let masq4 = Op::AddSet { table: t.clone(), set: SetDef::map("masq4", vec![Ipv4Addr], vec![Mark, Mark, Mark]) };
+        assert_eq!(
+            attrs_hex(&masq4, NFT_MSG_NEWSET),
+            owned(&[
+                (1, "7400"),
+                (2, "6d6173713400"),
+                (3, "00000008"),
+                (4, "00000007"),
+                (5, "00000004"),
+                (6, "000134d3"),
+                (7, "0000000c"),
+                (13, "000402000000010400000000040800040d0000000100060400000000"),
+            ])
+        );
+        let dnat6h = Op::AddSet {
+            table: t.clone(),
+            set: SetDef::map("dnat6h", vec![Ipv6Addr, InetProto, InetService], vec![Ipv6Addr, InetService]),
+        };
+        assert_eq!(
+            attrs_hex(&dnat6h, NFT_MSG_NEWSET),
+            owned(&[
+                (1, "7400"),
+                (2, "646e6174366800"),
+                (3, "00000008"),
+                (4, "0000830d"),
+                (5, "00000018"),
+                (6, "0000020d"),
+                (7, "00000014"),
+                (13, "000400000000010400000000030800040d0000000100040800040d0000000100060400000000"),
+            ])
+        );
+        // flags interval on a concatenation: INTERVAL | CONCAT, the fields' lengths, no data
+        let exempt4 = Op::AddSet { table: t.clone(), set: SetDef::interval_set("exempt4", vec![Ipv4Addr, Ipv4Addr]) };
+        // NFTA_SET_DESC's content: CONCAT { ELEM { FIELD_LEN }, ... }, every nest flagged
+        let desc = |lens: &[u32]| {
+            let mut d = Vec::new();
+            put_nested(&mut d, NFTA_SET_DESC_CONCAT, |c| {
+                for len in lens {
+                    put_nested(c, NFTA_LIST_ELEM, |f| put_u32(f, NFTA_SET_FIELD_LEN, *len));
+                }
+            });
+            hex(&d)
+        };
+        assert_eq!(
+            attrs_hex(&exempt4, NFT_MSG_NEWSET),
+            owned(&[
+                (1, "7400"),
+                (2, "6578656d70743400"),
+                (3, "00000084"),
+                (4, "000001c7"),
+                (5, "00000008"),
+                (9, &desc(&[4, 4])),
+                (13, "000400000000030800040d0000000100"),
+            ])
+        );
+        // fields are described at their own length (inet_proto 1, inet_service 2)
+        let g = Op::AddSet { table: t.clone(), set: SetDef::interval_set("g", vec![Ipv4Addr, InetProto, InetService]) };
+        let described: Vec<String> = attrs_hex(&g, NFT_MSG_NEWSET).into_iter().filter(|(k, _)| *k == NFTA_SET_DESC).map(|(_, v)| v).collect();
+        assert_eq!(described, [desc(&[4, 1, 2])]);
+        // single data: its own byte order (marks host, addresses and ports network)
+        assert_eq!(set_udata(&[Ipv4Addr], &SetData::Values(vec![Mark])), [0, 4, 2, 0, 0, 0, 1, 4, 1, 0, 0, 0, 6, 4, 0, 0, 0, 0]);
+        assert_eq!(set_udata(&[Ipv4Addr], &SetData::Values(vec![InetService])), [0, 4, 2, 0, 0, 0, 1, 4, 2, 0, 0, 0, 6, 4, 0, 0, 0, 0]);
+        assert_eq!(set_key_type(&[Mark]), (19, 4));
+        // the texts name maps and sets as such
+        assert_eq!(op_messages(&masq4).unwrap()[0].what(&masq4), "add map inet t masq4");
+        assert_eq!(op_messages(&exempt4).unwrap()[0].what(&exempt4), "add set inet t exempt4");
+        // interval sets of one field are segment trees in nft: not encoded
+        let one = Op::AddSet { table: t, set: SetDef::interval_set("x", vec![Ipv4Addr]) };
+        assert!(op_messages(&one).unwrap_err().to_string().contains("interval sets with a key of one field"));
+    }
+
+    /// Element messages as `nft --debug=mnl -f` shows them: data in the data attribute (marks in
+    /// host order), interval elements with their last key, in deletes too.
+    #[test]
+    fn data_map_and_interval_elements_follow_nft() {
+        use DataType::*;
+        let t = TableRef::inet("t");
+        let exempt4 = SetDef::interval_set("exempt4", vec![Ipv4Addr, Ipv4Addr]);
+        let masq4 = SetDef::map("masq4", vec![Ipv4Addr], vec![Mark, Mark, Mark]);
+        let dnat6h = SetDef::map("dnat6h", vec![Ipv6Addr, InetProto, InetService], vec![Ipv6Addr, InetService]);
+        let ops = vec![
+            Op::AddSet { table: t.clone(), set: exempt4 },
+            Op::AddSet { table: t.clone(), set: masq4 },
+            Op::AddSet { table: t.clone(), set: dnat6h },
+        ];
+        let sets = SetCatalog::of_ops(&ops);
+        let one = |op: &Op, kind| {
+            let msgs = op_messages_in(op, &sets).unwrap();
+            assert_eq!(msgs.len(), 1);
+            elems_hex(&msgs[0], kind)
+        };
+        let iv = vec![
+            Element::key(vec![v("10.88.0.5"), v("10.88.0.0/24")]),
+            Element::key(vec![v("10.88.0.5"), v("127.0.0.1")]),
+            Element::key(vec![v("10.88.0.6"), v("0.0.0.0/0")]),
+            Element::key(vec![v("10.88.0.7"), v("10.88.0.7/32")]),
+        ];
+        let want_iv = [
+            ("0a5800050a580000", "0a5800050a5800ff"),
+            ("0a5800057f000001", "0a5800057f000001"),
+            ("0a58000600000000", "0a580006ffffffff"),
+            ("0a5800070a580007", "0a5800070a580007"),
+        ]
+        .map(|(k, e)| owned(&[(NFTA_SET_ELEM_KEY, k), (NFTA_SET_ELEM_KEY_END, e)]))
+        .to_vec();
+        let add = Op::AddElements { table: t.clone(), set: "exempt4".into(), elems: iv.clone() };
+        assert_eq!(one(&add, NFT_MSG_NEWSETELEM), want_iv);
+        // a delete names the same range (nft sends both keys)
+        let del = Op::DeleteElements { table: t.clone(), set: "exempt4".into(), elems: iv.clone() };
+        assert_eq!(one(&del, NFT_MSG_DELSETELEM), want_iv);
+        // without the set's definition, a prefix still tells an interval set
+        assert_eq!(elems_hex(&op_messages(&del).unwrap()[0], NFT_MSG_DELSETELEM), want_iv);
+        // a prefix with host bits is its network
+        let host_bits = Op::AddElements { table: t.clone(), set: "exempt4".into(), elems: vec![Element::key(vec![v("10.88.0.5"), v("10.88.0.9/24")])] };
+        assert_eq!(one(&host_bits, NFT_MSG_NEWSETELEM)[0], want_iv[0]);
+        let marks = Element::data(vec![v("10.88.0.5")], vec![Value::Mark(0x0123_4567), Value::Mark(0x89ab_cdef), Value::Mark(1)]);
+        let add = Op::AddElements { table: t.clone(), set: "masq4".into(), elems: vec![marks.clone()] };
+        let mark_bytes: String = [0x0123_4567u32, 0x89ab_cdef, 1].iter().map(|m| hex(&m.to_ne_bytes())).collect();
+        assert_eq!(one(&add, NFT_MSG_NEWSETELEM), vec![owned(&[(NFTA_SET_ELEM_KEY, "0a580005"), (NFTA_SET_ELEM_DATA, &mark_bytes)])]);
+        // the same without the definition: types from the values
+        assert_eq!(elems_hex(&op_messages(&add).unwrap()[0], NFT_MSG_NEWSETELEM), one(&add, NFT_MSG_NEWSETELEM));
+        // deletes name the key only
+        let del = Op::DeleteElements { table: t.clone(), set: "masq4".into(), elems: vec![marks] };
+        let msgs = op_messages_in(&del, &sets).unwrap();
+        assert_eq!(elems_hex(&msgs[0], NFT_MSG_DELSETELEM), vec![owned(&[(NFTA_SET_ELEM_KEY, "0a580005")])]);
+        assert_eq!(msgs[0].what(&del), "delete element inet t masq4 { 10.88.0.5 }");
+        let d6 = Element::data(vec![v("2001:db8::1"), Value::Proto(Protocol::Udp), Value::Port(53)], vec![v("fd88::5"), Value::Port(5353)]);
+        let add = Op::AddElements { table: t.clone(), set: "dnat6h".into(), elems: vec![d6.clone()] };
+        assert_eq!(
+            one(&add, NFT_MSG_NEWSETELEM),
+            vec![owned(&[
+                (NFTA_SET_ELEM_KEY, "20010db80000000000000000000000011100000000350000"),
+                (NFTA_SET_ELEM_DATA, "fd88000000000000000000000000000514e90000"),
+            ])]
+        );
+        assert_eq!(op_messages_in(&add, &sets).unwrap()[0].what(&add), "add element inet t dnat6h { 2001:db8::1 . udp . 53 : fd88::5 . 5353 }");
+        // elements that do not fit their set are refused
+        let bad = |set: &str, e: Element| op_messages_in(&Op::AddElements { table: t.clone(), set: set.into(), elems: vec![e] }, &sets).unwrap_err().to_string();
+        assert!(bad("masq4", Element::key(vec![v("10.88.0.5")])).contains("needs data"));
+        assert!(bad("masq4", Element::data(vec![v("10.88.0.5")], vec![Value::Mark(1)])).contains("key of 1 parts for a type of 3"));
+        assert!(bad("exempt4", Element::verdict(vec![v("10.0.0.1"), v("10.0.0.2")], Verdict::Accept)).contains("data for a set"));
+        assert!(bad("dnat6h", Element::data(vec![v("2001:db8::1/64"), Value::Proto(Protocol::Udp), Value::Port(53)], vec![v("fd88::5"), Value::Port(1)])).contains("not of type"));
+    }
+
+    #[test]
+    fn dnat_from_a_map_follows_nft() {
+        let dm = |family, key: Vec<Field>, map: &str| Expr::DnatMap { family, key, map: map.into() };
+        // nft --debug=netlink: [ lookup reg 1 set dnat4h dreg 1 ] [ nat dnat ip addr_min reg 1 proto_min reg 9 ]
+        let l = lows(TableFamily::Inet, vec![dm(Family::V4, vec![Field::Daddr(Family::V4), Field::L4proto, Field::ThDport], "dnat4h")]);
+        let mut want = nf4().to_vec();
+        want.extend([
+            Low::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 16, len: 4, dreg: 1 },
+            meta(NFT_META_L4PROTO, 9),
+            Low::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg: 10 },
+            Low::Lookup { set: "dnat4h".into(), sreg: 1, dreg: Some(1), flags: 0 },
+            Low::Nat { kind: NFT_NAT_DNAT, family: 2, addr: Some(1), proto: Some(9), flags: 0 },
+        ]);
+        assert_eq!(l, want);
+        // [ meta load l4proto => reg 1 ] [ payload ... => reg 9 ] [ lookup reg 1 set dnat6 dreg 1 ] [ nat dnat ip6 addr_min reg 1 proto_min reg 2 ]
+        let l = lows(TableFamily::Inet, vec![Expr::Nfproto(Family::V6), dm(Family::V6, vec![Field::L4proto, Field::ThDport], "dnat6")]);
+        assert_eq!(
+            l[2..],
+            [
+                meta(NFT_META_L4PROTO, 1),
+                Low::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg: 9 },
+                Low::Lookup { set: "dnat6".into(), sreg: 1, dreg: Some(1), flags: 0 },
+                Low::Nat { kind: NFT_NAT_DNAT, family: 10, addr: Some(1), proto: Some(2), flags: 0 },
+            ]
+        );
+        // the nat expression carries type, family and the two registers, no flags (as nft sends it)
+        let op = Op::AddRule { table: TableRef::inet("t"), chain: "c".into(), rule: Rule::new(vec![dm(Family::V6, vec![Field::L4proto, Field::ThDport], "dnat6")]) };
+        let b = &op_messages(&op).unwrap()[0].bytes;
+        let nat = b.windows(4).position(|w| w == b"nat\0").unwrap();
+        let mut data = Vec::new();
+        put_u32(&mut data, NFTA_NAT_TYPE, NFT_NAT_DNAT);
+        put_u32(&mut data, NFTA_NAT_FAMILY, 10);
+        put_u32(&mut data, NFTA_NAT_REG_ADDR_MIN, 1);
+        put_u32(&mut data, NFTA_NAT_REG_PROTO_MIN, 2);
+        assert_eq!(b[nat + 8..], data[..]);
+        assert!(lower_rule(TableFamily::Ip, &Rule::new(vec![dm(Family::V6, vec![Field::ThDport], "m")])).is_err());
+    }
+
+    #[test]
+    fn sets_whose_kind_only_the_kernel_tells() {
+        use super::super::batch::sets_to_look_up;
+        let t = TableRef::inet("t");
+        let e = |key: Vec<Value>| Element::key(key);
+        let del = |set: &str, elems| Op::DeleteElements { table: t.clone(), set: set.into(), elems };
+        // single values in a concatenation: either kind; a prefix: interval; one field: not interval
+        let ops = vec![
+            del("a", vec![e(vec![v("10.0.0.1"), v("10.0.0.2")])]),
+            del("b", vec![e(vec![v("10.0.0.1"), v("10.0.0.0/8")])]),
+            del("c", vec![e(vec![v("10.0.0.1")])]),
+            del("a", vec![e(vec![v("10.0.0.3"), v("10.0.0.4")])]),
+            del("d", vec![]),
+        ];
+        assert_eq!(sets_to_look_up(&ops), vec![(t.clone(), "a".to_string())]);
+        // a set the transaction makes is known
+        let mut with_def = vec![Op::AddSet { table: t.clone(), set: SetDef::set("a", vec![DataType::Ipv4Addr, DataType::Ipv4Addr]) }];
+        with_def.extend(ops);
+        assert!(sets_to_look_up(&with_def).is_empty());
+    }
 }
