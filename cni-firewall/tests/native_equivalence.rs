@@ -469,8 +469,9 @@ mod v2 {
 
     /// Deletes of some elements of each kind, in operations that do not define their sets: an
     /// interval element named by prefix, one named by single values only (its set's kind must be
-    /// looked up), data-map elements (named with their data, which a delete leaves out).
-    pub fn deletes() -> Vec<Op> {
+    /// looked up), data-map elements (named with their data, which a delete leaves out); and an
+    /// interval element of single values added (the kernel keeps its last key only if it is sent).
+    pub fn changes() -> Vec<Op> {
         let t = t();
         let del = |set: &str, elems: Vec<Element>| Op::DeleteElements { table: t.clone(), set: set.into(), elems };
         let all = elements();
@@ -482,11 +483,17 @@ mod v2 {
             del("dnat4", vec![of("dnat4", 1)]),
             del("dnat4h", vec![of("dnat4h", 0)]),
             del("masq4", vec![of("masq4", 0)]),
+            Op::AddElements { table: t.clone(), set: "exempt4".into(), elems: vec![added()] },
         ]
     }
 
-    /// The elements a reader should find after `deleted` deletes: as written, hosts as addresses.
-    pub fn expected(deleted: bool) -> BTreeMap<String, Vec<Element>> {
+    fn added() -> Element {
+        Element::key(vec![a("10.88.0.8"), a("10.88.0.8")])
+    }
+
+    /// The elements a reader should find, after the [`changes`] if `changed`: as written, hosts
+    /// as addresses.
+    pub fn expected(changed: bool) -> BTreeMap<String, Vec<Element>> {
         let mut out = BTreeMap::new();
         for (set, elems) in elements() {
             let mut elems: Vec<Element> = elems
@@ -502,8 +509,11 @@ mod v2 {
                     e
                 })
                 .collect();
-            if deleted {
-                for op in deletes() {
+            if changed {
+                if set == "exempt4" {
+                    elems.push(added());
+                }
+                for op in changes() {
                     if let Op::DeleteElements { set: s, elems: gone, .. } = op {
                         if s == set {
                             // `10.88.0.7 . 10.88.0.7` is deleted by the key it reads back as
@@ -518,8 +528,8 @@ mod v2 {
         out
     }
 
-    pub fn check_state(st: &TableState, deleted: bool, who: &str) {
-        let want = expected(deleted);
+    pub fn check_state(st: &TableState, changed: bool, who: &str) {
+        let want = expected(changed);
         for def in sets() {
             let s = st.set(&def.name).unwrap_or_else(|| panic!("{who}: no set {}", def.name));
             assert_eq!((&s.key, &s.data, s.interval), (&def.key, &def.data, def.interval), "{who}: set {}", def.name);
@@ -563,7 +573,7 @@ fn same(what: &str, by_exec: &Seen, by_native: &Seen) {
 
 /// Data maps of marks and of dnat targets, concatenated interval sets, `dnat ... map` and
 /// lookups in data maps: written through `nft` in one namespace and natively in another, then
-/// some elements of each kind deleted the same way; the kernel objects, `nft -j list ruleset`
+/// some elements of each kind deleted (and one added) the same way; the kernel objects, `nft -j list ruleset`
 /// and both readers agree at each step, and the readers find the elements with their data and
 /// ranges.
 #[test]
@@ -574,7 +584,7 @@ fn data_maps_and_interval_sets_are_the_same_through_both_executors() {
             let exec: Box<dyn NftExecutor> = if native { Box::new(NftNetlink) } else { Box::new(NftCli::new(Arc::new(ProcessRunner::new()))) };
             exec.apply(&v2::layout()).unwrap();
             let before = seen_of(&[v2::t()]);
-            exec.apply(&v2::deletes()).unwrap();
+            exec.apply(&v2::changes()).unwrap();
             let after = seen_of(&[v2::t()]);
             (before, after)
         })
@@ -583,9 +593,9 @@ fn data_maps_and_interval_sets_are_the_same_through_both_executors() {
     let (native_before, native_after) = run_with(true);
     same("layout", &exec_before, &native_before);
     same("after deletes", &exec_after, &native_after);
-    for (seen, deleted) in [(&exec_before, false), (&native_before, false), (&exec_after, true), (&native_after, true)] {
+    for (seen, changed) in [(&exec_before, false), (&native_before, false), (&exec_after, true), (&native_after, true)] {
         for (who, st) in [("native reader", &seen.native[0]), ("nft -j reader", &seen.cli[0])] {
-            v2::check_state(st.as_ref().expect("table t"), deleted, &format!("{who}, deleted: {deleted}"));
+            v2::check_state(st.as_ref().expect("table t"), changed, &format!("{who}, changed: {changed}"));
         }
     }
 }
