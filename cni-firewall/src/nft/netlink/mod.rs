@@ -3,7 +3,8 @@
 //! Writes are one batch per operation ([`batch`]): the messages of every [`Op`] between
 //! `NFNL_MSG_BATCH_BEGIN` and `NFNL_MSG_BATCH_END`, atomic in the kernel, the last message
 //! acknowledged and every failing one answered, errors naming the table, chain, set or element
-//! at fault. Messages are laid out
+//! at fault (an element operation on a set the batch does not make, whose keys do not tell an
+//! interval set from another, first looks the table's sets up). Messages are laid out
 //! as `nft` lays them out ([`encode`]), so the kernel holds the same objects whichever executor
 //! wrote them and both can tear down what the other made. Reads ([`decode`]) dump the table's
 //! chains, sets, elements and rules (`NFT_MSG_GET*`) between two reads of the ruleset
