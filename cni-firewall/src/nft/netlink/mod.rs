@@ -25,7 +25,7 @@ pub mod consts;
 pub mod decode;
 pub mod encode;
 
-use super::ops::{Op, SetDef, TableRef};
+use super::ops::{Op, SetData, SetDef, TableRef};
 use super::state::{SetState, TableState};
 use super::NftExecutor;
 use crate::CniError;
@@ -341,7 +341,8 @@ fn look_up_sets(sock: &mut Socket, wanted: &[(TableRef, String)], sets: &mut enc
             Err(e) => return Err(decode::read_error(&format!("list sets of table {} {}", table.family.as_str(), table.name), e)),
         };
         for (t, s, _) in found {
-            if t == table.name && !s.key.is_empty() && wanted.iter().any(|(wt, ws)| wt == table && *ws == s.name) {
+            let ours = !s.key.is_empty() && !matches!(&s.data, SetData::Values(d) if d.is_empty());
+            if t == table.name && ours && wanted.iter().any(|(wt, ws)| wt == table && *ws == s.name) {
                 sets.insert(table, SetDef { name: s.name, key: s.key, data: s.data, interval: s.interval });
             }
         }
