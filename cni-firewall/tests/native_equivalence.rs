@@ -205,11 +205,11 @@ fn name_of(a: &[(u16, Vec<u8>)], kind: u16) -> String {
     String::from_utf8_lossy(&v[..v.len() - 1]).into_owned()
 }
 
-/// The objects of our tables as the kernel holds them, attribute by attribute.
-fn raw_objects() -> BTreeMap<String, Vec<Obj>> {
+/// The objects of `tables` (family inet) as the kernel holds them, attribute by attribute.
+fn raw_objects_of(tables: &[TableRef]) -> BTreeMap<String, Vec<Obj>> {
     let mut sock = Socket::open_netfilter().unwrap();
     let mut out = BTreeMap::new();
-    let ours: Vec<String> = tables().iter().map(|t| t.name.clone()).collect();
+    let ours: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
     for c in dump(&mut sock, NFT_MSG_GETCHAIN, &[], &[NFTA_CHAIN_HANDLE]) {
         let table = name_of(&c, NFTA_CHAIN_TABLE);
         if ours.contains(&table) {
@@ -245,12 +245,16 @@ fn raw_objects() -> BTreeMap<String, Vec<Obj>> {
 }
 
 fn seen() -> Seen {
+    seen_of(&tables())
+}
+
+fn seen_of(tables: &[TableRef]) -> Seen {
     let cli = NftCli::new(Arc::new(ProcessRunner::new()));
     Seen {
         ruleset: ruleset(),
-        raw: raw_objects(),
-        native: tables().iter().map(|t| sorted_elems(NftNetlink.list_table(t).unwrap())).collect(),
-        cli: tables().iter().map(|t| sorted_elems(cli.list_table(t).unwrap())).collect(),
+        raw: raw_objects_of(tables),
+        native: tables.iter().map(|t| sorted_elems(NftNetlink.list_table(t).unwrap())).collect(),
+        cli: tables.iter().map(|t| sorted_elems(cli.list_table(t).unwrap())).collect(),
     }
 }
 
@@ -341,4 +345,296 @@ fn set_user_data_matches_nft() {
         v.iter().map(|s| (name_of(s, NFTA_SET_NAME), s.clone())).collect()
     };
     assert_eq!(by_name(&nft_made), by_name(&native_made));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data maps (owner marks, dnat targets), concatenated interval sets, dnat from a map
+// ---------------------------------------------------------------------------------------------
+
+mod v2 {
+    use super::*;
+    use cni_firewall::nft::ops::{BaseChain, ChainType, DataType::*, Element, Expr, Field, Hook, Op, Rule, SetData, SetDef, Value, Verdict};
+
+    pub fn t() -> TableRef {
+        TableRef::inet("t")
+    }
+
+    fn a(s: &str) -> Value {
+        Value::Addr(s.parse().unwrap())
+    }
+    fn p(s: &str) -> Value {
+        Value::Prefix(s.parse().unwrap())
+    }
+    fn marks(m: [u32; 3]) -> Vec<Value> {
+        m.iter().map(|m| Value::Mark(*m)).collect()
+    }
+
+    pub fn sets() -> Vec<SetDef> {
+        vec![
+            SetDef::map("masq4", vec![Ipv4Addr], vec![Mark, Mark, Mark]),
+            SetDef::map("masq6", vec![Ipv6Addr], vec![Mark, Mark, Mark]),
+            SetDef::interval_set("exempt4", vec![Ipv4Addr, Ipv4Addr]),
+            SetDef::interval_set("exempt6", vec![Ipv6Addr, Ipv6Addr]),
+            SetDef::map("dnat4", vec![InetProto, InetService], vec![Ipv4Addr, InetService]),
+            SetDef::map("dnat4h", vec![Ipv4Addr, InetProto, InetService], vec![Ipv4Addr, InetService]),
+            SetDef::map("dnat6", vec![InetProto, InetService], vec![Ipv6Addr, InetService]),
+            SetDef::map("dnat6h", vec![Ipv6Addr, InetProto, InetService], vec![Ipv6Addr, InetService]),
+        ]
+    }
+
+    pub fn postrouting_rules() -> Vec<Rule> {
+        use cni_firewall::Family::{V4, V6};
+        let ret = || Expr::Verdict(Verdict::Return);
+        let lookup = |key: Vec<Field>, set: &str| Expr::Lookup { key, set: set.into(), negate: false };
+        let cmp = |field, value| Expr::Cmp { field, negate: false, value };
+        vec![
+            Rule::new(vec![cmp(Field::Daddr(V4), p("224.0.0.0/4")), ret()]),
+            Rule::new(vec![lookup(vec![Field::Saddr(V4), Field::Daddr(V4)], "exempt4"), ret()]),
+            Rule::new(vec![lookup(vec![Field::Saddr(V4)], "masq4"), Expr::Masquerade]),
+            Rule::new(vec![cmp(Field::Daddr(V6), p("ff00::/8")), ret()]),
+            Rule::new(vec![lookup(vec![Field::Saddr(V6), Field::Daddr(V6)], "exempt6"), ret()]),
+            Rule::new(vec![lookup(vec![Field::Saddr(V6)], "masq6"), Expr::Masquerade]),
+            Rule::new(vec![Expr::CtStatusDnat, lookup(vec![Field::Daddr(V4), Field::Saddr(V4)], "exempt4"), Expr::Masquerade]),
+            Rule::new(vec![Expr::CtStatusDnat, lookup(vec![Field::Daddr(V6), Field::Saddr(V6)], "exempt6"), Expr::Masquerade]),
+        ]
+    }
+
+    pub fn hostport_rules() -> Vec<Rule> {
+        use cni_firewall::Family::{V4, V6};
+        let dm = |family, key: Vec<Field>, map: &str| Expr::DnatMap { family, key, map: map.into() };
+        vec![
+            Rule::new(vec![dm(V4, vec![Field::Daddr(V4), Field::L4proto, Field::ThDport], "dnat4h")]),
+            Rule::new(vec![Expr::Nfproto(V4), dm(V4, vec![Field::L4proto, Field::ThDport], "dnat4")]),
+            Rule::new(vec![dm(V6, vec![Field::Daddr(V6), Field::L4proto, Field::ThDport], "dnat6h")]),
+            Rule::new(vec![Expr::Nfproto(V6), dm(V6, vec![Field::L4proto, Field::ThDport], "dnat6")]),
+        ]
+    }
+
+    /// The elements of each set, as written (a host as a /32 prefix in one of them).
+    pub fn elements() -> Vec<(&'static str, Vec<Element>)> {
+        let tcp = Value::Proto(Protocol::Tcp);
+        let udp = Value::Proto(Protocol::Udp);
+        let sctp = Value::Proto(Protocol::Sctp);
+        let port = Value::Port;
+        vec![
+            ("masq4", vec![Element::data(vec![a("10.88.0.5")], marks([0x0123_4567, 0x89ab_cdef, 1]))]),
+            ("masq6", vec![Element::data(vec![a("fd88::5")], marks([0x0123_4567, 0x89ab_cdef, 2]))]),
+            (
+                "exempt4",
+                vec![
+                    Element::key(vec![a("10.88.0.5"), p("10.88.0.0/24")]),
+                    Element::key(vec![a("10.88.0.5"), a("127.0.0.1")]),
+                    Element::key(vec![a("10.88.0.6"), p("0.0.0.0/0")]),
+                    Element::key(vec![a("10.88.0.7"), p("10.88.0.7/32")]),
+                ],
+            ),
+            ("exempt6", vec![Element::key(vec![a("fd88::5"), p("fd88::/64")]), Element::key(vec![a("fd88::6"), p("::/0")])]),
+            (
+                "dnat4",
+                vec![
+                    Element::data(vec![tcp.clone(), port(8080)], vec![a("10.88.0.5"), port(80)]),
+                    Element::data(vec![udp.clone(), port(5353)], vec![a("10.88.0.5"), port(53)]),
+                    Element::data(vec![sctp, port(9000)], vec![a("10.88.0.5"), port(9000)]),
+                ],
+            ),
+            ("dnat4h", vec![Element::data(vec![a("192.0.2.1"), tcp.clone(), port(8443)], vec![a("10.88.0.5"), port(443)])]),
+            ("dnat6", vec![Element::data(vec![tcp, port(8080)], vec![a("fd88::5"), port(80)])]),
+            ("dnat6h", vec![Element::data(vec![a("2001:db8::1"), udp, port(53)], vec![a("fd88::5"), port(5353)])]),
+        ]
+    }
+
+    /// The whole layout as one transaction.
+    pub fn layout() -> Vec<Op> {
+        let t = t();
+        let mut ops = vec![Op::AddTable(t.clone())];
+        ops.extend(sets().into_iter().map(|set| Op::AddSet { table: t.clone(), set }));
+        ops.push(Op::AddChain {
+            table: t.clone(),
+            name: "postrouting".into(),
+            base: Some(BaseChain { kind: ChainType::Nat, hook: Hook::Postrouting, priority: 100 }),
+            comment: None,
+        });
+        ops.push(Op::AddChain { table: t.clone(), name: "hostports".into(), base: None, comment: None });
+        for rule in postrouting_rules() {
+            ops.push(Op::AddRule { table: t.clone(), chain: "postrouting".into(), rule });
+        }
+        for rule in hostport_rules() {
+            ops.push(Op::AddRule { table: t.clone(), chain: "hostports".into(), rule });
+        }
+        for (set, elems) in elements() {
+            ops.push(Op::AddElements { table: t.clone(), set: set.into(), elems });
+        }
+        ops
+    }
+
+    /// Deletes of some elements of each kind, in operations that do not define their sets: an
+    /// interval element named by prefix, one named by single values only (its set's kind must be
+    /// looked up), data-map elements (named with their data, which a delete leaves out); and an
+    /// interval element of single values added (the kernel keeps its last key only if it is sent).
+    pub fn changes() -> Vec<Op> {
+        let t = t();
+        let del = |set: &str, elems: Vec<Element>| Op::DeleteElements { table: t.clone(), set: set.into(), elems };
+        let all = elements();
+        let of = |set: &str, i: usize| all.iter().find(|(s, _)| *s == set).unwrap().1[i].clone();
+        vec![
+            del("exempt4", vec![of("exempt4", 0)]),
+            del("exempt4", vec![Element::key(vec![a("10.88.0.7"), a("10.88.0.7")])]),
+            del("exempt6", vec![of("exempt6", 1)]),
+            del("dnat4", vec![of("dnat4", 1)]),
+            del("dnat4h", vec![of("dnat4h", 0)]),
+            del("masq4", vec![of("masq4", 0)]),
+            Op::AddElements { table: t.clone(), set: "exempt4".into(), elems: vec![added()] },
+        ]
+    }
+
+    fn added() -> Element {
+        Element::key(vec![a("10.88.0.8"), a("10.88.0.8")])
+    }
+
+    /// The elements a reader should find, after the [`changes`] if `changed`: as written, hosts
+    /// as addresses.
+    pub fn expected(changed: bool) -> BTreeMap<String, Vec<Element>> {
+        let mut out = BTreeMap::new();
+        for (set, elems) in elements() {
+            let mut elems: Vec<Element> = elems
+                .into_iter()
+                .map(|mut e| {
+                    for v in e.key.iter_mut() {
+                        if let Value::Prefix(n) = v {
+                            if n.prefix() == 32 || n.prefix() == 128 {
+                                *v = Value::Addr(n.ip());
+                            }
+                        }
+                    }
+                    e
+                })
+                .collect();
+            if changed {
+                if set == "exempt4" {
+                    elems.push(added());
+                }
+                for op in changes() {
+                    if let Op::DeleteElements { set: s, elems: gone, .. } = op {
+                        if s == set {
+                            // `10.88.0.7 . 10.88.0.7` is deleted by the key it reads back as
+                            elems.retain(|e| !gone.iter().any(|g| g.key == e.key));
+                        }
+                    }
+                }
+            }
+            elems.sort();
+            out.insert(set.to_string(), elems);
+        }
+        out
+    }
+
+    pub fn check_state(st: &TableState, changed: bool, who: &str) {
+        let want = expected(changed);
+        for def in sets() {
+            let s = st.set(&def.name).unwrap_or_else(|| panic!("{who}: no set {}", def.name));
+            assert_eq!((&s.key, &s.data, s.interval), (&def.key, &def.data, def.interval), "{who}: set {}", def.name);
+            assert_eq!(s.elems, want[&def.name], "{who}: elements of {}", def.name);
+        }
+        assert!(matches!(st.set("masq4").unwrap().data, SetData::Values(ref d) if d.len() == 3));
+        for (chain, rules) in [("postrouting", postrouting_rules()), ("hostports", hostport_rules())] {
+            let c = st.chain(chain).unwrap_or_else(|| panic!("{who}: no chain {chain}"));
+            assert_eq!(c.rules.len(), rules.len(), "{who}: {chain}");
+            for (have, rule) in c.rules.iter().zip(&rules) {
+                assert!(have.matches(rule), "{who}: {chain}: {} read as {}", rule.text(), have.exprs.json());
+            }
+        }
+    }
+}
+
+/// Compare what two namespaces hold, every way; `what` names the step.
+fn same(what: &str, by_exec: &Seen, by_native: &Seen) {
+    assert_eq!(by_exec.ruleset, by_native.ruleset, "{what}: nft -j list ruleset differs");
+    assert!(!by_native.raw.is_empty(), "{what}: nothing read");
+    for (k, v) in &by_exec.raw {
+        assert_eq!(Some(v), by_native.raw.get(k), "{what}: kernel object {k} differs");
+    }
+    assert_eq!(by_exec.raw.len(), by_native.raw.len(), "{what}: objects {:?} vs {:?}", by_exec.raw.keys(), by_native.raw.keys());
+    for s in [by_exec, by_native] {
+        assert_eq!(s.native, s.cli, "{what}: native read-back differs from the nft -j reader");
+    }
+    let no_handles = |v: &[Option<TableState>]| -> Vec<Option<TableState>> {
+        v.iter()
+            .cloned()
+            .map(|st| {
+                st.map(|mut st| {
+                    st.chains.values_mut().flat_map(|c| c.rules.iter_mut()).for_each(|r| r.handle = 0);
+                    st
+                })
+            })
+            .collect()
+    };
+    assert_eq!(no_handles(&by_exec.native), no_handles(&by_native.native), "{what}");
+}
+
+/// Data maps of marks and of dnat targets, concatenated interval sets, `dnat ... map` and
+/// lookups in data maps: written through `nft` in one namespace and natively in another, then
+/// some elements of each kind deleted (and one added) the same way; the kernel objects, `nft -j list ruleset`
+/// and both readers agree at each step, and the readers find the elements with their data and
+/// ranges.
+#[test]
+fn data_maps_and_interval_sets_are_the_same_through_both_executors() {
+    require_root();
+    let run_with = |native: bool| {
+        in_sandbox(move || {
+            let exec: Box<dyn NftExecutor> = if native { Box::new(NftNetlink) } else { Box::new(NftCli::new(Arc::new(ProcessRunner::new()))) };
+            exec.apply(&v2::layout()).unwrap();
+            let before = seen_of(&[v2::t()]);
+            exec.apply(&v2::changes()).unwrap();
+            let after = seen_of(&[v2::t()]);
+            (before, after)
+        })
+    };
+    let (exec_before, exec_after) = run_with(false);
+    let (native_before, native_after) = run_with(true);
+    same("layout", &exec_before, &native_before);
+    same("after deletes", &exec_after, &native_after);
+    for (seen, changed) in [(&exec_before, false), (&native_before, false), (&exec_after, true), (&native_after, true)] {
+        for (who, st) in [("native reader", &seen.native[0]), ("nft -j reader", &seen.cli[0])] {
+            v2::check_state(st.as_ref().expect("table t"), changed, &format!("{who}, changed: {changed}"));
+        }
+    }
+}
+
+/// The focused read of ADD: a data-map element is found by its key, with its data; an interval
+/// set's elements are found by the points of the wanted range (its first and last keys), with
+/// their own ranges, each once.
+#[test]
+fn read_for_add_finds_map_data_and_interval_elements() {
+    use cni_firewall::nft::ops::{Element, Op, Value};
+    require_root();
+    in_sandbox(|| {
+        NftNetlink.apply(&v2::layout()).unwrap();
+        let a = |s: &str| Value::Addr(s.parse().unwrap());
+        let p = |s: &str| Value::Prefix(s.parse().unwrap());
+        let add = |set: &str, elems: Vec<Element>| Op::AddElements { table: v2::t(), set: set.into(), elems };
+        let read = |ops: Vec<Op>| NftNetlink.read_for_add(&v2::t(), &ops).unwrap().expect("table t");
+        // data map: by key, whatever data the ADD would write
+        let st = read(vec![add("dnat4", vec![Element::data(vec![Value::Proto(Protocol::Tcp), Value::Port(8080)], vec![a("10.1.1.1"), Value::Port(1)])])]);
+        assert_eq!(st.set("dnat4").unwrap().elems, vec![Element::data(vec![Value::Proto(Protocol::Tcp), Value::Port(8080)], vec![a("10.88.0.5"), Value::Port(80)])]);
+        let st = read(vec![add("masq6", vec![Element::key(vec![a("fd88::5")])])]);
+        assert_eq!(st.set("masq6").unwrap().elems[0].data, vec![Value::Mark(0x0123_4567), Value::Mark(0x89ab_cdef), Value::Mark(2)]);
+        let st = read(vec![add("dnat6", vec![Element::key(vec![Value::Proto(Protocol::Udp), Value::Port(8080)])])]);
+        assert!(st.set("dnat6").unwrap().elems.is_empty());
+        // interval set: a point inside an element finds it with its range
+        let st = read(vec![add("exempt4", vec![Element::key(vec![a("10.88.0.5"), a("10.88.0.9")])])]);
+        let s = st.set("exempt4").unwrap();
+        assert!(s.interval);
+        assert_eq!(s.elems, vec![Element::key(vec![a("10.88.0.5"), p("10.88.0.0/24")])]);
+        // a range whose first and last keys fall in two elements finds both; one in a single element finds it once
+        let st = read(vec![add("exempt4", vec![Element::key(vec![p("10.88.0.6/31"), p("10.88.0.0/29")]), Element::key(vec![a("10.88.0.6"), p("10.0.0.0/8")])])]);
+        assert_eq!(
+            st.set("exempt4").unwrap().elems,
+            vec![Element::key(vec![a("10.88.0.6"), p("0.0.0.0/0")]), Element::key(vec![a("10.88.0.7"), a("10.88.0.7")])]
+        );
+        let st = read(vec![add("exempt6", vec![Element::key(vec![a("fd88::5"), a("fd88::1:2")])])]);
+        assert_eq!(st.set("exempt6").unwrap().elems, vec![Element::key(vec![a("fd88::5"), p("fd88::/64")])]);
+        // nothing there
+        let st = read(vec![add("exempt4", vec![Element::key(vec![a("10.88.0.8"), a("10.88.0.9")])])]);
+        assert!(st.set("exempt4").unwrap().elems.is_empty());
+    });
 }

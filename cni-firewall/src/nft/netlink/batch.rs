@@ -9,18 +9,43 @@
 //! header itself is the commit failing.
 
 use super::consts::*;
-use super::encode::{op_messages, Msg};
-use crate::nft::ops::Op;
+use super::encode::{op_messages_in, Msg, SetCatalog};
+use crate::nft::ops::{Op, TableRef, Value};
 use crate::CniError;
 use cni_common::netlink::socket::{nfgen_message, BatchReply, Socket};
 
-/// The messages of a transaction doing `ops` in order, each knowing its operation's index.
+/// The messages of a transaction doing `ops` in order, each knowing its operation's index;
+/// elements are laid out for the sets `ops` make (others: from their values).
 pub fn messages(ops: &[Op]) -> Result<Vec<Msg>, CniError> {
+    messages_in(ops, &SetCatalog::of_ops(ops))
+}
+
+/// [`messages`], elements laid out for the sets `sets` defines.
+pub fn messages_in(ops: &[Op], sets: &SetCatalog) -> Result<Vec<Msg>, CniError> {
     let mut out = Vec::new();
     for (i, op) in ops.iter().enumerate() {
-        out.extend(op_messages(op)?.into_iter().map(|m| Msg { op: i, ..m }));
+        out.extend(op_messages_in(op, sets)?.into_iter().map(|m| Msg { op: i, ..m }));
     }
     Ok(out)
+}
+
+/// The sets an element operation of `ops` works on whose kind its elements do not tell and
+/// `ops` do not make: concatenated keys of single values (`10.0.0.1 . 10.0.0.2`) are one key in
+/// a set of single values and a range in an interval set, whose elements also name their last
+/// key (`NFTA_SET_ELEM_KEY_END`) — `nft` knows from its cache of the ruleset. A key holding a
+/// prefix is an interval set's; a key of one field is not (those interval sets are not encoded).
+pub fn sets_to_look_up(ops: &[Op]) -> Vec<(TableRef, String)> {
+    let known = SetCatalog::of_ops(ops);
+    let mut out: Vec<(TableRef, String)> = Vec::new();
+    for op in ops {
+        let (Op::AddElements { table, set, elems } | Op::DeleteElements { table, set, elems }) = op else { continue };
+        let concat = elems.iter().any(|e| e.key.len() > 1);
+        let prefix = elems.iter().any(|e| e.key.iter().any(|v| matches!(v, Value::Prefix(_))));
+        if concat && !prefix && known.get(table, set).is_none() && !out.iter().any(|(t, s)| t == table && s == set) {
+            out.push((table.clone(), set.clone()));
+        }
+    }
+    out
 }
 
 /// `NFNL_MSG_BATCH_BEGIN` (or `END`) for the nf_tables subsystem.

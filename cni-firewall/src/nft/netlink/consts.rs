@@ -126,6 +126,8 @@ pub const NFTA_SET_ELEM_KEY: u16 = 1;
 pub const NFTA_SET_ELEM_DATA: u16 = 2;
 pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
 pub const NFTA_SET_ELEM_USERDATA: u16 = 6;
+/// The last key of an interval element (concatenated interval sets: each field's range end).
+pub const NFTA_SET_ELEM_KEY_END: u16 = 10;
 /// `NFT_SET_ELEM_INTERVAL_END` in `NFTA_SET_ELEM_FLAGS`.
 pub const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 
@@ -246,6 +248,7 @@ pub const TYPE_IPADDR: u32 = 7;
 pub const TYPE_IP6ADDR: u32 = 8;
 pub const TYPE_INET_PROTOCOL: u32 = 12;
 pub const TYPE_INET_SERVICE: u32 = 13;
+pub const TYPE_MARK: u32 = 19;
 pub const TYPE_IFNAME: u32 = 41;
 pub const TYPE_BITS: u32 = 6;
 
@@ -261,6 +264,7 @@ pub const UDATA_RULE_COMMENT: u8 = 0;
 pub const UDATA_SET_KEYBYTEORDER: u8 = 0;
 pub const UDATA_SET_DATABYTEORDER: u8 = 1;
 pub const UDATA_SET_KEY_TYPEOF: u8 = 3;
+pub const UDATA_SET_DATA_TYPEOF: u8 = 4;
 pub const UDATA_SET_DATA_INTERVAL: u8 = 6;
 pub const UDATA_SET_COMMENT: u8 = 7;
 pub const UDATA_SET_ELEM_COMMENT: u8 = 0;

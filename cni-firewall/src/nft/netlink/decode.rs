@@ -7,10 +7,14 @@
 //! A rule's statements are then rendered as the JSON `nft -j list` prints, so a table read here
 //! and one read through `nft` compare equal. A rule with an expression outside that vocabulary
 //! reads as `[{"unparsed": [<expression names>]}]`: it matches no rule of ours.
+//!
+//! Elements of interval sets are read back as `nft` prints them: a field whose range is one
+//! value as that value, a range that is exactly a prefix as the prefix; an element with any
+//! other range is skipped, as the JSON reader skips it.
 
 use super::consts::*;
-use super::encode::{addr_field, slot_of_reg, type_of_id, ImmData, Low};
-use crate::nft::ops::{DataType, Element, Expr, Field, Rule, TableFamily, Value, Verdict};
+use super::encode::{addr_field, dnat_map_regs, slot_of_reg, type_of_id, ImmData, Low};
+use crate::nft::ops::{DataType, Element, Expr, Field, Rule, SetData, TableFamily, Value, Verdict};
 use crate::nft::state::{ChainState, RuleExprs, RuleState, SetState, TableState};
 use crate::{CniError, Family, Protocol};
 use cni_common::netlink::socket::{nfgen_parts, parse_attrs};
@@ -122,12 +126,24 @@ pub fn parse_set(raw: &[u8]) -> Result<Option<(String, SetState, u32)>, NlError>
     };
     let flags = be32(find(&a, NFTA_SET_FLAGS)).unwrap_or(0);
     let key = key_types(be32(find(&a, NFTA_SET_KEY_TYPE)).unwrap_or(0));
-    let verdict_map = flags & NFT_SET_MAP != 0 && be32(find(&a, NFTA_SET_DATA_TYPE)) == Some(NFT_DATA_VERDICT);
-    Ok(Some((table, SetState { name, key, data: if verdict_map { super::super::ops::SetData::Verdict } else { super::super::ops::SetData::None }, interval: false, elems: Vec::new() }, flags)))
+    let data = if flags & NFT_SET_MAP != 0 {
+        match be32(find(&a, NFTA_SET_DATA_TYPE)) {
+            Some(NFT_DATA_VERDICT) => SetData::Verdict,
+            Some(t) => SetData::Values(key_types(t)),
+            None => SetData::Values(Vec::new()),
+        }
+    } else if flags & NFT_SET_OBJECT != 0 {
+        // an object map: `nft -j` lists it as a map of a type the JSON reader does not know
+        SetData::Values(Vec::new())
+    } else {
+        SetData::None
+    };
+    let interval = flags & NFT_SET_INTERVAL != 0;
+    Ok(Some((table, SetState { name, key, data, interval, elems: Vec::new() }, flags)))
 }
 
-/// The data types of a key type number (6 bits per part of a concatenation); unknown parts are
-/// left out, as the JSON reader leaves out unknown type names.
+/// The data types of a key (or data) type number (6 bits per part of a concatenation); none
+/// when a part is unknown, as the JSON reader reads a type with an unknown name.
 pub fn key_types(id: u32) -> Vec<DataType> {
     let mut parts = Vec::new();
     let mut t = id;
@@ -139,12 +155,14 @@ pub fn key_types(id: u32) -> Vec<DataType> {
         }
     }
     parts.reverse();
-    parts.into_iter().filter_map(type_of_id).collect()
+    parts.into_iter().map(type_of_id).collect::<Option<Vec<_>>>().unwrap_or_default()
 }
 
-/// The elements of a `NEWSETELEM` reply that parse for a set of key `types` (a verdict map:
-/// with a verdict); others are skipped, like the JSON reader skips them.
-pub fn parse_elems(raw: &[u8], types: &[DataType], verdict_map: bool) -> Result<Vec<Element>, NlError> {
+/// The elements of a `NEWSETELEM` reply that parse for `set` (its key types, what it maps to,
+/// whether it is an interval set; its elements are not looked at): a verdict map's with a
+/// verdict, a data map's with data of its types. Others are skipped, like the JSON reader skips
+/// them.
+pub fn parse_elems(raw: &[u8], set: &SetState) -> Result<Vec<Element>, NlError> {
     let Some((_, a)) = body(raw, NFT_MSG_NEWSETELEM)? else { return Ok(Vec::new()) };
     let Some(list) = find(&a, NFTA_SET_ELEM_LIST_ELEMENTS) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
@@ -156,37 +174,85 @@ pub fn parse_elems(raw: &[u8], types: &[DataType], verdict_map: bool) -> Result<
         if be32(find(&ea, NFTA_SET_ELEM_FLAGS)).unwrap_or(0) & NFT_SET_ELEM_INTERVAL_END != 0 {
             continue;
         }
-        let Some(key) = data_value(find(&ea, NFTA_SET_ELEM_KEY))? else { continue };
-        let Some(key) = parse_key(&key, types) else { continue };
-        let verdict = match find(&ea, NFTA_SET_ELEM_DATA) {
-            Some(d) if verdict_map => match data_verdict(d)? {
-                Some(v) => Some(v),
+        let Some(first) = data_value(find(&ea, NFTA_SET_ELEM_KEY))? else { continue };
+        let key = if set.interval {
+            // segment-tree intervals (sets of single fields, no last key) are not read
+            let Some(last) = data_value(find(&ea, NFTA_SET_ELEM_KEY_END))? else { continue };
+            parse_range_key(&first, &last, &set.key)
+        } else {
+            parse_key(&first, &set.key)
+        };
+        let Some(key) = key else { continue };
+        let elem = match (&set.data, find(&ea, NFTA_SET_ELEM_DATA)) {
+            (SetData::Verdict, Some(d)) => match data_verdict(d)? {
+                Some(v) => Element::verdict(key, v),
                 None => continue,
             },
-            Some(_) => continue, // non-verdict data: no layout uses it
-            None if verdict_map => continue,
-            None => None,
+            (SetData::Values(types), Some(d)) => match data_value(Some(d))?.and_then(|b| parse_key(&b, types)) {
+                Some(values) => Element::data(key, values),
+                None => continue,
+            },
+            (SetData::None, None) => Element::key(key),
+            _ => continue,
         };
-        out.push(Element { key, verdict, data: Vec::new() });
+        out.push(elem);
     }
     Ok(out)
 }
 
-fn parse_key(b: &[u8], types: &[DataType]) -> Option<Vec<Value>> {
+/// The parts of a key (or data) of `types`: the whole value for one type, else each part at its
+/// natural length, parts padded to 4 bytes.
+fn split_parts<'a>(b: &'a [u8], types: &[DataType]) -> Option<Vec<&'a [u8]>> {
     if types.is_empty() {
         return None;
     }
     if types.len() == 1 {
-        return Some(vec![parse_value(b, types[0])?]);
+        return Some(vec![b]);
     }
     let mut out = Vec::new();
     let mut off = 0;
     for t in types {
         let len = super::encode::type_len(*t);
-        out.push(parse_value(b.get(off..off + len)?, *t)?);
+        out.push(b.get(off..off + len)?);
         off += len.next_multiple_of(4);
     }
     (off == b.len()).then_some(out)
+}
+
+fn parse_key(b: &[u8], types: &[DataType]) -> Option<Vec<Value>> {
+    split_parts(b, types)?.into_iter().zip(types).map(|(p, t)| parse_value(p, *t)).collect()
+}
+
+/// The key of an interval set's element from its first and last keys: per field, the value
+/// when its range is one value, the prefix when its range is exactly a prefix; `None` for any
+/// other range.
+pub fn parse_range_key(first: &[u8], last: &[u8], types: &[DataType]) -> Option<Vec<Value>> {
+    let firsts = split_parts(first, types)?;
+    let lasts = split_parts(last, types)?;
+    let mut out = Vec::new();
+    for ((f, l), t) in firsts.into_iter().zip(lasts).zip(types) {
+        if f == l {
+            out.push(parse_value(f, *t)?);
+            continue;
+        }
+        let (bits, start) = match t {
+            DataType::Ipv4Addr | DataType::Ipv6Addr if f.len() == l.len() => {
+                let to_u128 = |b: &[u8]| b.iter().fold(0u128, |n, &x| (n << 8) | u128::from(x));
+                (f.len() as u32 * 8, (to_u128(f), to_u128(l)))
+            }
+            _ => return None,
+        };
+        let (s, e) = start;
+        // a prefix: the last address is the first with every host bit set, and the first has none
+        let host = s ^ e;
+        if host & host.wrapping_add(1) != 0 || s & host != 0 {
+            return None;
+        }
+        let len = bits - host.count_ones();
+        let Value::Addr(addr) = parse_value(f, *t)? else { return None };
+        out.push(Value::Prefix(ipnetwork::IpNetwork::new(addr, len as u8).ok()?));
+    }
+    Some(out)
 }
 
 fn parse_value(b: &[u8], t: DataType) -> Option<Value> {
@@ -199,7 +265,7 @@ fn parse_value(b: &[u8], t: DataType) -> Option<Value> {
         },
         DataType::InetService => Some(Value::Port(u16::from_be_bytes(b.try_into().ok()?))),
         DataType::Ifname => ifname_of(b, true).map(Value::Ifname),
-        DataType::Mark => None,
+        DataType::Mark => Some(Value::Mark(u32::from_ne_bytes(b.try_into().ok()?))),
     }
 }
 
@@ -318,6 +384,13 @@ pub fn parse_expr(e: &[u8]) -> Result<Low, NlError> {
                 },
             }
         }
+        // a range (a maximum other than the minimum) is not in the vocabulary; the kernel reports
+        // the maximum registers equal to the minimum ones when none was given
+        "nat" if u(NFTA_NAT_REG_ADDR_MAX).is_some_and(|r| Some(r) != u(NFTA_NAT_REG_ADDR_MIN))
+            || u(NFTA_NAT_REG_PROTO_MAX).is_some_and(|r| Some(r) != u(NFTA_NAT_REG_PROTO_MIN)) =>
+        {
+            Low::Other(name)
+        }
         "nat" => Low::Nat {
             kind: u(NFTA_NAT_TYPE).ok_or_else(|| missing("type"))?,
             family: u(NFTA_NAT_FAMILY).ok_or_else(|| missing("family"))?,
@@ -434,13 +507,35 @@ pub fn raise(table: TableFamily, lows: &[Low]) -> Option<Vec<Expr>> {
                             return None;
                         }
                         match (dreg, flags) {
-                            (Some(NFT_REG_VERDICT), 0) => out.push(Expr::Vmap { key: fields, map: set.clone() }),
+                            (Some(NFT_REG_VERDICT), 0) => {
+                                out.push(Expr::Vmap { key: fields, map: set.clone() });
+                                i += n + 1;
+                            }
                             (None, f) if *f & !NFT_LOOKUP_F_INV == 0 => {
-                                out.push(Expr::Lookup { key: fields, set: set.clone(), negate: *f & NFT_LOOKUP_F_INV != 0 })
+                                out.push(Expr::Lookup { key: fields, set: set.clone(), negate: *f & NFT_LOOKUP_F_INV != 0 });
+                                i += n + 1;
+                            }
+                            // a lookup into registers, then a NAT from them: `dnat ip to <key> map @m`
+                            (Some(r), 0) => {
+                                let Some(Low::Nat { kind: NFT_NAT_DNAT, family, addr: Some(a), proto: Some(p), flags }) = rest.get(n + 1) else {
+                                    return None;
+                                };
+                                let fam = match u8::try_from(*family).ok()? {
+                                    NFPROTO_IPV4 => Family::V4,
+                                    NFPROTO_IPV6 => Family::V6,
+                                    _ => return None,
+                                };
+                                // the kernel records the registers given as flags; any other flag is another statement
+                                if (*r, *a, *p) != (dnat_map_regs(fam).0, dnat_map_regs(fam).0, dnat_map_regs(fam).1)
+                                    || flags & !(NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED) != 0
+                                {
+                                    return None;
+                                }
+                                out.push(Expr::DnatMap { family: fam, key: fields, map: set.clone() });
+                                i += n + 2;
                             }
                             _ => return None,
                         }
-                        i += n + 1;
                     }
                     Some(Low::Cmp { .. } | Low::Bitwise { .. }) if n == 1 => {
                         let (f, reg) = field_of(&loads[0], nfproto, &mut l4dep)?;
@@ -602,9 +697,9 @@ pub fn read_error(what: &str, e: NlError) -> CniError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::encode::{lower_rule, op_messages};
+    use super::super::encode::{lower_rule, op_messages, op_messages_in, put_str, SetCatalog};
     use super::*;
-    use crate::nft::ops::{Op, TableRef};
+    use crate::nft::ops::{Op, SetDef, TableRef};
     use crate::nft::plan;
     use crate::{AttachmentKey, IsolationSpec, MasqSpec, PortMapSpec, PortMapping};
 
@@ -672,7 +767,9 @@ mod tests {
         use DataType::*;
         assert_eq!(key_types(29453), vec![Ipv4Addr, InetProto, InetService]);
         assert_eq!(key_types(41), vec![Ifname]);
-        assert_eq!(key_types(7 << 6 | 63), vec![Ipv4Addr]); // unknown part left out
+        // a type with an unknown part is not read, as the JSON reader reads it
+        assert_eq!(key_types(7 << 6 | 63), vec![]);
+        assert_eq!(key_types(19 << 12 | 19 << 6 | 19), vec![Mark, Mark, Mark]);
         let k = super::super::encode::key_bytes(
             &[Value::Addr("2001:db8::1".parse().unwrap()), Value::Proto(Protocol::Sctp), Value::Port(8444)],
             &[Ipv6Addr, InetProto, InetService],
@@ -688,16 +785,176 @@ mod tests {
     fn elements_and_comments_from_messages() {
         let t = TableRef::inet("t");
         let e = Element::verdict(vec![Value::Proto(Protocol::Tcp), Value::Port(8080)], Verdict::Goto("p-x".into()));
+        let shape = |data| SetState { name: "any4".into(), key: vec![DataType::InetProto, DataType::InetService], data, interval: false, elems: vec![] };
         let msg = &op_messages(&Op::AddElements { table: t.clone(), set: "any4".into(), elems: vec![e.clone()] }).unwrap()[0];
         // a dump reply has the request's layout, with NEWSETELEM
-        assert_eq!(parse_elems(&msg.bytes, &[DataType::InetProto, DataType::InetService], true).unwrap(), vec![e.clone()]);
+        assert_eq!(parse_elems(&msg.bytes, &shape(SetData::Verdict)).unwrap(), vec![e.clone()]);
         // in a plain set, data is not expected: skipped like the JSON reader does
-        assert!(parse_elems(&msg.bytes, &[DataType::InetProto, DataType::InetService], false).unwrap().is_empty());
+        assert!(parse_elems(&msg.bytes, &shape(SetData::None)).unwrap().is_empty());
         let c = op_messages(&Op::AddChain { table: t, name: "c".into(), base: None, comment: Some("net: n id: c if: eth0".into()) }).unwrap();
         let (table, chain) = parse_chain(&c[0].bytes).unwrap().unwrap();
         assert_eq!((table.as_str(), chain.name.as_str(), chain.hook), ("t", "c", None));
         assert_eq!(udata_comment(&[0, 4, b'a', b'b', b'c', 0], 0).as_deref(), Some("abc"));
         assert_eq!(udata_comment(&[7, 2, b'x', 0, 0, 2, b'y', 0], 0).as_deref(), Some("y"));
         assert_eq!(udata_comment(&[0, 9, b'x'], 0), None);
+    }
+
+    // ---- data maps, concatenated interval sets, dnat from a map ----
+
+    fn v(s: &str) -> Value {
+        if s.contains('/') {
+            Value::Prefix(s.parse().unwrap())
+        } else {
+            Value::Addr(s.parse().unwrap())
+        }
+    }
+
+    /// The new statements through the wire and back, and their JSON as `nft -j list` (1.0.6)
+    /// printed it for the same rules.
+    #[test]
+    fn dnat_maps_and_data_map_lookups_roundtrip() {
+        let t = TableFamily::Inet;
+        let dm = |family, key: Vec<Field>, map: &str| Expr::DnatMap { family, key, map: map.into() };
+        let cases = vec![
+            (
+                Rule::new(vec![dm(Family::V4, vec![Field::Daddr(Family::V4), Field::L4proto, Field::ThDport], "dnat4h")]),
+                r#"[{"dnat": {"family": "ip", "addr": {"map": {"key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@dnat4h"}}}}]"#,
+            ),
+            (
+                Rule::new(vec![Expr::Nfproto(Family::V4), dm(Family::V4, vec![Field::L4proto, Field::ThDport], "dnat4")]),
+                r#"[{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}}, {"dnat": {"family": "ip", "addr": {"map": {"key": {"concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@dnat4"}}}}]"#,
+            ),
+            (
+                Rule::new(vec![dm(Family::V6, vec![Field::Daddr(Family::V6), Field::L4proto, Field::ThDport], "dnat6h")]),
+                r#"[{"dnat": {"family": "ip6", "addr": {"map": {"key": {"concat": [{"payload": {"protocol": "ip6", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@dnat6h"}}}}]"#,
+            ),
+            (
+                Rule::new(vec![Expr::Lookup { key: vec![Field::Saddr(Family::V4)], set: "masq4".into(), negate: false }, Expr::Masquerade]),
+                r#"[{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@masq4"}}, {"masquerade": null}]"#,
+            ),
+            (
+                Rule::new(vec![
+                    Expr::CtStatusDnat,
+                    Expr::Lookup { key: vec![Field::Daddr(Family::V6), Field::Saddr(Family::V6)], set: "exempt6".into(), negate: false },
+                    Expr::Masquerade,
+                ]),
+                r#"[{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip6", "field": "daddr"}}, {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@exempt6"}}, {"masquerade": null}]"#,
+            ),
+        ];
+        for (rule, nft_json) in cases {
+            let op = Op::AddRule { table: TableRef::inet("t"), chain: "c".into(), rule: rule.clone() };
+            let (_, _, back) = parse_rule(&op_messages(&op).unwrap()[0].bytes).unwrap().unwrap();
+            assert!(back.matches(&rule), "{}", rule.text());
+            let want: J = serde_json::from_str(nft_json).unwrap();
+            assert_eq!(back.exprs.json(), want, "{}", rule.text());
+            // the kernel reports the flags it derived from the registers given: still the same statement
+            let mut lows = lower_rule(t, &rule).unwrap();
+            for l in lows.iter_mut() {
+                if let Low::Nat { flags, .. } = l {
+                    *flags = NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED;
+                }
+            }
+            assert_eq!(rule_json(t, &lows), want);
+        }
+        // other registers or flags are other statements
+        let rule = Rule::new(vec![dm(Family::V6, vec![Field::L4proto, Field::ThDport], "m")]);
+        let lows = lower_rule(t, &rule).unwrap();
+        let mut wrong_port = lows.clone();
+        if let Some(Low::Nat { proto, .. }) = wrong_port.last_mut() {
+            *proto = Some(9);
+        }
+        assert_eq!(raise(t, &wrong_port), None);
+        let mut random = lows.clone();
+        if let Some(Low::Nat { flags, .. }) = random.last_mut() {
+            *flags = 0x4; // NF_NAT_RANGE_PROTO_RANDOM
+        }
+        assert_eq!(raise(t, &random), None);
+        let mut no_nat = lows;
+        no_nat.pop();
+        assert_eq!(raise(t, &no_nat), None);
+    }
+
+    #[test]
+    fn nat_ranges_are_not_statements() {
+        // as the kernel dumps `dnat ip to 10.0.0.1-10.0.0.2`: a maximum register other than the minimum
+        let mut d = Vec::new();
+        put_str(&mut d, NFTA_EXPR_NAME, "nat");
+        cni_common::netlink::socket::put_nested(&mut d, NFTA_EXPR_DATA, |x| {
+            for (k, val) in [(NFTA_NAT_TYPE, NFT_NAT_DNAT), (NFTA_NAT_FAMILY, 2), (NFTA_NAT_REG_ADDR_MIN, 1), (NFTA_NAT_REG_ADDR_MAX, 9)] {
+                cni_common::netlink::socket::put_attr(x, k, &val.to_be_bytes());
+            }
+        });
+        assert_eq!(parse_expr(&d).unwrap(), Low::Other("nat".into()));
+    }
+
+    #[test]
+    fn data_maps_and_interval_sets_from_messages() {
+        use DataType::*;
+        let t = TableRef::inet("t");
+        let defs = [
+            SetDef::map("masq4", vec![Ipv4Addr], vec![Mark, Mark, Mark]),
+            SetDef::interval_set("exempt6", vec![Ipv6Addr, Ipv6Addr]),
+            SetDef::map("dnat4", vec![InetProto, InetService], vec![Ipv4Addr, InetService]),
+            SetDef::vmap("v", vec![Ipv4Addr, Ipv4Addr]),
+        ];
+        let mut shapes = Vec::new();
+        for def in &defs {
+            let msg = &op_messages(&Op::AddSet { table: t.clone(), set: def.clone() }).unwrap()[0];
+            let (table, st, flags) = parse_set(&msg.bytes).unwrap().unwrap();
+            assert_eq!(table, "t");
+            assert_eq!((&st.name, &st.key, &st.data, st.interval), (&def.name, &def.key, &def.data, def.interval));
+            assert_eq!(flags & NFT_SET_CONCAT != 0, def.interval);
+            shapes.push(st);
+        }
+        let sets = SetCatalog::of_ops(&defs.iter().map(|d| Op::AddSet { table: t.clone(), set: d.clone() }).collect::<Vec<_>>());
+        let back = |set: &SetState, elems: Vec<Element>| {
+            let op = Op::AddElements { table: t.clone(), set: set.name.clone(), elems };
+            parse_elems(&op_messages_in(&op, &sets).unwrap()[0].bytes, set).unwrap()
+        };
+        let m = Element::data(vec![v("10.88.0.5")], vec![Value::Mark(0x0123_4567), Value::Mark(0x89ab_cdef), Value::Mark(1)]);
+        assert_eq!(back(&shapes[0], vec![m.clone()]), vec![m.clone()]);
+        // a data map's element without its data, or with data of other types, is not read
+        assert!(back(&SetState { data: SetData::None, ..shapes[0].clone() }, vec![m.clone()]).is_empty());
+        assert!(back(&SetState { data: SetData::Values(vec![Mark]), ..shapes[0].clone() }, vec![m]).is_empty());
+        // ranges: a host written as a /128 reads as the address, prefixes as their networks
+        let written = vec![
+            Element::key(vec![v("fd88::5"), v("fd88::1/64")]),
+            Element::key(vec![v("fd88::6"), v("::/0")]),
+            Element::key(vec![v("fd88::7"), v("fd88::7/128")]),
+        ];
+        let read = vec![
+            Element::key(vec![v("fd88::5"), v("fd88::/64")]),
+            Element::key(vec![v("fd88::6"), v("::/0")]),
+            Element::key(vec![v("fd88::7"), v("fd88::7")]),
+        ];
+        assert_eq!(back(&shapes[1], written), read);
+        let d = Element::data(vec![Value::Proto(Protocol::Sctp), Value::Port(9000)], vec![v("10.88.0.5"), Value::Port(9000)]);
+        assert_eq!(back(&shapes[2], vec![d.clone()]), vec![d]);
+        let vm = Element::verdict(vec![v("10.0.0.1"), v("10.0.0.2")], Verdict::Jump("c".into()));
+        assert_eq!(back(&shapes[3], vec![vm.clone()]), vec![vm]);
+    }
+
+    #[test]
+    fn ranges_read_as_nft_prints_them() {
+        use DataType::*;
+        let b = |s: &str| match s.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let two = |x: &str, y: &str| [b(x), b(y)].concat();
+        let r = |first: Vec<u8>, last: Vec<u8>| parse_range_key(&first, &last, &[Ipv4Addr, Ipv4Addr]);
+        assert_eq!(r(two("10.0.0.1", "10.1.0.0"), two("10.0.0.1", "10.1.255.255")), Some(vec![v("10.0.0.1"), v("10.1.0.0/16")]));
+        assert_eq!(r(two("0.0.0.0", "10.1.0.7"), two("255.255.255.255", "10.1.0.7")), Some(vec![v("0.0.0.0/0"), v("10.1.0.7")]));
+        assert_eq!(r(two("10.0.0.254", "10.1.0.7"), two("10.0.0.255", "10.1.0.7")), Some(vec![v("10.0.0.254/31"), v("10.1.0.7")]));
+        // not a prefix: no element (the JSON reader skips `{"range": ...}` too)
+        assert_eq!(r(two("10.0.0.1", "10.1.0.0"), two("10.0.0.2", "10.1.0.0")), None);
+        assert_eq!(r(two("10.0.0.1", "10.1.0.255"), two("10.0.0.1", "10.1.0.0")), None); // last before first
+        assert_eq!(r(two("10.0.0.0", "10.1.0.1"), two("10.0.0.0", "10.1.0.255")), None);
+        let v6 = parse_range_key(&[b("::"), b("fd00::")].concat(), &[b("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), b("fd00::ffff")].concat(), &[Ipv6Addr, Ipv6Addr]);
+        assert_eq!(v6, Some(vec![v("::/0"), v("fd00::/112")]));
+        // port ranges are not read; one port is
+        let pp = |a: u16, z: u16| parse_range_key(&[6, 0, 0, 0, (a >> 8) as u8, a as u8, 0, 0], &[6, 0, 0, 0, (z >> 8) as u8, z as u8, 0, 0], &[InetProto, InetService]);
+        assert_eq!(pp(80, 80), Some(vec![Value::Proto(Protocol::Tcp), Value::Port(80)]));
+        assert_eq!(pp(80, 90), None);
     }
 }

@@ -12,14 +12,26 @@
 //! - concatenated keys are loaded into consecutive 4-byte register slots (slot 0 = `NFT_REG_1`,
 //!   every 16-byte-aligned slot as the 16-byte register, the others as `NFT_REG32_*`), each field
 //!   padded to 4 bytes, and looked up from the first;
-//! - NAT takes the address in `NFT_REG_1` and the port in `NFT_REG_2`;
-//! - sets carry `nft`'s user data (key/data byte order, the typeof marker of concatenations);
-//!   comments of chains and rules are `NFTNL_UDATA_*_COMMENT` TLVs holding the text and a NUL.
+//! - NAT takes the address in `NFT_REG_1` and the port in `NFT_REG_2`; a NAT from a map
+//!   (`dnat ip to <key> map @m`) looks the key up into `NFT_REG_1` and takes the port from the
+//!   slot right after the address (`NFT_REG32_01` for IPv4, `NFT_REG_2` for IPv6);
+//! - sets carry `nft`'s user data (key/data byte order, the typeof marker of concatenated keys
+//!   and data); comments of chains and rules are `NFTNL_UDATA_*_COMMENT` TLVs holding the text
+//!   and a NUL;
+//! - interval sets with concatenated keys (the kernel's pipapo backend) are flagged
+//!   `NFT_SET_INTERVAL | NFT_SET_CONCAT` and describe their fields' lengths (`NFTA_SET_DESC`);
+//!   each element names its first (`NFTA_SET_ELEM_KEY`) and last (`NFTA_SET_ELEM_KEY_END`) key,
+//!   in additions and deletions alike; marks are in host byte order.
 
 use super::consts::*;
-use crate::nft::ops::{comment_text, BaseChain, ChainType, DataType, Element, Expr, Field, Hook, Op, Rule, SetDef, TableFamily, TableRef, Value, Verdict};
+use crate::nft::ops::{
+    comment_text, BaseChain, ChainType, DataType, Element, Expr, Field, Hook, Op, Rule, SetData, SetDef, TableFamily, TableRef, Value,
+    Verdict,
+};
 use crate::{CniError, Family, Protocol};
 use cni_common::netlink::socket::{nfgen_message, put_attr, put_nested, HEADER_LEN, NFGENMSG_LEN};
+use ipnetwork::IpNetwork;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// Data an immediate expression loads.
@@ -184,7 +196,23 @@ fn value_bytes(v: &Value, ty: DataType) -> Result<Vec<u8>, CniError> {
         (Value::Proto(p), DataType::InetProto) => Ok(vec![proto_number(*p)]),
         (Value::Port(p), DataType::InetService) => Ok(p.to_be_bytes().to_vec()),
         (Value::Ifname(n), DataType::Ifname) => ifname_bytes(n),
+        // nft keeps marks in host byte order
+        (Value::Mark(m), DataType::Mark) => Ok(m.to_ne_bytes().to_vec()),
         _ => Err(bad()),
+    }
+}
+
+/// The first and last value a key part of an interval set covers, in wire order and natural
+/// length: a prefix spans its network's addresses, any other value only itself.
+fn range_bytes(v: &Value, ty: DataType) -> Result<(Vec<u8>, Vec<u8>), CniError> {
+    match (v, ty) {
+        (Value::Prefix(p @ IpNetwork::V4(_)), DataType::Ipv4Addr) | (Value::Prefix(p @ IpNetwork::V6(_)), DataType::Ipv6Addr) => {
+            Ok((addr_bytes(&p.network()), addr_bytes(&p.broadcast())))
+        }
+        _ => {
+            let b = value_bytes(v, ty)?;
+            Ok((b.clone(), b))
+        }
     }
 }
 
@@ -208,7 +236,7 @@ pub fn type_id(t: DataType) -> u32 {
         DataType::InetProto => TYPE_INET_PROTOCOL,
         DataType::InetService => TYPE_INET_SERVICE,
         DataType::Ifname => TYPE_IFNAME,
-        DataType::Mark => 19,
+        DataType::Mark => TYPE_MARK,
     }
 }
 
@@ -220,6 +248,7 @@ pub fn type_of_id(id: u32) -> Option<DataType> {
         TYPE_INET_PROTOCOL => DataType::InetProto,
         TYPE_INET_SERVICE => DataType::InetService,
         TYPE_IFNAME => DataType::Ifname,
+        TYPE_MARK => DataType::Mark,
         _ => return None,
     })
 }
@@ -227,39 +256,58 @@ pub fn type_of_id(id: u32) -> Option<DataType> {
 /// The byte order nft records for a key of this type.
 fn type_byteorder(t: DataType) -> u32 {
     match t {
-        DataType::Ifname => BYTEORDER_HOST_ENDIAN,
+        DataType::Ifname | DataType::Mark => BYTEORDER_HOST_ENDIAN,
         _ => BYTEORDER_BIG_ENDIAN,
     }
 }
 
-/// Key bytes of an element: one part at its natural length, or every part padded to 4 bytes.
-pub fn key_bytes(key: &[Value], types: &[DataType]) -> Result<Vec<u8>, CniError> {
+/// Parts laid out as a key or map data: one part at its natural length, or every part padded
+/// to 4 bytes (a concatenation).
+fn concat(parts: Vec<Vec<u8>>) -> Vec<u8> {
+    if parts.len() == 1 {
+        return parts.into_iter().next().expect("one part");
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p);
+        out.resize(out.len().next_multiple_of(4), 0);
+    }
+    out
+}
+
+fn check_parts(key: &[Value], types: &[DataType]) -> Result<(), CniError> {
     if key.len() != types.len() || key.is_empty() {
         return Err(unsupported(format!("key of {} parts for a type of {}", key.len(), types.len())));
     }
-    if key.len() == 1 {
-        return value_bytes(&key[0], types[0]);
-    }
-    let mut out = Vec::new();
-    for (v, t) in key.iter().zip(types) {
-        out.extend(value_bytes(v, *t)?);
-        out.resize(out.len().next_multiple_of(4), 0);
-    }
-    Ok(out)
+    Ok(())
 }
 
-/// The data types of an element's key, guessed from its values (for deletes, whose set type is
-/// not known to the operation).
+/// Key bytes of an element (or the data of a data map's element): one part at its natural
+/// length, or every part padded to 4 bytes.
+pub fn key_bytes(key: &[Value], types: &[DataType]) -> Result<Vec<u8>, CniError> {
+    check_parts(key, types)?;
+    Ok(concat(key.iter().zip(types).map(|(v, t)| value_bytes(v, *t)).collect::<Result<_, _>>()?))
+}
+
+/// The first and last key an element of an interval set covers (`NFTA_SET_ELEM_KEY` and
+/// `NFTA_SET_ELEM_KEY_END`): every part's first values, and every part's last values.
+pub fn key_range_bytes(key: &[Value], types: &[DataType]) -> Result<(Vec<u8>, Vec<u8>), CniError> {
+    check_parts(key, types)?;
+    let (first, last): (Vec<_>, Vec<_>) = key.iter().zip(types).map(|(v, t)| range_bytes(v, *t)).collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
+    Ok((concat(first), concat(last)))
+}
+
+/// The data types of an element's key (or data), guessed from its values (for an element
+/// operation on a set the transaction does not define and that was not looked up).
 fn types_of(key: &[Value]) -> Result<Vec<DataType>, CniError> {
     key.iter()
         .map(|v| match v {
-            Value::Addr(IpAddr::V4(_)) => Ok(DataType::Ipv4Addr),
-            Value::Addr(IpAddr::V6(_)) => Ok(DataType::Ipv6Addr),
+            Value::Addr(IpAddr::V4(_)) | Value::Prefix(IpNetwork::V4(_)) => Ok(DataType::Ipv4Addr),
+            Value::Addr(IpAddr::V6(_)) | Value::Prefix(IpNetwork::V6(_)) => Ok(DataType::Ipv6Addr),
             Value::Proto(_) => Ok(DataType::InetProto),
             Value::Port(_) => Ok(DataType::InetService),
             Value::Ifname(_) => Ok(DataType::Ifname),
             Value::Mark(_) => Ok(DataType::Mark),
-            Value::Prefix(p) => Err(unsupported(format!("prefix {p} as a set key (no layout uses interval sets)"))),
         })
         .collect()
 }
@@ -391,7 +439,6 @@ impl Lowering {
 
     fn expr(&mut self, e: &Expr) -> Result<(), CniError> {
         match e {
-            Expr::DnatMap { .. } => return Err(unsupported("TEMP")),
             Expr::Cmp { field, negate, value } => self.cmp(*field, *negate, value)?,
             Expr::Nfproto(fam) => {
                 self.out.push(Low::Meta { key: NFT_META_NFPROTO, dreg: NFT_REG_1 });
@@ -443,10 +490,30 @@ impl Lowering {
                     flags: NF_NAT_RANGE_PROTO_SPECIFIED,
                 });
             }
+            Expr::DnatMap { family, key, map } => {
+                if matches!((self.table, family), (TableFamily::Ip, Family::V6) | (TableFamily::Ip6, Family::V4)) {
+                    return Err(unsupported(format!("{} in a table of family {}", e.text(), self.table.as_str())));
+                }
+                let sreg = self.concat(key)?;
+                let (ra, rp) = dnat_map_regs(*family);
+                self.out.push(Low::Lookup { set: map.clone(), sreg, dreg: Some(ra), flags: 0 });
+                // nft sends no flags here: the kernel derives them from the registers given
+                self.out.push(Low::Nat { kind: NFT_NAT_DNAT, family: u32::from(nfproto_of(*family)), addr: Some(ra), proto: Some(rp), flags: 0 });
+            }
             Expr::Verdict(v) => self.out.push(Low::Immediate { dreg: NFT_REG_VERDICT, data: ImmData::Verdict(v.clone()) }),
         }
         Ok(())
     }
+}
+
+/// The registers of a NAT from a map of `ipvX_addr . inet_service` data: the lookup writes the
+/// data from `NFT_REG_1`, the address first, the port in the 4-byte slot right after it.
+pub fn dnat_map_regs(family: Family) -> (u32, u32) {
+    let addr_slots = match family {
+        Family::V4 => 1,
+        Family::V6 => 4,
+    };
+    (NFT_REG_1, reg_of_slot(addr_slots))
 }
 
 /// The kernel expressions of a rule in a table of family `table`.
@@ -636,7 +703,8 @@ fn verb(add: bool) -> &'static str {
     }
 }
 
-/// An element as `nft` writes it: with its verdict when added, the key alone when deleted.
+/// An element as `nft` writes it: with its verdict or data when added, the key alone when
+/// deleted.
 fn elem_text(e: &Element, add: bool) -> String {
     if add {
         e.text()
@@ -694,28 +762,40 @@ pub fn comment_udata(kind: u8, comment: &str) -> Result<Vec<u8>, CniError> {
     Ok(udata(kind, &text))
 }
 
-/// The user data nft 1.x stores in a set of these key types (map: verdict data).
-pub fn set_udata(key: &[DataType], map: bool) -> Vec<u8> {
-    let mut u = Vec::new();
-    let order = if key.len() == 1 { type_byteorder(key[0]) } else { BYTEORDER_INVALID };
-    u.extend(udata(UDATA_SET_KEYBYTEORDER, &order.to_ne_bytes()));
-    if map {
-        u.extend(udata(UDATA_SET_DATABYTEORDER, &BYTEORDER_INVALID.to_ne_bytes()));
-    }
-    if key.len() > 1 {
-        // What nft records as the "typeof" of a concatenation declared by type: an expression
-        // marker (13) and no sub-expressions.
+/// The user data nft 1.x stores in a set of these key types mapping to `data`, TLVs in this
+/// order: the key's byte order; for maps the data's byte order; for a concatenated key, and for
+/// concatenated data, the "typeof" marker; for maps the data-interval flag (0).
+/// A concatenation's byte order is recorded as invalid (0), a verdict's too.
+pub fn set_udata(key: &[DataType], data: &SetData) -> Vec<u8> {
+    let order = |types: &[DataType]| if types.len() == 1 { type_byteorder(types[0]) } else { BYTEORDER_INVALID };
+    // What nft records as the "typeof" of a concatenation declared by type: an expression
+    // marker (13) and no sub-expressions.
+    let concat_typeof = || {
         let mut inner = udata(0, &13u32.to_ne_bytes());
         inner.extend(udata(1, &[]));
-        u.extend(udata(UDATA_SET_KEY_TYPEOF, &inner));
+        inner
+    };
+    let mut u = Vec::new();
+    u.extend(udata(UDATA_SET_KEYBYTEORDER, &order(key).to_ne_bytes()));
+    match data {
+        SetData::None => {}
+        SetData::Verdict => u.extend(udata(UDATA_SET_DATABYTEORDER, &BYTEORDER_INVALID.to_ne_bytes())),
+        SetData::Values(d) => u.extend(udata(UDATA_SET_DATABYTEORDER, &order(d).to_ne_bytes())),
     }
-    if map {
+    if key.len() > 1 {
+        u.extend(udata(UDATA_SET_KEY_TYPEOF, &concat_typeof()));
+    }
+    if matches!(data, SetData::Values(d) if d.len() > 1) {
+        u.extend(udata(UDATA_SET_DATA_TYPEOF, &concat_typeof()));
+    }
+    if *data != SetData::None {
         u.extend(udata(UDATA_SET_DATA_INTERVAL, &0u32.to_ne_bytes()));
     }
     u
 }
 
-/// Key type number and length of a set key (concatenations: 6 bits per part, parts padded to 4).
+/// Type number and length of a set key or map data (concatenations: 6 bits per part, parts
+/// padded to 4).
 pub fn set_key_type(key: &[DataType]) -> (u32, u32) {
     if key.len() == 1 {
         return (type_id(key[0]), type_len(key[0]) as u32);
@@ -750,8 +830,42 @@ fn check_name(what: &str, name: &str) -> Result<(), CniError> {
 /// Largest element list put in one message (the list is one attribute: under 64 KiB).
 const ELEMS_BYTES_MAX: usize = 32 * 1024;
 
-/// The messages of one operation (none for an empty element list).
+/// Definitions of sets and maps the encoder of element operations knows, by table and name: the
+/// sets a transaction makes, and those looked up in the kernel. The elements of an interval set
+/// carry their last key too, which the elements alone do not tell (`10.0.0.1 . 10.0.0.2` is
+/// a single key in either kind of set).
+#[derive(Debug, Clone, Default)]
+pub struct SetCatalog(HashMap<(TableRef, String), SetDef>);
+
+impl SetCatalog {
+    /// The sets `ops` make.
+    pub fn of_ops(ops: &[Op]) -> SetCatalog {
+        let mut c = SetCatalog::default();
+        for op in ops {
+            if let Op::AddSet { table, set } = op {
+                c.insert(table, set.clone());
+            }
+        }
+        c
+    }
+    pub fn insert(&mut self, table: &TableRef, set: SetDef) {
+        self.0.insert((table.clone(), set.name.clone()), set);
+    }
+    pub fn get(&self, table: &TableRef, name: &str) -> Option<&SetDef> {
+        self.0.get(&(table.clone(), name.to_string()))
+    }
+}
+
+/// The messages of one operation (none for an empty element list); element operations are laid
+/// out from their values alone (see [`op_messages_in`]).
 pub fn op_messages(op: &Op) -> Result<Vec<Msg>, CniError> {
+    op_messages_in(op, &SetCatalog::default())
+}
+
+/// The messages of one operation, element operations laid out for their set as `sets` defines
+/// it; for a set it does not define, key and data types are those of the values, and the set is
+/// taken for an interval set when a key holds a prefix.
+pub fn op_messages_in(op: &Op, sets: &SetCatalog) -> Result<Vec<Msg>, CniError> {
     let one = |bytes: Vec<u8>, flags: u16| Ok(vec![Msg { bytes, flags, op: 0, elems: None }]);
     match op {
         Op::AddTable(t) | Op::CreateTable(t) => {
@@ -824,8 +938,8 @@ pub fn op_messages(op: &Op) -> Result<Vec<Msg>, CniError> {
             one(message(NFT_MSG_NEWRULE, family_byte(table.family), &a), NLM_F_CREATE | NLM_F_APPEND)
         }
         Op::AddSet { table, set } => set_message(table, set),
-        Op::AddElements { table, set, elems } => elem_messages(table, set, elems, true),
-        Op::DeleteElements { table, set, elems } => elem_messages(table, set, elems, false),
+        Op::AddElements { table, set, elems } => elem_messages(table, set, sets.get(table, set), elems, true),
+        Op::DeleteElements { table, set, elems } => elem_messages(table, set, sets.get(table, set), elems, false),
     }
 }
 
@@ -838,44 +952,118 @@ fn next_set_id() -> u32 {
 
 fn set_message(table: &TableRef, set: &SetDef) -> Result<Vec<Msg>, CniError> {
     check_name("set", &set.name)?;
+    let what = || format!("{} {}", if set.is_map() { "map" } else { "set" }, set.name);
     if set.key.is_empty() || set.key.len() > 5 {
-        return Err(unsupported(format!("set {} with a key of {} parts", set.name, set.key.len())));
+        return Err(unsupported(format!("{} with a key of {} parts", what(), set.key.len())));
+    }
+    // nft writes interval sets of single values as segment trees (start and end elements); only
+    // concatenations (one range per field, pipapo) are encoded here.
+    if set.interval && set.key.len() == 1 {
+        return Err(unsupported(format!("{}: interval sets with a key of one field", what())));
     }
     let (ty, len) = set_key_type(&set.key);
+    let mut flags = 0;
+    if set.is_map() {
+        flags |= NFT_SET_MAP;
+    }
+    if set.interval {
+        flags |= NFT_SET_INTERVAL | NFT_SET_CONCAT;
+    }
     let mut a = Vec::new();
     put_str(&mut a, NFTA_SET_TABLE, &table.name);
     put_str(&mut a, NFTA_SET_NAME, &set.name);
-    put_u32(&mut a, NFTA_SET_FLAGS, if set.is_map() { NFT_SET_MAP } else { 0 });
+    put_u32(&mut a, NFTA_SET_FLAGS, flags);
     put_u32(&mut a, NFTA_SET_KEY_TYPE, ty);
     put_u32(&mut a, NFTA_SET_KEY_LEN, len);
-    if set.is_map() {
-        put_u32(&mut a, NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
-        put_u32(&mut a, NFTA_SET_DATA_LEN, 0);
+    match &set.data {
+        SetData::None => {}
+        SetData::Verdict => {
+            put_u32(&mut a, NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+            put_u32(&mut a, NFTA_SET_DATA_LEN, 0);
+        }
+        SetData::Values(d) => {
+            if d.is_empty() || d.len() > 5 {
+                return Err(unsupported(format!("{} with data of {} parts", what(), d.len())));
+            }
+            let (dty, dlen) = set_key_type(d);
+            put_u32(&mut a, NFTA_SET_DATA_TYPE, dty);
+            put_u32(&mut a, NFTA_SET_DATA_LEN, dlen);
+        }
     }
     // Required by the kernel: a transaction-local id other messages could refer to the new set
     // by (ours refer to sets by name).
     put_u32(&mut a, NFTA_SET_ID, next_set_id());
-    put_attr(&mut a, NFTA_SET_USERDATA, &set_udata(&set.key, set.is_map()));
+    if set.interval {
+        // the length of each field, unpadded: the kernel lays out its pipapo fields by them
+        put_nested(&mut a, NFTA_SET_DESC, |d| {
+            put_nested(d, NFTA_SET_DESC_CONCAT, |c| {
+                for t in &set.key {
+                    put_nested(c, NFTA_LIST_ELEM, |f| put_u32(f, NFTA_SET_FIELD_LEN, type_len(*t) as u32));
+                }
+            })
+        });
+    }
+    put_attr(&mut a, NFTA_SET_USERDATA, &set_udata(&set.key, &set.data));
     Ok(vec![Msg { bytes: message(NFT_MSG_NEWSET, family_byte(table.family), &a), flags: NLM_F_CREATE, op: 0, elems: None }])
 }
 
-/// One element attribute: key, and the verdict when adding.
-fn elem_attr(e: &Element, add: bool) -> Result<Vec<u8>, CniError> {
-    let key = key_bytes(&e.key, &types_of(&e.key)?)?;
+/// What the elements of one operation are laid out for: their set's definition, or types
+/// guessed from each element's values.
+struct ElemShape<'a> {
+    set: &'a str,
+    def: Option<&'a SetDef>,
+    /// Without a definition: whether the set is taken for an interval set.
+    interval: bool,
+}
+
+/// One element attribute: key (and last key in an interval set), and when adding, the verdict or
+/// data.
+fn elem_attr(e: &Element, add: bool, shape: &ElemShape) -> Result<Vec<u8>, CniError> {
+    let bad = |why: &str| unsupported(format!("element {} of {}: {why}", elem_text(e, add), shape.set));
+    let key_types = match shape.def {
+        Some(d) => d.key.clone(),
+        None => types_of(&e.key)?,
+    };
+    let interval = shape.def.map_or(shape.interval, |d| d.interval);
+    let (key, key_end) = if interval {
+        let (first, last) = key_range_bytes(&e.key, &key_types)?;
+        (first, Some(last))
+    } else {
+        (key_bytes(&e.key, &key_types)?, None)
+    };
+    let data = if !add {
+        None
+    } else {
+        match (shape.def.map(|d| &d.data), &e.verdict, e.data.is_empty()) {
+            (Some(SetData::None), None, true) => None,
+            (Some(SetData::None), ..) => return Err(bad("data for a set")),
+            (Some(SetData::Verdict) | None, Some(v), true) => Some(ImmData::Verdict(v.clone())),
+            (Some(SetData::Verdict), ..) => return Err(bad("a verdict map's element needs a verdict")),
+            (Some(SetData::Values(types)), None, false) => Some(ImmData::Value(key_bytes(&e.data, types)?)),
+            (Some(SetData::Values(_)), ..) => return Err(bad("a data map's element needs data and no verdict")),
+            (None, None, false) => Some(ImmData::Value(key_bytes(&e.data, &types_of(&e.data)?)?)),
+            (None, None, true) => None,
+            (None, Some(_), false) => return Err(bad("both a verdict and data")),
+        }
+    };
     let mut out = Vec::new();
     put_nested(&mut out, NFTA_LIST_ELEM, |el| {
         put_value(el, NFTA_SET_ELEM_KEY, &key);
-        if add {
-            if let Some(v) = &e.verdict {
-                put_verdict(el, NFTA_SET_ELEM_DATA, v);
-            }
+        if let Some(end) = &key_end {
+            put_value(el, NFTA_SET_ELEM_KEY_END, end);
+        }
+        match &data {
+            Some(ImmData::Verdict(v)) => put_verdict(el, NFTA_SET_ELEM_DATA, v),
+            Some(ImmData::Value(d)) => put_value(el, NFTA_SET_ELEM_DATA, d),
+            None => {}
         }
     });
     Ok(out)
 }
 
-fn elem_messages(table: &TableRef, set: &str, elems: &[Element], add: bool) -> Result<Vec<Msg>, CniError> {
+fn elem_messages(table: &TableRef, set: &str, def: Option<&SetDef>, elems: &[Element], add: bool) -> Result<Vec<Msg>, CniError> {
     check_name("set", set)?;
+    let shape = ElemShape { set, def, interval: elems.iter().any(|e| e.key.iter().any(|v| matches!(v, Value::Prefix(_)))) };
     let mut out = Vec::new();
     let mut done = 0;
     while done < elems.len() {
@@ -887,7 +1075,7 @@ fn elem_messages(table: &TableRef, set: &str, elems: &[Element], add: bool) -> R
         let mut list = Vec::new();
         let mut offs = Vec::new();
         for e in &elems[done..] {
-            let attr = elem_attr(e, add)?;
+            let attr = elem_attr(e, add, &shape)?;
             if !offs.is_empty() && list.len() + attr.len() > ELEMS_BYTES_MAX {
                 break;
             }
@@ -1006,10 +1194,10 @@ mod tests {
         assert_eq!(set_key_type(&[Ipv6Addr, InetProto, InetService]), (33549, 24));
         assert_eq!(set_key_type(&[Ifname]), (41, 16));
         // Bytes captured from `nft --debug=mnl` (nft 1.0.6) for the same declarations.
-        assert_eq!(set_udata(&[Ipv4Addr], true), [0, 4, 2, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0]);
-        assert_eq!(set_udata(&[Ifname], false), [0, 4, 1, 0, 0, 0]);
+        assert_eq!(set_udata(&[Ipv4Addr], &SetData::Verdict), [0, 4, 2, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0]);
+        assert_eq!(set_udata(&[Ifname], &SetData::None), [0, 4, 1, 0, 0, 0]);
         assert_eq!(
-            set_udata(&[Ipv4Addr, InetProto, InetService], true),
+            set_udata(&[Ipv4Addr, InetProto, InetService], &SetData::Verdict),
             [0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0]
         );
         assert_eq!(comment_udata(0, "net: net1 id: c1 if: eth0").unwrap()[..2], [0, 26]);
@@ -1066,7 +1254,7 @@ mod tests {
     #[test]
     fn element_message_bytes_and_parts() {
         let t = TableRef::inet("cnirs_masquerade");
-        let e = Element { key: vec![Value::Addr("10.1.0.5".parse().unwrap())], data: vec![], verdict: Some(Verdict::Goto("m-8e48f37d5de6-294f9e4a4bb08eb2".into())) };
+        let e = Element::verdict(vec![Value::Addr("10.1.0.5".parse().unwrap())], Verdict::Goto("m-8e48f37d5de6-294f9e4a4bb08eb2".into()));
         let op = Op::AddElements { table: t.clone(), set: "masq4".into(), elems: vec![e.clone()] };
         let msgs = op_messages(&op).unwrap();
         let m = &msgs[0];
@@ -1091,7 +1279,7 @@ mod tests {
         // empty lists: no message; long lists: split under 64 KiB per message
         assert!(op_messages(&Op::AddElements { table: t.clone(), set: "s".into(), elems: vec![] }).unwrap().is_empty());
         let many: Vec<Element> =
-            (0..3000u32).map(|i| Element { key: vec![Value::Addr(std::net::Ipv4Addr::from(0x0a00_0000 + i).into())], verdict: Some(Verdict::Goto("c".repeat(40))), data: vec![] }).collect();
+            (0..3000u32).map(|i| Element::verdict(vec![Value::Addr(std::net::Ipv4Addr::from(0x0a00_0000 + i).into())], Verdict::Goto("c".repeat(40)))).collect();
         let op = Op::AddElements { table: t, set: "masq4".into(), elems: many };
         let msgs = op_messages(&op).unwrap();
         assert!(msgs.len() > 1);
@@ -1137,5 +1325,265 @@ mod tests {
         assert!(lower_rule(TableFamily::Ip, &Rule::new(vec![Expr::Dnat { addr: "fd00::1".parse().unwrap(), port: 1 }])).is_err());
         assert!(ifname_bytes("0123456789abcdef").is_err());
         assert_eq!(ifname_bytes("br*").unwrap()[..4], *b"br*\0");
+    }
+
+    // ---- data maps, concatenated interval sets, dnat from a map ----
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The attributes of the one message of `op` as (type, value in hex), without
+    /// `NFTA_SET_ID` (a number local to the transaction).
+    fn attrs_hex(op: &Op, msg: u16) -> Vec<(u16, String)> {
+        let msgs = op_messages(op).unwrap();
+        assert_eq!(msgs.len(), 1);
+        let (_, a) = super::super::decode::body(&msgs[0].bytes, msg).unwrap().unwrap();
+        a.into_iter().filter(|(k, _)| *k != NFTA_SET_ID).map(|(k, v)| (k, hex(v))).collect()
+    }
+
+    /// The elements of the one message of `op`, each as its attributes (data attributes
+    /// unwrapped to their `NFTA_DATA_VALUE`) in hex.
+    fn elems_hex(msg: &Msg, kind: u16) -> Vec<Vec<(u16, String)>> {
+        use cni_common::netlink::socket::parse_attrs;
+        let (_, a) = super::super::decode::body(&msg.bytes, kind).unwrap().unwrap();
+        let list = a.iter().find(|(k, _)| *k == NFTA_SET_ELEM_LIST_ELEMENTS).unwrap().1;
+        parse_attrs(list)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| {
+                parse_attrs(e)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let inner = parse_attrs(v).unwrap();
+                        match inner.iter().find(|(ik, _)| *ik == NFTA_DATA_VALUE) {
+                            Some((_, d)) => (k, hex(d)),
+                            None => (k, hex(v)),
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn v(s: &str) -> Value {
+        if s.contains('/') {
+            Value::Prefix(s.parse().unwrap())
+        } else {
+            Value::Addr(s.parse().unwrap())
+        }
+    }
+
+    fn owned(pairs: &[(u16, &str)]) -> Vec<(u16, String)> {
+        pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    }
+
+    /// Set messages as `nft --debug=mnl -f` (nft 1.0.6) shows them for the same declarations.
+    #[test]
+    fn data_map_and_interval_set_messages_follow_nft() {
+        use DataType::*;
+        let t = TableRef::inet("t");
+        let masq4 = Op::AddSet { table: t.clone(), set: SetDef::map("masq4", vec![Ipv4Addr], vec![Mark, Mark, Mark]) };
+        assert_eq!(
+            attrs_hex(&masq4, NFT_MSG_NEWSET),
+            owned(&[
+                (1, "7400"),
+                (2, "6d6173713400"),
+                (3, "00000008"),
+                (4, "00000007"),
+                (5, "00000004"),
+                (6, "000134d3"),
+                (7, "0000000c"),
+                (13, "000402000000010400000000040800040d0000000100060400000000"),
+            ])
+        );
+        let dnat6h = Op::AddSet {
+            table: t.clone(),
+            set: SetDef::map("dnat6h", vec![Ipv6Addr, InetProto, InetService], vec![Ipv6Addr, InetService]),
+        };
+        assert_eq!(
+            attrs_hex(&dnat6h, NFT_MSG_NEWSET),
+            owned(&[
+                (1, "7400"),
+                (2, "646e6174366800"),
+                (3, "00000008"),
+                (4, "0000830d"),
+                (5, "00000018"),
+                (6, "0000020d"),
+                (7, "00000014"),
+                (13, "000400000000010400000000030800040d0000000100040800040d0000000100060400000000"),
+            ])
+        );
+        // flags interval on a concatenation: INTERVAL | CONCAT, the fields' lengths, no data
+        let exempt4 = Op::AddSet { table: t.clone(), set: SetDef::interval_set("exempt4", vec![Ipv4Addr, Ipv4Addr]) };
+        // NFTA_SET_DESC's content: CONCAT { ELEM { FIELD_LEN }, ... }, every nest flagged
+        let desc = |lens: &[u32]| {
+            let mut d = Vec::new();
+            put_nested(&mut d, NFTA_SET_DESC_CONCAT, |c| {
+                for len in lens {
+                    put_nested(c, NFTA_LIST_ELEM, |f| put_u32(f, NFTA_SET_FIELD_LEN, *len));
+                }
+            });
+            hex(&d)
+        };
+        assert_eq!(
+            attrs_hex(&exempt4, NFT_MSG_NEWSET),
+            owned(&[
+                (1, "7400"),
+                (2, "6578656d70743400"),
+                (3, "00000084"),
+                (4, "000001c7"),
+                (5, "00000008"),
+                (9, &desc(&[4, 4])),
+                (13, "000400000000030800040d0000000100"),
+            ])
+        );
+        // fields are described at their own length (inet_proto 1, inet_service 2)
+        let g = Op::AddSet { table: t.clone(), set: SetDef::interval_set("g", vec![Ipv4Addr, InetProto, InetService]) };
+        let described: Vec<String> = attrs_hex(&g, NFT_MSG_NEWSET).into_iter().filter(|(k, _)| *k == NFTA_SET_DESC).map(|(_, v)| v).collect();
+        assert_eq!(described, [desc(&[4, 1, 2])]);
+        // single data: its own byte order (marks host, addresses and ports network)
+        assert_eq!(set_udata(&[Ipv4Addr], &SetData::Values(vec![Mark])), [0, 4, 2, 0, 0, 0, 1, 4, 1, 0, 0, 0, 6, 4, 0, 0, 0, 0]);
+        assert_eq!(set_udata(&[Ipv4Addr], &SetData::Values(vec![InetService])), [0, 4, 2, 0, 0, 0, 1, 4, 2, 0, 0, 0, 6, 4, 0, 0, 0, 0]);
+        assert_eq!(set_key_type(&[Mark]), (19, 4));
+        // the texts name maps and sets as such
+        assert_eq!(op_messages(&masq4).unwrap()[0].what(&masq4), "add map inet t masq4");
+        assert_eq!(op_messages(&exempt4).unwrap()[0].what(&exempt4), "add set inet t exempt4");
+        // interval sets of one field are segment trees in nft: not encoded
+        let one = Op::AddSet { table: t, set: SetDef::interval_set("x", vec![Ipv4Addr]) };
+        assert!(op_messages(&one).unwrap_err().to_string().contains("interval sets with a key of one field"));
+    }
+
+    /// Element messages as `nft --debug=mnl -f` shows them: data in the data attribute (marks in
+    /// host order), interval elements with their last key, in deletes too.
+    #[test]
+    fn data_map_and_interval_elements_follow_nft() {
+        use DataType::*;
+        let t = TableRef::inet("t");
+        let exempt4 = SetDef::interval_set("exempt4", vec![Ipv4Addr, Ipv4Addr]);
+        let masq4 = SetDef::map("masq4", vec![Ipv4Addr], vec![Mark, Mark, Mark]);
+        let dnat6h = SetDef::map("dnat6h", vec![Ipv6Addr, InetProto, InetService], vec![Ipv6Addr, InetService]);
+        let ops = vec![
+            Op::AddSet { table: t.clone(), set: exempt4 },
+            Op::AddSet { table: t.clone(), set: masq4 },
+            Op::AddSet { table: t.clone(), set: dnat6h },
+        ];
+        let sets = SetCatalog::of_ops(&ops);
+        let one = |op: &Op, kind| {
+            let msgs = op_messages_in(op, &sets).unwrap();
+            assert_eq!(msgs.len(), 1);
+            elems_hex(&msgs[0], kind)
+        };
+        let iv = vec![
+            Element::key(vec![v("10.88.0.5"), v("10.88.0.0/24")]),
+            Element::key(vec![v("10.88.0.5"), v("127.0.0.1")]),
+            Element::key(vec![v("10.88.0.6"), v("0.0.0.0/0")]),
+            Element::key(vec![v("10.88.0.7"), v("10.88.0.7/32")]),
+        ];
+        let want_iv = [
+            ("0a5800050a580000", "0a5800050a5800ff"),
+            ("0a5800057f000001", "0a5800057f000001"),
+            ("0a58000600000000", "0a580006ffffffff"),
+            ("0a5800070a580007", "0a5800070a580007"),
+        ]
+        .map(|(k, e)| owned(&[(NFTA_SET_ELEM_KEY, k), (NFTA_SET_ELEM_KEY_END, e)]))
+        .to_vec();
+        let add = Op::AddElements { table: t.clone(), set: "exempt4".into(), elems: iv.clone() };
+        assert_eq!(one(&add, NFT_MSG_NEWSETELEM), want_iv);
+        // a delete names the same range (nft sends both keys)
+        let del = Op::DeleteElements { table: t.clone(), set: "exempt4".into(), elems: iv.clone() };
+        assert_eq!(one(&del, NFT_MSG_DELSETELEM), want_iv);
+        // without the set's definition, a prefix still tells an interval set
+        assert_eq!(elems_hex(&op_messages(&del).unwrap()[0], NFT_MSG_DELSETELEM), want_iv);
+        // a prefix with host bits is its network
+        let host_bits = Op::AddElements { table: t.clone(), set: "exempt4".into(), elems: vec![Element::key(vec![v("10.88.0.5"), v("10.88.0.9/24")])] };
+        assert_eq!(one(&host_bits, NFT_MSG_NEWSETELEM)[0], want_iv[0]);
+        let marks = Element::data(vec![v("10.88.0.5")], vec![Value::Mark(0x0123_4567), Value::Mark(0x89ab_cdef), Value::Mark(1)]);
+        let add = Op::AddElements { table: t.clone(), set: "masq4".into(), elems: vec![marks.clone()] };
+        let mark_bytes: String = [0x0123_4567u32, 0x89ab_cdef, 1].iter().map(|m| hex(&m.to_ne_bytes())).collect();
+        assert_eq!(one(&add, NFT_MSG_NEWSETELEM), vec![owned(&[(NFTA_SET_ELEM_KEY, "0a580005"), (NFTA_SET_ELEM_DATA, &mark_bytes)])]);
+        // the same without the definition: types from the values
+        assert_eq!(elems_hex(&op_messages(&add).unwrap()[0], NFT_MSG_NEWSETELEM), one(&add, NFT_MSG_NEWSETELEM));
+        // deletes name the key only
+        let del = Op::DeleteElements { table: t.clone(), set: "masq4".into(), elems: vec![marks] };
+        let msgs = op_messages_in(&del, &sets).unwrap();
+        assert_eq!(elems_hex(&msgs[0], NFT_MSG_DELSETELEM), vec![owned(&[(NFTA_SET_ELEM_KEY, "0a580005")])]);
+        assert_eq!(msgs[0].what(&del), "delete element inet t masq4 { 10.88.0.5 }");
+        let d6 = Element::data(vec![v("2001:db8::1"), Value::Proto(Protocol::Udp), Value::Port(53)], vec![v("fd88::5"), Value::Port(5353)]);
+        let add = Op::AddElements { table: t.clone(), set: "dnat6h".into(), elems: vec![d6.clone()] };
+        assert_eq!(
+            one(&add, NFT_MSG_NEWSETELEM),
+            vec![owned(&[
+                (NFTA_SET_ELEM_KEY, "20010db80000000000000000000000011100000000350000"),
+                (NFTA_SET_ELEM_DATA, "fd88000000000000000000000000000514e90000"),
+            ])]
+        );
+        assert_eq!(op_messages_in(&add, &sets).unwrap()[0].what(&add), "add element inet t dnat6h { 2001:db8::1 . udp . 53 : fd88::5 . 5353 }");
+        // elements that do not fit their set are refused
+        let bad = |set: &str, e: Element| op_messages_in(&Op::AddElements { table: t.clone(), set: set.into(), elems: vec![e] }, &sets).unwrap_err().to_string();
+        assert!(bad("masq4", Element::key(vec![v("10.88.0.5")])).contains("needs data"));
+        assert!(bad("masq4", Element::data(vec![v("10.88.0.5")], vec![Value::Mark(1)])).contains("key of 1 parts for a type of 3"));
+        assert!(bad("exempt4", Element::verdict(vec![v("10.0.0.1"), v("10.0.0.2")], Verdict::Accept)).contains("data for a set"));
+        assert!(bad("dnat6h", Element::data(vec![v("2001:db8::1/64"), Value::Proto(Protocol::Udp), Value::Port(53)], vec![v("fd88::5"), Value::Port(1)])).contains("not of type"));
+    }
+
+    #[test]
+    fn dnat_from_a_map_follows_nft() {
+        let dm = |family, key: Vec<Field>, map: &str| Expr::DnatMap { family, key, map: map.into() };
+        // nft --debug=netlink: [ lookup reg 1 set dnat4h dreg 1 ] [ nat dnat ip addr_min reg 1 proto_min reg 9 ]
+        let l = lows(TableFamily::Inet, vec![dm(Family::V4, vec![Field::Daddr(Family::V4), Field::L4proto, Field::ThDport], "dnat4h")]);
+        let mut want = nf4().to_vec();
+        want.extend([
+            Low::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 16, len: 4, dreg: 1 },
+            meta(NFT_META_L4PROTO, 9),
+            Low::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg: 10 },
+            Low::Lookup { set: "dnat4h".into(), sreg: 1, dreg: Some(1), flags: 0 },
+            Low::Nat { kind: NFT_NAT_DNAT, family: 2, addr: Some(1), proto: Some(9), flags: 0 },
+        ]);
+        assert_eq!(l, want);
+        // [ meta load l4proto => reg 1 ] [ payload ... => reg 9 ] [ lookup reg 1 set dnat6 dreg 1 ] [ nat dnat ip6 addr_min reg 1 proto_min reg 2 ]
+        let l = lows(TableFamily::Inet, vec![Expr::Nfproto(Family::V6), dm(Family::V6, vec![Field::L4proto, Field::ThDport], "dnat6")]);
+        assert_eq!(
+            l[2..],
+            [
+                meta(NFT_META_L4PROTO, 1),
+                Low::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg: 9 },
+                Low::Lookup { set: "dnat6".into(), sreg: 1, dreg: Some(1), flags: 0 },
+                Low::Nat { kind: NFT_NAT_DNAT, family: 10, addr: Some(1), proto: Some(2), flags: 0 },
+            ]
+        );
+        // the nat expression carries type, family and the two registers, no flags (as nft sends it)
+        let op = Op::AddRule { table: TableRef::inet("t"), chain: "c".into(), rule: Rule::new(vec![dm(Family::V6, vec![Field::L4proto, Field::ThDport], "dnat6")]) };
+        let b = &op_messages(&op).unwrap()[0].bytes;
+        let nat = b.windows(4).position(|w| w == b"nat\0").unwrap();
+        let mut data = Vec::new();
+        put_u32(&mut data, NFTA_NAT_TYPE, NFT_NAT_DNAT);
+        put_u32(&mut data, NFTA_NAT_FAMILY, 10);
+        put_u32(&mut data, NFTA_NAT_REG_ADDR_MIN, 1);
+        put_u32(&mut data, NFTA_NAT_REG_PROTO_MIN, 2);
+        assert_eq!(b[nat + 8..], data[..]);
+        assert!(lower_rule(TableFamily::Ip, &Rule::new(vec![dm(Family::V6, vec![Field::ThDport], "m")])).is_err());
+    }
+
+    #[test]
+    fn sets_whose_kind_only_the_kernel_tells() {
+        use super::super::batch::sets_to_look_up;
+        let t = TableRef::inet("t");
+        let e = |key: Vec<Value>| Element::key(key);
+        let del = |set: &str, elems| Op::DeleteElements { table: t.clone(), set: set.into(), elems };
+        // single values in a concatenation: either kind; a prefix: interval; one field: not interval
+        let ops = vec![
+            del("a", vec![e(vec![v("10.0.0.1"), v("10.0.0.2")])]),
+            del("b", vec![e(vec![v("10.0.0.1"), v("10.0.0.0/8")])]),
+            del("c", vec![e(vec![v("10.0.0.1")])]),
+            del("a", vec![e(vec![v("10.0.0.3"), v("10.0.0.4")])]),
+            del("d", vec![]),
+        ];
+        assert_eq!(sets_to_look_up(&ops), vec![(t.clone(), "a".to_string())]);
+        // a set the transaction makes is known
+        let mut with_def = vec![Op::AddSet { table: t.clone(), set: SetDef::set("a", vec![DataType::Ipv4Addr, DataType::Ipv4Addr]) }];
+        with_def.extend(ops);
+        assert!(sets_to_look_up(&with_def).is_empty());
     }
 }

@@ -3,7 +3,8 @@
 //! Writes are one batch per operation ([`batch`]): the messages of every [`Op`] between
 //! `NFNL_MSG_BATCH_BEGIN` and `NFNL_MSG_BATCH_END`, atomic in the kernel, the last message
 //! acknowledged and every failing one answered, errors naming the table, chain, set or element
-//! at fault. Messages are laid out
+//! at fault (an element operation on a set the batch does not make, whose keys do not tell an
+//! interval set from another, first looks the table's sets up). Messages are laid out
 //! as `nft` lays them out ([`encode`]), so the kernel holds the same objects whichever executor
 //! wrote them and both can tear down what the other made. Reads ([`decode`]) dump the table's
 //! chains, sets, elements and rules (`NFT_MSG_GET*`) between two reads of the ruleset
@@ -24,7 +25,7 @@ pub mod consts;
 pub mod decode;
 pub mod encode;
 
-use super::ops::{Op, TableRef};
+use super::ops::{Op, SetData, SetDef, TableRef};
 use super::state::{SetState, TableState};
 use super::NftExecutor;
 use crate::CniError;
@@ -150,10 +151,8 @@ fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, 
         let mut a = Vec::new();
         put_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, &table.name);
         put_str(&mut a, NFTA_SET_ELEM_LIST_SET, &set.name);
-        let (types, vmap) = (set.key.clone(), set.data == super::ops::SetData::Verdict);
-        let elems = sock.dump_raw(encode::message(NFT_MSG_GETSETELEM, fam, &a), |raw| {
-            decode::parse_elems(raw, &types, vmap).map(Some)
-        })?;
+        let shape = set.clone();
+        let elems = sock.dump_raw(encode::message(NFT_MSG_GETSETELEM, fam, &a), |raw| decode::parse_elems(raw, &shape).map(Some))?;
         set.elems = elems.into_iter().flatten().collect();
         // the kernel's order is its hash order; nft lists elements sorted by key
         set.elems.sort();
@@ -248,22 +247,45 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
                 }
             }
         };
-        let (types, vmap) = (sets[idx].key.clone(), sets[idx].data == super::ops::SetData::Verdict);
+        let shape = SetState { elems: Vec::new(), ..sets[idx].clone() };
         for e in elems {
-            // a key that does not fit the set's type cannot be in it
-            let Ok(key) = encode::key_bytes(&e.key, &types) else { continue };
-            let mut a = Vec::new();
-            put_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, &table.name);
-            put_str(&mut a, NFTA_SET_ELEM_LIST_SET, name);
-            put_nested(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
-                put_nested(l, NFTA_LIST_ELEM, |el| {
-                    put_nested(el, NFTA_SET_ELEM_KEY, |k| cni_common::netlink::socket::put_attr(k, NFTA_DATA_VALUE, &key))
-                })
-            });
-            match sock.request_raw(encode::message(NFT_MSG_GETSETELEM, fam, &a), 0, |raw| decode::parse_elems(raw, &types, vmap).map(Some)) {
-                Ok(found) => sets[idx].elems.extend(found.into_iter().flatten().filter(|x| x.key == e.key)),
-                Err(e) if is_enoent(&e) => {}
-                Err(e) => return Err(e),
+            // The keys to ask for. An interval set is asked for the points of the wanted range:
+            // its first key (every field's first value) and its last one; the kernel answers
+            // with the element containing each, with its own range, whatever it is.
+            let points = if shape.interval {
+                match encode::key_range_bytes(&e.key, &shape.key) {
+                    Ok((first, last)) if first == last => vec![first],
+                    Ok((first, last)) => vec![first, last],
+                    Err(_) => continue,
+                }
+            } else {
+                // a key that does not fit the set's type cannot be in it
+                match encode::key_bytes(&e.key, &shape.key) {
+                    Ok(key) => vec![key],
+                    Err(_) => continue,
+                }
+            };
+            for key in points {
+                let mut a = Vec::new();
+                put_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, &table.name);
+                put_str(&mut a, NFTA_SET_ELEM_LIST_SET, name);
+                put_nested(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
+                    put_nested(l, NFTA_LIST_ELEM, |el| {
+                        put_nested(el, NFTA_SET_ELEM_KEY, |k| cni_common::netlink::socket::put_attr(k, NFTA_DATA_VALUE, &key))
+                    })
+                });
+                match sock.request_raw(encode::message(NFT_MSG_GETSETELEM, fam, &a), 0, |raw| decode::parse_elems(raw, &shape).map(Some)) {
+                    Ok(found) => {
+                        let found = found.into_iter().flatten();
+                        if shape.interval {
+                            sets[idx].elems.extend(found);
+                        } else {
+                            sets[idx].elems.extend(found.filter(|x| x.key == e.key));
+                        }
+                    }
+                    Err(e) if is_enoent(&e) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         sets[idx].elems.sort();
@@ -274,8 +296,11 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
 
 /// What an ADD of `ops` (its blind plan) depends on: the chains it fills, with their rules, and in
 /// the sets it adds elements to, the elements with those keys (found by key, `NFT_MSG_GETSETELEM`
-/// without a dump). Its cost does not grow with the number of attachments in the table; the
-/// planners of ADD look at nothing else.
+/// without a dump), with their verdicts or data. In an interval set the elements are found by
+/// point: the first and the last key of each wanted element are asked for, and whatever elements
+/// contain them are returned with their own ranges (once each), so an element overlapping the
+/// wanted one is seen too. Its cost does not grow with the number of attachments in the table;
+/// the planners of ADD look at nothing else.
 ///
 /// Unlike [`read_table`] it is not checked against the ruleset generation: other writers commit
 /// all the time (every ADD of every container), and an ADD's plan stays right whatever they did
@@ -296,13 +321,53 @@ pub fn read_for(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Optio
     Err(CniError::Firewall(format!("nf_tables: {what}: objects kept vanishing during {READ_ATTEMPTS} reads")))
 }
 
+/// Add to `sets` the definitions of `wanted` sets (table, name) as the kernel holds them (one
+/// dump of the sets of each table); sets, or tables, that do not exist or whose types are not
+/// ours are left out.
+fn look_up_sets(sock: &mut Socket, wanted: &[(TableRef, String)], sets: &mut encode::SetCatalog) -> Result<(), CniError> {
+    let mut tables: Vec<&TableRef> = Vec::new();
+    for (t, _) in wanted {
+        if !tables.contains(&t) {
+            tables.push(t);
+        }
+    }
+    for table in tables {
+        let fam = family_byte(table.family);
+        let mut a = Vec::new();
+        put_str(&mut a, NFTA_SET_TABLE, &table.name);
+        let found = match sock.dump_raw(encode::message(NFT_MSG_GETSET, fam, &a), decode::parse_set) {
+            Ok(found) => found,
+            Err(e) if is_enoent(&e) => continue,
+            Err(e) => return Err(decode::read_error(&format!("list sets of table {} {}", table.family.as_str(), table.name), e)),
+        };
+        for (t, s, _) in found {
+            let ours = !s.key.is_empty() && !matches!(&s.data, SetData::Values(d) if d.is_empty());
+            if t == table.name && ours && wanted.iter().any(|(wt, ws)| wt == table && *ws == s.name) {
+                sets.insert(table, SetDef { name: s.name, key: s.key, data: s.data, interval: s.interval });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl NftExecutor for NftNetlink {
     fn apply(&self, ops: &[Op]) -> Result<(), CniError> {
-        let msgs = batch::messages(ops)?;
-        if msgs.is_empty() {
-            return Ok(());
+        let unknown = batch::sets_to_look_up(ops);
+        if unknown.is_empty() {
+            let msgs = batch::messages(ops)?;
+            if msgs.is_empty() {
+                return Ok(());
+            }
+            return with_socket(|sock| batch::commit(sock, ops, &msgs));
         }
-        with_socket(|sock| batch::commit(sock, ops, &msgs))
+        // elements of sets whose kind only the kernel can tell: look them up first, like nft
+        // fills its cache
+        with_socket(|sock| {
+            let mut sets = encode::SetCatalog::of_ops(ops);
+            look_up_sets(sock, &unknown, &mut sets)?;
+            let msgs = batch::messages_in(ops, &sets)?;
+            batch::commit(sock, ops, &msgs)
+        })
     }
 
     fn list_table(&self, table: &TableRef) -> Result<Option<TableState>, CniError> {
