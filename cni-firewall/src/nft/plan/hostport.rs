@@ -98,15 +98,9 @@ fn skeleton(ops: &mut Vec<Op>) {
     }
     fill_chain(&t, "hostports", None, &hostports_rules(), ops);
     for (name, hook) in [("prerouting", Hook::Prerouting), ("output", Hook::Output)] {
-        ops.push(base(&t, name, ChainType::Nat, hook, PRIO_DSTNAT));
-        ops.push(Op::FlushChain { table: t.clone(), name: name.into() });
-        ops.push(Op::AddRule { table: t.clone(), chain: name.into(), rule: entry_rule() });
+        fill_base(&t, name, (ChainType::Nat, hook, PRIO_DSTNAT), &[entry_rule()], ops);
     }
-    ops.push(base(&t, "postrouting", ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT));
-    ops.push(Op::FlushChain { table: t.clone(), name: "postrouting".into() });
-    for r in post_rules() {
-        ops.push(Op::AddRule { table: t.clone(), chain: "postrouting".into(), rule: r });
-    }
+    fill_base(&t, "postrouting", (ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT), &post_rules(), ops);
 }
 
 /// Host IP of a mapping when it restricts the destination (unspecified = any).

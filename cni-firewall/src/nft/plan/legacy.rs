@@ -260,15 +260,9 @@ fn hostport_skeleton(ops: &mut Vec<Op>) {
         ops.push(Op::AddRule { table: t.clone(), chain: "hostports".into(), rule: r });
     }
     for (name, hook) in [("prerouting", Hook::Prerouting), ("output", Hook::Output)] {
-        ops.push(base(&t, name, ChainType::Nat, hook, PRIO_DSTNAT));
-        ops.push(Op::FlushChain { table: t.clone(), name: name.into() });
-        ops.push(Op::AddRule { table: t.clone(), chain: name.into(), rule: hostport_entry_rule() });
+        fill_base(&t, name, (ChainType::Nat, hook, PRIO_DSTNAT), &[hostport_entry_rule()], ops);
     }
-    ops.push(base(&t, "postrouting", ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT));
-    ops.push(Op::FlushChain { table: t.clone(), name: "postrouting".into() });
-    for r in hostport_post_rules() {
-        ops.push(Op::AddRule { table: t.clone(), chain: "postrouting".into(), rule: r });
-    }
+    fill_base(&t, "postrouting", (ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT), &hostport_post_rules(), ops);
 }
 
 /// Host IP of a mapping when it restricts the destination (unspecified = any).
@@ -432,14 +426,7 @@ pub fn check_portmap(spec: &PortMapSpec, st: Option<&TableState>) -> Result<(), 
 mod tests {
     use super::*;
     use crate::{PortMapping, Protocol};
-
-    fn key(cid: &str) -> AttachmentKey {
-        AttachmentKey::new("net1", cid, "eth0")
-    }
-
-    fn masq(cid: &str, addrs: &[&str]) -> MasqSpec {
-        MasqSpec { key: key(cid), addrs: addrs.iter().map(|a| a.parse().unwrap()).collect() }
-    }
+    use crate::nft::plan::test_util::{key, masq};
 
     #[test]
     fn masq_add_script() {

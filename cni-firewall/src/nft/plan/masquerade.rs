@@ -64,16 +64,9 @@ fn skeleton(ops: &mut Vec<Op>) {
         ops.push(Op::AddSet { table: t.clone(), set: SetDef::map(masq_map(f), vec![a], owner_type()) });
         ops.push(Op::AddSet { table: t.clone(), set: SetDef::interval_set(exempt_set(f), vec![a, a]) });
     }
-    fill_chain_base(&t, ops);
+    fill_base(&t, "postrouting", (ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT), &postrouting_rules(), ops);
 }
 
-fn fill_chain_base(t: &TableRef, ops: &mut Vec<Op>) {
-    ops.push(base(t, "postrouting", ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT));
-    ops.push(Op::FlushChain { table: t.clone(), name: "postrouting".into() });
-    for r in postrouting_rules() {
-        ops.push(Op::AddRule { table: t.clone(), chain: "postrouting".into(), rule: r });
-    }
-}
 
 /// The `masq` elements of an attachment in family `fam`: its addresses, owned by its key.
 pub fn masq_elems(spec: &MasqSpec, fam: Family) -> Vec<Element> {
@@ -216,14 +209,7 @@ pub fn masq_add_needs_full_read(_spec: &MasqSpec, _st: &TableState) -> bool {
 mod tests {
     use super::*;
     use crate::nft::state::SetState;
-
-    fn key(cid: &str) -> AttachmentKey {
-        AttachmentKey::new("net1", cid, "eth0")
-    }
-
-    fn masq(cid: &str, addrs: &[&str]) -> MasqSpec {
-        MasqSpec { key: key(cid), addrs: addrs.iter().map(|a| a.parse().unwrap()).collect() }
-    }
+    use crate::nft::plan::test_util::{key, masq};
 
     fn marks(k: &AttachmentKey) -> String {
         owner_data(k).iter().map(Value::text).collect::<Vec<_>>().join(" . ")

@@ -64,6 +64,15 @@ pub(crate) fn base(table: &TableRef, name: &str, kind: ChainType, hook: Hook, pr
     }
 }
 
+/// A base chain (re)made with exactly `rules`: add (hook, priority), flush, refill.
+pub(crate) fn fill_base(table: &TableRef, name: &str, (kind, hook, priority): (ChainType, Hook, i32), rules: &[Rule], ops: &mut Vec<Op>) {
+    ops.push(base(table, name, kind, hook, priority));
+    ops.push(Op::FlushChain { table: table.clone(), name: name.into() });
+    for r in rules {
+        ops.push(Op::AddRule { table: table.clone(), chain: name.into(), rule: r.clone() });
+    }
+}
+
 pub(crate) fn vmap_def(table: &TableRef, name: String, key: Vec<DataType>) -> Op {
     Op::AddSet { table: table.clone(), set: SetDef::vmap(name, key) }
 }
@@ -217,5 +226,18 @@ pub(crate) fn key_addr(e: &Element) -> Option<IpAddr> {
     match e.key.first() {
         Some(Value::Addr(a)) => Some(*a),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use crate::{AttachmentKey, MasqSpec};
+
+    pub fn key(cid: &str) -> AttachmentKey {
+        AttachmentKey::new("net1", cid, "eth0")
+    }
+
+    pub fn masq(cid: &str, addrs: &[&str]) -> MasqSpec {
+        MasqSpec { key: key(cid), addrs: addrs.iter().map(|a| a.parse().unwrap()).collect() }
     }
 }
