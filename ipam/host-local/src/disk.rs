@@ -9,7 +9,13 @@
 //!
 //! Our addition, `.host-local-index/` (a name no address can have):
 //! - `a/<container ID>:<ifname>`: per attachment, the addresses it holds (legacy leases under
-//!   `<container ID>:`; names too long for a file name are hashed);
+//!   `<container ID>:`; names too long for a file name are hashed). Written as a hard link to the
+//!   attachment's first lease with the addresses in the extended attribute `user.cnihl` (one per
+//!   line), so an ADD creates one inode, the lease's, not two; where the filesystem has no user
+//!   extended attributes or hard links, as a file of its own holding a header, the container ID,
+//!   the ifname and the addresses. Both forms are read. (ext4 without a journal skips every inode
+//!   freed in the last 5 to 300 seconds when it allocates one, by a scan that grows with them, so
+//!   each inode an ADD creates costs more the more containers came and went lately.)
 //! - `stamp`: the inode and modification time of the network directory and of `a/` as we left them.
 //!
 //! Every lease the index lists is verified against its lease file before use, so a stale entry can
@@ -250,6 +256,102 @@ fn parse_entry(data: &[u8], cid: &str, ifname: &str) -> Option<Vec<IpAddr>> {
     lines.filter(|l| !l.is_empty()).map(|l| l.parse::<IpAddr>().ok()).collect()
 }
 
+/// Extended attribute of a lease inode that is also an index entry: the attachment's addresses.
+const ENTRY_XATTR: &[u8] = b"user.cnihl\0";
+
+/// `fsetxattr(2)` of [`ENTRY_XATTR`] (created or replaced).
+fn set_entry_xattr(fd: &impl AsFd, value: &[u8]) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor, a NUL-terminated name and a buffer of the given length.
+    let r = unsafe { libc::fsetxattr(fd.as_fd().as_raw_fd(), ENTRY_XATTR.as_ptr().cast(), value.as_ptr().cast(), value.len(), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
+/// `fgetxattr(2)` of [`ENTRY_XATTR`]; `None` when the inode has none.
+fn get_entry_xattr(fd: &impl AsFd) -> Result<Option<Vec<u8>>, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: a valid descriptor, a NUL-terminated name and a writable buffer of the given length.
+    let r = unsafe { libc::fgetxattr(fd.as_fd().as_raw_fd(), ENTRY_XATTR.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r >= 0 {
+        buf.truncate(r as usize);
+        return Ok(Some(buf));
+    }
+    match Errno::last() {
+        Errno::ENODATA | Errno::EOPNOTSUPP => Ok(None),
+        e => Err(e),
+    }
+}
+
+/// The addresses as [`ENTRY_XATTR`] holds them: one per line.
+fn ips_value(ips: &[IpAddr]) -> String {
+    ips.iter().map(|ip| format!("{ip}\n")).collect()
+}
+
+/// An index entry as read.
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Missing,
+    /// Not an entry for the attachment (damaged, foreign, not a regular file).
+    Invalid,
+    Ips(Vec<IpAddr>),
+}
+
+/// Read the index entry `by/name` of (cid, ifname) in either form (module documentation).
+fn read_entry(by: &OwnedFd, name: &str, cid: &str, ifname: &str) -> Result<Entry, Errno> {
+    let fd = match openat(by, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(Entry::Missing),
+        Err(Errno::ELOOP) | Err(Errno::ENXIO) | Err(Errno::EISDIR) => return Ok(Entry::Invalid),
+        Err(e) => return Err(e),
+    };
+    let st = fstat(&fd)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Ok(Entry::Invalid);
+    }
+    if let Some(v) = get_entry_xattr(&fd)? {
+        let ips: Option<Vec<IpAddr>> =
+            std::str::from_utf8(&v).ok().and_then(|t| t.lines().filter(|l| !l.is_empty()).map(|l| l.parse().ok()).collect());
+        return Ok(ips.filter(|i| !i.is_empty()).map_or(Entry::Invalid, Entry::Ips));
+    }
+    let mut buf = Vec::new();
+    File::from(fd).take(MAX_FILE).read_to_end(&mut buf).map_err(errno)?;
+    Ok(parse_entry(&buf, cid, ifname).map_or(Entry::Invalid, Entry::Ips))
+}
+
+/// Write the index entry `by/name` of (cid, ifname) holding `ips`, whose leases are in `dir`: a
+/// hard link to the first lease with the addresses in [`ENTRY_XATTR`] while `links` holds (it is
+/// cleared where the filesystem refuses hard links or user extended attributes), else a file of
+/// its own. `EEXIST` when the name is taken.
+fn write_entry(dir: &OwnedFd, by: &OwnedFd, name: &str, (cid, ifname): (&str, &str), ips: &[IpAddr], links: &mut bool) -> Result<(), Errno> {
+    if let (true, Some(first)) = (*links, ips.first()) {
+        match linkat(dir, first.to_string().as_str(), by, name, AtFlags::empty()) {
+            Ok(()) => {
+                let set = openat(by, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+                    .and_then(|fd| set_entry_xattr(&fd, ips_value(ips).as_bytes()));
+                match set {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        let _ = unlinkat(by, name, UnlinkatFlags::NoRemoveDir);
+                        if !matches!(e, Errno::EOPNOTSUPP | Errno::EPERM | Errno::EACCES | Errno::ENOSPC | Errno::E2BIG) {
+                            return Err(e);
+                        }
+                        *links = false;
+                    }
+                }
+            }
+            Err(Errno::EEXIST) => return Err(Errno::EEXIST),
+            Err(Errno::EPERM) | Err(Errno::EMLINK) | Err(Errno::EXDEV) | Err(Errno::EOPNOTSUPP) => *links = false,
+            Err(e) => return Err(e),
+        }
+    }
+    create_new(by, name, entry_content(cid, ifname, ips).as_bytes())?.ok_or(Errno::EEXIST).map(drop)
+}
+
 /// `renameat2(2)` flags (linux/fs.h).
 const RENAME_NOREPLACE: libc::c_uint = 1;
 const RENAME_EXCHANGE: libc::c_uint = 2;
@@ -385,6 +487,8 @@ pub struct DiskStore {
     /// No failure left the index possibly out of step with the leases.
     consistent: bool,
     tmp: Tmp,
+    /// Index entries can be hard links with an extended attribute here (until refused).
+    links: bool,
     /// Number of full scans done (for tests and diagnostics).
     pub scans: u32,
 }
@@ -452,6 +556,7 @@ impl DiskStore {
             dirty: false,
             consistent: true,
             tmp: Tmp::default(),
+            links: true,
             scans: 0,
         };
         s.valid = s.stamp_matches();
@@ -565,6 +670,7 @@ impl DiskStore {
     /// are kept (read, not rewritten), wrong or missing ones rewritten, orphans removed.
     pub fn rebuild(&mut self) -> Result<(), CniError> {
         let leases = self.scan()?;
+        let mut links = self.links;
         let index = open_or_create_dir(&self.dir, INDEX_DIR, 0o700).map_err(|e| self.ioe(&format!("cannot open {INDEX_DIR} in"), e))?;
         let res = (|| -> Result<OwnedFd, Errno> {
             for n in list_dir(&index)? {
@@ -588,11 +694,11 @@ impl DiskStore {
             for name in list_dir(&by)? {
                 let keep = match want.get(&name) {
                     None => false,
-                    Some((cid, ifname, ips)) => match read_at(&by, &name)? {
-                        FileRead::Data(d) => parse_entry(&d, cid, ifname).is_some_and(|mut have| {
+                    Some((cid, ifname, ips)) => match read_entry(&by, &name, cid, ifname)? {
+                        Entry::Ips(mut have) => {
                             have.sort();
                             have == *ips
-                        }),
+                        }
                         _ => false,
                     },
                 };
@@ -607,10 +713,11 @@ impl DiskStore {
                 }
             }
             for (name, (cid, ifname, ips)) in &want {
-                create_new(&by, name, entry_content(cid, ifname, ips).as_bytes())?.ok_or(Errno::EEXIST)?;
+                write_entry(&self.dir, &by, name, (cid, ifname), ips, &mut links)?;
             }
             Ok(by)
         })();
+        self.links = links;
         let by = res.map_err(|e| self.ioe("cannot rebuild the index in", e))?;
         self.index = Some(index);
         self.by_attachment = Some(by);
@@ -632,13 +739,12 @@ impl DiskStore {
     /// the files (the index is stale).
     fn entry_leases(&self, cid: &str, ifname: &str, expect: &Owner) -> Result<Option<Vec<IpAddr>>, CniError> {
         let by = self.by_attachment.as_ref().expect("index open");
-        let data = match read_at(by, &entry_name(cid, ifname)) {
-            Ok(FileRead::Missing) => return Ok(Some(vec![])),
-            Ok(FileRead::NotRegular) => return Ok(None),
-            Ok(FileRead::Data(d)) => d,
+        let ips = match read_entry(by, &entry_name(cid, ifname), cid, ifname) {
+            Ok(Entry::Missing) => return Ok(Some(vec![])),
+            Ok(Entry::Invalid) => return Ok(None),
+            Ok(Entry::Ips(ips)) => ips,
             Err(e) => return Err(self.ioe("cannot read the index in", e)),
         };
-        let Some(ips) = parse_entry(&data, cid, ifname) else { return Ok(None) };
         for ip in &ips {
             if self.read_owner(*ip)?.as_ref() != Some(expect) {
                 return Ok(None);
@@ -668,16 +774,19 @@ impl DiskStore {
     pub fn record(&mut self, cid: &str, ifname: &str, ips: &[IpAddr]) -> Result<(), CniError> {
         self.ensure_index()?;
         let name = entry_name(cid, ifname);
-        let content = entry_content(cid, ifname, ips);
         let by = self.by_attachment.take().expect("index open");
+        let mut links = self.links;
         let res = (|| -> Result<(), Errno> {
             self.dirty = true;
-            if create_new(&by, &name, content.as_bytes())?.is_none() {
-                unlinkat(&by, name.as_str(), UnlinkatFlags::NoRemoveDir)?;
-                create_new(&by, &name, content.as_bytes())?.ok_or(Errno::EEXIST)?;
+            match write_entry(&self.dir, &by, &name, (cid, ifname), ips, &mut links) {
+                Err(Errno::EEXIST) => {
+                    unlinkat(&by, name.as_str(), UnlinkatFlags::NoRemoveDir)?;
+                    write_entry(&self.dir, &by, &name, (cid, ifname), ips, &mut links)
+                }
+                other => other,
             }
-            Ok(())
         })();
+        self.links = links;
         self.by_attachment = Some(by);
         res.map_err(|e| {
             self.consistent = false;

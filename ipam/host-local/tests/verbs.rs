@@ -372,6 +372,8 @@ fn index_trusted_until_someone_else_writes() {
     add(OURS, "z", &c).assert_ok();
     let idx = dir.join(".host-local-index/a/z:eth0");
     assert!(idx.exists());
+    // (the entry is a hard link to z's lease: replace it rather than write through it)
+    std::fs::remove_file(&idx).unwrap();
     std::fs::write(&idx, "garbage").unwrap();
     let o = del(OURS, "z", &c);
     assert_eq!(o.scans(), 1);
@@ -384,6 +386,54 @@ fn index_trusted_until_someone_else_writes() {
     o.assert_ok();
     assert!(dir.join(&ip).exists(), "p's DEL removed q's lease");
     assert_eq!(leases(&dir)[&ip], "q\r\neth0");
+}
+
+/// The index entry of an attachment is its first lease's inode (a hard link carrying the addresses
+/// in an extended attribute): an ADD creates one inode per lease and none for the index, on a
+/// filesystem with hard links and user extended attributes (ext4, xfs, btrfs, tmpfs since 6.6).
+/// Entries of the earlier form (a file of their own) are still read without a rescan.
+#[test]
+fn index_entries_are_hard_links_to_the_lease() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::new("idxlink");
+    let c = dual_conf(&sb, "1.0.0");
+    let dir = sb.net_dir("net1");
+    let ips = add(OURS, "a", &c).assert_ok().ips();
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    let entry = dir.join(".host-local-index/a/a:eth0");
+    let first = dir.join(ips[0].split('/').next().unwrap());
+    let (em, lm) = (std::fs::symlink_metadata(&entry).unwrap(), std::fs::symlink_metadata(&first).unwrap());
+    assert_eq!(em.ino(), lm.ino(), "entry and first lease are one inode");
+    assert_eq!(lm.nlink(), 2);
+    let want: String = ips.iter().map(|i| format!("{}\n", i.split('/').next().unwrap())).collect();
+    assert_eq!(xattr(&entry, "user.cnihl"), Some(want));
+    assert_eq!(std::fs::read_to_string(&entry).unwrap(), "a\r\neth0", "the lease's content, unchanged");
+    assert_eq!(check(OURS, "a", &c).scans(), 0);
+    // DEL removes both names: nothing is left of the attachment
+    assert_eq!(del(OURS, "a", &c).scans(), 0);
+    assert!(leases(&dir).is_empty() && !entry.exists());
+    // An entry written by the earlier version (a file of its own) is still read (here after the
+    // rescan that replacing it by hand causes) and released.
+    let b = add(OURS, "b", &c).assert_ok().ips();
+    let bentry = dir.join(".host-local-index/a/b:eth0");
+    std::fs::remove_file(&bentry).unwrap();
+    let body: String = b.iter().map(|i| format!("{}\n", i.split('/').next().unwrap())).collect();
+    std::fs::write(&bentry, format!("# cni host-local index v1\nb\neth0\n{body}")).unwrap();
+    let o = del(OURS, "b", &c);
+    o.assert_ok();
+    assert!(leases(&dir).is_empty(), "{:?}", leases(&dir));
+    assert!(!bentry.exists());
+}
+
+/// An extended attribute of a file, as text (`None` when absent).
+fn xattr(path: &std::path::Path, name: &str) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: NUL-terminated path and name, a writable buffer of the given length.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (r >= 0).then(|| String::from_utf8_lossy(&buf[..r as usize]).into_owned())
 }
 
 #[test]
