@@ -217,22 +217,25 @@ fn add_check_del(flavor: Flavor) {
     });
 }
 
+/// The nft elements of `web(_, 5)` (container 10.66.0.5 / fd66::5) owned by `k`.
+fn web_elements(k: &AttachmentKey) -> Vec<(&'static str, Elem)> {
+    let mut v = vec![
+        ("dnat4", dn("tcp", 8080, "10.66.0.5", 80)),
+        ("dnat4", dn("udp", 5353, "10.66.0.5", 53)),
+        ("hostip4", hip("192.0.2.1", "tcp", 8443, "10.66.0.5", 443)),
+        ("dnat6", dn("tcp", 8080, "fd66::5", 80)),
+        ("dnat6", dn("udp", 5353, "fd66::5", 53)),
+        ("hostip6", hip("2001:db8::1", "sctp", 9000, "fd66::5", 9000)),
+    ];
+    v.extend(owned(5, k));
+    v
+}
+
 fn repeated_add_and_options(flavor: Flavor) {
     in_sandbox(move || {
         let (fw, _) = make(flavor);
         let mut a = web("a", 5);
-        let a_full = || {
-            let mut v = vec![
-                ("dnat4", dn("tcp", 8080, "10.66.0.5", 80)),
-                ("dnat4", dn("udp", 5353, "10.66.0.5", 53)),
-                ("hostip4", hip("192.0.2.1", "tcp", 8443, "10.66.0.5", 443)),
-                ("dnat6", dn("tcp", 8080, "fd66::5", 80)),
-                ("dnat6", dn("udp", 5353, "fd66::5", 53)),
-                ("hostip6", hip("2001:db8::1", "sctp", 9000, "fd66::5", 9000)),
-            ];
-            v.extend(owned(5, &key(NET, "a")));
-            v
-        };
+        let a_full = || web_elements(&key(NET, "a"));
         fw.add_portmap(&a).unwrap();
         fw.add_portmap(&a).unwrap();
         if flavor == Flavor::Nft {
@@ -356,18 +359,7 @@ fn gc_and_flush(flavor: Flavor) {
         for s in [&a, &b, &x] {
             fw.add_portmap(s).unwrap();
         }
-        let a_elems = || {
-            let mut v = vec![
-                ("dnat4", dn("tcp", 8080, "10.66.0.5", 80)),
-                ("dnat4", dn("udp", 5353, "10.66.0.5", 53)),
-                ("hostip4", hip("192.0.2.1", "tcp", 8443, "10.66.0.5", 443)),
-                ("dnat6", dn("tcp", 8080, "fd66::5", 80)),
-                ("dnat6", dn("udp", 5353, "fd66::5", 53)),
-                ("hostip6", hip("2001:db8::1", "sctp", 9000, "fd66::5", 9000)),
-            ];
-            v.extend(owned(5, &a.key));
-            v
-        };
+        let a_elems = || web_elements(&a.key);
         // x maps a v4 host IP only: nothing of it in the v6 sets
         let x_elems = vec![
             ("hostip4", hip("192.0.2.7", "tcp", 6080, "10.66.0.7", 80)),

@@ -349,7 +349,7 @@ fn del_is_idempotent() {
     let r = lab.add(&l, &rc);
     let ip = result_ip(&r, false);
     assert!(masq_present(lab.host(), &ip));
-    assert_eq!(lab.leases("del-net"), [ip.clone()]);
+    assert_eq!(lab.leases("del-net"), std::slice::from_ref(&ip));
     lab.del(&l, &rc);
     assert!(link_details(&c, "eth0").is_none(), "container interface left");
     lab.assert_nothing_left("del-net", "10.10.8.", &[]);
@@ -652,7 +652,7 @@ fn gc_removes_stale_masq_and_lease(backend: &str) {
             ]),
         );
     }
-    assert_eq!(lab.leases("gc-net"), [ip0.clone()], "GC must release only the stale lease");
+    assert_eq!(lab.leases("gc-net"), std::slice::from_ref(&ip0), "GC must release only the stale lease");
     lab.rt.check_list(&l, &rc0).unwrap();
     lab.rt.status_list(&l).unwrap();
     lab.del(&l, &rc0);
@@ -752,7 +752,7 @@ fn repeated_add_fails_and_keeps_the_first_attachment() {
     eprintln!("second ADD: {}", text_of(&p));
     // the failed ADD's rollback must not touch what the first one made
     lab.rt.check_list(&l, &rc).unwrap_or_else(|e| panic!("first attachment damaged by the failed ADD: {e}"));
-    assert_eq!(lab.leases("again-net"), [ip.clone()]);
+    assert_eq!(lab.leases("again-net"), std::slice::from_ref(&ip));
     assert!(masq_present(lab.host(), &ip));
     assert_eq!(lab.host_veths(), [r["interfaces"][1]["name"].as_str().unwrap()]);
     assert_ping(&c, "10.10.22.1");
@@ -1261,7 +1261,7 @@ fn interop_reference_add_then_our_del_and_bridge_reuse() {
     assert!(!masq_present(lab.host(), &ip0), "masquerade of {ip0} left");
     let chain0 = masq_chain_name("interop-net", "interop-0");
     assert!(!cni_nat_lines(lab.host(), false).iter().any(|x| x.contains(&chain0)), "{:#?}", cni_nat_lines(lab.host(), false));
-    assert_eq!(lab.leases("interop-net"), [ip1.clone()]);
+    assert_eq!(lab.leases("interop-net"), std::slice::from_ref(&ip1));
 
     // our DEL of a reference attachment without netns and prevResult
     let cfg = l.plugin_config(0, None, None, &[]).unwrap();

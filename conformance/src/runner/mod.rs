@@ -273,7 +273,7 @@ fn parse_result(list: &NetworkConfigList, idx: usize, out: &PluginOutput) -> Res
     };
     let mut v: Value = serde_json::from_slice(&out.stdout).map_err(|e| bad(format!("not JSON: {e}")))?;
     let obj = v.as_object_mut().ok_or_else(|| bad("not a JSON object".into()))?;
-    let empty = !obj.get("cniVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    let empty = obj.get("cniVersion").and_then(Value::as_str).is_none_or(|s| s.is_empty());
     if empty {
         obj.insert("cniVersion".into(), Value::String(list.cni_version.clone()));
     }

@@ -94,21 +94,35 @@ fn errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Read a small regular file at `dir/name` without following symlinks.
-fn read_at(dir: impl AsFd, name: &str) -> Result<FileRead, Errno> {
+/// Open `dir/name` for reading if it is a regular file, without following symlinks; otherwise
+/// what is there instead (`Missing`, `NotRegular`).
+fn open_regular(dir: impl AsFd, name: &str) -> Result<Result<OwnedFd, FileRead>, Errno> {
     let fd = match openat(dir, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(FileRead::Missing),
-        Err(Errno::ELOOP) | Err(Errno::ENXIO) | Err(Errno::EISDIR) => return Ok(FileRead::NotRegular),
+        Err(Errno::ENOENT) => return Ok(Err(FileRead::Missing)),
+        Err(Errno::ELOOP) | Err(Errno::ENXIO) | Err(Errno::EISDIR) => return Ok(Err(FileRead::NotRegular)),
         Err(e) => return Err(e),
     };
     let st = fstat(&fd)?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-        return Ok(FileRead::NotRegular);
+        return Ok(Err(FileRead::NotRegular));
     }
+    Ok(Ok(fd))
+}
+
+/// The content of an open file, at most [`MAX_FILE`] bytes.
+fn read_fd(fd: OwnedFd) -> Result<Vec<u8>, Errno> {
     let mut buf = Vec::new();
     File::from(fd).take(MAX_FILE).read_to_end(&mut buf).map_err(errno)?;
-    Ok(FileRead::Data(buf))
+    Ok(buf)
+}
+
+/// Read a small regular file at `dir/name` without following symlinks.
+fn read_at(dir: impl AsFd, name: &str) -> Result<FileRead, Errno> {
+    match open_regular(dir, name)? {
+        Ok(fd) => read_fd(fd).map(FileRead::Data),
+        Err(not_data) => Ok(not_data),
+    }
 }
 
 fn write_fd(fd: OwnedFd, content: &[u8]) -> Result<OwnedFd, Errno> {
@@ -303,24 +317,17 @@ enum Entry {
 
 /// Read the index entry `by/name` of (cid, ifname) in either form (module documentation).
 fn read_entry(by: &OwnedFd, name: &str, cid: &str, ifname: &str) -> Result<Entry, Errno> {
-    let fd = match openat(by, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty()) {
+    let fd = match open_regular(by, name)? {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(Entry::Missing),
-        Err(Errno::ELOOP) | Err(Errno::ENXIO) | Err(Errno::EISDIR) => return Ok(Entry::Invalid),
-        Err(e) => return Err(e),
+        Err(FileRead::Missing) => return Ok(Entry::Missing),
+        Err(_) => return Ok(Entry::Invalid),
     };
-    let st = fstat(&fd)?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-        return Ok(Entry::Invalid);
-    }
     if let Some(v) = get_entry_xattr(&fd)? {
         let ips: Option<Vec<IpAddr>> =
             std::str::from_utf8(&v).ok().and_then(|t| t.lines().filter(|l| !l.is_empty()).map(|l| l.parse().ok()).collect());
         return Ok(ips.filter(|i| !i.is_empty()).map_or(Entry::Invalid, Entry::Ips));
     }
-    let mut buf = Vec::new();
-    File::from(fd).take(MAX_FILE).read_to_end(&mut buf).map_err(errno)?;
-    Ok(parse_entry(&buf, cid, ifname).map_or(Entry::Invalid, Entry::Ips))
+    Ok(parse_entry(&read_fd(fd)?, cid, ifname).map_or(Entry::Invalid, Entry::Ips))
 }
 
 /// Write the index entry `by/name` of (cid, ifname) holding `ips`, whose leases are in `dir`: a

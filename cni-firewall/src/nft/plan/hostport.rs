@@ -459,7 +459,7 @@ mod tests {
     fn gc_and_check() {
         let a = spec("a", "10.1.0.5/24", None);
         let st = state(&a);
-        assert!(plan_portmap_gc("net1", &[a.key.clone()], &st).is_empty());
+        assert!(plan_portmap_gc("net1", std::slice::from_ref(&a.key), &st).is_empty());
         assert!(plan_portmap_gc("net2", &[], &st).is_empty(), "another network's");
         let s = render_script(&plan_portmap_gc("net1", &[], &st));
         assert!(s.contains("delete element inet cnirs_hostport2 owner4 { 10.1.0.5 }"), "{s}");

@@ -309,7 +309,7 @@ add element inet cnirs_masquerade2 exempt6 {{ fd01::5 . fd01::/64 }}
             &[("10.1.0.5", &a), ("10.1.0.6", &b), ("10.2.0.6", &other)],
             &[("10.1.0.5", "10.1.0.0/24"), ("10.1.0.6", "10.1.0.0/24"), ("10.2.0.6", "10.2.0.0/24"), ("10.3.0.9", "10.3.0.0/24")],
         );
-        let s = render_script(&plan_masq_gc("net1", &[a.clone()], &st));
+        let s = render_script(&plan_masq_gc("net1", std::slice::from_ref(&a), &st));
         assert!(s.contains("delete element inet cnirs_masquerade2 masq4 { 10.1.0.6 }"), "{s}");
         assert!(s.contains("10.1.0.6 . 10.1.0.0/24"), "{s}");
         assert!(s.contains("10.3.0.9 . 10.3.0.0/24"), "orphan: {s}");
