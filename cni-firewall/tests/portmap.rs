@@ -150,17 +150,8 @@ fn add_check_del(flavor: Flavor) {
         match flavor {
             Flavor::Nft => {
                 // the first mapping of a host port counts; 8443 (host IP v4) and 9000 (v6) in one family each
-                let mut want = vec![
-                    ("dnat4", dn("tcp", 8080, "10.66.0.5", 80)),
-                    ("dnat4", dn("udp", 5353, "10.66.0.5", 53)),
-                    ("hostip4", hip("192.0.2.1", "tcp", 8443, "10.66.0.5", 443)),
-                    ("dnat6", dn("tcp", 8080, "fd66::5", 80)),
-                    ("dnat6", dn("udp", 5353, "fd66::5", 53)),
-                    ("hostip6", hip("2001:db8::1", "sctp", 9000, "fd66::5", 9000)),
-                    ("dnat4", dn("tcp", 8081, "10.66.0.6", 81)),
-                    ("dnat6", dn("tcp", 8081, "fd66::6", 81)),
-                ];
-                want.extend(owned(5, &a.key));
+                let mut want = web_elements(&a.key);
+                want.extend([("dnat4", dn("tcp", 8081, "10.66.0.6", 81)), ("dnat6", dn("tcp", 8081, "fd66::6", 81))]);
                 want.extend(owned(6, &b.key));
                 assert_nft_hostport(&want);
             }
