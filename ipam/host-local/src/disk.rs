@@ -977,3 +977,66 @@ pub fn status(storage: &Storage, sets: &[RangeSet]) -> Result<(), CniError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A fresh directory under the system's temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!("hl-disk-{tag}-{}-{:?}", std::process::id(), std::thread::current().id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(p.join("a")).unwrap();
+            TempDir(p)
+        }
+        fn fd(&self, sub: &str) -> OwnedFd {
+            nix::fcntl::open(&self.0.join(sub), dir_flags(), Mode::empty()).unwrap()
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn index_entries_in_both_forms() {
+        let t = TempDir::new("entries");
+        let (dir, by) = (t.fd("."), t.fd("a"));
+        std::fs::write(t.0.join("10.1.0.5"), "c1\r\neth0").unwrap();
+        std::fs::write(t.0.join("fd01::5"), "c1\r\neth0").unwrap();
+        let ips: Vec<IpAddr> = vec!["10.1.0.5".parse().unwrap(), "fd01::5".parse().unwrap()];
+        // link form: the first lease's inode, addresses in the attribute
+        let mut links = true;
+        write_entry(&dir, &by, "c1:eth0", ("c1", "eth0"), &ips, &mut links).unwrap();
+        assert!(links, "this filesystem has hard links and user extended attributes");
+        let (e, l) = (std::fs::metadata(t.0.join("a/c1:eth0")).unwrap(), std::fs::metadata(t.0.join("10.1.0.5")).unwrap());
+        assert_eq!(e.ino(), l.ino());
+        assert_eq!(read_entry(&by, "c1:eth0", "c1", "eth0").unwrap(), Entry::Ips(ips.clone()));
+        assert_eq!(write_entry(&dir, &by, "c1:eth0", ("c1", "eth0"), &ips, &mut links), Err(Errno::EEXIST));
+        // file form (where links or attributes are refused), read the same way
+        let mut no_links = false;
+        write_entry(&dir, &by, "c2:eth0", ("c2", "eth0"), &ips, &mut no_links).unwrap();
+        assert_ne!(std::fs::metadata(t.0.join("a/c2:eth0")).unwrap().ino(), l.ino());
+        assert!(std::fs::read_to_string(t.0.join("a/c2:eth0")).unwrap().starts_with(HEADER));
+        assert_eq!(read_entry(&by, "c2:eth0", "c2", "eth0").unwrap(), Entry::Ips(ips.clone()));
+        // a file form entry names its attachment: another one's is not valid here
+        assert_eq!(read_entry(&by, "c2:eth0", "c3", "eth0").unwrap(), Entry::Invalid);
+        // missing, damaged, not a regular file
+        assert_eq!(read_entry(&by, "none:eth0", "none", "eth0").unwrap(), Entry::Missing);
+        std::fs::write(t.0.join("a/bad:eth0"), "garbage").unwrap();
+        assert_eq!(read_entry(&by, "bad:eth0", "bad", "eth0").unwrap(), Entry::Invalid);
+        std::os::unix::fs::symlink("c1:eth0", t.0.join("a/sym:eth0")).unwrap();
+        assert_eq!(read_entry(&by, "sym:eth0", "sym", "eth0").unwrap(), Entry::Invalid);
+        // a link whose attribute is damaged
+        set_entry_xattr(&File::open(t.0.join("a/c1:eth0")).unwrap(), b"not an address\n").unwrap();
+        assert_eq!(read_entry(&by, "c1:eth0", "c1", "eth0").unwrap(), Entry::Invalid);
+        // with no lease to link to (no addresses), the file form
+        let mut links = true;
+        write_entry(&dir, &by, "c4:eth0", ("c4", "eth0"), &[], &mut links).unwrap();
+        assert_eq!(read_entry(&by, "c4:eth0", "c4", "eth0").unwrap(), Entry::Ips(vec![]));
+    }
+}
