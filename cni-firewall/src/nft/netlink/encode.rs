@@ -263,9 +263,9 @@ fn type_byteorder(t: DataType) -> u32 {
 
 /// Parts laid out as a key or map data: one part at its natural length, or every part padded
 /// to 4 bytes (a concatenation).
-fn concat(parts: Vec<Vec<u8>>) -> Vec<u8> {
+fn concat(mut parts: Vec<Vec<u8>>) -> Vec<u8> {
     if parts.len() == 1 {
-        return parts.into_iter().next().expect("one part");
+        return parts.pop().unwrap_or_default();
     }
     let mut out = Vec::new();
     for p in parts {
