@@ -235,13 +235,8 @@ fn evict(st: &TableState, fam: Family, want: &FamilyElems, ops: &mut Vec<Op>) {
         gone.dedup();
         delete_if_unchanged(&t, &set, gone, ops);
     }
-    if let Some(cur) = st.set(&hairpin_set(fam)) {
-        let gone: Vec<Element> =
-            cur.elems.iter().filter(|e| key_addr(e).is_some_and(|a| ours.contains(&a)) && !want.hairpin.contains(e)).cloned().collect();
-        if !gone.is_empty() {
-            ops.push(Op::DeleteElements { table: t, set: hairpin_set(fam), elems: gone });
-        }
-    }
+    let stale = |e: &Element| key_addr(e).is_some_and(|a| ours.contains(&a)) && !want.hairpin.contains(e);
+    delete_matching(&t, st, &hairpin_set(fam), stale, ops);
 }
 
 /// Removal of the container addresses `addrs` in `fam`: their owner elements as read
@@ -258,12 +253,7 @@ fn remove_addresses(st: &TableState, fam: Family, owners: Vec<Element>, orphan_a
             delete_if_unchanged(&t, &set, gone, ops);
         }
     }
-    if let Some(h) = st.set(&hairpin_set(fam)) {
-        let gone: Vec<Element> = h.elems.iter().filter(|e| key_addr(e).is_some_and(|a| addrs.contains(&a))).cloned().collect();
-        if !gone.is_empty() {
-            ops.push(Op::DeleteElements { table: t, set: hairpin_set(fam), elems: gone });
-        }
-    }
+    delete_matching(&t, st, &hairpin_set(fam), |e| key_addr(e).is_some_and(|a| addrs.contains(&a)), ops);
 }
 
 /// DEL by key: the container addresses the attachment owns and everything of theirs.

@@ -116,13 +116,8 @@ pub fn plan_masq_add_with_state(spec: &MasqSpec, st: Option<&TableState>) -> Vec
                     cur.elems.iter().filter(|e| key_addr(e).is_some_and(|a| ours.contains(&a)) && !masq.contains(e)).cloned().collect();
                 delete_if_unchanged(&t, &masq_map(fam), foreign, &mut ops);
             }
-            if let Some(cur) = st.set(&exempt_set(fam)) {
-                let stale: Vec<Element> =
-                    cur.elems.iter().filter(|e| key_addr(e).is_some_and(|a| ours.contains(&a)) && !exempt.contains(e)).cloned().collect();
-                if !stale.is_empty() {
-                    ops.push(Op::DeleteElements { table: t.clone(), set: exempt_set(fam), elems: stale });
-                }
-            }
+            let stale = |e: &Element| key_addr(e).is_some_and(|a| ours.contains(&a)) && !exempt.contains(e);
+            delete_matching(&t, st, &exempt_set(fam), stale, &mut ops);
         }
         ops.push(Op::AddElements { table: t.clone(), set: masq_map(fam), elems: masq });
         ops.push(Op::AddElements { table: t.clone(), set: exempt_set(fam), elems: exempt });
@@ -141,12 +136,7 @@ fn remove_addresses(st: &TableState, fam: Family, owned: Vec<Element>, ops: &mut
     let t = masq_table();
     let addrs: BTreeSet<IpAddr> = owned.iter().filter_map(key_addr).collect();
     delete_if_unchanged(&t, &masq_map(fam), owned, ops);
-    if let Some(ex) = st.set(&exempt_set(fam)) {
-        let gone: Vec<Element> = ex.elems.iter().filter(|e| key_addr(e).is_some_and(|a| addrs.contains(&a))).cloned().collect();
-        if !gone.is_empty() {
-            ops.push(Op::DeleteElements { table: t, set: exempt_set(fam), elems: gone });
-        }
-    }
+    delete_matching(&t, st, &exempt_set(fam), |e| key_addr(e).is_some_and(|a| addrs.contains(&a)), ops);
 }
 
 /// DEL by key: the attachment's addresses (found by owner) and their exemptions.
@@ -172,13 +162,8 @@ pub fn plan_masq_gc(network: &str, valid: &[AttachmentKey], st: &TableState) -> 
         let stale: Vec<Element> =
             all.into_iter().filter(|e| owner_in_network(&e.data, network) && !keep.contains(&e.data)).collect();
         remove_addresses(st, fam, stale, &mut ops);
-        if let Some(ex) = st.set(&exempt_set(fam)) {
-            let orphans: Vec<Element> =
-                ex.elems.iter().filter(|e| key_addr(e).is_some_and(|a| !owned_addrs.contains(&a))).cloned().collect();
-            if !orphans.is_empty() {
-                ops.push(Op::DeleteElements { table: masq_table(), set: exempt_set(fam), elems: orphans });
-            }
-        }
+        let orphan = |e: &Element| key_addr(e).is_some_and(|a| !owned_addrs.contains(&a));
+        delete_matching(&masq_table(), st, &exempt_set(fam), orphan, &mut ops);
     }
     ops
 }

@@ -213,6 +213,16 @@ pub(crate) fn outer_subnets(addrs: &[IpNetwork], fam: Family) -> Vec<Value> {
     keep
 }
 
+/// Deletes of the elements of `set` (as read in `st`) that `pred` selects: for sets whose elements
+/// carry no data, so no compare-and-delete guard (the transaction's owner-element deletes guard them).
+pub(crate) fn delete_matching(table: &TableRef, st: &TableState, set: &str, pred: impl Fn(&Element) -> bool, ops: &mut Vec<Op>) {
+    let Some(cur) = st.set(set) else { return };
+    let elems: Vec<Element> = cur.elems.iter().filter(|e| pred(e)).cloned().collect();
+    if !elems.is_empty() {
+        ops.push(Op::DeleteElements { table: table.clone(), set: set.into(), elems });
+    }
+}
+
 /// Whether a map element's data is `addr` first (a DNAT target, an owner's key address...).
 pub(crate) fn data_addr(e: &Element) -> Option<IpAddr> {
     match e.data.first() {
