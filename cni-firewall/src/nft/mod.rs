@@ -387,7 +387,8 @@ impl Firewall for NftFirewall {
 
     fn add_masquerade(&self, spec: &MasqSpec) -> Result<(), CniError> {
         validate_key(&spec.key)?;
-        self.add(&plan::masq_table(), |st| plan::plan_masq_add_with_state(spec, st), |st| plan::masq_add_needs_full_read(spec, st))
+        // the read by key and by point shows everything an address's other owner holds: no full read
+        self.add(&plan::masq_table(), |st| plan::plan_masq_add_with_state(spec, st), |_| false)
             .map_err(|e| e.context("masquerade"))
     }
 

@@ -413,22 +413,25 @@ pub fn hostport_chains() -> std::collections::BTreeMap<String, Vec<String>> {
     ])
 }
 
+/// Table `inet <table>` in `ns` holds exactly the chains `chains` and the sets `sets`.
+#[track_caller]
+fn assert_layout(ns: &NamedNetns, table: &str, chains: std::collections::BTreeMap<String, Vec<String>>, sets: &std::collections::BTreeMap<String, Vec<String>>) {
+    let dump = || nft_table(ns, "inet", table).unwrap_or_default();
+    let got = nft_sets(ns, table).unwrap_or_else(|| panic!("no table inet {table}:\n{}", nft_ruleset(ns)));
+    assert_eq!(&got, sets, "sets of inet {table}:\n{}", dump());
+    assert_eq!(nft_chains(ns, table).unwrap_or_default(), chains, "chains of inet {table}:\n{}", dump());
+}
+
 /// Table `inet cnirs_masquerade2` in `ns` is exactly [`masq_chains`] with the sets `sets`.
 #[track_caller]
 pub fn assert_masq_layout(ns: &NamedNetns, sets: &std::collections::BTreeMap<String, Vec<String>>) {
-    let dump = || nft_table(ns, "inet", MASQ_TABLE).unwrap_or_default();
-    let got = nft_sets(ns, MASQ_TABLE).unwrap_or_else(|| panic!("no table inet {MASQ_TABLE}:\n{}", nft_ruleset(ns)));
-    assert_eq!(&got, sets, "sets of inet {MASQ_TABLE}:\n{}", dump());
-    assert_eq!(nft_chains(ns, MASQ_TABLE).unwrap_or_default(), masq_chains(), "chains of inet {MASQ_TABLE}:\n{}", dump());
+    assert_layout(ns, MASQ_TABLE, masq_chains(), sets)
 }
 
 /// Table `inet cnirs_hostport2` in `ns` is exactly [`hostport_chains`] with the sets `sets`.
 #[track_caller]
 pub fn assert_hostport_layout(ns: &NamedNetns, sets: &std::collections::BTreeMap<String, Vec<String>>) {
-    let dump = || nft_table(ns, "inet", HOSTPORT_TABLE).unwrap_or_default();
-    let got = nft_sets(ns, HOSTPORT_TABLE).unwrap_or_else(|| panic!("no table inet {HOSTPORT_TABLE}:\n{}", nft_ruleset(ns)));
-    assert_eq!(&got, sets, "sets of inet {HOSTPORT_TABLE}:\n{}", dump());
-    assert_eq!(nft_chains(ns, HOSTPORT_TABLE).unwrap_or_default(), hostport_chains(), "chains of inet {HOSTPORT_TABLE}:\n{}", dump());
+    assert_layout(ns, HOSTPORT_TABLE, hostport_chains(), sets)
 }
 
 /// What is left of attachments in our per-attachment tables (new and earlier layout) in `ns`:

@@ -191,8 +191,13 @@ fn consistent<T>(
 }
 
 /// Read `table` consistently: the ruleset generation is the same before and after the dumps.
+/// A missing table costs one request (no generation reads): DEL, CHECK and GC look at the earlier
+/// layout's tables every time, and those are missing on every host that never had them.
 pub fn read_table(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, CniError> {
     let what = format!("list table {} {}", table.family.as_str(), table.name);
+    if !table_exists(sock, table, family_byte(table.family)).map_err(|e| decode::read_error(&what, e))? {
+        return Ok(None);
+    }
     consistent(sock, &what, |sock| read_once(sock, table))
 }
 

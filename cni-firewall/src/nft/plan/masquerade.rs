@@ -184,12 +184,6 @@ pub fn check_masq(spec: &MasqSpec, st: Option<&TableState>) -> Result<(), String
     Ok(())
 }
 
-/// Whether an ADD planned from `st` needs no more than what it read: always (the addresses'
-/// elements are read by key, the exemptions around them by point).
-pub fn masq_add_needs_full_read(_spec: &MasqSpec, _st: &TableState) -> bool {
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
