@@ -162,75 +162,72 @@ impl NftFirewall {
         NftFirewall { exec }
     }
 
-    /// With cheap reads: read what the ADD touches, plan from that state, keep intact chains
-    /// (retried when the table keeps changing); when `needs_full` says the plan needs more than
-    /// that read (another attachment's state to evict), read the whole table. Otherwise blind
-    /// transaction first (one process); if it fails, read the table and apply the state-aware
-    /// plan (retried likewise).
+    /// Read what the ADD touches (with cheap reads; the whole table otherwise), plan from that
+    /// state, keep intact chains, write (retried when the table keeps changing); when
+    /// `needs_full` says the plan needs more than that read (another attachment's state to
+    /// evict), read the whole table. A plan that makes the table or changes a chain is read
+    /// again, planned and written under the namespace's lock ([`creation_lock`]), so that two
+    /// ADDs each adding a rule (a new prefix length) cannot refill a chain without the other's.
+    /// With `blind` and the `nft` executor, a first transaction goes without a read (one
+    /// process), and the read-plan-write follows only if it fails: for plans that are right
+    /// whatever the table holds.
     fn add(
         &self,
         table: &TableRef,
         plan: impl Fn(Option<&TableState>) -> Vec<Op>,
         needs_full: impl Fn(&TableState) -> bool,
+        blind: bool,
     ) -> Result<(), CniError> {
-        if self.exec.cheap_reads() {
-            let blind = plan(None);
-            if blind.is_empty() {
-                return Ok(());
-            }
-            let mut last = None;
-            for _ in 0..ATTEMPTS {
-                let mut st = self.exec.read_for_add(table, &blind)?;
-                // No table: make it under the creation lock, so that plugins racing to make it
-                // (the first ADDs on a host, in parallel) take turns instead of failing on it.
-                let _turn = match st {
-                    None => {
-                        let turn = creation_lock();
-                        st = self.exec.read_for_add(table, &blind)?;
-                        turn
-                    }
-                    Some(_) => None,
-                };
-                if st.as_ref().is_some_and(&needs_full) {
-                    st = self.exec.list_table(table)?;
-                }
-                let ops = match &st {
-                    Some(st) => {
-                        let full = plan(Some(st));
-                        let ops = keep_intact_chains(&full, st);
-                        if changes_nothing(&ops, &full, st) {
-                            return Ok(());
-                        }
-                        ops
-                    }
-                    None => create_exclusively(blind.clone()),
-                };
-                if ops.is_empty() {
-                    return Ok(());
-                }
-                match self.exec.apply(&ops) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => last = Some(e),
-                }
-            }
-            return Err(last.unwrap_or_else(|| CniError::Firewall("nft: retries exhausted".into())));
-        }
-        let blind = plan(None);
-        if blind.is_empty() {
+        let blind_ops = plan(None);
+        if blind_ops.is_empty() {
             return Ok(());
         }
-        let mut last = match self.exec.apply(&blind) {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        for _ in 0..ATTEMPTS {
-            let st = self.exec.list_table(table)?;
-            match self.exec.apply(&plan(st.as_ref())) {
+        let mut last = None;
+        if blind && !self.exec.cheap_reads() {
+            match self.exec.apply(&blind_ops) {
                 Ok(()) => return Ok(()),
-                Err(e) => last = e,
+                Err(e) => last = Some(e),
             }
         }
-        Err(last)
+        let mut turn = None;
+        let mut locked = false;
+        for _ in 0..ATTEMPTS {
+            let mut st = self.exec.read_for_add(table, &blind_ops)?;
+            if st.is_none() && !locked {
+                // No table: make it under the lock, so that plugins racing to make it (the
+                // first ADDs on a host, in parallel) take turns instead of failing on it.
+                (turn, locked) = (creation_lock(), true);
+                st = self.exec.read_for_add(table, &blind_ops)?;
+            }
+            if st.as_ref().is_some_and(&needs_full) {
+                st = self.exec.list_table(table)?;
+            }
+            let ops = match &st {
+                Some(st) => {
+                    let full = plan(Some(st));
+                    let ops = keep_intact_chains(&full, st);
+                    if changes_nothing(&ops, &full, st) {
+                        return Ok(());
+                    }
+                    ops
+                }
+                None => create_exclusively(blind_ops.clone()),
+            };
+            if ops.is_empty() {
+                return Ok(());
+            }
+            if !locked && changes_chains(&ops) {
+                // read again under the lock: the chain as the last writer left it
+                (turn, locked) = (creation_lock(), true);
+                continue;
+            }
+            match self.exec.apply(&ops) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        drop(turn);
+        Err(last.unwrap_or_else(|| CniError::Firewall("nft: retries exhausted".into())))
     }
 
     /// Read, plan, write; nothing to do when the table or the key's state is gone.
@@ -341,12 +338,17 @@ pub fn changes_nothing(ops: &[Op], full: &[Op], st: &TableState) -> bool {
     })
 }
 
+/// Whether `ops` add, flush or delete rules or chains.
+fn changes_chains(ops: &[Op]) -> bool {
+    ops.iter().any(|o| matches!(o, Op::AddRule { .. } | Op::FlushChain { .. } | Op::DeleteChain { .. }))
+}
+
 /// What [`creation_lock`] locks: the network namespace of the calling thread (its nsfs file).
 const CREATION_LOCK: &str = "/proc/thread-self/ns/net";
 
 /// An exclusive `flock` on the calling thread's network namespace ([`CREATION_LOCK`]), held while
-/// a missing table is read again, planned and made; `None` when it cannot be taken, and the ADD
-/// goes on without it. Every process that opens a namespace's file gets the same nsfs inode, so
+/// a missing table, or a plan that changes a chain, is read again, planned and written; `None`
+/// when it cannot be taken, and the ADD goes on without it. Every process that opens a namespace's file gets the same nsfs inode, so
 /// the lock orders exactly the plugins working on that namespace's tables, and nothing is left
 /// behind when it is released (no lock file).
 ///
@@ -354,8 +356,9 @@ const CREATION_LOCK: &str = "/proc/thread-self/ns/net";
 /// table) is rolled back by nf_tables with an RCU grace period (`synchronize_rcu`, 10-17 ms here)
 /// while it holds the ruleset's commit mutex, which every other nf_tables writer and every socket
 /// release then waits for. With the lock the others wait for the winner's short transaction
-/// instead, read again, find the table and only add their own objects. Taken only when the read
-/// found no table.
+/// instead, read again, find the table and only add their own objects. And a chain refilled from
+/// a read (a base chain with a rule per prefix length in use) must be read after the last
+/// refill, or a concurrent ADD's new rule is lost. Not taken by ADDs that only add elements.
 fn creation_lock() -> Option<nix::fcntl::Flock<std::fs::File>> {
     let ns = std::fs::File::open(CREATION_LOCK).ok()?;
     nix::fcntl::Flock::lock(ns, nix::fcntl::FlockArg::LockExclusive).ok()
@@ -387,8 +390,8 @@ impl Firewall for NftFirewall {
 
     fn add_masquerade(&self, spec: &MasqSpec) -> Result<(), CniError> {
         validate_key(&spec.key)?;
-        // the read by key and by point shows everything an address's other owner holds: no full read
-        self.add(&plan::masq_table(), |st| plan::plan_masq_add_with_state(spec, st), |_| false)
+        // a plan without the table's state would drop the exemption rules of other prefix lengths
+        self.add(&plan::masq_table(), |st| plan::plan_masq_add_with_state(spec, st), |st| plan::masq_add_needs_full_read(spec, st), false)
             .map_err(|e| e.context("masquerade"))
     }
 
@@ -423,7 +426,8 @@ impl Firewall for NftFirewall {
                 "conditionsV4/conditionsV6 are not supported by the nftables backend of this suite; use backend \"iptables\"".into(),
             ));
         }
-        self.add(&plan::hostport_table(), |st| plan::plan_portmap_add_with_state(spec, st), |st| plan::portmap_add_needs_full_read(spec, st))
+        // likewise the hairpin rules
+        self.add(&plan::hostport_table(), |st| plan::plan_portmap_add_with_state(spec, st), |st| plan::portmap_add_needs_full_read(spec, st), false)
             .map_err(|e| e.context("port mappings"))
     }
 
@@ -451,7 +455,7 @@ impl Firewall for NftFirewall {
 
     fn add_isolation(&self, spec: &IsolationSpec) -> Result<(), CniError> {
         validate_ifname("bridge name", &spec.bridge)?;
-        self.add(&plan::isolation_table(), |st| plan::plan_isolation_add_with_state(spec, st), |_| false)
+        self.add(&plan::isolation_table(), |st| plan::plan_isolation_add_with_state(spec, st), |_| false, true)
             .map_err(|e| e.context("isolation"))
     }
 

@@ -252,6 +252,19 @@ pub enum Field {
     Dport(Protocol),
     Iifname,
     Oifname,
+    /// The source address masked to its first `n` bits (`ip saddr & 255.255.255.0`), `n` less
+    /// than the address length (a whole address is [`Field::Saddr`]).
+    SaddrMasked(Family, u8),
+    /// The destination address masked likewise.
+    DaddrMasked(Family, u8),
+}
+
+/// The netmask of the first `prefix` bits of a `fam` address.
+pub fn netmask(fam: Family, prefix: u8) -> IpAddr {
+    match fam {
+        Family::V4 => IpAddr::from(u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0).to_be_bytes()),
+        Family::V6 => IpAddr::from(u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0).to_be_bytes()),
+    }
 }
 
 impl Field {
@@ -259,6 +272,8 @@ impl Field {
         match self {
             Field::Saddr(f) => format!("{} saddr", ip_kw(*f)),
             Field::Daddr(f) => format!("{} daddr", ip_kw(*f)),
+            Field::SaddrMasked(f, n) => format!("{} saddr & {}", ip_kw(*f), netmask(*f, *n)),
+            Field::DaddrMasked(f, n) => format!("{} daddr & {}", ip_kw(*f), netmask(*f, *n)),
             Field::Nfproto => "meta nfproto".into(),
             Field::L4proto => "meta l4proto".into(),
             Field::ThDport => "th dport".into(),
@@ -277,6 +292,17 @@ impl Field {
             Field::Dport(p) => json!({"payload": {"protocol": p.as_str(), "field": "dport"}}),
             Field::Iifname => json!({"meta": {"key": "iifname"}}),
             Field::Oifname => json!({"meta": {"key": "oifname"}}),
+            Field::SaddrMasked(f, n) => json!({"&": [Field::Saddr(*f).json(), netmask(*f, *n).to_string()]}),
+            Field::DaddrMasked(f, n) => json!({"&": [Field::Daddr(*f).json(), netmask(*f, *n).to_string()]}),
+        }
+    }
+
+    /// The field unmasked, and the prefix length it is masked to (`None` for unmasked fields).
+    pub fn unmasked(self) -> (Field, Option<u8>) {
+        match self {
+            Field::SaddrMasked(f, n) => (Field::Saddr(f), Some(n)),
+            Field::DaddrMasked(f, n) => (Field::Daddr(f), Some(n)),
+            other => (other, None),
         }
     }
 }

@@ -58,6 +58,25 @@ impl RuleExprs {
 }
 
 impl RuleState {
+    /// The names of the sets and maps the rule looks up (`@name`).
+    pub fn sets_used(&self) -> Vec<String> {
+        fn walk(j: &J, out: &mut Vec<String>) {
+            match j {
+                J::String(s) => {
+                    if let Some(name) = s.strip_prefix('@') {
+                        out.push(name.to_string());
+                    }
+                }
+                J::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                J::Object(o) => o.values().for_each(|x| walk(x, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.exprs.json(), &mut out);
+        out
+    }
+
     /// Whether this is `rule` (same statements and comment).
     pub fn matches(&self, rule: &Rule) -> bool {
         self.comment == rule.comment

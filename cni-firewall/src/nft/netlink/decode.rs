@@ -489,19 +489,33 @@ pub fn raise(table: TableFamily, lows: &[Low]) -> Option<Vec<Expr>> {
                 i += 1;
             }
             [Low::Meta { .. } | Low::Payload { .. }, ..] => {
-                let n = rest.iter().take_while(|l| matches!(l, Low::Meta { .. } | Low::Payload { .. })).count();
+                // A key's loads, each address load possibly masked (`ip daddr & 255.255.255.0`)
+                // when a lookup follows; otherwise a bitwise belongs to a compare.
+                let is_load = |l: &Low| matches!(l, Low::Meta { .. } | Low::Payload { .. });
+                let with_masks = rest.iter().take_while(|l| is_load(l) || matches!(l, Low::Bitwise { .. })).count();
+                let n = if matches!(rest.get(with_masks), Some(Low::Lookup { .. })) {
+                    with_masks
+                } else {
+                    rest.iter().take_while(|l| is_load(l)).count()
+                };
                 let loads = &rest[..n];
                 match rest.get(n) {
                     Some(Low::Lookup { set, sreg, dreg, flags }) => {
                         let mut fields = Vec::new();
                         let mut slot = 0;
-                        for l in loads {
-                            let (f, reg) = field_of(l, nfproto, &mut l4dep)?;
+                        let mut j = 0;
+                        while j < loads.len() {
+                            let (mut f, reg) = field_of(&loads[j], nfproto, &mut l4dep)?;
                             if slot_of_reg(reg) != Some(slot) {
                                 return None;
                             }
+                            if let Some(Low::Bitwise { sreg: b1, dreg: b2, mask, xor }) = loads.get(j + 1) {
+                                f = masked_field(f, &loads[j], (*b1, *b2, mask, xor), reg)?;
+                                j += 1;
+                            }
                             slot += super::encode::field_len(f).div_ceil(4) as u32;
                             fields.push(f);
+                            j += 1;
                         }
                         if slot_of_reg(*sreg) != Some(0) {
                             return None;
@@ -586,6 +600,25 @@ fn field_of(l: &Low, nfproto: Option<Family>, l4dep: &mut Option<Protocol>) -> O
     }
 }
 
+/// `f` (just loaded by `load` into `reg`) masked by a bitwise `(sreg, dreg, mask, xor)` on that
+/// register: a whole address ANDed with a netmask shorter than it.
+fn masked_field(f: Field, load: &Low, (sreg, dreg, mask, xor): (u32, u32, &[u8], &[u8]), reg: u32) -> Option<Field> {
+    let (_, full) = addr_field(f)?;
+    let Low::Payload { len, .. } = *load else { return None };
+    if sreg != reg || dreg != reg || len != full || mask.len() != full as usize || xor.len() != mask.len() || xor.iter().any(|&x| x != 0) {
+        return None;
+    }
+    let ones: u32 = mask.iter().map(|b| b.count_ones()).sum();
+    if ones >= full * 8 || mask != super::encode::prefix_mask(full, ones).as_slice() {
+        return None;
+    }
+    match f {
+        Field::Saddr(fam) => Some(Field::SaddrMasked(fam, ones as u8)),
+        Field::Daddr(fam) => Some(Field::DaddrMasked(fam, ones as u8)),
+        _ => None,
+    }
+}
+
 /// The compare (with its optional mask) after a load of `f`: (value, negated, expressions used).
 fn compare(rest: &[Low], f: Field, load: &Low, reg: u32) -> Option<(Value, bool, usize)> {
     let (mask, cmp) = match rest {
@@ -618,17 +651,7 @@ fn compare(rest: &[Low], f: Field, load: &Low, reg: u32) -> Option<(Value, bool,
                     }
                     let ones: u32 = m.iter().map(|b| b.count_ones()).sum();
                     // contiguous leading ones only
-                    let expect: Vec<u8> = (0..full)
-                        .map(|i| {
-                            let bits = ones.saturating_sub(i as u32 * 8).min(8);
-                            if bits == 0 {
-                                0
-                            } else {
-                                0xffu8 << (8 - bits)
-                            }
-                        })
-                        .collect();
-                    if *m != expect {
+                    if *m != super::encode::prefix_mask(full as u32, ones) {
                         return None;
                     }
                     ones as u8
@@ -658,7 +681,7 @@ fn compare(rest: &[Low], f: Field, load: &Low, reg: u32) -> Option<(Value, bool,
         },
         Field::ThDport | Field::Dport(_) => Value::Port(u16::from_be_bytes(data.as_slice().try_into().ok()?)),
         Field::Iifname | Field::Oifname => Value::Ifname(ifname_of(data, false)?),
-        Field::Nfproto => return None,
+        Field::Nfproto | Field::SaddrMasked(..) | Field::DaddrMasked(..) => return None,
     };
     Some((value, negate, used))
 }

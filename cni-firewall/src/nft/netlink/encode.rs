@@ -118,18 +118,33 @@ pub fn slot_of_reg(reg: u32) -> Option<u32> {
 
 /// Bytes a field occupies in a register.
 pub fn field_len(f: Field) -> usize {
-    match f {
+    match f.unmasked().0 {
         Field::Saddr(Family::V4) | Field::Daddr(Family::V4) => 4,
         Field::Saddr(Family::V6) | Field::Daddr(Family::V6) => 16,
         Field::Nfproto | Field::L4proto => 1,
         Field::ThDport | Field::Dport(_) => 2,
         Field::Iifname | Field::Oifname => IFNAMSIZ,
+        Field::SaddrMasked(..) | Field::DaddrMasked(..) => unreachable!("unmasked above"),
     }
 }
 
-/// (offset, length) of an address field in the network header.
+/// The mask of the first `plen` bits of a `len`-byte field.
+pub fn prefix_mask(len: u32, plen: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            let bits = plen.saturating_sub(i * 8).min(8);
+            if bits == 0 {
+                0
+            } else {
+                0xffu8 << (8 - bits)
+            }
+        })
+        .collect()
+}
+
+/// (offset, length) of an address field (masked or not) in the network header.
 pub fn addr_field(f: Field) -> Option<(u32, u32)> {
-    match f {
+    match f.unmasked().0 {
         Field::Saddr(Family::V4) => Some((12, 4)),
         Field::Daddr(Family::V4) => Some((16, 4)),
         Field::Saddr(Family::V6) => Some((8, 16)),
@@ -138,9 +153,10 @@ pub fn addr_field(f: Field) -> Option<(u32, u32)> {
     }
 }
 
-/// The expression that loads `f` into `dreg`.
+/// The expression that loads `f` into `dreg` (a masked address: the whole address; the mask is
+/// the caller's).
 fn load(f: Field, dreg: u32) -> Low {
-    match f {
+    match f.unmasked().0 {
         Field::Saddr(_) | Field::Daddr(_) => {
             let (offset, len) = addr_field(f).expect("address field");
             Low::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len, dreg }
@@ -150,6 +166,7 @@ fn load(f: Field, dreg: u32) -> Low {
         Field::ThDport | Field::Dport(_) => Low::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg },
         Field::Iifname => Low::Meta { key: NFT_META_IIFNAME, dreg },
         Field::Oifname => Low::Meta { key: NFT_META_OIFNAME, dreg },
+        Field::SaddrMasked(..) | Field::DaddrMasked(..) => unreachable!("unmasked above"),
     }
 }
 
@@ -349,7 +366,7 @@ impl Lowering {
     }
 
     fn deps(&mut self, f: Field) -> Result<(), CniError> {
-        match f {
+        match f.unmasked().0 {
             Field::Saddr(fam) | Field::Daddr(fam) => self.need_nfproto(fam),
             Field::Dport(p) => {
                 self.need_l4(p);
@@ -384,11 +401,7 @@ impl Lowering {
                     self.out.push(Low::Payload { base, offset, len: n, dreg: r });
                     self.out.push(Low::Cmp { sreg: r, op, data: bytes[..n as usize].to_vec() });
                 } else {
-                    let mut mask = vec![0u8; full as usize];
-                    for (i, b) in mask.iter_mut().enumerate() {
-                        let bits = plen.saturating_sub(i as u32 * 8).min(8);
-                        *b = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
-                    }
+                    let mask = prefix_mask(full, plen);
                     let net: Vec<u8> = bytes.iter().zip(&mask).map(|(a, m)| a & m).collect();
                     self.out.push(Low::Payload { base, offset, len: full, dreg: r });
                     self.out.push(Low::Bitwise { sreg: r, dreg: r, xor: vec![0; mask.len()], mask });
@@ -414,6 +427,9 @@ impl Lowering {
                 self.out.push(Low::Cmp { sreg: r, op, data: ifname_bytes(n)? });
             }
             Field::Nfproto => return Err(unsupported("meta nfproto in a compare (use the nfproto statement)")),
+            Field::SaddrMasked(..) | Field::DaddrMasked(..) => {
+                return Err(unsupported(format!("{} in a compare (compare with a prefix instead)", Expr::Cmp { field, negate, value: value.clone() }.text())))
+            }
         }
         Ok(())
     }
@@ -428,7 +444,13 @@ impl Lowering {
         }
         let mut slot = 0u32;
         for f in key {
-            self.out.push(load(*f, reg_of_slot(slot)));
+            let reg = reg_of_slot(slot);
+            self.out.push(load(*f, reg));
+            if let (_, Some(plen)) = f.unmasked() {
+                let len = field_len(*f) as u32;
+                let mask = prefix_mask(len, u32::from(plen));
+                self.out.push(Low::Bitwise { sreg: reg, dreg: reg, xor: vec![0; mask.len()], mask });
+            }
             slot += field_len(*f).div_ceil(4) as u32;
         }
         if slot > 16 {

@@ -4,8 +4,8 @@
 //! map dnat4    { type inet_proto . inet_service : ipv4_addr . inet_service }            proto . host port -> container address . port
 //! map hostip4  { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service } host IP . proto . host port -> the same
 //! map owner4   { type ipv4_addr : mark . mark . mark }                                   container address -> owner
-//! set hairpin4 { type ipv4_addr . ipv4_addr; flags interval }                            container address . sources to masquerade
-//! (dnat6, hostip6, owner6, hairpin6 likewise)
+//! set hairpin4_24 { type ipv4_addr . ipv4_addr }          container address . source network address, one set per prefix length in use
+//! (dnat6, hostip6, owner6, hairpin6_<n> likewise)
 //! chain hostports {
 //!     dnat ip to ip daddr . meta l4proto . th dport map @hostip4
 //!     meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4
@@ -14,8 +14,9 @@
 //! chain prerouting  { type nat hook prerouting priority -100; policy accept; fib daddr type local jump hostports }
 //! chain output      { type nat hook output priority -100; policy accept;     fib daddr type local jump hostports }
 //! chain postrouting { type nat hook postrouting priority 100; policy accept;
-//!     ct status dnat ip daddr . ip saddr @hairpin4 masquerade
-//!     ct status dnat ip6 daddr . ip6 saddr @hairpin6 masquerade }
+//!     ct status dnat ip daddr . ip saddr & 255.255.255.0 @hairpin4_24 masquerade     (one rule per prefix length in use)
+//!     ct status dnat ip daddr . ip saddr @hairpin4_32 masquerade
+//!     ct status dnat ip6 daddr . ip6 saddr & ffff:ffff:ffff:ffff:: @hairpin6_64 masquerade }
 //! ```
 //!
 //! A mapping with a host IP takes precedence over one without (as the reference's rule order
@@ -24,7 +25,9 @@
 //! address (`owner` element), and with it every DNAT element whose target is that address and
 //! every `hairpin` element that starts with it. A host port another attachment maps later is
 //! taken over (last writer wins, as in the reference): its element is re-pointed, and the former
-//! owner's DEL leaves it alone (its data no longer names the former owner's address).
+//! owner's DEL leaves it alone (its data no longer names the former owner's address). A table made
+//! by the previous release keeps its interval set `hairpin4` and the rule looking it up, for the
+//! attachments made then (see [`super::PairSets`]).
 
 use super::*;
 use crate::{PortMapSpec, PortMapping};
@@ -48,8 +51,17 @@ pub fn owner_map(fam: Family) -> String {
     format!("owner{}", fam_suffix(fam))
 }
 
+/// Base name of the hairpin sets.
+const HAIRPIN: &str = "hairpin";
+
+/// The previous release's interval set of hairpin sources.
 pub fn hairpin_set(fam: Family) -> String {
-    format!("hairpin{}", fam_suffix(fam))
+    format!("{HAIRPIN}{}", fam_suffix(fam))
+}
+
+/// The hairpin sources of prefix length `n`.
+pub fn hairpin_len_set(fam: Family, n: u8) -> String {
+    len_set(HAIRPIN, fam, n)
 }
 
 fn hostports_rules() -> Vec<Rule> {
@@ -72,20 +84,30 @@ fn entry_rule() -> Rule {
     Rule::new(vec![Expr::FibDaddrLocal, Expr::Verdict(Verdict::Jump("hostports".into()))])
 }
 
-fn post_rules() -> Vec<Rule> {
-    Family::BOTH
-        .iter()
-        .map(|f| {
-            Rule::new(vec![
-                Expr::CtStatusDnat,
-                Expr::Lookup { key: vec![Field::Daddr(*f), Field::Saddr(*f)], set: hairpin_set(*f), negate: false },
-                Expr::Masquerade,
-            ])
-        })
-        .collect()
+fn hairpin_rule(key: Vec<Field>, set: String) -> Rule {
+    Rule::new(vec![Expr::CtStatusDnat, Expr::Lookup { key, set, negate: false }, Expr::Masquerade])
 }
 
-fn skeleton(ops: &mut Vec<Op>) {
+/// The postrouting rules for the hairpin sets `sets` (per family).
+fn post_rules(sets: &[(Family, PairSets)]) -> Vec<Rule> {
+    let mut v = Vec::new();
+    for (f, used) in sets {
+        let f = *f;
+        if used.legacy {
+            v.push(hairpin_rule(vec![Field::Daddr(f), Field::Saddr(f)], hairpin_set(f)));
+        }
+        v.extend(used.lengths.iter().map(|n| hairpin_rule(vec![Field::Daddr(f), masked(Field::Saddr(f), *n)], hairpin_len_set(f, *n))));
+    }
+    v
+}
+
+/// The hairpin sets postrouting must look up after an ADD of `spec`: those it has (in `st`) and
+/// the attachment's.
+fn sets_after_add(per_fam: &[(Family, FamilyElems)], st: Option<&TableState>) -> Vec<(Family, PairSets)> {
+    per_fam.iter().map(|(f, e)| (*f, PairSets::in_chain(st, "postrouting", HAIRPIN, *f).with(&e.hairpin))).collect()
+}
+
+fn skeleton(per_fam: &[(Family, FamilyElems)], st: Option<&TableState>, ops: &mut Vec<Op>) {
     let t = hostport_table();
     ops.push(Op::AddTable(t.clone()));
     for f in Family::BOTH {
@@ -94,13 +116,18 @@ fn skeleton(ops: &mut Vec<Op>) {
         ops.push(Op::AddSet { table: t.clone(), set: SetDef::map(dnat_map(f), vec![DataType::InetProto, DataType::InetService], target.clone()) });
         ops.push(Op::AddSet { table: t.clone(), set: SetDef::map(hostip_map(f), vec![a, DataType::InetProto, DataType::InetService], target) });
         ops.push(Op::AddSet { table: t.clone(), set: SetDef::map(owner_map(f), vec![a], owner_type()) });
-        ops.push(Op::AddSet { table: t.clone(), set: SetDef::interval_set(hairpin_set(f), vec![a, a]) });
+    }
+    for (f, e) in per_fam {
+        let a = DataType::addr(*f);
+        for n in e.hairpin.keys() {
+            ops.push(Op::AddSet { table: t.clone(), set: SetDef::set(hairpin_len_set(*f, *n), vec![a, a]) });
+        }
     }
     fill_chain(&t, "hostports", None, &hostports_rules(), ops);
     for (name, hook) in [("prerouting", Hook::Prerouting), ("output", Hook::Output)] {
         fill_base(&t, name, (ChainType::Nat, hook, PRIO_DSTNAT), &[entry_rule()], ops);
     }
-    fill_base(&t, "postrouting", (ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT), &post_rules(), ops);
+    fill_base(&t, "postrouting", (ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT), &post_rules(&sets_after_add(per_fam, st)), ops);
 }
 
 /// Host IP of a mapping when it restricts the destination (unspecified = any).
@@ -119,12 +146,15 @@ pub struct FamilyElems {
     pub dnat: Vec<Element>,
     pub hostip: Vec<Element>,
     pub owner: Vec<Element>,
-    pub hairpin: Vec<Element>,
+    /// By prefix length of the source network.
+    pub hairpin: BTreeMap<u8, Vec<Element>>,
 }
 
 impl FamilyElems {
-    fn sets(&self, fam: Family) -> [(String, &Vec<Element>); 4] {
-        [(dnat_map(fam), &self.dnat), (hostip_map(fam), &self.hostip), (owner_map(fam), &self.owner), (hairpin_set(fam), &self.hairpin)]
+    fn sets(&self, fam: Family) -> Vec<(String, &Vec<Element>)> {
+        let mut v = vec![(dnat_map(fam), &self.dnat), (hostip_map(fam), &self.hostip), (owner_map(fam), &self.owner)];
+        v.extend(self.hairpin.iter().map(|(n, e)| (hairpin_len_set(fam, *n), e)));
+        v
     }
 }
 
@@ -147,23 +177,23 @@ pub fn hostport_elems(spec: &PortMapSpec, fam: Family) -> FamilyElems {
     if dnat.is_empty() && hostip.is_empty() {
         return FamilyElems::default();
     }
-    let mut hairpin = Vec::new();
+    let mut sources: Vec<IpNetwork> = Vec::new();
     if spec.snat {
         if spec.masq_all {
             let all = match fam {
                 Family::V4 => "0.0.0.0/0",
                 Family::V6 => "::/0",
             };
-            hairpin.extend(all.parse().ok().map(|n| Element::key(vec![Value::Addr(c), range(n)])));
+            sources.extend(all.parse::<IpNetwork>().ok());
         } else {
-            let sub = range(*ctr);
-            hairpin.push(Element::key(vec![Value::Addr(c), sub.clone()]));
-            let lo = Value::Addr(IpAddr::from([127, 0, 0, 1]));
-            if fam == Family::V4 && !range_within(&lo, &sub) {
-                hairpin.push(Element::key(vec![Value::Addr(c), lo]));
+            sources.push(*ctr);
+            let lo = IpAddr::from([127, 0, 0, 1]);
+            if fam == Family::V4 && !ctr.contains(lo) {
+                sources.extend(IpNetwork::new(lo, 32).ok());
             }
         }
     }
+    let hairpin = pairs_by_len(c, sources);
     FamilyElems {
         dnat: dnat.into_iter().map(|(k, d)| Element::data(k, d)).collect(),
         hostip: hostip.into_iter().map(|(k, d)| Element::data(k, d)).collect(),
@@ -195,7 +225,7 @@ pub fn plan_portmap_add_with_state(spec: &PortMapSpec, st: Option<&TableState>) 
     }
     let t = hostport_table();
     let mut ops = Vec::new();
-    skeleton(&mut ops);
+    skeleton(&per_fam, st, &mut ops);
     for (fam, want) in &per_fam {
         if want.owner.is_empty() {
             continue;
@@ -235,8 +265,10 @@ fn evict(st: &TableState, fam: Family, want: &FamilyElems, ops: &mut Vec<Op>) {
         gone.dedup();
         delete_if_unchanged(&t, &set, gone, ops);
     }
-    let stale = |e: &Element| key_addr(e).is_some_and(|a| ours.contains(&a)) && !want.hairpin.contains(e);
-    delete_matching(&t, st, &hairpin_set(fam), stale, ops);
+    for set in pair_sets_in(st, HAIRPIN, fam) {
+        let keep: &[Element] = len_of_set(HAIRPIN, fam, &set).and_then(|n| want.hairpin.get(&n)).map(Vec::as_slice).unwrap_or_default();
+        delete_matching(&t, st, &set, |e| key_addr(e).is_some_and(|a| ours.contains(&a)) && !keep.contains(e), ops);
+    }
 }
 
 /// Removal of the container addresses `addrs` in `fam`: their owner elements as read
@@ -253,7 +285,9 @@ fn remove_addresses(st: &TableState, fam: Family, owners: Vec<Element>, orphan_a
             delete_if_unchanged(&t, &set, gone, ops);
         }
     }
-    delete_matching(&t, st, &hairpin_set(fam), |e| key_addr(e).is_some_and(|a| addrs.contains(&a)), ops);
+    for set in pair_sets_in(st, HAIRPIN, fam) {
+        delete_matching(&t, st, &set, |e| key_addr(e).is_some_and(|a| addrs.contains(&a)), ops);
+    }
 }
 
 /// DEL by key: the container addresses the attachment owns and everything of theirs.
@@ -283,8 +317,10 @@ pub fn plan_portmap_gc(network: &str, valid: &[AttachmentKey], st: &TableState) 
                 orphans.extend(m.elems.iter().filter_map(data_addr).filter(|a| !owned.contains(a)));
             }
         }
-        if let Some(h) = st.set(&hairpin_set(fam)) {
-            orphans.extend(h.elems.iter().filter_map(key_addr).filter(|a| !owned.contains(a)));
+        for set in pair_sets_in(st, HAIRPIN, fam) {
+            if let Some(h) = st.set(&set) {
+                orphans.extend(h.elems.iter().filter_map(key_addr).filter(|a| !owned.contains(a)));
+            }
         }
         remove_addresses(st, fam, stale, &orphans, &mut ops);
     }
@@ -300,7 +336,8 @@ pub fn check_portmap(spec: &PortMapSpec, st: Option<&TableState>) -> Result<(), 
     check_rules(st, "hostports", &hostports_rules(), "portmap")?;
     check_rules(st, "prerouting", &[entry_rule()], "portmap")?;
     check_rules(st, "output", &[entry_rule()], "portmap")?;
-    check_rules(st, "postrouting", &post_rules(), "portmap")?;
+    let own: Vec<(Family, PairSets)> = per_fam.iter().map(|(f, e)| (*f, PairSets::default().with(&e.hairpin))).collect();
+    check_rules(st, "postrouting", &post_rules(&own), "portmap")?;
     for (fam, want) in &per_fam {
         for (set, elems) in want.sets(*fam) {
             if !elems.is_empty() {

@@ -1,15 +1,15 @@
 //! Masquerade (bridge `ipMasq`): table `inet cnirs_masquerade2`.
 //!
 //! ```text
-//! map masq4   { type ipv4_addr : mark . mark . mark }       container address -> owner
-//! set exempt4 { type ipv4_addr . ipv4_addr; flags interval } container address . its subnet
-//! (masq6, exempt6 likewise)
+//! map masq4      { type ipv4_addr : mark . mark . mark }   container address -> owner
+//! set exempt4_24 { type ipv4_addr . ipv4_addr }            container address . subnet address, one set per prefix length in use
+//! (masq6, exempt6_<n> likewise)
 //! chain postrouting { type nat hook postrouting priority 100; policy accept;
 //!     ip daddr 224.0.0.0/4 return
-//!     ip saddr . ip daddr @exempt4 return
+//!     ip saddr . ip daddr & 255.255.255.0 @exempt4_24 return     (one rule per prefix length in use)
 //!     ip saddr @masq4 masquerade
 //!     ip6 daddr ff00::/8 return
-//!     ip6 saddr . ip6 daddr @exempt6 return
+//!     ip6 saddr . ip6 daddr & ffff:ffff:ffff:ffff:: @exempt6_64 return
 //!     ip6 saddr @masq6 masquerade }
 //! ```
 //!
@@ -17,13 +17,18 @@
 //! ACCEPT`, `! -d 224.0.0.0/4 MASQUERADE`): traffic from a container's address, except to its
 //! subnets and to multicast. An attachment's exemptions are its addresses times its subnets;
 //! its `masq` elements carry its owner (see [`super::owner_data`]), and everything with its
-//! address as the first key field is its own.
+//! address as the first key field is its own. A table made by the previous release also keeps
+//! its interval set `exempt4` (`address . subnet` ranges) and the rule looking it up, before the
+//! per-length ones, for the attachments made then; nothing adds to it any more.
 
 use super::*;
 use crate::MasqSpec;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub const MASQ_TABLE: &str = "cnirs_masquerade2";
+
+/// Base name of the exemption sets.
+const EXEMPT: &str = "exempt";
 
 pub fn masq_table() -> TableRef {
     TableRef::inet(MASQ_TABLE)
@@ -33,21 +38,39 @@ pub fn masq_map(fam: Family) -> String {
     format!("masq{}", fam_suffix(fam))
 }
 
+/// The previous release's interval set of exemptions.
 pub fn exempt_set(fam: Family) -> String {
-    format!("exempt{}", fam_suffix(fam))
+    format!("{EXEMPT}{}", fam_suffix(fam))
 }
 
-fn postrouting_rules() -> Vec<Rule> {
+/// The exemptions to subnets of prefix length `n`.
+pub fn exempt_len_set(fam: Family, n: u8) -> String {
+    len_set(EXEMPT, fam, n)
+}
+
+fn exempt_rule(f: Family, n: u8) -> Rule {
+    Rule::new(vec![
+        Expr::Lookup { key: vec![Field::Saddr(f), masked(Field::Daddr(f), n)], set: exempt_len_set(f, n), negate: false },
+        Expr::Verdict(Verdict::Return),
+    ])
+}
+
+/// The base chain's rules for the exemption sets `sets` (per family).
+fn postrouting_rules(sets: &[(Family, PairSets)]) -> Vec<Rule> {
     let mut v = Vec::new();
-    for f in Family::BOTH {
+    for (f, used) in sets {
+        let f = *f;
         v.push(Rule::new(vec![
             Expr::Cmp { field: Field::Daddr(f), negate: false, value: Value::Prefix(multicast(f)) },
             Expr::Verdict(Verdict::Return),
         ]));
-        v.push(Rule::new(vec![
-            Expr::Lookup { key: vec![Field::Saddr(f), Field::Daddr(f)], set: exempt_set(f), negate: false },
-            Expr::Verdict(Verdict::Return),
-        ]));
+        if used.legacy {
+            v.push(Rule::new(vec![
+                Expr::Lookup { key: vec![Field::Saddr(f), Field::Daddr(f)], set: exempt_set(f), negate: false },
+                Expr::Verdict(Verdict::Return),
+            ]));
+        }
+        v.extend(used.lengths.iter().map(|n| exempt_rule(f, *n)));
         v.push(Rule::new(vec![
             Expr::Lookup { key: vec![Field::Saddr(f)], set: masq_map(f), negate: false },
             Expr::Masquerade,
@@ -56,17 +79,24 @@ fn postrouting_rules() -> Vec<Rule> {
     v
 }
 
-fn skeleton(ops: &mut Vec<Op>) {
+/// The exemption sets the base chain must look up after an ADD of `spec`: those it has (in `st`)
+/// and the attachment's.
+fn sets_after_add(spec: &MasqSpec, st: Option<&TableState>) -> Vec<(Family, PairSets)> {
+    Family::BOTH.iter().map(|f| (*f, PairSets::in_chain(st, "postrouting", EXEMPT, *f).with(&exempt_elems(spec, *f)))).collect()
+}
+
+fn skeleton(spec: &MasqSpec, st: Option<&TableState>, ops: &mut Vec<Op>) {
     let t = masq_table();
     ops.push(Op::AddTable(t.clone()));
     for f in Family::BOTH {
         let a = DataType::addr(f);
         ops.push(Op::AddSet { table: t.clone(), set: SetDef::map(masq_map(f), vec![a], owner_type()) });
-        ops.push(Op::AddSet { table: t.clone(), set: SetDef::interval_set(exempt_set(f), vec![a, a]) });
+        for n in exempt_elems(spec, f).keys() {
+            ops.push(Op::AddSet { table: t.clone(), set: SetDef::set(exempt_len_set(f, *n), vec![a, a]) });
+        }
     }
-    fill_base(&t, "postrouting", (ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT), &postrouting_rules(), ops);
+    fill_base(&t, "postrouting", (ChainType::Nat, Hook::Postrouting, PRIO_SRCNAT), &postrouting_rules(&sets_after_add(spec, st)), ops);
 }
-
 
 /// The `masq` elements of an attachment in family `fam`: its addresses, owned by its key.
 pub fn masq_elems(spec: &MasqSpec, fam: Family) -> Vec<Element> {
@@ -80,29 +110,45 @@ pub fn masq_elems(spec: &MasqSpec, fam: Family) -> Vec<Element> {
     set.into_iter().collect()
 }
 
-/// The `exempt` elements of an attachment in family `fam`: each address with each subnet.
-pub fn exempt_elems(spec: &MasqSpec, fam: Family) -> Vec<Element> {
-    let subnets = outer_subnets(&spec.addrs, fam);
-    let set: BTreeSet<Element> = spec
-        .addrs
-        .iter()
-        .filter(|a| Family::of_net(a) == fam)
-        .flat_map(|a| subnets.iter().map(move |s| Element::key(vec![Value::Addr(a.ip()), s.clone()])))
-        .collect();
-    set.into_iter().collect()
+/// The exemptions of an attachment in family `fam`, by prefix length: each address with each
+/// subnet.
+pub fn exempt_elems(spec: &MasqSpec, fam: Family) -> BTreeMap<u8, Vec<Element>> {
+    let nets: Vec<IpNetwork> = spec.addrs.iter().filter(|a| Family::of_net(a) == fam).copied().collect();
+    let mut out: BTreeMap<u8, Vec<Element>> = BTreeMap::new();
+    for a in &nets {
+        for (n, elems) in pairs_by_len(a.ip(), nets.iter().copied()) {
+            out.entry(n).or_default().extend(elems);
+        }
+    }
+    for elems in out.values_mut() {
+        elems.sort();
+        elems.dedup();
+    }
+    out
+}
+
+/// Whether an ADD planned from the state read for it (its own keys) needs the whole table: when
+/// another attachment owns one of its addresses (a DEL that never came). Its exemptions, in any
+/// set, go with it; only a full read finds them.
+pub fn masq_add_needs_full_read(spec: &MasqSpec, st: &TableState) -> bool {
+    Family::BOTH.iter().any(|f| {
+        let want = masq_elems(spec, *f);
+        st.set(&masq_map(*f)).is_some_and(|m| want.iter().any(|w| m.get(&w.key).is_some_and(|e| e != w)))
+    })
 }
 
 /// The ADD's plan. Without a state: what an empty table needs. With the state read for it
-/// (the `masq` elements of the addresses, the `exempt` elements around them), also the removal of
-/// what stands in the way: an address owned by another attachment (compare-and-delete of that
-/// element, and its exemptions), exemptions of the address that are not this attachment's.
+/// (the base chain, the `masq` elements of the addresses, the exemptions with its keys), also
+/// the removal of what stands in the way: an address owned by another attachment
+/// (compare-and-delete of that element, and its exemptions), exemptions of the address that are
+/// not this attachment's; and the base chain keeps the exemption rules it has.
 pub fn plan_masq_add_with_state(spec: &MasqSpec, st: Option<&TableState>) -> Vec<Op> {
     if spec.addrs.is_empty() {
         return Vec::new();
     }
     let t = masq_table();
     let mut ops = Vec::new();
-    skeleton(&mut ops);
+    skeleton(spec, st, &mut ops);
     for fam in Family::BOTH {
         let masq = masq_elems(spec, fam);
         if masq.is_empty() {
@@ -116,11 +162,15 @@ pub fn plan_masq_add_with_state(spec: &MasqSpec, st: Option<&TableState>) -> Vec
                     cur.elems.iter().filter(|e| key_addr(e).is_some_and(|a| ours.contains(&a)) && !masq.contains(e)).cloned().collect();
                 delete_if_unchanged(&t, &masq_map(fam), foreign, &mut ops);
             }
-            let stale = |e: &Element| key_addr(e).is_some_and(|a| ours.contains(&a)) && !exempt.contains(e);
-            delete_matching(&t, st, &exempt_set(fam), stale, &mut ops);
+            for set in pair_sets_in(st, EXEMPT, fam) {
+                let keep: &[Element] = len_of_set(EXEMPT, fam, &set).and_then(|n| exempt.get(&n)).map(Vec::as_slice).unwrap_or_default();
+                delete_matching(&t, st, &set, |e| key_addr(e).is_some_and(|a| ours.contains(&a)) && !keep.contains(e), &mut ops);
+            }
         }
         ops.push(Op::AddElements { table: t.clone(), set: masq_map(fam), elems: masq });
-        ops.push(Op::AddElements { table: t.clone(), set: exempt_set(fam), elems: exempt });
+        for (n, elems) in exempt {
+            ops.push(Op::AddElements { table: t.clone(), set: exempt_len_set(fam, n), elems });
+        }
     }
     ops
 }
@@ -131,12 +181,14 @@ pub fn plan_masq_add(spec: &MasqSpec) -> Vec<Op> {
 
 /// Removal of the attachments owning the `masq` elements `owned` (as read): those elements
 /// (compare-and-delete: another owner's newer element survives, the transaction fails and is
-/// planned again) and every exemption of their addresses.
+/// planned again) and every exemption of their addresses, in every exemption set.
 fn remove_addresses(st: &TableState, fam: Family, owned: Vec<Element>, ops: &mut Vec<Op>) {
     let t = masq_table();
     let addrs: BTreeSet<IpAddr> = owned.iter().filter_map(key_addr).collect();
     delete_if_unchanged(&t, &masq_map(fam), owned, ops);
-    delete_matching(&t, st, &exempt_set(fam), |e| key_addr(e).is_some_and(|a| addrs.contains(&a)), ops);
+    for set in pair_sets_in(st, EXEMPT, fam) {
+        delete_matching(&t, st, &set, |e| key_addr(e).is_some_and(|a| addrs.contains(&a)), ops);
+    }
 }
 
 /// DEL by key: the attachment's addresses (found by owner) and their exemptions.
@@ -152,7 +204,8 @@ pub fn plan_masq_del(key: &AttachmentKey, st: &TableState) -> Vec<Op> {
 }
 
 /// GC: every attachment of `network` whose key is not in `valid`, and exemptions whose address
-/// nobody owns (left by hand edits; an ADD makes both in one transaction).
+/// nobody owns (left by hand edits; an ADD makes both in one transaction). The sets and rules
+/// of prefix lengths stay.
 pub fn plan_masq_gc(network: &str, valid: &[AttachmentKey], st: &TableState) -> Vec<Op> {
     let keep: BTreeSet<Vec<Value>> = valid.iter().filter(|k| k.network == network).map(owner_data).collect();
     let mut ops = Vec::new();
@@ -162,8 +215,10 @@ pub fn plan_masq_gc(network: &str, valid: &[AttachmentKey], st: &TableState) -> 
         let stale: Vec<Element> =
             all.into_iter().filter(|e| owner_in_network(&e.data, network) && !keep.contains(&e.data)).collect();
         remove_addresses(st, fam, stale, &mut ops);
-        let orphan = |e: &Element| key_addr(e).is_some_and(|a| !owned_addrs.contains(&a));
-        delete_matching(&masq_table(), st, &exempt_set(fam), orphan, &mut ops);
+        for set in pair_sets_in(st, EXEMPT, fam) {
+            let orphan = |e: &Element| key_addr(e).is_some_and(|a| !owned_addrs.contains(&a));
+            delete_matching(&masq_table(), st, &set, orphan, &mut ops);
+        }
     }
     ops
 }
@@ -173,12 +228,15 @@ pub fn check_masq(spec: &MasqSpec, st: Option<&TableState>) -> Result<(), String
         return Ok(());
     }
     let Some(st) = st else { return Err(format!("table inet {MASQ_TABLE} is missing")) };
-    check_rules(st, "postrouting", &postrouting_rules(), "masquerade")?;
+    let own: Vec<(Family, PairSets)> = Family::BOTH.iter().map(|f| (*f, PairSets::default().with(&exempt_elems(spec, *f)))).collect();
+    check_rules(st, "postrouting", &postrouting_rules(&own), "masquerade")?;
     for fam in Family::BOTH {
         let masq = masq_elems(spec, fam);
         if !masq.is_empty() {
             check_elems(st, &masq_map(fam), &masq, "masquerade")?;
-            check_elems(st, &exempt_set(fam), &exempt_elems(spec, fam), "masquerade")?;
+            for (n, elems) in exempt_elems(spec, fam) {
+                check_elems(st, &exempt_len_set(fam, n), &elems, "masquerade")?;
+            }
         }
     }
     Ok(())

@@ -27,6 +27,7 @@ use super::state::TableState;
 use crate::names::nft_owner_marks;
 use crate::{AttachmentKey, Family};
 use ipnetwork::IpNetwork;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 pub(crate) const PRIO_DSTNAT: i32 = -100;
@@ -171,46 +172,94 @@ pub(crate) fn owner_in_network(data: &[Value], network: &str) -> bool {
     data.first() == Some(&Value::Mark(marks[0]))
 }
 
-/// An address range as an interval-set key field: a host is the address itself, anything wider
-/// the prefix (how both readers give it back).
-pub(crate) fn range(n: IpNetwork) -> Value {
-    let net = subnet(&n);
-    if net.prefix() == max_prefix(&net) {
-        Value::Addr(net.ip())
-    } else {
-        Value::Prefix(net)
+// ---------------------------------------------------------------------------------------------
+// Address-and-network pairs, one hash set per prefix length
+// ---------------------------------------------------------------------------------------------
+//
+// Masquerade exemptions (`container address . its subnet`) and hairpin sources (`container
+// address . sources`) are pairs of an address and a network. Each prefix length `n` in use has a
+// plain hash set `<base><4|6>_<n>` of `address . network address`, looked up with the packet's
+// second address masked to `n` bits by one rule per length (`ip saddr . ip daddr & 255.255.255.0
+// @exempt4_24`). Adding or deleting an element of a hash set costs the same however many there
+// are; the interval sets of the earlier release (`<base><4|6>`, concatenated ranges) copied their
+// lookup tables on every change. A rule per length is added, under the namespace lock, by the
+// first ADD of that length and then stays (at most 33 + 129); the interval set of the earlier
+// release keeps its rule where a table already had it, so its attachments keep working.
+
+pub(crate) fn max_len(fam: Family) -> u8 {
+    match fam {
+        Family::V4 => 32,
+        Family::V6 => 128,
     }
 }
 
-fn max_prefix(n: &IpNetwork) -> u8 {
-    match n {
-        IpNetwork::V4(_) => 32,
-        IpNetwork::V6(_) => 128,
+/// The set of `base` pairs whose network has prefix length `n`.
+pub fn len_set(base: &str, fam: Family, n: u8) -> String {
+    format!("{base}{}_{n}", fam_suffix(fam))
+}
+
+/// The prefix length of a set named by [`len_set`].
+pub(crate) fn len_of_set(base: &str, fam: Family, name: &str) -> Option<u8> {
+    let n: u8 = name.strip_prefix(&format!("{base}{}_", fam_suffix(fam)))?.parse().ok()?;
+    (n <= max_len(fam)).then_some(n)
+}
+
+/// `addr` (an address field) masked to `n` bits; the field itself at full length.
+pub(crate) fn masked(addr: Field, n: u8) -> Field {
+    match addr {
+        Field::Saddr(f) if n < max_len(f) => Field::SaddrMasked(f, n),
+        Field::Daddr(f) if n < max_len(f) => Field::DaddrMasked(f, n),
+        other => other,
     }
 }
 
-/// Whether the range `inner` lies within `outer` (both as [`range`] gives them).
-pub(crate) fn range_within(inner: &Value, outer: &Value) -> bool {
-    let as_net = |v: &Value| match v {
-        Value::Addr(a) => IpNetwork::new(*a, if a.is_ipv4() { 32 } else { 128 }).ok(),
-        Value::Prefix(p) => Some(*p),
-        _ => None,
-    };
-    match (as_net(inner), as_net(outer)) {
-        (Some(i), Some(o)) => o.prefix() <= i.prefix() && o.contains(i.network()),
-        _ => false,
+/// What a chain of a table looks up of `base` pairs in one family: the earlier release's interval
+/// set, and the prefix lengths with a rule.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct PairSets {
+    pub legacy: bool,
+    pub lengths: BTreeSet<u8>,
+}
+
+impl PairSets {
+    /// As the rules of `chain` in `st` have them (nothing without a state).
+    pub fn in_chain(st: Option<&TableState>, chain: &str, base: &str, fam: Family) -> PairSets {
+        let mut found = PairSets::default();
+        let legacy = format!("{base}{}", fam_suffix(fam));
+        for r in st.and_then(|s| s.chain(chain)).map(|c| c.rules.as_slice()).unwrap_or_default() {
+            for set in r.sets_used() {
+                if set == legacy {
+                    found.legacy = true;
+                } else if let Some(n) = len_of_set(base, fam, &set) {
+                    found.lengths.insert(n);
+                }
+            }
+        }
+        found
+    }
+
+    /// These and the lengths of `elems` (per-length elements).
+    pub fn with(mut self, elems: &BTreeMap<u8, Vec<Element>>) -> PairSets {
+        self.lengths.extend(elems.keys().copied());
+        self
     }
 }
 
-/// The subnets of `addrs` of family `fam`, without those inside another one (an interval set
-/// refuses overlapping elements), sorted.
-pub(crate) fn outer_subnets(addrs: &[IpNetwork], fam: Family) -> Vec<Value> {
-    let mut all: Vec<Value> = addrs.iter().filter(|a| Family::of_net(a) == fam).map(|a| range(*a)).collect();
-    all.sort();
-    all.dedup();
-    let keep: Vec<Value> =
-        all.iter().filter(|v| !all.iter().any(|o| o != *v && range_within(v, o))).cloned().collect();
-    keep
+/// The sets of `st` that hold `base` pairs of `fam`: the earlier release's interval set and the
+/// per-length sets.
+pub(crate) fn pair_sets_in(st: &TableState, base: &str, fam: Family) -> Vec<String> {
+    let legacy = format!("{base}{}", fam_suffix(fam));
+    st.sets.keys().filter(|n| **n == legacy || len_of_set(base, fam, n).is_some()).cloned().collect()
+}
+
+/// The pairs `addr . net` for each of `nets`, by prefix length (network addresses, deduplicated).
+pub(crate) fn pairs_by_len(addr: IpAddr, nets: impl IntoIterator<Item = IpNetwork>) -> BTreeMap<u8, Vec<Element>> {
+    let mut out: BTreeMap<u8, BTreeSet<Element>> = BTreeMap::new();
+    for n in nets {
+        let net = subnet(&n);
+        out.entry(net.prefix()).or_default().insert(Element::key(vec![Value::Addr(addr), Value::Addr(net.ip())]));
+    }
+    out.into_iter().map(|(n, e)| (n, e.into_iter().collect())).collect()
 }
 
 /// Deletes of the elements of `set` (as read in `st`) that `pred` selects: for sets whose elements
