@@ -863,6 +863,37 @@ mod tests {
                 ]),
                 r#"[{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip6", "field": "daddr"}}, {"payload": {"protocol": "ip6", "field": "saddr"}}]}, "right": "@exempt6"}}, {"masquerade": null}]"#,
             ),
+            // masked concatenations (per-length pair sets), as nft 1.0.6 printed them
+            (
+                Rule::new(vec![
+                    Expr::Lookup { key: vec![Field::Saddr(Family::V4), Field::DaddrMasked(Family::V4, 24)], set: "e24".into(), negate: false },
+                    Expr::Verdict(Verdict::Accept),
+                ]),
+                r#"[{"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip", "field": "saddr"}}, {"&": [{"payload": {"protocol": "ip", "field": "daddr"}}, "255.255.255.0"]}]}, "right": "@e24"}}, {"accept": null}]"#,
+            ),
+            (
+                Rule::new(vec![
+                    Expr::Lookup { key: vec![Field::Saddr(Family::V6), Field::DaddrMasked(Family::V6, 64)], set: "e6_64".into(), negate: false },
+                    Expr::Verdict(Verdict::Accept),
+                ]),
+                r#"[{"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip6", "field": "saddr"}}, {"&": [{"payload": {"protocol": "ip6", "field": "daddr"}}, "ffff:ffff:ffff:ffff::"]}]}, "right": "@e6_64"}}, {"accept": null}]"#,
+            ),
+            (
+                Rule::new(vec![
+                    Expr::CtStatusDnat,
+                    Expr::Lookup { key: vec![Field::Daddr(Family::V4), Field::SaddrMasked(Family::V4, 16)], set: "e24".into(), negate: false },
+                    Expr::Masquerade,
+                ]),
+                r#"[{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"&": [{"payload": {"protocol": "ip", "field": "saddr"}}, "255.255.0.0"]}]}, "right": "@e24"}}, {"masquerade": null}]"#,
+            ),
+            (
+                Rule::new(vec![
+                    Expr::CtStatusDnat,
+                    Expr::Lookup { key: vec![Field::Daddr(Family::V6), Field::SaddrMasked(Family::V6, 0)], set: "h6_0".into(), negate: false },
+                    Expr::Masquerade,
+                ]),
+                r#"[{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip6", "field": "daddr"}}, {"&": [{"payload": {"protocol": "ip6", "field": "saddr"}}, "::"]}]}, "right": "@h6_0"}}, {"masquerade": null}]"#,
+            ),
         ];
         for (rule, nft_json) in cases {
             let op = Op::AddRule { table: TableRef::inet("t"), chain: "c".into(), rule: rule.clone() };
@@ -895,6 +926,35 @@ mod tests {
         let mut no_nat = lows;
         no_nat.pop();
         assert_eq!(raise(t, &no_nat), None);
+    }
+
+    /// `ip saddr . ip daddr & 255.255.255.0 @s` as `nft --debug=netlink` (1.0.6) lists it: saddr
+    /// into register 1, daddr into the next 4-byte slot (9), masked there, then the lookup.
+    #[test]
+    fn masked_concatenation_lowers_like_nft() {
+        let t = TableFamily::Inet;
+        let rule = Rule::new(vec![Expr::Lookup { key: vec![Field::Saddr(Family::V4), Field::DaddrMasked(Family::V4, 24)], set: "s".into(), negate: false }]);
+        let lows = lower_rule(t, &rule).unwrap();
+        assert_eq!(
+            lows[2..],
+            [
+                Low::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 12, len: 4, dreg: 1 },
+                Low::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset: 16, len: 4, dreg: 9 },
+                Low::Bitwise { sreg: 9, dreg: 9, mask: vec![255, 255, 255, 0], xor: vec![0; 4] },
+                Low::Lookup { set: "s".into(), sreg: 1, dreg: None, flags: 0 },
+            ]
+        );
+        assert_eq!(raise(t, &lows), Some(rule.exprs.clone()));
+        // a mask that is not a prefix, or a bitwise on another register, is not this statement
+        let mut holes = lows.clone();
+        holes[4] = Low::Bitwise { sreg: 9, dreg: 9, mask: vec![255, 0, 255, 0], xor: vec![0; 4] };
+        assert_eq!(raise(t, &holes), None);
+        let mut other_reg = lows;
+        other_reg[4] = Low::Bitwise { sreg: 1, dreg: 1, mask: vec![255, 255, 255, 0], xor: vec![0; 4] };
+        assert_eq!(raise(t, &other_reg), None);
+        // a masked field is no compare
+        let cmp = Rule::new(vec![Expr::Cmp { field: Field::SaddrMasked(Family::V4, 8), negate: false, value: Value::Addr("10.0.0.0".parse().unwrap()) }]);
+        assert!(lower_rule(t, &cmp).is_err());
     }
 
     #[test]

@@ -386,17 +386,22 @@ mod tests {
             "add map inet cnirs_hostport2 dnat4 { type inet_proto . inet_service : ipv4_addr . inet_service; }",
             "add map inet cnirs_hostport2 hostip4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }",
             "add map inet cnirs_hostport2 owner6 { type ipv6_addr : mark . mark . mark; }",
-            "add set inet cnirs_hostport2 hairpin4 { type ipv4_addr . ipv4_addr; flags interval; }",
+            "add set inet cnirs_hostport2 hairpin4_24 { type ipv4_addr . ipv4_addr; }",
+            "add set inet cnirs_hostport2 hairpin4_32 { type ipv4_addr . ipv4_addr; }",
+            "add set inet cnirs_hostport2 hairpin6_64 { type ipv6_addr . ipv6_addr; }",
             "add rule inet cnirs_hostport2 hostports dnat ip to ip daddr . meta l4proto . th dport map @hostip4",
             "add rule inet cnirs_hostport2 hostports meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6",
             "add rule inet cnirs_hostport2 prerouting fib daddr type local jump hostports",
-            "add rule inet cnirs_hostport2 postrouting ct status dnat ip daddr . ip saddr @hairpin4 masquerade",
+            "add rule inet cnirs_hostport2 postrouting ct status dnat ip daddr . ip saddr & 255.255.255.0 @hairpin4_24 masquerade\n\
+             add rule inet cnirs_hostport2 postrouting ct status dnat ip daddr . ip saddr @hairpin4_32 masquerade\n\
+             add rule inet cnirs_hostport2 postrouting ct status dnat ip6 daddr . ip6 saddr & ffff:ffff:ffff:ffff:: @hairpin6_64 masquerade\n",
             // the first mapping of tcp 8080 counts
             "add element inet cnirs_hostport2 dnat4 { tcp . 8080 : 10.1.0.5 . 80, udp . 5353 : 10.1.0.5 . 53 }",
             "add element inet cnirs_hostport2 hostip4 { 192.0.2.1 . tcp . 8443 : 10.1.0.5 . 443 }",
-            "add element inet cnirs_hostport2 hairpin4 { 10.1.0.5 . 10.1.0.0/24, 10.1.0.5 . 127.0.0.1 }",
+            "add element inet cnirs_hostport2 hairpin4_24 { 10.1.0.5 . 10.1.0.0 }",
+            "add element inet cnirs_hostport2 hairpin4_32 { 10.1.0.5 . 127.0.0.1 }",
             "add element inet cnirs_hostport2 dnat6 { tcp . 8080 : fd01::5 . 80, udp . 5353 : fd01::5 . 53 }",
-            "add element inet cnirs_hostport2 hairpin6 { fd01::5 . fd01::/64 }",
+            "add element inet cnirs_hostport2 hairpin6_64 { fd01::5 . fd01:: }",
         ] {
             assert!(s.contains(line), "{line}\n{s}");
         }
@@ -404,9 +409,13 @@ mod tests {
         assert!(!s.contains("add element inet cnirs_hostport2 hostip6"), "no v6 host IP mapping: {s}");
         sp.masq_all = true;
         let s = render_script(&plan_portmap_add(&sp));
-        assert!(s.contains("hairpin4 { 10.1.0.5 . 0.0.0.0/0 }") && s.contains("hairpin6 { fd01::5 . ::/0 }"), "{s}");
+        assert!(s.contains("hairpin4_0 { 10.1.0.5 . 0.0.0.0 }") && s.contains("hairpin6_0 { fd01::5 . :: }"), "{s}");
+        assert!(s.contains("postrouting ct status dnat ip daddr . ip saddr & 0.0.0.0 @hairpin4_0 masquerade"), "{s}");
+        assert!(!s.contains("hairpin4_24"), "{s}");
         sp.snat = false;
-        assert!(!render_script(&plan_portmap_add(&sp)).contains("add element inet cnirs_hostport2 hairpin"));
+        let s = render_script(&plan_portmap_add(&sp));
+        assert!(!s.contains("hairpin"), "{s}");
+        assert!(s.contains("flush chain inet cnirs_hostport2 postrouting\nadd element"), "an empty postrouting: {s}");
         let mut none = sp.clone();
         none.mappings.clear();
         assert!(plan_portmap_add(&none).is_empty());
@@ -423,7 +432,10 @@ mod tests {
         st.sets.insert("dnat4".into(), set("dnat4", target.clone(), false, e.dnat));
         st.sets.insert("hostip4".into(), set("hostip4", target, false, e.hostip));
         st.sets.insert("owner4".into(), set("owner4", SetData::Values(owner_type()), false, e.owner));
-        st.sets.insert("hairpin4".into(), set("hairpin4", SetData::None, true, e.hairpin));
+        for (n, elems) in e.hairpin {
+            let name = hairpin_len_set(Family::V4, n);
+            st.sets.insert(name.clone(), set(&name, SetData::None, false, elems));
+        }
         st
     }
 
@@ -438,7 +450,8 @@ mod tests {
             "add element inet cnirs_hostport2 dnat4 { tcp . 8080 : 10.1.0.5 . 80, udp . 5353 : 10.1.0.5 . 53 }".into(),
             "delete element inet cnirs_hostport2 dnat4 { tcp . 8080, udp . 5353 }".into(),
             "delete element inet cnirs_hostport2 hostip4 { 192.0.2.1 . tcp . 8443 }".into(),
-            "delete element inet cnirs_hostport2 hairpin4 { 10.1.0.5 . 10.1.0.0/24, 10.1.0.5 . 127.0.0.1 }".into(),
+            "delete element inet cnirs_hostport2 hairpin4_24 { 10.1.0.5 . 10.1.0.0 }".into(),
+            "delete element inet cnirs_hostport2 hairpin4_32 { 10.1.0.5 . 127.0.0.1 }".into(),
         ] {
             assert!(s.contains(&line), "{line}\n{s}");
         }
@@ -477,7 +490,9 @@ mod tests {
         let s = render_script(&plan_portmap_add_with_state(&again, Some(&st)));
         assert!(s.contains("delete element inet cnirs_hostport2 dnat4 { udp . 5353 }"), "{s}");
         assert!(s.contains("delete element inet cnirs_hostport2 hostip4 { 192.0.2.1 . tcp . 8443 }"), "{s}");
-        assert!(s.contains("delete element inet cnirs_hostport2 hairpin4 { 10.1.0.5 . 10.1.0.0/24, 10.1.0.5 . 127.0.0.1 }"), "{s}");
+        assert!(s.contains("delete element inet cnirs_hostport2 hairpin4_24 { 10.1.0.5 . 10.1.0.0 }"), "{s}");
+        assert!(s.contains("delete element inet cnirs_hostport2 hairpin4_32 { 10.1.0.5 . 127.0.0.1 }"), "{s}");
+        assert!(s.contains("add element inet cnirs_hostport2 hairpin4_0 { 10.1.0.5 . 0.0.0.0 }"), "{s}");
         assert!(!s.contains("delete element inet cnirs_hostport2 owner4"), "its own owner element stays: {s}");
         assert!(!s.contains("dnat4 { tcp . 8080 }"), "the kept mapping stays: {s}");
     }
@@ -494,7 +509,7 @@ mod tests {
         let mut orphan = st.clone();
         orphan.sets.get_mut("owner4").unwrap().elems.clear();
         let s = render_script(&plan_portmap_gc("net2", &[], &orphan));
-        assert!(s.contains("delete element inet cnirs_hostport2 dnat4") && s.contains("delete element inet cnirs_hostport2 hairpin4"), "{s}");
+        assert!(s.contains("delete element inet cnirs_hostport2 dnat4") && s.contains("delete element inet cnirs_hostport2 hairpin4_24"), "{s}");
         assert!(check_portmap(&a, None).unwrap_err().contains("missing"));
         assert!(check_portmap(&a, Some(&st)).unwrap_err().contains("hostports"));
     }

@@ -245,8 +245,8 @@ pub fn check_masq(spec: &MasqSpec, st: Option<&TableState>) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::state::SetState;
     use crate::nft::plan::test_util::{key, masq};
+    use crate::nft::state::{ChainState, RuleExprs, RuleState, SetState};
 
     fn marks(k: &AttachmentKey) -> String {
         owner_data(k).iter().map(Value::text).collect::<Vec<_>>().join(" . ")
@@ -260,62 +260,113 @@ mod tests {
         let expect = format!(
             "add table inet cnirs_masquerade2
 add map inet cnirs_masquerade2 masq4 {{ type ipv4_addr : mark . mark . mark; }}
-add set inet cnirs_masquerade2 exempt4 {{ type ipv4_addr . ipv4_addr; flags interval; }}
+add set inet cnirs_masquerade2 exempt4_16 {{ type ipv4_addr . ipv4_addr; }}
+add set inet cnirs_masquerade2 exempt4_24 {{ type ipv4_addr . ipv4_addr; }}
 add map inet cnirs_masquerade2 masq6 {{ type ipv6_addr : mark . mark . mark; }}
-add set inet cnirs_masquerade2 exempt6 {{ type ipv6_addr . ipv6_addr; flags interval; }}
+add set inet cnirs_masquerade2 exempt6_64 {{ type ipv6_addr . ipv6_addr; }}
 add chain inet cnirs_masquerade2 postrouting {{ type nat hook postrouting priority 100; policy accept; }}
 flush chain inet cnirs_masquerade2 postrouting
 add rule inet cnirs_masquerade2 postrouting ip daddr 224.0.0.0/4 return
-add rule inet cnirs_masquerade2 postrouting ip saddr . ip daddr @exempt4 return
+add rule inet cnirs_masquerade2 postrouting ip saddr . ip daddr & 255.255.0.0 @exempt4_16 return
+add rule inet cnirs_masquerade2 postrouting ip saddr . ip daddr & 255.255.255.0 @exempt4_24 return
 add rule inet cnirs_masquerade2 postrouting ip saddr @masq4 masquerade
 add rule inet cnirs_masquerade2 postrouting ip6 daddr ff00::/8 return
-add rule inet cnirs_masquerade2 postrouting ip6 saddr . ip6 daddr @exempt6 return
+add rule inet cnirs_masquerade2 postrouting ip6 saddr . ip6 daddr & ffff:ffff:ffff:ffff:: @exempt6_64 return
 add rule inet cnirs_masquerade2 postrouting ip6 saddr @masq6 masquerade
 add element inet cnirs_masquerade2 masq4 {{ 10.1.0.5 : {o}, 10.2.0.5 : {o} }}
-add element inet cnirs_masquerade2 exempt4 {{ 10.1.0.5 . 10.1.0.0/24, 10.1.0.5 . 10.2.0.0/16, 10.2.0.5 . 10.1.0.0/24, 10.2.0.5 . 10.2.0.0/16 }}
+add element inet cnirs_masquerade2 exempt4_16 {{ 10.1.0.5 . 10.2.0.0, 10.2.0.5 . 10.2.0.0 }}
+add element inet cnirs_masquerade2 exempt4_24 {{ 10.1.0.5 . 10.1.0.0, 10.2.0.5 . 10.1.0.0 }}
 add element inet cnirs_masquerade2 masq6 {{ fd01::5 : {o} }}
-add element inet cnirs_masquerade2 exempt6 {{ fd01::5 . fd01::/64 }}
+add element inet cnirs_masquerade2 exempt6_64 {{ fd01::5 . fd01:: }}
 "
         );
         assert_eq!(s, expect);
-        let s2 = render_script(&plan_masq_add(&masq("c1", &["10.1.0.5/24", "fd01::5/64"])));
-        assert!(s2.contains("add element inet cnirs_masquerade2 exempt4 { 10.1.0.5 . 10.1.0.0/24 }"), "{s2}");
         assert!(plan_masq_add(&masq("c1", &[])).is_empty());
-        // nested subnets: only the outer one (an interval set refuses overlaps)
+        // nested subnets: a pair with each (hash sets hold both)
         let nested = render_script(&plan_masq_add(&masq("c1", &["10.1.0.5/24", "10.1.0.6/16"])));
-        assert!(nested.contains("exempt4 { 10.1.0.5 . 10.1.0.0/16, 10.1.0.6 . 10.1.0.0/16 }"), "{nested}");
-        // a /32 is an address
+        assert!(nested.contains("exempt4_16 { 10.1.0.5 . 10.1.0.0, 10.1.0.6 . 10.1.0.0 }"), "{nested}");
+        assert!(nested.contains("exempt4_24 { 10.1.0.5 . 10.1.0.0, 10.1.0.6 . 10.1.0.0 }"), "{nested}");
+        // a /32 is the address itself, looked up without a mask
         let host = render_script(&plan_masq_add(&masq("c1", &["10.1.0.5/32"])));
-        assert!(host.contains("exempt4 { 10.1.0.5 . 10.1.0.5 }"), "{host}");
+        assert!(host.contains("exempt4_32 { 10.1.0.5 . 10.1.0.5 }"), "{host}");
+        assert!(host.contains("postrouting ip saddr . ip daddr @exempt4_32 return"), "{host}");
     }
 
-    fn state(masq4: &[(&str, &AttachmentKey)], exempt4: &[(&str, &str)]) -> TableState {
+    fn rule_state(r: Rule, handle: u64) -> RuleState {
+        RuleState { handle, exprs: RuleExprs::Decoded(r.exprs), comment: None }
+    }
+
+    /// A table whose postrouting has the rules for `sets`, and the given elements.
+    fn state_with(sets: &[(Family, PairSets)], masq4: &[(&str, &AttachmentKey)], pairs: &[(&str, &str, &str)]) -> TableState {
         let mut st = TableState::default();
+        let rules = postrouting_rules(sets).into_iter().enumerate().map(|(i, r)| rule_state(r, i as u64)).collect();
+        st.chains.insert("postrouting".into(), ChainState { name: "postrouting".into(), hook: Some("postrouting".into()), rules });
         let mut m = SetState { name: "masq4".into(), key: vec![DataType::Ipv4Addr], data: SetData::Values(owner_type()), interval: false, elems: vec![] };
         for (a, k) in masq4 {
             m.elems.push(Element::data(vec![Value::Addr(a.parse().unwrap())], owner_data(k)));
         }
-        let mut e = SetState { name: "exempt4".into(), key: vec![DataType::Ipv4Addr; 2], data: SetData::None, interval: true, elems: vec![] };
-        for (a, s) in exempt4 {
-            e.elems.push(Element::key(vec![Value::Addr(a.parse().unwrap()), range(s.parse().unwrap())]));
-        }
         st.sets.insert("masq4".into(), m);
-        st.sets.insert("exempt4".into(), e);
+        for (set, a, b) in pairs {
+            let legacy = *set == "exempt4";
+            let e = st.sets.entry(set.to_string()).or_insert_with(|| SetState {
+                name: set.to_string(),
+                key: vec![DataType::Ipv4Addr; 2],
+                data: SetData::None,
+                interval: legacy,
+                elems: vec![],
+            });
+            let second = if legacy { Value::Prefix(b.parse().unwrap()) } else { Value::Addr(b.parse().unwrap()) };
+            e.elems.push(Element::key(vec![Value::Addr(a.parse().unwrap()), second]));
+        }
         st
     }
 
+    fn v4(legacy: bool, lengths: &[u8]) -> Vec<(Family, PairSets)> {
+        vec![(Family::V4, PairSets { legacy, lengths: lengths.iter().copied().collect() }), (Family::V6, PairSets::default())]
+    }
+
     #[test]
-    fn del_removes_only_own_elements() {
+    fn rules_of_other_lengths_and_the_earlier_set_are_kept() {
+        let st = state_with(&v4(true, &[16]), &[], &[]);
+        let s = render_script(&plan_masq_add_with_state(&masq("c1", &["10.1.0.5/24"]), Some(&st)));
+        let rules: Vec<&str> = s.lines().filter(|l| l.starts_with("add rule")).collect();
+        assert_eq!(
+            rules,
+            [
+                "add rule inet cnirs_masquerade2 postrouting ip daddr 224.0.0.0/4 return",
+                "add rule inet cnirs_masquerade2 postrouting ip saddr . ip daddr @exempt4 return",
+                "add rule inet cnirs_masquerade2 postrouting ip saddr . ip daddr & 255.255.0.0 @exempt4_16 return",
+                "add rule inet cnirs_masquerade2 postrouting ip saddr . ip daddr & 255.255.255.0 @exempt4_24 return",
+                "add rule inet cnirs_masquerade2 postrouting ip saddr @masq4 masquerade",
+                "add rule inet cnirs_masquerade2 postrouting ip6 daddr ff00::/8 return",
+                "add rule inet cnirs_masquerade2 postrouting ip6 saddr @masq6 masquerade",
+            ]
+        );
+        // the length is in use already: the plan's refill is the chain as it is (dropped by
+        // keep_intact_chains), and only elements are added
+        let st = state_with(&v4(false, &[24]), &[], &[]);
+        let full = plan_masq_add_with_state(&masq("c1", &["10.1.0.5/24"]), Some(&st));
+        let ops = crate::nft::keep_intact_chains(&full, &st);
+        assert!(ops.iter().all(|o| !matches!(o, Op::AddRule { .. } | Op::FlushChain { .. } | Op::AddChain { .. })), "{}", render_script(&ops));
+    }
+
+    #[test]
+    fn del_removes_only_own_elements_in_every_exemption_set() {
         let (a, b) = (key("a"), key("b"));
         // 10.1.0.5 was reused: now owned by b; a's DEL must not touch it
-        let st = state(&[("10.1.0.5", &b), ("10.1.0.6", &a)], &[("10.1.0.5", "10.1.0.0/24"), ("10.1.0.6", "10.1.0.0/24")]);
+        let st = state_with(
+            &v4(true, &[24]),
+            &[("10.1.0.5", &b), ("10.1.0.6", &a)],
+            &[("exempt4_24", "10.1.0.5", "10.1.0.0"), ("exempt4_24", "10.1.0.6", "10.1.0.0"), ("exempt4", "10.1.0.6", "10.9.0.0/16")],
+        );
         let s = render_script(&plan_masq_del(&a, &st));
         assert_eq!(
             s,
             format!(
                 "add element inet cnirs_masquerade2 masq4 {{ 10.1.0.6 : {} }}\n\
                  delete element inet cnirs_masquerade2 masq4 {{ 10.1.0.6 }}\n\
-                 delete element inet cnirs_masquerade2 exempt4 {{ 10.1.0.6 . 10.1.0.0/24 }}\n",
+                 delete element inet cnirs_masquerade2 exempt4 {{ 10.1.0.6 . 10.9.0.0/16 }}\n\
+                 delete element inet cnirs_masquerade2 exempt4_24 {{ 10.1.0.6 . 10.1.0.0 }}\n",
                 marks(&a)
             )
         );
@@ -325,55 +376,60 @@ add element inet cnirs_masquerade2 exempt6 {{ fd01::5 . fd01::/64 }}
     #[test]
     fn add_evicts_stale_owner_and_exemptions() {
         let a = key("a");
-        let st = state(&[("10.1.0.5", &a)], &[("10.1.0.5", "10.1.0.0/16")]);
-        let s = render_script(&plan_masq_add_with_state(&masq("b", &["10.1.0.5/24"]), Some(&st)));
+        let st = state_with(&v4(false, &[16]), &[("10.1.0.5", &a)], &[("exempt4_16", "10.1.0.5", "10.1.0.0")]);
+        let spec = masq("b", &["10.1.0.5/24"]);
+        assert!(masq_add_needs_full_read(&spec, &st));
+        let s = render_script(&plan_masq_add_with_state(&spec, Some(&st)));
         let guard = s.find(&format!("add element inet cnirs_masquerade2 masq4 {{ 10.1.0.5 : {} }}", marks(&a))).unwrap();
         let del = s.find("delete element inet cnirs_masquerade2 masq4 { 10.1.0.5 }").unwrap();
-        let del_ex = s.find("delete element inet cnirs_masquerade2 exempt4 { 10.1.0.5 . 10.1.0.0/16 }").unwrap();
+        let del_ex = s.find("delete element inet cnirs_masquerade2 exempt4_16 { 10.1.0.5 . 10.1.0.0 }").unwrap();
         let add = s.find(&format!("add element inet cnirs_masquerade2 masq4 {{ 10.1.0.5 : {} }}", marks(&key("b")))).unwrap();
-        let add_ex = s.find("add element inet cnirs_masquerade2 exempt4 { 10.1.0.5 . 10.1.0.0/24 }").unwrap();
+        let add_ex = s.find("add element inet cnirs_masquerade2 exempt4_24 { 10.1.0.5 . 10.1.0.0 }").unwrap();
         assert!(guard < del && del < add && del_ex < add_ex, "{s}");
-        // its own, unchanged: nothing deleted
-        let st = state(&[("10.1.0.5", &a)], &[("10.1.0.5", "10.1.0.0/24")]);
-        assert!(!render_script(&plan_masq_add_with_state(&masq("a", &["10.1.0.5/24"]), Some(&st))).contains("delete"));
+        // its own, unchanged: nothing deleted, no full read
+        let st = state_with(&v4(false, &[24]), &[("10.1.0.5", &a)], &[("exempt4_24", "10.1.0.5", "10.1.0.0")]);
+        let own = masq("a", &["10.1.0.5/24"]);
+        assert!(!masq_add_needs_full_read(&own, &st));
+        assert!(!render_script(&plan_masq_add_with_state(&own, Some(&st))).contains("delete"));
     }
 
     #[test]
     fn gc_keeps_valid_and_other_networks_and_drops_orphans() {
         let (a, b) = (key("a"), key("b"));
         let other = AttachmentKey::new("net2", "x", "eth0");
-        let st = state(
+        let st = state_with(
+            &v4(true, &[24]),
             &[("10.1.0.5", &a), ("10.1.0.6", &b), ("10.2.0.6", &other)],
-            &[("10.1.0.5", "10.1.0.0/24"), ("10.1.0.6", "10.1.0.0/24"), ("10.2.0.6", "10.2.0.0/24"), ("10.3.0.9", "10.3.0.0/24")],
+            &[
+                ("exempt4_24", "10.1.0.5", "10.1.0.0"),
+                ("exempt4_24", "10.1.0.6", "10.1.0.0"),
+                ("exempt4_24", "10.2.0.6", "10.2.0.0"),
+                ("exempt4_24", "10.3.0.9", "10.3.0.0"),
+                ("exempt4", "10.4.0.9", "10.4.0.0/16"),
+            ],
         );
         let s = render_script(&plan_masq_gc("net1", std::slice::from_ref(&a), &st));
         assert!(s.contains("delete element inet cnirs_masquerade2 masq4 { 10.1.0.6 }"), "{s}");
-        assert!(s.contains("10.1.0.6 . 10.1.0.0/24"), "{s}");
-        assert!(s.contains("10.3.0.9 . 10.3.0.0/24"), "orphan: {s}");
+        assert!(s.contains("10.1.0.6 . 10.1.0.0"), "{s}");
+        assert!(s.contains("10.3.0.9 . 10.3.0.0"), "orphan: {s}");
+        assert!(s.contains("exempt4 { 10.4.0.9 . 10.4.0.0/16 }"), "orphan in the earlier set: {s}");
         assert!(!s.contains("10.1.0.5") && !s.contains("10.2.0.6"), "{s}");
+        assert!(!s.contains("rule") && !s.contains("chain"), "rules and chains stay: {s}");
     }
 
     #[test]
     fn check() {
         let spec = masq("c1", &["10.1.0.5/24"]);
         assert!(check_masq(&spec, None).unwrap_err().contains("missing"));
-        let mut st = state(&[("10.1.0.5", &spec.key)], &[("10.1.0.5", "10.1.0.0/24")]);
-        assert!(check_masq(&spec, Some(&st)).unwrap_err().contains("postrouting"));
-        st.chains.insert(
-            "postrouting".into(),
-            crate::nft::state::ChainState {
-                name: "postrouting".into(),
-                hook: Some("postrouting".into()),
-                rules: postrouting_rules()
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, r)| crate::nft::state::RuleState { handle: i as u64, exprs: crate::nft::state::RuleExprs::Decoded(r.exprs), comment: None })
-                    .collect(),
-            },
-        );
+        let mut st = state_with(&v4(false, &[24]), &[("10.1.0.5", &spec.key)], &[("exempt4_24", "10.1.0.5", "10.1.0.0")]);
         // the v6 sets are absent, but the spec has no v6 address
         check_masq(&spec, Some(&st)).unwrap();
         let other = masq("c2", &["10.1.0.5/24"]);
         assert!(check_masq(&other, Some(&st)).unwrap_err().contains("lacks element"));
+        // another length's rule does not serve this attachment
+        let wider = masq("c1", &["10.1.0.5/16"]);
+        assert!(check_masq(&wider, Some(&st)).unwrap_err().contains("exempt4_16"));
+        st.chains.clear();
+        assert!(check_masq(&spec, Some(&st)).unwrap_err().contains("postrouting"));
     }
 }
