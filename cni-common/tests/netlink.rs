@@ -156,6 +156,33 @@ fn dump_spanning_many_datagrams() {
     })
 }
 
+/// `has_ports` answers from the first buffer of a long dump (its own socket, left unread), and
+/// the handle it was called on stays usable.
+#[test]
+fn has_ports_of_a_bridge_with_many_ports() {
+    in_netns(|| {
+        let mut nl = Netlink::open().expect("open");
+        nl.create_bridge("hp-br", None, false).expect("bridge");
+        let br = link(&mut nl, "hp-br");
+        assert!(!nl.has_ports(br.index, None).expect("no ports"));
+        let (one, _) = veth_pair(&mut nl, "hp0a", "hp0b");
+        nl.set_master(one.index, Some(br.index)).expect("enslave");
+        assert!(nl.has_ports(br.index, None).expect("one port"));
+        assert!(!nl.has_ports(br.index, Some(one.index)).expect("only the excepted port"));
+        for i in 1..60 {
+            let (a, _) = veth_pair(&mut nl, &format!("hp{i}a"), &format!("hp{i}b"));
+            nl.set_master(a.index, Some(br.index)).expect("enslave");
+        }
+        for _ in 0..3 {
+            assert!(nl.has_ports(br.index, Some(one.index)).expect("many ports"));
+        }
+        // a link that is no bridge has no ports
+        assert!(!nl.has_ports(one.index, None).expect("a veth"));
+        assert!(nl.link_by_name("hp59a").expect("get").is_some());
+        assert_eq!(nl.ports_of(br.index).expect("ports").len(), 60);
+    })
+}
+
 #[test]
 fn bridge_create_exists_and_delete() {
     in_netns(|| {

@@ -8,7 +8,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use super::socket::{encode, put_attr, put_nested, HEADER_LEN};
+use super::socket::{encode, put_attr, put_nested, Socket, HEADER_LEN};
 use super::{check_ifname, format_mac, Netlink, NlError};
 
 /// `IPV4_DEVCONF_ARP_NOTIFY` (`include/uapi/linux/ip.h`): `net.ipv4.conf.<link>.arp_notify`.
@@ -208,9 +208,19 @@ impl Netlink {
         self.dump_links(Some(master))
     }
 
-    /// Whether `master` has a port other than `except`.
+    /// Whether `master` has a port other than `except`. Asked on a socket of its own and read
+    /// only until the first such port (see [`Socket::dump_finds`]): a bridge with hundreds of
+    /// ports costs a buffer of them, not a dump of every port with all its attributes.
     pub fn has_ports(&mut self, master: u32, except: Option<u32>) -> Result<bool, NlError> {
-        Ok(self.ports_of(master)?.iter().any(|l| Some(l.index) != except))
+        let mut req = LinkMessage::default();
+        req.attributes.push(skip_stats());
+        req.attributes.push(LinkAttribute::Controller(master));
+        let msg = encode(RouteNetlinkMessage::GetLink(req), 0, 0);
+        Socket::open()
+            .and_then(|sock| {
+                sock.dump_finds(msg, |raw| Ok(link_from_raw(raw)?.is_some_and(|l| l.master == Some(master) && Some(l.index) != except)))
+            })
+            .map_err(|e| e.with_op(format!("list ports of link index {master}")))
     }
 
     fn dump_links(&mut self, master: Option<u32>) -> Result<Vec<Link>, NlError> {

@@ -163,6 +163,36 @@ impl Socket {
         ))
     }
 
+    /// Whether a dump of `msg` has a data message `found` accepts, read only until the first: the
+    /// kernel fills a dump one buffer at a time, as it is read, so the answer costs the first
+    /// buffers of a long dump, not all of it. The socket is consumed: a dump left unread must not
+    /// meet the next request (it is dropped with the socket). When the answer is no and the dump
+    /// was interrupted by a concurrent change, it is asked again.
+    pub fn dump_finds(mut self, mut msg: Vec<u8>, mut found: impl FnMut(&[u8]) -> Result<bool, NlError>) -> Result<bool, NlError> {
+        for _ in 0..DUMP_ATTEMPTS {
+            let seq = self.send(&mut msg, NLM_F_REQUEST | NLM_F_DUMP)?;
+            let mut hit = false;
+            let (_, interrupted) = self.collect(seq, &mut |raw: &[u8]| -> Result<Option<()>, NlError> {
+                if found(raw)? {
+                    hit = true;
+                    // ends `collect` at once: the rest of the dump is left unread
+                    return Err(NlError::os(libc::ECANCELED, None));
+                }
+                Ok(None)
+            }).or_else(|e| if hit { Ok((Vec::new(), false)) } else { Err(e) })?;
+            if hit {
+                return Ok(true);
+            }
+            if !interrupted {
+                return Ok(false);
+            }
+        }
+        Err(NlError::os(
+            libc::EINTR,
+            Some(format!("dump interrupted by concurrent changes {DUMP_ATTEMPTS} times in a row")),
+        ))
+    }
+
     /// Send `msgs` — whole messages with their extra header flags — in one datagram, each with its
     /// own sequence number (`NLM_F_REQUEST` is added to every one), and collect the kernel's
     /// acknowledgements and errors.
