@@ -133,12 +133,15 @@ pub fn exempt_elems(spec: &MasqSpec, fam: Family) -> BTreeMap<u8, Vec<Element>> 
 }
 
 /// Whether an ADD planned from the state read for it (its own keys) needs the whole table: when
-/// another attachment owns one of its addresses (a DEL that never came). Its exemptions, in any
-/// set, go with it; only a full read finds them.
+/// one of its addresses already has an owner. Another attachment's (a DEL that never came)
+/// exemptions, in any set, go with it; this attachment's own from an earlier ADD with other
+/// prefix lengths (in the sets of those lengths, or in the earlier release's interval set) are
+/// replaced. Only a full read finds them: the read for the ADD holds the sets it adds to. A first
+/// ADD reads no more than its keys.
 pub fn masq_add_needs_full_read(spec: &MasqSpec, st: &TableState) -> bool {
     Family::BOTH.iter().any(|f| {
         let want = masq_elems(spec, *f);
-        st.set(&masq_map(*f)).is_some_and(|m| want.iter().any(|w| m.get(&w.key).is_some_and(|e| e != w)))
+        st.set(&masq_map(*f)).is_some_and(|m| want.iter().any(|w| m.get(&w.key).is_some()))
     })
 }
 
