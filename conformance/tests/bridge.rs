@@ -103,12 +103,12 @@ fn masq_reaches_external(backend: &str) {
         "nftables" => {
             // The layout is ours (the reference v1.1.1 has no nftables backend): table
             // inet cnirs_masquerade2, the container address owned by the attachment in masq4, its
-            // exemption (address . subnet) in exempt4, constant rules; nothing in iptables, no
-            // table of the earlier layout.
+            // exemption (address . subnet address) in exempt4_24, the set of /24, looked up by the
+            // rule of /24; nothing in iptables, no table of the earlier layouts.
             assert!(cni_nat_lines(lab.host(), false).is_empty(), "nftables backend wrote iptables rules");
             let sets = masq_sets_with(&[
                 ("masq4", vec![format!("{ip} : {}", owner_marks(&net, &cid, "eth0"))]),
-                ("exempt4", vec![format!("{ip} . 10.10.2.0/24")]),
+                ("exempt4_24", vec![format!("{ip} . 10.10.2.0")]),
             ]);
             assert_masq_layout(lab.host(), &sets);
             assert_eq!(
@@ -123,12 +123,18 @@ fn masq_reaches_external(backend: &str) {
         // CHECK reads the elements: a missing exemption, or the address owned by another
         // attachment, fail it; restored, it passes again
         let nft = |args: &[&str]| lab.host().run_ok("nft", args).unwrap();
-        let exempt = format!("{{ {ip} . 10.10.2.0/24 }}");
-        nft(&["delete", "element", "inet", MASQ_TABLE, "exempt4", &exempt]);
+        let exempt = format!("{{ {ip} . 10.10.2.0 }}");
+        nft(&["delete", "element", "inet", MASQ_TABLE, "exempt4_24", &exempt]);
         let p = failure(lab.rt.check_list(&l, &rc), "CHECK without the exemption");
         eprintln!("CHECK without the exemption: {}", text_of(&p));
-        nft(&["add", "element", "inet", MASQ_TABLE, "exempt4", &exempt]);
+        nft(&["add", "element", "inet", MASQ_TABLE, "exempt4_24", &exempt]);
         lab.rt.check_list(&l, &rc).unwrap();
+        // the exemption rule of /24 gone (its set left): CHECK fails; the next ADD puts it back
+        let handle = rule_handle(lab.host(), MASQ_TABLE, "postrouting", "@exempt4_24");
+        nft(&["delete", "rule", "inet", MASQ_TABLE, "postrouting", "handle", &handle]);
+        let p = failure(lab.rt.check_list(&l, &rc), "CHECK without the exemption rule");
+        eprintln!("CHECK without the exemption rule: {}", text_of(&p));
+        assert!(text_of(&p).contains("@exempt4_24"), "the error should name the rule: {}", text_of(&p));
         nft(&["delete", "element", "inet", MASQ_TABLE, "masq4", &format!("{{ {ip} }}")]);
         let other = format!("{{ {ip} : {} }}", owner_marks(&net, &cid, "eth1"));
         nft(&["add", "element", "inet", MASQ_TABLE, "masq4", &other]);
@@ -136,14 +142,22 @@ fn masq_reaches_external(backend: &str) {
         eprintln!("CHECK with another owner: {}", text_of(&p));
         nft(&["delete", "element", "inet", MASQ_TABLE, "masq4", &format!("{{ {ip} }}")]);
         nft(&["add", "element", "inet", MASQ_TABLE, "masq4", &format!("{{ {ip} : {} }}", owner_marks(&net, &cid, "eth0"))]);
+        let p = failure(lab.rt.check_list(&l, &rc), "CHECK still without the exemption rule");
+        eprintln!("CHECK still without the exemption rule: {}", text_of(&p));
+        // another container's ADD refills the chain with the rules of the lengths in use
+        let c2 = lab.container();
+        let rc2 = lab.rc(&format!("masq-{backend}-1"), &c2);
+        let ip2 = result_ip(&lab.add(&l, &rc2), false);
         lab.rt.check_list(&l, &rc).unwrap();
+        lab.del(&l, &rc2);
+        assert!(!masq_present(lab.host(), &ip2), "masquerade of {ip2} left after DEL");
     }
 
     lab.del(&l, &rc);
     assert!(!masq_present(lab.host(), &ip), "masquerade of {ip} left after DEL:\n{}", nft_ruleset(lab.host()));
     if backend == "nftables" {
-        // DEL removes the elements and keeps the table with its constant chains
-        assert_masq_layout(lab.host(), &masq_sets_with(&[]));
+        // DEL removes the elements and keeps the table with its chain, and the set and rule of /24
+        assert_masq_layout(lab.host(), &masq_sets_with(&[("exempt4_24", vec![])]));
     }
     lab.assert_nothing_left(&net, "10.10.2.", &["ext0"]);
 }
@@ -659,7 +673,7 @@ fn gc_removes_stale_masq_and_lease(backend: &str) {
             lab.host(),
             &masq_sets_with(&[
                 ("masq4", vec![format!("{ip0} : {}", owner_marks("gc-net", "gc-0", "eth0"))]),
-                ("exempt4", vec![format!("{ip0} . 10.10.17.0/24")]),
+                ("exempt4_24", vec![format!("{ip0} . 10.10.17.0")]),
             ]),
         );
     }
@@ -792,11 +806,11 @@ fn two_interfaces_keep_their_own_masquerade(backend: &str) {
     // nftables: each address owned by its own interface's attachment
     let (own0, own1) = (owner_marks(&net, "twoif-0", "eth0"), owner_marks(&net, "twoif-0", "eth1"));
     assert_ne!(own0, own1);
-    let only_eth0 = masq_sets_with(&[("masq4", vec![format!("{ip0} : {own0}")]), ("exempt4", vec![format!("{ip0} . 10.10.23.0/24")])]);
+    let only_eth0 = masq_sets_with(&[("masq4", vec![format!("{ip0} : {own0}")]), ("exempt4_24", vec![format!("{ip0} . 10.10.23.0")])]);
     if backend == "nftables" {
         let both = masq_sets_with(&[
             ("masq4", vec![format!("{ip0} : {own0}"), format!("{ip1} : {own1}")]),
-            ("exempt4", vec![format!("{ip0} . 10.10.23.0/24"), format!("{ip1} . 10.10.23.0/24")]),
+            ("exempt4_24", vec![format!("{ip0} . 10.10.23.0"), format!("{ip1} . 10.10.23.0")]),
         ]);
         assert_masq_layout(lab.host(), &both);
     }
@@ -830,7 +844,7 @@ fn two_interfaces_keep_their_own_masquerade(backend: &str) {
     lab.del(&l, &rc0);
     assert!(!masq_present(lab.host(), &ip0));
     if backend == "nftables" {
-        assert_masq_layout(lab.host(), &masq_sets_with(&[]));
+        assert_masq_layout(lab.host(), &masq_sets_with(&[("exempt4_24", vec![])]));
     }
 }
 
