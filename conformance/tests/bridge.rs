@@ -765,6 +765,160 @@ fn parallel_adds_and_dels_on_a_new_bridge() {
     lab.assert_nothing_left("par-net", "10.10.21.", &[]);
 }
 
+/// Networks of different prefix lengths ADDed at once (one bridge plugin process each, nftables
+/// backend, on a host without our tables yet): each length's exemption rule is added to the
+/// masquerade table's base chain by a refill of the chain, under a lock on the host's network
+/// namespace, so none is lost; every attachment passes CHECK and reaches its gateway. DELs in
+/// parallel empty the sets, which stay with their rules.
+#[test]
+fn parallel_adds_of_networks_with_different_prefix_lengths() {
+    let lab = Lab::new();
+    let nets = [
+        ("len16", "10.31.0.0/16"),
+        ("len20", "10.32.0.0/20"),
+        ("len24", "10.33.0.0/24"),
+        ("len26", "10.34.0.0/26"),
+        ("len28", "10.35.0.0/28"),
+        ("len29", "10.36.0.0/29"),
+    ];
+    let lists: Vec<NetworkConfigList> = nets
+        .iter()
+        .map(|(n, subnet)| {
+            let fields = json!({"bridge": format!("br-{n}"), "isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables", "ipam": lab.ipam4(subnet)});
+            lab.list("1.0.0", &format!("{n}-net"), fields)
+        })
+        .collect();
+    let cs: Vec<ContainerNs> = nets.iter().map(|_| lab.container()).collect();
+    let rcs: Vec<RuntimeConf> = cs.iter().zip(&nets).map(|(c, (n, _))| lab.rc(&format!("{n}-0"), c)).collect();
+    let rts: Vec<Runtime> = (0..nets.len()).map(|i| Runtime { cache_dir: lab.sb.tempdir().join(format!("cache-{i}")), ..lab.rt.clone() }).collect();
+    let start = std::sync::Barrier::new(nets.len());
+    let results: Vec<Result<Value, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..nets.len())
+            .map(|i| {
+                let (l, rc, rt, start) = (&lists[i], &rcs[i], &rts[i], &start);
+                s.spawn(move || {
+                    start.wait();
+                    rt.add_list(l, rc).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ips: Vec<String> = results.iter().map(|r| result_ip(r.as_ref().unwrap_or_else(|e| panic!("parallel ADD failed: {e}")), false)).collect();
+    let mut masq4 = Vec::new();
+    let mut exempt = Vec::new();
+    for ((n, subnet), ip) in nets.iter().zip(&ips) {
+        masq4.push(format!("{ip} : {}", owner_marks(&format!("{n}-net"), &format!("{n}-0"), "eth0")));
+        exempt.push(pair_elem("exempt", ip, subnet));
+    }
+    let mut sets: Vec<(String, Vec<String>)> = vec![("masq4".into(), masq4)];
+    sets.extend(pair_sets(&exempt));
+    assert_eq!(sets.len(), 1 + nets.len(), "one exemption set per length: {sets:?}");
+    assert_masq_layout(lab.host(), &masq_sets_with(&sets));
+    for (i, (c, (_, subnet))) in cs.iter().zip(&nets).enumerate() {
+        rts[i].check_list(&lists[i], &rcs[i]).unwrap_or_else(|e| panic!("CHECK {}: {e}", rcs[i].container_id));
+        let gw = subnet.replace(".0/", ".1/");
+        assert_ping(c, gw.split('/').next().unwrap());
+    }
+    let dels: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..nets.len())
+            .map(|i| {
+                let (l, rc, rt) = (&lists[i], &rcs[i], &rts[i]);
+                s.spawn(move || rt.del_list(l, rc).map_err(|e| e.to_string()))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for d in dels {
+        d.unwrap_or_else(|e| panic!("parallel DEL failed: {e}"));
+    }
+    let emptied: Vec<(String, Vec<String>)> = sets.iter().skip(1).map(|(s, _)| (s.clone(), vec![])).collect();
+    assert_masq_layout(lab.host(), &masq_sets_with(&emptied));
+    for ((n, subnet), _) in nets.iter().zip(&ips) {
+        lab.assert_nothing_left(&format!("{n}-net"), &subnet[..subnet.rfind('.').unwrap() + 1], &[]);
+    }
+}
+
+/// A host upgraded from the previous release, whose masquerade table holds an attachment in the
+/// interval set `exempt4` (the attachment ADDed by the plugin, its table then replaced by the one
+/// that release made for it): CHECK of that attachment passes; the ADD of another keeps the
+/// previous release's rule and set and adds the set and rule of /24 after it; the old
+/// attachment's DEL deletes its exemption from the interval set; nothing is left of either.
+#[test]
+fn upgrade_from_the_previous_release_masquerade_layout() {
+    let lab = Lab::new();
+    let net = "upg-net";
+    let l = lab.list(
+        "1.0.0",
+        net,
+        json!({"bridge": "br-upg", "isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables", "ipam": lab.ipam4("10.10.30.0/24")}),
+    );
+    let (c0, c1) = (lab.container(), lab.container());
+    let (rc0, rc1) = (lab.rc("upg-old", &c0), lab.rc("upg-new", &c1));
+    let ip0 = result_ip(&lab.add(&l, &rc0), false);
+    let own0 = owner_marks(net, "upg-old", "eth0");
+    // the table as the previous release made it for this attachment
+    let script = format!(
+        "delete table inet {MASQ_TABLE}\n\
+         table inet {MASQ_TABLE} {{\n\
+         \tmap masq4 {{ type ipv4_addr : mark . mark . mark; }}\n\
+         \tset exempt4 {{ type ipv4_addr . ipv4_addr; flags interval; }}\n\
+         \tmap masq6 {{ type ipv6_addr : mark . mark . mark; }}\n\
+         \tset exempt6 {{ type ipv6_addr . ipv6_addr; flags interval; }}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         \t\tip daddr 224.0.0.0/4 return\n\
+         \t\tip saddr . ip daddr @exempt4 return\n\
+         \t\tip saddr @masq4 masquerade\n\
+         \t\tip6 daddr ff00::/8 return\n\
+         \t\tip6 saddr . ip6 daddr @exempt6 return\n\
+         \t\tip6 saddr @masq6 masquerade\n\
+         \t}}\n\
+         }}\n\
+         add element inet {MASQ_TABLE} masq4 {{ {ip0} : {own0} }}\n\
+         add element inet {MASQ_TABLE} exempt4 {{ {ip0} . 10.10.30.0/24 }}\n"
+    );
+    let file = lab.sb.tempdir().join("previous-release.nft");
+    std::fs::write(&file, script).unwrap();
+    lab.host().run_ok("nft", ["-f", file.to_str().unwrap()]).unwrap();
+    let legacy = |exempt4: Vec<String>| -> (String, Vec<String>) { ("exempt4".into(), exempt4) };
+    let empty6 = ("exempt6".to_string(), vec![]);
+    let old_masq = format!("{ip0} : {own0}");
+    let old_exempt = format!("{ip0} . 10.10.30.0/24");
+    assert_masq_layout(lab.host(), &masq_sets_with(&[("masq4".into(), vec![old_masq.clone()]), legacy(vec![old_exempt.clone()]), empty6.clone()]));
+    lab.rt.check_list(&l, &rc0).unwrap_or_else(|e| panic!("CHECK of the attachment made by the previous release: {e}"));
+
+    let ip1 = result_ip(&lab.add(&l, &rc1), false);
+    let new_masq = format!("{ip1} : {}", owner_marks(net, "upg-new", "eth0"));
+    assert_masq_layout(
+        lab.host(),
+        &masq_sets_with(&[
+            ("masq4".into(), vec![old_masq, new_masq.clone()]),
+            legacy(vec![old_exempt]),
+            empty6.clone(),
+            ("exempt4_24".into(), vec![format!("{ip1} . 10.10.30.0")]),
+        ]),
+    );
+    lab.rt.check_list(&l, &rc0).unwrap_or_else(|e| panic!("CHECK of the old attachment after the new ADD: {e}"));
+    lab.rt.check_list(&l, &rc1).unwrap();
+    assert_ping(&c0, "10.10.30.1");
+    assert_ping(&c1, &ip0);
+
+    lab.del(&l, &rc0);
+    assert!(!masq_present(lab.host(), &ip0), "masquerade of {ip0} left");
+    let only_new = masq_sets_with(&[
+        ("masq4".into(), vec![new_masq]),
+        legacy(vec![]),
+        empty6.clone(),
+        ("exempt4_24".into(), vec![format!("{ip1} . 10.10.30.0")]),
+    ]);
+    assert_masq_layout(lab.host(), &only_new);
+    lab.rt.check_list(&l, &rc1).unwrap();
+    lab.del(&l, &rc1);
+    assert_masq_layout(lab.host(), &masq_sets_with(&[legacy(vec![]), empty6, ("exempt4_24".into(), vec![])]));
+    lab.assert_nothing_left(net, "10.10.30.", &[]);
+}
+
 #[test]
 fn repeated_add_fails_and_keeps_the_first_attachment() {
     let lab = Lab::new();
