@@ -258,7 +258,8 @@ fn add_keeps_intact_chains_and_heals_flushed_ones() {
         assert_eq!(handles("postrouting"), base, "base chain rules replaced");
         assert!(nft_elems(&nft_ruleset(), MASQ_TABLE, "masq4").contains(&(serde_json::json!("10.78.0.9"), nft_owner(&a2.key))));
         // a new prefix length: the chain refilled with its rule, in order
-        fw.add_masquerade(&masq("net2", "n", &["10.79.0.9/24"])).unwrap();
+        let n = masq("net2", "n", &["10.79.0.9/24"]);
+        fw.add_masquerade(&n).unwrap();
         let base = handles("postrouting");
         assert_eq!(base.len(), 7);
         assert_eq!(nft_rules(&nft_ruleset(), MASQ_TABLE, "postrouting"), nft_masq_rules(lens(&[16, 24]), lens(&[64])));
@@ -271,6 +272,13 @@ fn add_keeps_intact_chains_and_heals_flushed_ones() {
         for s in [&a2, &ms("b", 2), &ms("c", 3)] {
             fw.check_masquerade(s).unwrap();
         }
+        // NOTE, current behaviour: the refill has the rules of the lengths the chain still has and
+        // of the ADD's own, so the rule of /24 (its set still there, with n's exemption) comes back
+        // with the next ADD of a /24 only; until then n's traffic to its subnet is masqueraded
+        assert_eq!(nft_rules(&nft_ruleset(), MASQ_TABLE, "postrouting"), nft_masq_rules(lens(&[16]), lens(&[64])));
+        assert!(fw.check_masquerade(&n).is_err());
+        fw.add_masquerade(&masq("net2", "n3", &["10.79.0.11/24"])).unwrap();
+        fw.check_masquerade(&n).unwrap();
         // the same for portmap's and isolation's base chains
         fw.add_portmap(&pm("p", 5)).unwrap();
         fw.add_isolation(&iso("br1", true)).unwrap();
