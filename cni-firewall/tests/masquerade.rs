@@ -597,7 +597,9 @@ fn previous_release_elements(specs: &[&MasqSpec]) -> Vec<(String, (serde_json::V
         for a in &spec.addrs {
             let sfx = if a.is_ipv4() { "4" } else { "6" };
             v.push((format!("masq{sfx}"), (json!(a.ip().to_string()), nft_owner(&spec.key))));
-            v.push((format!("exempt{sfx}"), nft_pair(&a.ip().to_string(), &format!("{}/{}", a.network(), a.prefix()))));
+        }
+        for (sfx, a, range) in previous_release_exemptions(spec) {
+            v.push((format!("exempt{sfx}"), nft_pair(&a, &range)));
         }
     }
     v
@@ -611,17 +613,24 @@ fn previous_release_elements(specs: &[&MasqSpec]) -> Vec<(String, (serde_json::V
 fn upgrade_from_the_interval_set_layout(fw: Box<dyn cni_firewall::Firewall>) {
     let old = masq(NET, "old", &["10.88.0.5/24", "fd88::5/64"]);
     let stale = masq(NET, "stale", &["10.88.0.6/24", "fd88::6/64"]);
-    sh_in("nft", &["-f", "-"], &previous_release_masq(&[&old, &stale]));
+    // nested subnets (that release wrote the outer one only) and a host subnet (an address)
+    let nested = masq(NET, "nested", &["10.89.0.5/24", "10.89.1.5/16", "fd89::5/128"]);
+    sh_in("nft", &["-f", "-"], &previous_release_masq(&[&old, &stale, &nested]));
     let legacy = Pairs { legacy: true, lens: &[] };
-    assert_nft_masq_table(&nft_ruleset(), legacy, legacy, &previous_release_elements(&[&old, &stale]));
-    fw.check_masquerade(&old).unwrap();
-    fw.check_masquerade(&stale).unwrap();
-    assert_eq!(fw.check_masquerade(&masq(NET, "old", &["10.88.0.5/16"])).unwrap_err().code(), 105, "another subnet");
+    let made_then = previous_release_elements(&[&old, &stale, &nested]);
+    assert!(made_then.contains(&("exempt4".into(), nft_pair("10.89.0.5", "10.89.0.0/16"))) && made_then.contains(&("exempt6".into(), nft_pair("fd89::5", "fd89::5"))));
+    assert_nft_masq_table(&nft_ruleset(), legacy, legacy, &made_then);
+    for s in [&old, &stale, &nested] {
+        fw.check_masquerade(s).unwrap_or_else(|e| panic!("{:?}: {e}", s.key));
+    }
+    // as that release's CHECK: the exemption of another subnet, wider or narrower, is not its own
+    assert_eq!(fw.check_masquerade(&masq(NET, "old", &["10.88.0.5/16"])).unwrap_err().code(), 105, "a wider subnet");
+    assert_eq!(fw.check_masquerade(&masq(NET, "nested", &["10.89.0.5/24"])).unwrap_err().code(), 105, "a narrower subnet");
 
     // a new attachment: its exemptions in the sets of its prefix lengths, the earlier rules kept
     let new = masq(NET, "new", &["10.88.0.7/24", "fd88::7/64"]);
     fw.add_masquerade(&new).unwrap();
-    let mut want = previous_release_elements(&[&old, &stale]);
+    let mut want = made_then.clone();
     want.extend(masq_elements(&[("new", "10.88.0.7", "fd88::7")]));
     assert_nft_masq_table(&nft_ruleset(), Pairs { legacy: true, lens: &[24] }, Pairs { legacy: true, lens: &[64] }, &want);
     // another prefix length (a /16 of another network, a v4-only one): its rule goes in order
@@ -631,7 +640,7 @@ fn upgrade_from_the_interval_set_layout(fw: Box<dyn cni_firewall::Firewall>) {
     want.push(("exempt4_16".into(), nft_pair("10.90.0.5", "10.90.0.0")));
     let (v4, v6) = (Pairs { legacy: true, lens: &[16, 24] }, Pairs { legacy: true, lens: &[64] });
     assert_nft_masq_table(&nft_ruleset(), v4, v6, &want);
-    for s in [&old, &stale, &new, &wide] {
+    for s in [&old, &stale, &nested, &new, &wide] {
         fw.check_masquerade(s).unwrap_or_else(|e| panic!("{:?}: {e}", s.key));
     }
     // a repeated ADD changes nothing
@@ -640,19 +649,22 @@ fn upgrade_from_the_interval_set_layout(fw: Box<dyn cni_firewall::Firewall>) {
 
     // DEL of an earlier attachment: its exemptions leave the interval sets
     fw.del_masquerade(&old.key, &[]).unwrap();
-    let mut want = previous_release_elements(&[&stale]);
+    let mut want = previous_release_elements(&[&stale, &nested]);
     want.extend(masq_elements(&[("new", "10.88.0.7", "fd88::7")]));
     want.push(("masq4".into(), (json!("10.90.0.5"), nft_owner(&wide.key))));
     want.push(("exempt4_16".into(), nft_pair("10.90.0.5", "10.90.0.0")));
     assert_nft_masq_table(&nft_ruleset(), v4, v6, &want);
     assert_eq!(fw.check_masquerade(&old).unwrap_err().code(), 105);
     fw.check_masquerade(&stale).unwrap();
+    fw.check_masquerade(&nested).unwrap();
     // GC: likewise; the earlier release's sets and rules stay (empty)
     fw.gc_masquerade(NET, std::slice::from_ref(&new.key)).unwrap();
-    want.retain(|(set, _)| set != "exempt4" && set != "exempt6");
-    want.retain(|(_, (k, d))| *d != nft_owner(&stale.key) && *k != json!("10.88.0.6"));
+    let gone = previous_release_elements(&[&stale, &nested]);
+    want.retain(|e| !gone.contains(e));
+    assert!(want.iter().all(|(set, _)| set != "exempt4" && set != "exempt6"));
     assert_nft_masq_table(&nft_ruleset(), v4, v6, &want);
     assert_eq!(fw.check_masquerade(&stale).unwrap_err().code(), 105);
+    assert_eq!(fw.check_masquerade(&nested).unwrap_err().code(), 105);
     fw.check_masquerade(&new).unwrap();
     fw.check_masquerade(&wide).unwrap();
     // the last ones: every set empty, every rule stays

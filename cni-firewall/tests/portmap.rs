@@ -540,9 +540,9 @@ fn nft_upgrade_from_the_chain_per_attachment_layout() {
     });
 }
 
-/// The elements of `s` (mappings without host IP or with one of a family, snat without masqAll)
-/// in the previous release's layout: DNAT and owner elements as now, the hairpin sources as
-/// ranges in the interval sets `hairpin4`/`hairpin6`.
+/// The elements of `s` (mappings without host IP or with one of a family, snat) in the previous
+/// release's layout: DNAT and owner elements as now, the hairpin sources as ranges in the
+/// interval sets `hairpin4`/`hairpin6`.
 fn previous_release_elements(s: &PortMapSpec) -> Vec<(&'static str, Elem)> {
     let (c4, c6) = (s.container_v4.unwrap(), s.container_v6.unwrap());
     let (a4, a6) = (c4.ip().to_string(), c6.ip().to_string());
@@ -555,13 +555,16 @@ fn previous_release_elements(s: &PortMapSpec) -> Vec<(&'static str, Elem)> {
             Some(h) => v.push(("hostip6", hip(&h.to_string(), p, m.host_port, &a6, m.container_port))),
         }
     }
-    v.extend([
-        ("owner4", own(&a4, &s.key)),
-        ("owner6", own(&a6, &s.key)),
-        ("hairpin4", nft_pair(&a4, &format!("{}/{}", c4.network(), c4.prefix()))),
-        ("hairpin4", nft_pair(&a4, "127.0.0.1")),
-        ("hairpin6", nft_pair(&a6, &format!("{}/{}", c6.network(), c6.prefix()))),
-    ]);
+    v.extend([("owner4", own(&a4, &s.key)), ("owner6", own(&a6, &s.key))]);
+    if s.masq_all {
+        v.extend([("hairpin4", nft_pair(&a4, "0.0.0.0/0")), ("hairpin6", nft_pair(&a6, "::/0"))]);
+    } else {
+        v.extend([
+            ("hairpin4", nft_pair(&a4, &format!("{}/{}", c4.network(), c4.prefix()))),
+            ("hairpin4", nft_pair(&a4, "127.0.0.1")),
+            ("hairpin6", nft_pair(&a6, &format!("{}/{}", c6.network(), c6.prefix()))),
+        ]);
+    }
     v
 }
 
@@ -572,13 +575,20 @@ fn previous_release_elements(s: &PortMapSpec) -> Vec<(&'static str, Elem)> {
 fn upgrade_from_the_interval_set_layout(fw: Box<dyn cni_firewall::Firewall>) {
     let old = spec("old", 5, &[(8080, 80, Protocol::Tcp, None), (8443, 443, Protocol::Tcp, Some("192.0.2.1"))]);
     let stale = spec("stale", 6, &[(7080, 80, Protocol::Tcp, None)]);
-    sh_in("nft", &["-f", "-"], &previous_release_hostport(&[&old, &stale]));
+    let mut old_all = spec("oldall", 7, &[(7081, 81, Protocol::Tcp, None)]);
+    old_all.masq_all = true;
+    sh_in("nft", &["-f", "-"], &previous_release_hostport(&[&old, &stale, &old_all]));
     let legacy = Pairs { legacy: true, lens: &[] };
     let mut want = previous_release_elements(&old);
     want.extend(previous_release_elements(&stale));
+    want.extend(previous_release_elements(&old_all));
     assert_nft_hostport(legacy, legacy, &want);
     fw.check_portmap(&old).unwrap();
     fw.check_portmap(&stale).unwrap();
+    fw.check_portmap(&old_all).unwrap();
+    let mut changed = old_all.clone();
+    changed.masq_all = false;
+    assert_eq!(fw.check_portmap(&changed).unwrap_err().code(), 105, "its subnet is not a hairpin source of its own");
 
     let new = spec("new", 8, &[(9080, 80, Protocol::Tcp, None)]);
     fw.add_portmap(&new).unwrap();
@@ -593,7 +603,7 @@ fn upgrade_from_the_interval_set_layout(fw: Box<dyn cni_firewall::Firewall>) {
     want.extend([("hairpin4_0", nft_pair("10.66.0.9", "0.0.0.0")), ("hairpin6_0", nft_pair("fd66::9", "::"))]);
     let (v4, v6) = (Pairs { legacy: true, lens: &[0, 24, 32] }, Pairs { legacy: true, lens: &[0, 64] });
     assert_nft_hostport(v4, v6, &want);
-    for s in [&old, &stale, &new, &all] {
+    for s in [&old, &stale, &old_all, &new, &all] {
         fw.check_portmap(s).unwrap_or_else(|e| panic!("{:?}: {e}", s.key));
     }
 
@@ -606,11 +616,13 @@ fn upgrade_from_the_interval_set_layout(fw: Box<dyn cni_firewall::Firewall>) {
     fw.check_portmap(&stale).unwrap();
     // GC: likewise; the earlier release's sets and rules stay
     fw.gc_portmap(NET, &[new.key.clone(), all.key.clone()]).unwrap();
-    let gone = previous_release_elements(&stale);
+    let mut gone = previous_release_elements(&stale);
+    gone.extend(previous_release_elements(&old_all));
     want.retain(|e| !gone.contains(e));
     assert!(want.iter().all(|(set, _)| *set != "hairpin4" && *set != "hairpin6"));
     assert_nft_hostport(v4, v6, &want);
     assert_eq!(fw.check_portmap(&stale).unwrap_err().code(), 105);
+    assert_eq!(fw.check_portmap(&old_all).unwrap_err().code(), 105);
     fw.check_portmap(&new).unwrap();
     fw.check_portmap(&all).unwrap();
 }

@@ -405,9 +405,31 @@ pub fn owner_text(k: &cni_firewall::AttachmentKey) -> String {
     cni_firewall::nft::plan::owner_data(k).iter().map(|v| v.text()).collect::<Vec<_>>().join(" . ")
 }
 
+/// The exemptions the previous release wrote for `spec` into its interval sets: (family suffix,
+/// address, range as nft prints it) for each address and each of the attachment's subnets not
+/// inside another of them (an interval set refuses overlapping elements); a host subnet as the
+/// address.
+pub fn previous_release_exemptions(spec: &MasqSpec) -> Vec<(&'static str, String, String)> {
+    let mut v = Vec::new();
+    for (sfx, v4) in [("4", true), ("6", false)] {
+        let addrs: Vec<_> = spec.addrs.iter().filter(|a| a.is_ipv4() == v4).collect();
+        let mut nets: Vec<cni_firewall::IpNetwork> = addrs.iter().map(|a| cni_firewall::IpNetwork::new(a.network(), a.prefix()).unwrap()).collect();
+        nets.sort();
+        nets.dedup();
+        let outer: Vec<_> = nets.iter().filter(|n| !nets.iter().any(|o| o != *n && o.prefix() <= n.prefix() && o.contains(n.network()))).collect();
+        for a in &addrs {
+            for o in &outer {
+                let range = if o.prefix() == if v4 { 32 } else { 128 } { o.ip().to_string() } else { format!("{}/{}", o.network(), o.prefix()) };
+                v.push((sfx, a.ip().to_string(), range));
+            }
+        }
+    }
+    v
+}
+
 /// Table `inet cnirs_masquerade2` as the previous release made it (the interval sets `exempt4`
 /// and `exempt6` of `address . subnet`, looked up by one rule each), holding the attachments
-/// `specs` (one subnet per address: each address exempt towards it), as an `nft -f` script.
+/// `specs` (see [`previous_release_exemptions`]), as an `nft -f` script.
 pub fn previous_release_masq(specs: &[&MasqSpec]) -> String {
     let mut s = String::from(
         "table inet cnirs_masquerade2 {\n\
@@ -429,9 +451,10 @@ pub fn previous_release_masq(specs: &[&MasqSpec]) -> String {
     for spec in specs {
         for a in &spec.addrs {
             let sfx = if a.is_ipv4() { "4" } else { "6" };
-            let net = format!("{}/{}", a.network(), a.prefix());
             s.push_str(&format!("add element inet cnirs_masquerade2 masq{sfx} {{ {} : {} }}\n", a.ip(), owner_text(&spec.key)));
-            s.push_str(&format!("add element inet cnirs_masquerade2 exempt{sfx} {{ {} . {net} }}\n", a.ip()));
+        }
+        for (sfx, a, range) in previous_release_exemptions(spec) {
+            s.push_str(&format!("add element inet cnirs_masquerade2 exempt{sfx} {{ {a} . {range} }}\n"));
         }
     }
     s
@@ -439,8 +462,8 @@ pub fn previous_release_masq(specs: &[&MasqSpec]) -> String {
 
 /// Table `inet cnirs_hostport2` as the previous release made it (the interval sets `hairpin4` and
 /// `hairpin6` of `container address . sources`, looked up by one rule each), holding the
-/// attachments `specs` (snat without masqAll: each container address with its subnet, and for
-/// IPv4 with 127.0.0.1), as an `nft -f` script.
+/// attachments `specs` (snat: each container address with its subnet, and for IPv4 with
+/// 127.0.0.1; masqAll: with every address), as an `nft -f` script.
 pub fn previous_release_hostport(specs: &[&PortMapSpec]) -> String {
     let t = "cnirs_hostport2";
     let mut s = format!("table inet {t} {{\n");
@@ -469,7 +492,7 @@ pub fn previous_release_hostport(specs: &[&PortMapSpec]) -> String {
          }\n",
     );
     for spec in specs {
-        assert!(spec.snat && !spec.masq_all, "the previous release's layout here: snat without masqAll");
+        assert!(spec.snat, "the previous release's layout here: with snat");
         for ctr in [spec.container_v4, spec.container_v6].into_iter().flatten() {
             let (f, c) = (if ctr.is_ipv4() { "4" } else { "6" }, ctr.ip());
             let add = |set: &str, e: String| format!("add element inet {t} {set}{f} {{ {e} }}\n");
@@ -482,9 +505,13 @@ pub fn previous_release_hostport(specs: &[&PortMapSpec]) -> String {
                 }
             }
             s.push_str(&add("owner", format!("{c} : {}", owner_text(&spec.key))));
-            s.push_str(&add("hairpin", format!("{c} . {}/{}", ctr.network(), ctr.prefix())));
-            if ctr.is_ipv4() {
-                s.push_str(&add("hairpin", format!("{c} . 127.0.0.1")));
+            if spec.masq_all {
+                s.push_str(&add("hairpin", format!("{c} . {}", if ctr.is_ipv4() { "0.0.0.0/0" } else { "::/0" })));
+            } else {
+                s.push_str(&add("hairpin", format!("{c} . {}/{}", ctr.network(), ctr.prefix())));
+                if ctr.is_ipv4() {
+                    s.push_str(&add("hairpin", format!("{c} . 127.0.0.1")));
+                }
             }
         }
     }
