@@ -37,43 +37,57 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-/// The rules of the base chain `postrouting` of `inet cnirs_masquerade2`, as `nft -j` prints them:
-/// multicast and the attachments' own subnets are exempt, the rest from their addresses masqueraded.
-fn nft_base_rules() -> Vec<serde_json::Value> {
-    let pl = |p: &str, f: &str| json!({"payload": {"protocol": p, "field": f}});
-    vec![
-        json!([{"match": {"op": "==", "left": pl("ip", "daddr"), "right": {"prefix": {"addr": "224.0.0.0", "len": 4}}}}, {"return": null}]),
-        json!([{"match": {"op": "==", "left": {"concat": [pl("ip", "saddr"), pl("ip", "daddr")]}, "right": "@exempt4"}}, {"return": null}]),
-        json!([{"match": {"op": "==", "left": pl("ip", "saddr"), "right": "@masq4"}}, {"masquerade": null}]),
-        json!([{"match": {"op": "==", "left": pl("ip6", "daddr"), "right": {"prefix": {"addr": "ff00::", "len": 8}}}}, {"return": null}]),
-        json!([{"match": {"op": "==", "left": {"concat": [pl("ip6", "saddr"), pl("ip6", "daddr")]}, "right": "@exempt6"}}, {"return": null}]),
-        json!([{"match": {"op": "==", "left": pl("ip6", "saddr"), "right": "@masq6"}}, {"masquerade": null}]),
-    ]
+/// Assert table `inet cnirs_masquerade2` in `rs` is exactly the base chain `postrouting` looking
+/// up the exemptions `v4` and `v6` (the earlier release's interval set, the prefix lengths with a
+/// rule), the sets those rules name plus `masq4` and `masq6`, and in them exactly the elements
+/// `want` (set, element; the sets not named are empty).
+fn assert_nft_masq_table(rs: &[serde_json::Value], v4: Pairs, v6: Pairs, want: &[(String, (serde_json::Value, serde_json::Value))]) {
+    assert_eq!(nft_chains_sorted(rs, MASQ_TABLE), vec!["postrouting"], "no chain per attachment");
+    assert_eq!(nft_base_chain(rs, MASQ_TABLE, "postrouting"), ("nat".into(), "postrouting".into(), 100, "accept".into()));
+    assert_eq!(nft_rules(rs, MASQ_TABLE, "postrouting"), nft_masq_rules(v4, v6), "rules of postrouting");
+    let mut sets: Vec<String> = vec!["masq4".into(), "masq6".into()];
+    for (sfx, p) in [("4", v4), ("6", v6)] {
+        if p.legacy {
+            sets.push(format!("exempt{sfx}"));
+        }
+        sets.extend(p.lens.iter().map(|n| format!("exempt{sfx}_{n}")));
+    }
+    sets.sort();
+    assert_eq!(nft_set_names(rs, MASQ_TABLE), sets, "sets of {MASQ_TABLE}");
+    for (set, _) in want {
+        assert!(sets.contains(set), "{set} is not a set of the layout");
+    }
+    for set in &sets {
+        let w: Vec<_> = want.iter().filter(|(s, _)| s == set).map(|(_, e)| e.clone()).collect();
+        assert_eq!(nft_elems_sorted(rs, MASQ_TABLE, set), sorted_elems(w), "{set}");
+    }
+}
+
+/// The elements of containers (cid, v4 ip, v6 ip) of network NET in the /24 and /64 subnets of
+/// 10.88.0.0 and fd88::: each address owned by its container, exempt towards its subnet.
+fn masq_elements(ctrs: &[(&str, &str, &str)]) -> Vec<(String, (serde_json::Value, serde_json::Value))> {
+    let mut v = Vec::new();
+    for (cid, ip4, ip6) in ctrs {
+        let owner = nft_owner(&key(NET, cid));
+        v.push(("masq4".to_string(), (json!(ip4), owner.clone())));
+        v.push(("masq6".to_string(), (json!(ip6), owner)));
+        v.push(("exempt4_24".to_string(), nft_pair(ip4, "10.88.0.0")));
+        v.push(("exempt6_64".to_string(), nft_pair(ip6, "fd88::")));
+    }
+    v
 }
 
 /// Assert table `inet cnirs_masquerade2` in `rs` holds exactly the given containers (cid, v4 ip,
-/// v6 ip), all in /24 and /64 subnets of 10.88.0.0 and fd88:: on network NET: the base chain and
-/// nothing else, each address owned by its container, each address exempt towards its subnet.
+/// v6 ip), all in /24 and /64 subnets of 10.88.0.0 and fd88:: on network NET: the base chain with
+/// the exemption rules of /24 and /64 (made by the first ADDs, never removed) and nothing else,
+/// each address owned by its container, each address exempt towards its subnet; no interval set.
 /// An absent table holds nothing.
 fn assert_nft_masq(rs: &[serde_json::Value], ctrs: &[(&str, &str, &str)]) {
     if !nft_has_table(rs, MASQ_TABLE) {
         assert!(ctrs.is_empty(), "table {MASQ_TABLE} missing");
         return;
     }
-    assert_eq!(nft_chains_sorted(rs, MASQ_TABLE), vec!["postrouting"], "no chain per attachment");
-    assert_eq!(nft_base_chain(rs, MASQ_TABLE, "postrouting"), ("nat".into(), "postrouting".into(), 100, "accept".into()));
-    assert_eq!(nft_rules(rs, MASQ_TABLE, "postrouting"), nft_base_rules());
-    let (mut m4, mut m6, mut x4, mut x6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (cid, ip4, ip6) in ctrs {
-        let owner = nft_owner(&key(NET, cid));
-        m4.push((json!(ip4), owner.clone()));
-        m6.push((json!(ip6), owner));
-        x4.push(nft_pair(ip4, "10.88.0.0/24"));
-        x6.push(nft_pair(ip6, "fd88::/64"));
-    }
-    for (set, want) in [("masq4", m4), ("masq6", m6), ("exempt4", x4), ("exempt6", x6)] {
-        assert_eq!(nft_elems_sorted(rs, MASQ_TABLE, set), sorted_elems(want), "{set}");
-    }
+    assert_nft_masq_table(rs, lens(&[24]), lens(&[64]), &masq_elements(ctrs));
 }
 
 /// Assert the full state of table nat (iptables) / cnirs_masquerade2 (nft) holds exactly the given
@@ -110,8 +124,10 @@ fn add_check_del(flavor: Flavor) {
         assert_state(flavor, &[]);
         let spec = masq(NET, "ctr1", &["10.88.0.5/24", "fd88::5/64"]);
         let n = count(&runner, || fw.add_masquerade(&spec).unwrap());
-        // one transaction per family (nftables: one for both), no reads
-        assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 2 }, "processes for ADD");
+        // iptables: one transaction per family, no reads; nftables: the table read (missing), read
+        // again under the namespace's lock (still missing), made in one transaction for both
+        // families (the base chain depends on the prefix lengths the table already has)
+        assert_eq!(n, if flavor == Flavor::Nft { 3 } else { 2 }, "processes for ADD");
         assert_state(flavor, &[("ctr1", "10.88.0.5", "fd88::5")]);
         let n = count(&runner, || fw.check_masquerade(&spec).unwrap());
         assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 2 }, "processes for CHECK");
@@ -142,8 +158,18 @@ fn single_family(flavor: Flavor) {
         let (fw, runner) = make(flavor);
         let v4 = masq(NET, "v4only", &["10.88.0.7/24"]);
         let v6 = masq(NET, "v6only", &["fd88::7/64"]);
-        assert_eq!(count(&runner, || fw.add_masquerade(&v4).unwrap()), 1);
-        assert_eq!(count(&runner, || fw.add_masquerade(&v6).unwrap()), 1);
+        // nftables: the first ADD makes the table (read, read under the lock, write); the second
+        // adds a rule for /64 (read, read again under the lock, write)
+        assert_eq!(count(&runner, || fw.add_masquerade(&v4).unwrap()), if flavor == Flavor::Nft { 3 } else { 1 });
+        if flavor == Flavor::Nft {
+            assert_nft_masq_table(
+                &nft_ruleset(),
+                lens(&[24]),
+                lens(&[]),
+                &[("masq4".into(), (json!("10.88.0.7"), nft_owner(&v4.key))), ("exempt4_24".into(), nft_pair("10.88.0.7", "10.88.0.0"))],
+            );
+        }
+        assert_eq!(count(&runner, || fw.add_masquerade(&v6).unwrap()), if flavor == Flavor::Nft { 3 } else { 1 });
         fw.check_masquerade(&v4).unwrap();
         fw.check_masquerade(&v6).unwrap();
         if flavor != Flavor::Nft {
@@ -236,14 +262,16 @@ fn teardown_after_flush(flavor: Flavor) {
                 assert!(nft_elems(&rs, MASQ_TABLE, "masq4").is_empty());
                 let owners = |o: &str| nft_elems_sorted(&rs, MASQ_TABLE, o);
                 assert_eq!(owners("masq6"), sorted_elems(vec![(json!("fd88::6"), nft_owner(&b.key)), (json!("fd88::7"), nft_owner(&c.key))]));
-                assert_eq!(owners("exempt6"), sorted_elems(vec![nft_pair("fd88::6", "fd88::/64"), nft_pair("fd88::7", "fd88::/64")]));
-                let orphans = sorted_elems(["10.88.0.5", "10.88.0.6", "10.88.0.7"].iter().map(|a| nft_pair(a, "10.88.0.0/24")).collect());
-                assert_eq!(owners("exempt4"), orphans);
-                // exemptions nobody owns are collected by any GC (here of another network's)
+                assert_eq!(owners("exempt6_64"), sorted_elems(vec![nft_pair("fd88::6", "fd88::"), nft_pair("fd88::7", "fd88::")]));
+                let orphans = sorted_elems(["10.88.0.5", "10.88.0.6", "10.88.0.7"].iter().map(|a| nft_pair(a, "10.88.0.0")).collect());
+                assert_eq!(owners("exempt4_24"), orphans);
+                // exemptions nobody owns are collected by any GC (here of another network's); the
+                // sets and rules of the prefix lengths stay
                 fw.gc_masquerade("othernet", &[]).unwrap();
                 let rs = nft_ruleset();
-                assert!(nft_elems(&rs, MASQ_TABLE, "exempt4").is_empty());
-                assert_eq!(nft_elems(&rs, MASQ_TABLE, "masq6").len(), 2, "b's and c's v6 elements stay");
+                let mut want = masq_elements(&[("b", "10.88.0.6", "fd88::6"), ("c", "10.88.0.7", "fd88::7")]);
+                want.retain(|(s, _)| s != "masq4" && s != "exempt4_24");
+                assert_nft_masq_table(&rs, lens(&[24]), lens(&[64]), &want);
                 sh("nft", &["flush", "ruleset"]);
                 fw.del_masquerade(&b.key, &b.addrs).unwrap();
                 fw.del_masquerade(&c.key, &[]).unwrap();
@@ -292,10 +320,11 @@ fn gc(flavor: Flavor) {
             assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "masq4"), sorted_elems(want4));
             let want6 = vec![(json!("fd88::5"), nft_owner(&a.key)), (json!("fd89::5"), nft_owner(&x.key))];
             assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "masq6"), sorted_elems(want6));
-            let ex4 = vec![nft_pair("10.88.0.5", "10.88.0.0/24"), nft_pair("10.89.0.5", "10.89.0.0/24")];
-            assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "exempt4"), sorted_elems(ex4));
-            let ex6 = vec![nft_pair("fd88::5", "fd88::/64"), nft_pair("fd89::5", "fd89::/64")];
-            assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "exempt6"), sorted_elems(ex6));
+            let ex4 = vec![nft_pair("10.88.0.5", "10.88.0.0"), nft_pair("10.89.0.5", "10.89.0.0")];
+            assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "exempt4_24"), sorted_elems(ex4));
+            let ex6 = vec![nft_pair("fd88::5", "fd88::"), nft_pair("fd89::5", "fd89::")];
+            assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "exempt6_64"), sorted_elems(ex6));
+            assert_eq!(nft_set_names(&rs, MASQ_TABLE), vec!["exempt4_24", "exempt6_64", "masq4", "masq6"]);
         }
         fw.check_masquerade(&a).unwrap();
         fw.check_masquerade(&x).unwrap();
@@ -351,12 +380,13 @@ fn second_ifname(flavor: Flavor) {
         if flavor == Flavor::Nft {
             let rs = nft_ruleset();
             assert_eq!(nft_elems(&rs, MASQ_TABLE, "masq4"), vec![(json!("10.88.0.6"), nft_owner(&e1.key))]);
-            assert_eq!(nft_elems(&rs, MASQ_TABLE, "exempt4"), vec![nft_pair("10.88.0.6", "10.88.0.0/24")]);
+            assert_eq!(nft_elems(&rs, MASQ_TABLE, "exempt4_24"), vec![nft_pair("10.88.0.6", "10.88.0.0")]);
         }
         fw.del_masquerade(&e1.key, &e1.addrs).unwrap();
         assert_eq!(fw.check_masquerade(&e1).unwrap_err().code(), 105);
         match flavor {
-            Flavor::Nft => assert_state(flavor, &[]),
+            // IPv4 /24 only: no exemption set nor rule for IPv6
+            Flavor::Nft => assert_nft_masq_table(&nft_ruleset(), lens(&[24]), lens(&[]), &[]),
             _ => assert!(ipt_rules(flavor, Family::V4, "nat").is_empty()),
         }
     });
@@ -495,7 +525,8 @@ fn nft_upgrade_from_the_chain_per_attachment_layout() {
 
         // a new attachment goes to the new table only
         let new = masq(NET, "new", &["10.88.0.7/24", "fd88::7/64"]);
-        assert_eq!(count(&runner, || fw.add_masquerade(&new).unwrap()), 1, "ADD");
+        // (the new table made: read, read again under the lock, write)
+        assert_eq!(count(&runner, || fw.add_masquerade(&new).unwrap()), 3, "ADD");
         assert_nft_masq(&nft_ruleset(), &[("new", "10.88.0.7", "fd88::7")]);
         assert_legacy_masq(&[&old, &stale, &other]);
         assert_eq!(count(&runner, || fw.check_masquerade(&new).unwrap()), 1, "CHECK held by the new layout");
@@ -551,4 +582,229 @@ fn choose_backend_follows_host_rules() {
         make(Flavor::Nft).0.add_masquerade(&masq(NET, "d", &["10.88.0.6/24"])).unwrap();
         assert_eq!(choose_backend(None).unwrap(), Backend::Nftables);
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrade from the previous release's layout of `cnirs_masquerade2` (interval sets), concurrent
+// ADDs of new prefix lengths
+// ---------------------------------------------------------------------------------------------
+
+/// The elements of `specs` in the previous release's layout: owner elements and exemptions
+/// (`address . subnet` ranges) in the interval sets.
+fn previous_release_elements(specs: &[&MasqSpec]) -> Vec<(String, (serde_json::Value, serde_json::Value))> {
+    let mut v = Vec::new();
+    for spec in specs {
+        for a in &spec.addrs {
+            let sfx = if a.is_ipv4() { "4" } else { "6" };
+            v.push((format!("masq{sfx}"), (json!(a.ip().to_string()), nft_owner(&spec.key))));
+        }
+        for (sfx, a, range) in previous_release_exemptions(spec) {
+            v.push((format!("exempt{sfx}"), nft_pair(&a, &range)));
+        }
+    }
+    v
+}
+
+/// A table the previous release made (interval sets `exempt4`/`exempt6` and their rules), then
+/// upgraded: CHECK passes for its attachments; an ADD keeps the earlier release's rules (right
+/// after the multicast returns) and set, and adds its own prefix lengths' sets and rules after
+/// them (ascending); DEL and GC delete an earlier attachment's exemptions from the interval sets;
+/// nothing new goes to them.
+fn upgrade_from_the_interval_set_layout(fw: Box<dyn cni_firewall::Firewall>) {
+    let old = masq(NET, "old", &["10.88.0.5/24", "fd88::5/64"]);
+    let stale = masq(NET, "stale", &["10.88.0.6/24", "fd88::6/64"]);
+    // nested subnets (that release wrote the outer one only) and a host subnet (an address)
+    let nested = masq(NET, "nested", &["10.89.0.5/24", "10.89.1.5/16", "fd89::5/128"]);
+    sh_in("nft", &["-f", "-"], &previous_release_masq(&[&old, &stale, &nested]));
+    let legacy = Pairs { legacy: true, lens: &[] };
+    let made_then = previous_release_elements(&[&old, &stale, &nested]);
+    assert!(made_then.contains(&("exempt4".into(), nft_pair("10.89.0.5", "10.89.0.0/16"))) && made_then.contains(&("exempt6".into(), nft_pair("fd89::5", "fd89::5"))));
+    assert_nft_masq_table(&nft_ruleset(), legacy, legacy, &made_then);
+    for s in [&old, &stale, &nested] {
+        fw.check_masquerade(s).unwrap_or_else(|e| panic!("{:?}: {e}", s.key));
+    }
+    // as that release's CHECK: the exemption of another subnet, wider or narrower, is not its own
+    assert_eq!(fw.check_masquerade(&masq(NET, "old", &["10.88.0.5/16"])).unwrap_err().code(), 105, "a wider subnet");
+    assert_eq!(fw.check_masquerade(&masq(NET, "nested", &["10.89.0.5/24"])).unwrap_err().code(), 105, "a narrower subnet");
+
+    // a new attachment: its exemptions in the sets of its prefix lengths, the earlier rules kept
+    let new = masq(NET, "new", &["10.88.0.7/24", "fd88::7/64"]);
+    fw.add_masquerade(&new).unwrap();
+    let mut want = made_then.clone();
+    want.extend(masq_elements(&[("new", "10.88.0.7", "fd88::7")]));
+    assert_nft_masq_table(&nft_ruleset(), Pairs { legacy: true, lens: &[24] }, Pairs { legacy: true, lens: &[64] }, &want);
+    // another prefix length (a /16 of another network, a v4-only one): its rule goes in order
+    let wide = masq("net2", "w", &["10.90.0.5/16"]);
+    fw.add_masquerade(&wide).unwrap();
+    want.push(("masq4".into(), (json!("10.90.0.5"), nft_owner(&wide.key))));
+    want.push(("exempt4_16".into(), nft_pair("10.90.0.5", "10.90.0.0")));
+    let (v4, v6) = (Pairs { legacy: true, lens: &[16, 24] }, Pairs { legacy: true, lens: &[64] });
+    assert_nft_masq_table(&nft_ruleset(), v4, v6, &want);
+    for s in [&old, &stale, &nested, &new, &wide] {
+        fw.check_masquerade(s).unwrap_or_else(|e| panic!("{:?}: {e}", s.key));
+    }
+    // a repeated ADD changes nothing
+    fw.add_masquerade(&new).unwrap();
+    assert_nft_masq_table(&nft_ruleset(), v4, v6, &want);
+
+    // DEL of an earlier attachment: its exemptions leave the interval sets
+    fw.del_masquerade(&old.key, &[]).unwrap();
+    let mut want = previous_release_elements(&[&stale, &nested]);
+    want.extend(masq_elements(&[("new", "10.88.0.7", "fd88::7")]));
+    want.push(("masq4".into(), (json!("10.90.0.5"), nft_owner(&wide.key))));
+    want.push(("exempt4_16".into(), nft_pair("10.90.0.5", "10.90.0.0")));
+    assert_nft_masq_table(&nft_ruleset(), v4, v6, &want);
+    assert_eq!(fw.check_masquerade(&old).unwrap_err().code(), 105);
+    fw.check_masquerade(&stale).unwrap();
+    fw.check_masquerade(&nested).unwrap();
+    // GC: likewise; the earlier release's sets and rules stay (empty)
+    fw.gc_masquerade(NET, std::slice::from_ref(&new.key)).unwrap();
+    let gone = previous_release_elements(&[&stale, &nested]);
+    want.retain(|e| !gone.contains(e));
+    assert!(want.iter().all(|(set, _)| set != "exempt4" && set != "exempt6"));
+    assert_nft_masq_table(&nft_ruleset(), v4, v6, &want);
+    assert_eq!(fw.check_masquerade(&stale).unwrap_err().code(), 105);
+    assert_eq!(fw.check_masquerade(&nested).unwrap_err().code(), 105);
+    fw.check_masquerade(&new).unwrap();
+    fw.check_masquerade(&wide).unwrap();
+    // the last ones: every set empty, every rule stays
+    fw.del_masquerade(&new.key, &new.addrs).unwrap();
+    fw.gc_masquerade("net2", &[]).unwrap();
+    assert_nft_masq_table(&nft_ruleset(), v4, v6, &[]);
+}
+
+#[test]
+fn nft_upgrade_from_the_interval_set_layout() {
+    in_sandbox(|| upgrade_from_the_interval_set_layout(make(Flavor::Nft).0));
+}
+
+#[test]
+fn nft_native_upgrade_from_the_interval_set_layout() {
+    in_sandbox(|| upgrade_from_the_interval_set_layout(Box::new(cni_firewall::nft::NftFirewall::native())));
+}
+
+/// ADDs of attachments with different prefix lengths (each a rule of its own in the base chain,
+/// added by a refill of the chain) started together on one table, each in a thread of its own
+/// (its own socket or `nft` processes, its own open file of the namespace for the lock): every
+/// length's rule ends up in the chain, once, in order, and every attachment passes CHECK. Some
+/// rounds on a missing table, some on a table that has the rules of /24 and /64 already.
+fn concurrent_adds_of_new_prefix_lengths(native: bool) {
+    let fw = move || -> Box<dyn cni_firewall::Firewall> {
+        if native {
+            Box::new(cni_firewall::nft::NftFirewall::native())
+        } else {
+            make(Flavor::Nft).0
+        }
+    };
+    // v4 length, v6 length of each writer
+    const LENS: [(u8, u8); 8] = [(8, 48), (12, 56), (16, 60), (20, 96), (26, 100), (28, 112), (30, 120), (32, 128)];
+    let spec = |i: usize| {
+        let (l4, l6) = LENS[i];
+        masq(NET, &format!("c{i}"), &[&format!("10.{}.0.1/{l4}", 100 + i), &format!("fd{i:02x}::1/{l6}")])
+    };
+    for round in 0..6 {
+        in_sandbox(move || {
+            let existing = round % 2 == 1;
+            if existing {
+                fw().add_masquerade(&masq(NET, "first", &["10.88.0.5/24", "fd88::5/64"])).unwrap();
+            }
+            let ns = NsHandle::current();
+            let start = std::sync::Arc::new(std::sync::Barrier::new(LENS.len()));
+            let hs: Vec<_> = (0..LENS.len())
+                .map(|i| {
+                    let start = start.clone();
+                    ns.spawn(move || {
+                        let fw = fw();
+                        start.wait();
+                        fw.add_masquerade(&spec(i))
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap().unwrap();
+            }
+            let mut l4: Vec<u8> = LENS.iter().map(|l| l.0).collect();
+            let mut l6: Vec<u8> = LENS.iter().map(|l| l.1).collect();
+            let mut want = Vec::new();
+            if existing {
+                l4.push(24);
+                l6.push(64);
+                want.extend(masq_elements(&[("first", "10.88.0.5", "fd88::5")]));
+            }
+            l4.sort();
+            l6.sort();
+            for i in 0..LENS.len() {
+                let s = spec(i);
+                for a in &s.addrs {
+                    let sfx = if a.is_ipv4() { "4" } else { "6" };
+                    want.push((format!("masq{sfx}"), (json!(a.ip().to_string()), nft_owner(&s.key))));
+                    want.push((format!("exempt{sfx}_{}", a.prefix()), nft_pair(&a.ip().to_string(), &a.network().to_string())));
+                }
+            }
+            assert_nft_masq_table(&nft_ruleset(), lens(&l4), lens(&l6), &want);
+            let fw = fw();
+            for i in 0..LENS.len() {
+                fw.check_masquerade(&spec(i)).unwrap_or_else(|e| panic!("round {round}, c{i}: {e}"));
+            }
+        });
+    }
+}
+
+#[test]
+fn nft_concurrent_adds_of_new_prefix_lengths() {
+    concurrent_adds_of_new_prefix_lengths(false);
+}
+
+#[test]
+fn nft_native_concurrent_adds_of_new_prefix_lengths() {
+    concurrent_adds_of_new_prefix_lengths(true);
+}
+
+/// An attachment with several subnets: each address is exempt towards each of them (cross
+/// exemptions), each pair in the set of that subnet's prefix length, looked up by that length's
+/// rule (ascending); a host subnet (/32, /128) is looked up without a mask. DEL empties the sets,
+/// which stay with their rules.
+fn cross_exemptions_and_host_subnets(fw: Box<dyn cni_firewall::Firewall>) {
+    let multi = masq(NET, "m", &["10.88.0.5/24", "10.99.5.5/16", "fd88::5/64", "fd99::5/128"]);
+    fw.add_masquerade(&multi).unwrap();
+    let o = nft_owner(&multi.key);
+    let e = |set: &str, pair: (serde_json::Value, serde_json::Value)| (set.to_string(), pair);
+    let mut want = vec![
+        e("masq4", (json!("10.88.0.5"), o.clone())),
+        e("masq4", (json!("10.99.5.5"), o.clone())),
+        e("masq6", (json!("fd88::5"), o.clone())),
+        e("masq6", (json!("fd99::5"), o)),
+        e("exempt4_24", nft_pair("10.88.0.5", "10.88.0.0")),
+        e("exempt4_24", nft_pair("10.99.5.5", "10.88.0.0")),
+        e("exempt4_16", nft_pair("10.88.0.5", "10.99.0.0")),
+        e("exempt4_16", nft_pair("10.99.5.5", "10.99.0.0")),
+        e("exempt6_64", nft_pair("fd88::5", "fd88::")),
+        e("exempt6_64", nft_pair("fd99::5", "fd88::")),
+        e("exempt6_128", nft_pair("fd88::5", "fd99::5")),
+        e("exempt6_128", nft_pair("fd99::5", "fd99::5")),
+    ];
+    assert_nft_masq_table(&nft_ruleset(), lens(&[16, 24]), lens(&[64, 128]), &want);
+    fw.check_masquerade(&multi).unwrap();
+    let host = masq(NET, "h", &["10.77.0.9/32"]);
+    fw.add_masquerade(&host).unwrap();
+    want.push(e("masq4", (json!("10.77.0.9"), nft_owner(&host.key))));
+    want.push(e("exempt4_32", nft_pair("10.77.0.9", "10.77.0.9")));
+    assert_nft_masq_table(&nft_ruleset(), lens(&[16, 24, 32]), lens(&[64, 128]), &want);
+    fw.check_masquerade(&multi).unwrap();
+    fw.check_masquerade(&host).unwrap();
+    fw.del_masquerade(&multi.key, &[]).unwrap();
+    let want = vec![e("masq4", (json!("10.77.0.9"), nft_owner(&host.key))), e("exempt4_32", nft_pair("10.77.0.9", "10.77.0.9"))];
+    assert_nft_masq_table(&nft_ruleset(), lens(&[16, 24, 32]), lens(&[64, 128]), &want);
+    assert_eq!(fw.check_masquerade(&multi).unwrap_err().code(), 105);
+    fw.check_masquerade(&host).unwrap();
+}
+
+#[test]
+fn nft_cross_exemptions_and_host_subnets() {
+    in_sandbox(|| cross_exemptions_and_host_subnets(make(Flavor::Nft).0));
+}
+
+#[test]
+fn nft_native_cross_exemptions_and_host_subnets() {
+    in_sandbox(|| cross_exemptions_and_host_subnets(Box::new(cni_firewall::nft::NftFirewall::native())));
 }

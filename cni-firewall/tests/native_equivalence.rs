@@ -35,6 +35,8 @@ enum Call {
     DelPort(PortMapSpec),
     Iso(IsolationSpec),
     DelIso(String),
+    /// A script run by `nft -f` in both namespaces (the state an earlier release left).
+    Nft(String),
 }
 
 fn pm(cid: &str, n: u8, ports: &[(u16, u16, Protocol, Option<&str>)]) -> PortMapSpec {
@@ -52,6 +54,25 @@ fn scenarios() -> Vec<(&'static str, Vec<Call>)> {
     let masq_v4 = masq("net1", "a", &["10.88.0.5/24"]);
     let masq_v6 = masq("net1", "b", &["fd88::5/64"]);
     let masq_dual = masq("net2", "c", &["10.89.0.5/20", "fd89::5/61", "10.90.0.5/16"]);
+    // hosts: the exemption rules without a mask (`ip saddr . ip daddr @exempt4_32`)
+    let masq_hosts = masq("net3", "h", &["10.91.0.5/32", "fd91::5/128"]);
+    // three networks of different prefix lengths in one table: a rule each, in order
+    let masq_lens = [masq("net4", "l1", &["10.92.0.5/24"]), masq("net5", "l2", &["10.93.0.5/8", "fd93::5/48"]), masq("net6", "l3", &["172.16.5.5/12"])];
+    // an attachment ADDed again with another prefix length: its earlier exemption goes
+    let masq_again = [masq("net7", "r", &["10.94.0.5/24", "fd94::5/64"]), masq("net7", "r", &["10.94.0.5/16", "fd94::5/56"])];
+    // a table the previous release made (interval sets), upgraded: its rules and sets kept, the
+    // new attachment's per length, the earlier attachment's DEL from the interval sets
+    let old = masq("net1", "old", &["10.88.0.6/24", "fd88::6/64"]);
+    let pold = pm("pold", 5, &[(8080, 80, Tcp, None), (8443, 443, Tcp, Some("192.0.2.1"))]);
+    let upgraded = vec![
+        Call::Nft(previous_release_masq(&[&old])),
+        Call::Nft(previous_release_hostport(&[&pold])),
+        Call::Masq(masq("net1", "new", &["10.88.0.7/24", "fd88::7/64"])),
+        Call::Masq(masq("net9", "w", &["10.95.0.7/16"])),
+        Call::Port(pm("pnew", 9, &[(8089, 80, Protocol::Tcp, None)])),
+        Call::DelMasq(old),
+        Call::DelPort(pold),
+    ];
     let plain = pm("p1", 5, &[(8080, 80, Tcp, None), (5353, 53, Udp, None), (9000, 9000, Sctp, None)]);
     let hostip = pm("p2", 6, &[(8443, 443, Tcp, Some("192.0.2.1")), (8444, 443, Sctp, Some("2001:db8::1")), (8081, 81, Tcp, Some("0.0.0.0"))]);
     let mut nosnat = pm("p3", 7, &[(7000, 70, Udp, None)]);
@@ -64,6 +85,7 @@ fn scenarios() -> Vec<(&'static str, Vec<Call>)> {
         Call::Masq(masq_v4.clone()),
         Call::Masq(masq_v6.clone()),
         Call::Masq(masq_dual.clone()),
+        Call::Masq(masq_hosts.clone()),
         Call::Port(plain.clone()),
         Call::Port(hostip.clone()),
         Call::Port(nosnat.clone()),
@@ -79,6 +101,10 @@ fn scenarios() -> Vec<(&'static str, Vec<Call>)> {
         ("masquerade v4", vec![Call::Masq(masq_v4)]),
         ("masquerade v6", vec![Call::Masq(masq_v6)]),
         ("masquerade dual stack, unaligned prefixes", vec![Call::Masq(masq_dual)]),
+        ("masquerade of hosts (/32, /128)", vec![Call::Masq(masq_hosts)]),
+        ("masquerade, three prefix lengths", masq_lens.iter().cloned().map(Call::Masq).collect()),
+        ("masquerade ADDed again with other prefix lengths", masq_again.iter().cloned().map(Call::Masq).collect()),
+        ("upgrade from the interval sets", upgraded),
         ("portmap without hostIP", vec![Call::Port(plain)]),
         ("portmap with hostIP", vec![Call::Port(hostip)]),
         ("portmap snat false", vec![Call::Port(nosnat)]),
@@ -100,6 +126,9 @@ fn run(fw: &dyn Firewall, calls: &[Call]) {
             Call::DelPort(s) => fw.del_portmap(&s.key).unwrap(),
             Call::Iso(s) => fw.add_isolation(s).unwrap(),
             Call::DelIso(b) => fw.del_isolation(b).unwrap(),
+            Call::Nft(script) => {
+                sh_in("nft", &["-f", "-"], script);
+            }
         }
     }
 }
@@ -121,10 +150,18 @@ fn check_all(fw: &dyn Firewall, calls: &[Call]) {
     let deleted = |k: &cni_firewall::AttachmentKey| {
         calls.iter().any(|c| matches!(c, Call::DelMasq(s) if s.key == *k) || matches!(c, Call::DelPort(s) if s.key == *k))
     };
-    for c in calls {
+    // an attachment ADDed again with other addresses or prefixes: only the last ADD holds
+    let superseded = |i: usize| match &calls[i] {
+        Call::Masq(s) => calls[i + 1..].iter().any(|c| matches!(c, Call::Masq(t) if t.key == s.key)),
+        Call::Port(s) => calls[i + 1..].iter().any(|c| matches!(c, Call::Port(t) if t.key == s.key)),
+        _ => false,
+    };
+    for (i, c) in calls.iter().enumerate() {
         match c {
-            Call::Masq(s) => assert_eq!(fw.check_masquerade(s).is_ok(), !deleted(&s.key), "{s:?}"),
-            Call::Port(s) => assert_eq!(fw.check_portmap(s).is_ok(), !deleted(&s.key), "{s:?}"),
+            Call::Masq(s) => assert_eq!(fw.check_masquerade(s).is_ok(), !deleted(&s.key) && !superseded(i), "{s:?}"),
+            Call::Port(s) => assert_eq!(fw.check_portmap(s).is_ok(), !deleted(&s.key) && !superseded(i), "{s:?}"),
+            Call::DelMasq(s) => assert!(fw.check_masquerade(s).is_err(), "deleted {s:?}"),
+            Call::DelPort(s) => assert!(fw.check_portmap(s).is_err(), "deleted {s:?}"),
             _ => {}
         }
     }
@@ -298,7 +335,9 @@ fn set_user_data_matches_nft() {
              add map inet t b { type inet_proto . inet_service : verdict; }\n\
              add map inet t c { type ipv6_addr : verdict; }\n\
              add set inet t d { type ifname; }\n\
-             add map inet t e { type ifname : verdict; }\n",
+             add map inet t e { type ifname : verdict; }\n\
+             add set inet t f { type ipv4_addr . ipv4_addr; }\n\
+             add set inet t g { type ipv6_addr . ipv6_addr; }\n",
         );
         let mut sock = Socket::open_netfilter().unwrap();
         dump(&mut sock, NFT_MSG_GETSET, &str_attr(NFTA_SET_TABLE, "t"), &[16])
@@ -315,12 +354,14 @@ fn set_user_data_matches_nft() {
                 set("c", vec![Ipv6Addr], true),
                 set("d", vec![Ifname], false),
                 set("e", vec![Ifname], true),
+                set("f", vec![Ipv4Addr, Ipv4Addr], false),
+                set("g", vec![Ipv6Addr, Ipv6Addr], false),
             ])
             .unwrap();
         let mut sock = Socket::open_netfilter().unwrap();
         dump(&mut sock, NFT_MSG_GETSET, &str_attr(NFTA_SET_TABLE, "t"), &[16])
     });
-    assert_eq!(nft_made.len(), 5);
+    assert_eq!(nft_made.len(), 7);
     let by_name = |v: &Vec<Obj>| -> BTreeMap<String, Obj> {
         v.iter().map(|s| (name_of(s, NFTA_SET_NAME), s.clone())).collect()
     };
@@ -328,7 +369,8 @@ fn set_user_data_matches_nft() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Data maps (owner marks, dnat targets), concatenated interval sets, dnat from a map
+// Data maps (owner marks, dnat targets), concatenated interval sets, dnat from a map, hash sets of
+// pairs looked up with a masked address
 // ---------------------------------------------------------------------------------------------
 
 mod v2 {
@@ -359,6 +401,19 @@ mod v2 {
             SetDef::map("dnat4h", vec![Ipv4Addr, InetProto, InetService], vec![Ipv4Addr, InetService]),
             SetDef::map("dnat6", vec![InetProto, InetService], vec![Ipv6Addr, InetService]),
             SetDef::map("dnat6h", vec![Ipv6Addr, InetProto, InetService], vec![Ipv6Addr, InetService]),
+            // pairs `address . network address`, one hash set per prefix length: byte-aligned
+            // masks and others, no mask (/32, /128), an empty mask (/0)
+            SetDef::set("exempt4_24", vec![Ipv4Addr, Ipv4Addr]),
+            SetDef::set("exempt4_20", vec![Ipv4Addr, Ipv4Addr]),
+            SetDef::set("exempt4_32", vec![Ipv4Addr, Ipv4Addr]),
+            SetDef::set("hairpin4_0", vec![Ipv4Addr, Ipv4Addr]),
+            SetDef::set("hairpin4_16", vec![Ipv4Addr, Ipv4Addr]),
+            SetDef::set("exempt6_64", vec![Ipv6Addr, Ipv6Addr]),
+            SetDef::set("exempt6_61", vec![Ipv6Addr, Ipv6Addr]),
+            SetDef::set("exempt6_128", vec![Ipv6Addr, Ipv6Addr]),
+            SetDef::set("hairpin6_0", vec![Ipv6Addr, Ipv6Addr]),
+            // a masked address first, then fields of other sizes
+            SetDef::set("mixed6", vec![Ipv6Addr, InetProto, InetService]),
         ]
     }
 
@@ -376,6 +431,16 @@ mod v2 {
             Rule::new(vec![lookup(vec![Field::Saddr(V6)], "masq6"), Expr::Masquerade]),
             Rule::new(vec![Expr::CtStatusDnat, lookup(vec![Field::Daddr(V4), Field::Saddr(V4)], "exempt4"), Expr::Masquerade]),
             Rule::new(vec![Expr::CtStatusDnat, lookup(vec![Field::Daddr(V6), Field::Saddr(V6)], "exempt6"), Expr::Masquerade]),
+            Rule::new(vec![lookup(vec![Field::Saddr(V4), Field::DaddrMasked(V4, 24)], "exempt4_24"), ret()]),
+            Rule::new(vec![lookup(vec![Field::Saddr(V4), Field::DaddrMasked(V4, 20)], "exempt4_20"), ret()]),
+            Rule::new(vec![lookup(vec![Field::Saddr(V4), Field::Daddr(V4)], "exempt4_32"), ret()]),
+            Rule::new(vec![Expr::CtStatusDnat, lookup(vec![Field::Daddr(V4), Field::SaddrMasked(V4, 0)], "hairpin4_0"), Expr::Masquerade]),
+            Rule::new(vec![Expr::CtStatusDnat, lookup(vec![Field::SaddrMasked(V4, 16), Field::Daddr(V4)], "hairpin4_16"), Expr::Masquerade]),
+            Rule::new(vec![lookup(vec![Field::Saddr(V6), Field::DaddrMasked(V6, 64)], "exempt6_64"), ret()]),
+            Rule::new(vec![lookup(vec![Field::Saddr(V6), Field::DaddrMasked(V6, 61)], "exempt6_61"), ret()]),
+            Rule::new(vec![lookup(vec![Field::Saddr(V6), Field::Daddr(V6)], "exempt6_128"), ret()]),
+            Rule::new(vec![Expr::CtStatusDnat, lookup(vec![Field::Daddr(V6), Field::SaddrMasked(V6, 0)], "hairpin6_0"), Expr::Masquerade]),
+            Rule::new(vec![lookup(vec![Field::DaddrMasked(V6, 48), Field::L4proto, Field::ThDport], "mixed6"), Expr::Verdict(Verdict::Accept)]),
         ]
     }
 
@@ -418,8 +483,18 @@ mod v2 {
                 ],
             ),
             ("dnat4h", vec![Element::data(vec![a("192.0.2.1"), tcp.clone(), port(8443)], vec![a("10.88.0.5"), port(443)])]),
-            ("dnat6", vec![Element::data(vec![tcp, port(8080)], vec![a("fd88::5"), port(80)])]),
+            ("dnat6", vec![Element::data(vec![tcp.clone(), port(8080)], vec![a("fd88::5"), port(80)])]),
             ("dnat6h", vec![Element::data(vec![a("2001:db8::1"), udp, port(53)], vec![a("fd88::5"), port(5353)])]),
+            ("exempt4_24", vec![Element::key(vec![a("10.88.0.5"), a("10.88.0.0")]), Element::key(vec![a("10.88.0.6"), a("10.88.0.0")])]),
+            ("exempt4_20", vec![Element::key(vec![a("10.89.0.5"), a("10.89.0.0")])]),
+            ("exempt4_32", vec![Element::key(vec![a("10.88.0.7"), a("10.88.0.7")]), Element::key(vec![a("10.88.0.5"), a("127.0.0.1")])]),
+            ("hairpin4_0", vec![Element::key(vec![a("10.88.0.6"), a("0.0.0.0")])]),
+            ("hairpin4_16", vec![Element::key(vec![a("10.88.0.0"), a("10.88.0.6")])]),
+            ("exempt6_64", vec![Element::key(vec![a("fd88::5"), a("fd88::")])]),
+            ("exempt6_61", vec![Element::key(vec![a("fd89::5"), a("fd89::")]), Element::key(vec![a("fd89::6"), a("fd89::")])]),
+            ("exempt6_128", vec![Element::key(vec![a("fd88::7"), a("fd88::7")])]),
+            ("hairpin6_0", vec![Element::key(vec![a("fd88::6"), a("::")])]),
+            ("mixed6", vec![Element::key(vec![a("2001:db8:1::"), tcp.clone(), port(80)])]),
         ]
     }
 
@@ -449,8 +524,9 @@ mod v2 {
 
     /// Deletes of some elements of each kind, in operations that do not define their sets: an
     /// interval element named by prefix, one named by single values only (its set's kind must be
-    /// looked up), data-map elements (named with their data, which a delete leaves out); and an
-    /// interval element of single values added (the kernel keeps its last key only if it is sent).
+    /// looked up), data-map elements (named with their data, which a delete leaves out), pairs of
+    /// hash sets; and an interval element of single values added (the kernel keeps its last key
+    /// only if it is sent), pairs added to hash sets.
     pub fn changes() -> Vec<Op> {
         let t = t();
         let del = |set: &str, elems: Vec<Element>| Op::DeleteElements { table: t.clone(), set: set.into(), elems };
@@ -463,12 +539,22 @@ mod v2 {
             del("dnat4", vec![of("dnat4", 1)]),
             del("dnat4h", vec![of("dnat4h", 0)]),
             del("masq4", vec![of("masq4", 0)]),
-            Op::AddElements { table: t.clone(), set: "exempt4".into(), elems: vec![added()] },
+            del("exempt4_24", vec![of("exempt4_24", 0)]),
+            del("exempt6_61", vec![of("exempt6_61", 1)]),
+            del("hairpin4_0", vec![of("hairpin4_0", 0)]),
+            Op::AddElements { table: t.clone(), set: "exempt4".into(), elems: vec![added()[0].1.clone()] },
+            Op::AddElements { table: t.clone(), set: "exempt4_32".into(), elems: vec![added()[1].1.clone()] },
+            Op::AddElements { table: t.clone(), set: "hairpin6_0".into(), elems: vec![added()[2].1.clone()] },
         ]
     }
 
-    fn added() -> Element {
-        Element::key(vec![a("10.88.0.8"), a("10.88.0.8")])
+    /// The elements [`changes`] adds, with their sets.
+    fn added() -> Vec<(&'static str, Element)> {
+        vec![
+            ("exempt4", Element::key(vec![a("10.88.0.8"), a("10.88.0.8")])),
+            ("exempt4_32", Element::key(vec![a("10.88.0.8"), a("10.88.0.8")])),
+            ("hairpin6_0", Element::key(vec![a("fd88::8"), a("::")])),
+        ]
     }
 
     /// The elements a reader should find, after the [`changes`] if `changed`: as written, hosts
@@ -490,9 +576,7 @@ mod v2 {
                 })
                 .collect();
             if changed {
-                if set == "exempt4" {
-                    elems.push(added());
-                }
+                elems.extend(added().into_iter().filter(|(s, _)| *s == set).map(|(_, e)| e));
                 for op in changes() {
                     if let Op::DeleteElements { set: s, elems: gone, .. } = op {
                         if s == set {
@@ -551,8 +635,9 @@ fn same(what: &str, by_exec: &Seen, by_native: &Seen) {
     assert_eq!(no_handles(&by_exec.native), no_handles(&by_native.native), "{what}");
 }
 
-/// Data maps of marks and of dnat targets, concatenated interval sets, `dnat ... map` and
-/// lookups in data maps: written through `nft` in one namespace and natively in another, then
+/// Data maps of marks and of dnat targets, concatenated interval sets, `dnat ... map`, lookups in
+/// data maps, hash sets of pairs looked up with an address masked (v4 and v6; /0, unaligned
+/// lengths, none at /32 and /128; masked first or last in the concatenation): written through `nft` in one namespace and natively in another, then
 /// some elements of each kind deleted (and one added) the same way; the kernel objects, `nft -j list ruleset`
 /// and both readers agree at each step, and the readers find the elements with their data and
 /// ranges.
@@ -582,9 +667,9 @@ fn data_maps_and_interval_sets_are_the_same_through_both_executors() {
 
 /// The focused read of ADD: a data-map element is found by its key, with its data; an interval
 /// set's elements are found by the points of the wanted range (its first and last keys), with
-/// their own ranges, each once.
+/// their own ranges, each once; a hash set's element by its key.
 #[test]
-fn read_for_add_finds_map_data_and_interval_elements() {
+fn read_for_add_finds_map_data_interval_and_hash_set_elements() {
     use cni_firewall::nft::ops::{Element, Op, Value};
     require_root();
     in_sandbox(|| {
@@ -616,5 +701,18 @@ fn read_for_add_finds_map_data_and_interval_elements() {
         // nothing there
         let st = read(vec![add("exempt4", vec![Element::key(vec![a("10.88.0.8"), a("10.88.0.9")])])]);
         assert!(st.set("exempt4").unwrap().elems.is_empty());
+        // a hash set of pairs: the element with that very key, nothing around it; only the sets
+        // added to are read
+        let pair = |x: &str, y: &str| Element::key(vec![a(x), a(y)]);
+        let st = read(vec![add("exempt4_24", vec![pair("10.88.0.6", "10.88.0.0"), pair("10.88.0.9", "10.88.0.0")])]);
+        let s = st.set("exempt4_24").unwrap();
+        assert!(!s.interval);
+        assert_eq!(s.elems, vec![pair("10.88.0.6", "10.88.0.0")]);
+        assert!(st.set("exempt4_20").is_none() && st.set("exempt4").is_none(), "{:?}", st.sets.keys());
+        let st = read(vec![add("exempt4_24", vec![pair("10.88.0.6", "10.88.0.1")])]);
+        assert!(st.set("exempt4_24").unwrap().elems.is_empty(), "a hash set has no ranges");
+        let st = read(vec![add("hairpin6_0", vec![pair("fd88::6", "::")]), add("exempt6_61", vec![pair("fd89::6", "fd89::")])]);
+        assert_eq!(st.set("hairpin6_0").unwrap().elems, vec![pair("fd88::6", "::")]);
+        assert_eq!(st.set("exempt6_61").unwrap().elems, vec![pair("fd89::6", "fd89::")]);
     });
 }

@@ -60,7 +60,7 @@ fn masq_present(s: &cni_firewall::MasqSpec) -> bool {
     let owner = nft_owner(&s.key);
     let addrs: Vec<serde_json::Value> = s.addrs.iter().map(|a| serde_json::json!(a.ip().to_string())).collect();
     let owns = ["masq4", "masq6"].iter().any(|m| nft_elems(&rs, MASQ_TABLE, m).iter().any(|(_, d)| *d == owner));
-    let exempt = ["exempt4", "exempt6"].iter().any(|m| nft_elems(&rs, MASQ_TABLE, m).iter().any(|(k, _)| addrs.contains(&k["concat"][0])));
+    let exempt = nft_pair_sets(&rs, MASQ_TABLE, "exempt").iter().any(|m| nft_elems(&rs, MASQ_TABLE, m).iter().any(|(k, _)| addrs.contains(&k["concat"][0])));
     owns || exempt
 }
 
@@ -73,19 +73,24 @@ fn portmap_present(s: &PortMapSpec) -> bool {
     let elems = |sets: &[&str]| -> Vec<(serde_json::Value, serde_json::Value)> { sets.iter().flat_map(|m| nft_elems(&rs, HOSTPORT_TABLE, m)).collect() };
     elems(&["owner4", "owner6"]).iter().any(|(_, d)| *d == owner)
         || elems(&["dnat4", "hostip4", "dnat6", "hostip6"]).iter().any(|(_, d)| addrs.contains(&d["concat"][0]))
-        || elems(&["hairpin4", "hairpin6"]).iter().any(|(k, _)| addrs.contains(&k["concat"][0]))
+        || nft_pair_sets(&rs, HOSTPORT_TABLE, "hairpin").iter().flat_map(|m| nft_elems(&rs, HOSTPORT_TABLE, m)).any(|(k, _)| addrs.contains(&k["concat"][0]))
 }
 
-/// Every set of `table` (named) is empty.
+/// `table` has exactly the sets `sets`, all empty.
 fn all_empty(table: &str, sets: &[&str]) {
     let rs = nft_ruleset();
+    let mut want: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(nft_set_names(&rs, table), want, "sets of {table}");
     for m in sets {
         assert!(nft_elems(&rs, table, m).is_empty(), "{table} {m}: {:?}", nft_elems(&rs, table, m));
     }
 }
 
-const MASQ_SETS: [&str; 4] = ["masq4", "masq6", "exempt4", "exempt6"];
-const HOSTPORT_SETS: [&str; 8] = ["dnat4", "hostip4", "owner4", "hairpin4", "dnat6", "hostip6", "owner6", "hairpin6"];
+/// The sets of `cnirs_masquerade2` after attachments of [`ms`] (/16 and /64).
+const MASQ_SETS: [&str; 4] = ["masq4", "masq6", "exempt4_16", "exempt6_64"];
+/// The sets of `cnirs_hostport2` after attachments of [`pm`] (snat: /24, 127.0.0.1 and /64).
+const HOSTPORT_SETS: [&str; 9] = ["dnat4", "hostip4", "owner4", "hairpin4_24", "hairpin4_32", "dnat6", "hostip6", "owner6", "hairpin6_64"];
 
 #[test]
 fn masquerade_add_check_del_gc() {
@@ -120,12 +125,17 @@ fn masquerade_add_check_del_gc() {
         fw.check_masquerade(&other).unwrap();
         fw.gc_masquerade(NET, &[]).unwrap();
         assert!(fw.check_masquerade(&c).is_err());
-        // what is left: the other network's attachment, behind the base chain alone
+        // what is left: the other network's attachment, behind the base chain alone, which keeps
+        // the rules of every prefix length used (/16, /24, /64), as their sets stay
         assert_eq!(chains(MASQ_TABLE), vec!["postrouting"]);
         let rs = nft_ruleset();
+        assert_eq!(nft_rules(&rs, MASQ_TABLE, "postrouting"), nft_masq_rules(lens(&[16, 24]), lens(&[64])));
+        assert_eq!(nft_set_names(&rs, MASQ_TABLE), vec!["exempt4_16", "exempt4_24", "exempt6_64", "masq4", "masq6"]);
         assert_eq!(nft_elems(&rs, MASQ_TABLE, "masq4"), vec![(serde_json::json!("10.99.0.5"), nft_owner(&other.key))]);
-        assert_eq!(nft_elems(&rs, MASQ_TABLE, "exempt4"), vec![nft_pair("10.99.0.5", "10.99.0.0/24")]);
-        assert!(nft_elems(&rs, MASQ_TABLE, "masq6").is_empty() && nft_elems(&rs, MASQ_TABLE, "exempt6").is_empty());
+        assert_eq!(nft_elems(&rs, MASQ_TABLE, "exempt4_24"), vec![nft_pair("10.99.0.5", "10.99.0.0")]);
+        for set in ["masq6", "exempt4_16", "exempt6_64"] {
+            assert!(nft_elems(&rs, MASQ_TABLE, set).is_empty(), "{set}");
+        }
     });
 }
 
@@ -157,8 +167,12 @@ fn portmap_add_check_del_gc() {
         assert!(fw.check_portmap(&b2).is_err());
         fw.check_portmap(&c).unwrap();
         fw.del_portmap(&c.key).unwrap();
-        all_empty(HOSTPORT_TABLE, &HOSTPORT_SETS);
+        // b2's masqAll made the sets and rules of /0, which stay
+        let mut sets = HOSTPORT_SETS.to_vec();
+        sets.extend(["hairpin4_0", "hairpin6_0"]);
+        all_empty(HOSTPORT_TABLE, &sets);
         assert_eq!(chains(HOSTPORT_TABLE), vec!["hostports", "output", "postrouting", "prerouting"]);
+        assert_eq!(nft_rules(&nft_ruleset(), HOSTPORT_TABLE, "postrouting"), nft_hairpin_rules(lens(&[0, 24, 32]), lens(&[0, 64])));
     });
 }
 
@@ -206,7 +220,8 @@ fn teardown_after_flush() {
         // a's v6 elements go; its v4 exemption (owner element flushed) waits for a GC
         let rs = nft_ruleset();
         assert!(!nft_elems(&rs, MASQ_TABLE, "masq6").iter().any(|(_, d)| *d == nft_owner(&a.key)));
-        assert!(!nft_elems(&rs, MASQ_TABLE, "exempt6").iter().any(|(k, _)| k["concat"][0] == "fd77::1"));
+        assert_eq!(nft_elems(&rs, MASQ_TABLE, "exempt6_64"), vec![nft_pair("fd77::2", "fd77::")], "b's only");
+        assert_eq!(nft_elems_sorted(&rs, MASQ_TABLE, "exempt4_16"), sorted_elems(vec![nft_pair("10.77.0.3", "10.77.0.0"), nft_pair("10.77.0.4", "10.77.0.0")]));
         sh("nft", &["flush", "ruleset"]);
         fw.del_masquerade(&b.key, &[]).unwrap();
         fw.del_portmap(&pm("p", 5).key).unwrap();
@@ -221,7 +236,8 @@ fn teardown_after_flush() {
 }
 
 /// ADD plans from a read: chains already holding their rules are left alone (their rule handles
-/// stay), a flushed base chain is refilled.
+/// stay), a base chain lacking the rule of a new prefix length is refilled with it, a flushed
+/// base chain is refilled.
 #[test]
 fn add_keeps_intact_chains_and_heals_flushed_ones() {
     in_sandbox(|| {
@@ -235,12 +251,20 @@ fn add_keeps_intact_chains_and_heals_flushed_ones() {
         fw.add_masquerade(&ms("b", 2)).unwrap();
         fw.add_masquerade(&ms("a", 1)).unwrap();
         assert_eq!(handles("postrouting"), base, "base chain rules replaced");
-        // a different address for a: its elements are written
-        let a2 = masq(NET, "a", &["10.78.0.9/24"]);
+        // a different address for a, of a length in use: its elements are written
+        let a2 = masq(NET, "a", &["10.78.0.9/16"]);
         fw.add_masquerade(&a2).unwrap();
         fw.check_masquerade(&a2).unwrap();
         assert_eq!(handles("postrouting"), base, "base chain rules replaced");
         assert!(nft_elems(&nft_ruleset(), MASQ_TABLE, "masq4").contains(&(serde_json::json!("10.78.0.9"), nft_owner(&a2.key))));
+        // a new prefix length: the chain refilled with its rule, in order
+        let n = masq("net2", "n", &["10.79.0.9/24"]);
+        fw.add_masquerade(&n).unwrap();
+        let base = handles("postrouting");
+        assert_eq!(base.len(), 7);
+        assert_eq!(nft_rules(&nft_ruleset(), MASQ_TABLE, "postrouting"), nft_masq_rules(lens(&[16, 24]), lens(&[64])));
+        fw.add_masquerade(&masq("net2", "n2", &["10.79.0.10/24"])).unwrap();
+        assert_eq!(handles("postrouting"), base, "base chain rules replaced");
         // an admin flushes the base chain: the next ADD heals it
         sh("nft", &["flush", "chain", "inet", MASQ_TABLE, "postrouting"]);
         assert!(fw.check_masquerade(&ms("b", 2)).is_err());
@@ -248,6 +272,13 @@ fn add_keeps_intact_chains_and_heals_flushed_ones() {
         for s in [&a2, &ms("b", 2), &ms("c", 3)] {
             fw.check_masquerade(s).unwrap();
         }
+        // NOTE, current behaviour: the refill has the rules of the lengths the chain still has and
+        // of the ADD's own, so the rule of /24 (its set still there, with n's exemption) comes back
+        // with the next ADD of a /24 only; until then n's traffic to its subnet is masqueraded
+        assert_eq!(nft_rules(&nft_ruleset(), MASQ_TABLE, "postrouting"), nft_masq_rules(lens(&[16]), lens(&[64])));
+        assert!(fw.check_masquerade(&n).is_err());
+        fw.add_masquerade(&masq("net2", "n3", &["10.79.0.11/24"])).unwrap();
+        fw.check_masquerade(&n).unwrap();
         // the same for portmap's and isolation's base chains
         fw.add_portmap(&pm("p", 5)).unwrap();
         fw.add_isolation(&iso("br1", true)).unwrap();
@@ -280,7 +311,7 @@ fn add_reads_only_what_it_touches() {
         let st = cni_firewall::nft::netlink::read_for(&mut sock, &masq_table(), &cni_firewall::nft::plan::plan_masq_add(&reuse)).unwrap().unwrap();
         let owner = owner_data(&key(NET, "c5"));
         assert_eq!(st.set("masq4").unwrap().elems, vec![Element::data(vec![Value::Addr("10.77.0.7".parse().unwrap())], owner)]);
-        assert_eq!(st.set("exempt4").unwrap().elems, exempt_elems(&ms("c5", 5), Family::V4), "the address's exemptions");
+        assert_eq!(st.set("exempt4_16").unwrap().elems, exempt_elems(&ms("c5", 5), Family::V4)[&16], "the address's exemptions");
         fw.add_masquerade(&reuse).unwrap();
         fw.check_masquerade(&reuse).unwrap();
         assert!(fw.check_masquerade(&ms("c5", 5)).is_err());
@@ -291,7 +322,8 @@ fn add_reads_only_what_it_touches() {
         for fam in Family::BOTH {
             let sfx = if fam == Family::V4 { "4" } else { "6" };
             assert_eq!(st.set(&format!("masq{sfx}")).unwrap().elems, masq_elems(&c9, fam));
-            assert_eq!(st.set(&format!("exempt{sfx}")).unwrap().elems, exempt_elems(&c9, fam));
+            let n = if fam == Family::V4 { 16 } else { 64 };
+            assert_eq!(st.set(&format!("exempt{sfx}_{n}")).unwrap().elems, exempt_elems(&c9, fam)[&n]);
         }
         // no table yet: nothing to read
         assert!(cni_firewall::nft::netlink::read_for(&mut sock, &TableRef::inet("none"), &[]).unwrap().is_none());
@@ -476,13 +508,15 @@ fn large_transactions() {
         let st = NftNetlink.list_table(&t).unwrap().unwrap();
         assert_eq!(st.set("masq4").unwrap().elems.len(), 400);
         assert_eq!(st.set("masq6").unwrap().elems.len(), 400);
-        assert_eq!(st.set("exempt4").unwrap().elems.len(), 400);
-        assert_eq!(st.set("exempt6").unwrap().elems.len(), 400);
+        assert_eq!(st.set("exempt4_16").unwrap().elems.len(), 400);
+        assert_eq!(st.set("exempt6_64").unwrap().elems.len(), 400);
         fw.check_masquerade(&specs[399]).unwrap();
         fw.gc_masquerade(NET, std::slice::from_ref(&specs[7].key)).unwrap();
         let st = NftNetlink.list_table(&t).unwrap().unwrap();
         assert_eq!(st.set("masq4").unwrap().elems, masq_elems(&specs[7], Family::V4));
-        assert_eq!(st.set("exempt4").unwrap().elems, exempt_elems(&specs[7], Family::V4));
+        assert_eq!(st.set("exempt4_16").unwrap().elems, exempt_elems(&specs[7], Family::V4)[&16]);
+        assert_eq!(st.set("exempt6_64").unwrap().elems, exempt_elems(&specs[7], Family::V6)[&64]);
+        assert_eq!(exempt_elems(&specs[7], Family::V4).len(), 1, "one length per family");
         assert_eq!(st.set("masq6").unwrap().elems, masq_elems(&specs[7], Family::V6));
         assert_eq!(st.chains.len(), 1, "postrouting only");
         fw.check_masquerade(&specs[7]).unwrap();

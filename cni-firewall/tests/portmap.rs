@@ -43,21 +43,30 @@ fn own(addr: &str, k: &AttachmentKey) -> Elem {
 }
 
 /// What an attachment at 10.66.0.n/24 and fd66::n/64 with mappings in both families and the
-/// default hairpin (snat, no masqAll) owns besides its DNAT elements.
+/// default hairpin (snat, no masqAll) owns besides its DNAT elements: its owner elements, and
+/// as hairpin sources its subnet (`10.66.0.n . 10.66.0.0` in the set of /24) and, for IPv4,
+/// 127.0.0.1 (in the set of /32).
 fn owned(n: u8, k: &AttachmentKey) -> Vec<(&'static str, Elem)> {
     let (a4, a6) = (format!("10.66.0.{n}"), format!("fd66::{n}"));
     vec![
         ("owner4", own(&a4, k)),
         ("owner6", own(&a6, k)),
-        ("hairpin4", nft_pair(&a4, "10.66.0.0/24")),
-        ("hairpin4", nft_pair(&a4, "127.0.0.1")),
-        ("hairpin6", nft_pair(&a6, "fd66::/64")),
+        ("hairpin4_24", nft_pair(&a4, "10.66.0.0")),
+        ("hairpin4_32", nft_pair(&a4, "127.0.0.1")),
+        ("hairpin6_64", nft_pair(&a6, "fd66::")),
     ]
 }
 
-const HOSTPORT_SETS: [&str; 8] = ["dnat4", "hostip4", "owner4", "hairpin4", "dnat6", "hostip6", "owner6", "hairpin6"];
+/// The sets of `inet cnirs_hostport2` besides the hairpin sets.
+const HOSTPORT_SETS: [&str; 6] = ["dnat4", "hostip4", "owner4", "dnat6", "hostip6", "owner6"];
 
-/// The rules of the chains of `inet cnirs_hostport2`, as `nft -j` prints them.
+/// The hairpin sources' prefix lengths of attachments with the default hairpin (snat): /24 and
+/// /32 (127.0.0.1) for IPv4, /64 for IPv6.
+const SNAT4: Pairs<'static> = Pairs { legacy: false, lens: &[24, 32] };
+const SNAT6: Pairs<'static> = Pairs { legacy: false, lens: &[64] };
+
+/// The rules of the chains of `inet cnirs_hostport2`, as `nft -j` prints them (postrouting: see
+/// [`nft_hairpin_rules`]).
 fn nft_chain_rules(chain: &str) -> Vec<serde_json::Value> {
     let pl = |p: &str, f: &str| json!({"payload": {"protocol": p, "field": f}});
     let l4 = json!({"meta": {"key": "l4proto"}});
@@ -65,7 +74,6 @@ fn nft_chain_rules(chain: &str) -> Vec<serde_json::Value> {
     let nfproto = |v: &str| json!({"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": v}});
     let dnat = |fam: &str, key: serde_json::Value, map: &str| json!({"dnat": {"family": fam, "addr": {"map": {"key": {"concat": key}, "data": map}}}});
     let entry = json!([{"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}}, {"jump": {"target": "hostports"}}]);
-    let ct_dnat = json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}});
     match chain {
         "hostports" => vec![
             json!([dnat("ip", json!([pl("ip", "daddr"), l4, dport]), "@hostip4")]),
@@ -74,26 +82,31 @@ fn nft_chain_rules(chain: &str) -> Vec<serde_json::Value> {
             json!([nfproto("ipv6"), dnat("ip6", json!([l4, dport]), "@dnat6")]),
         ],
         "prerouting" | "output" => vec![entry],
-        "postrouting" => vec![
-            json!([ct_dnat, {"match": {"op": "==", "left": {"concat": [pl("ip", "daddr"), pl("ip", "saddr")]}, "right": "@hairpin4"}}, {"masquerade": null}]),
-            json!([ct_dnat, {"match": {"op": "==", "left": {"concat": [pl("ip6", "daddr"), pl("ip6", "saddr")]}, "right": "@hairpin6"}}, {"masquerade": null}]),
-        ],
         _ => unreachable!("{chain}"),
     }
 }
 
 /// Assert table `inet cnirs_hostport2` holds exactly the elements `want` (set, element) — sets
-/// not named are empty — behind its constant chains; and that the earlier layout's table was not
-/// made. An absent table holds nothing.
-fn assert_nft_hostport(want: &[(&str, Elem)]) {
+/// not named are empty — behind its constant chains and the hairpin rules of `v4` and `v6` (the
+/// earlier release's interval set, the prefix lengths with a rule; their sets and nothing else);
+/// and that the earlier layout's table was not made. An absent table holds nothing.
+fn assert_nft_hostport(v4: Pairs, v6: Pairs, want: &[(&str, Elem)]) {
     let rs = nft_ruleset();
     assert!(!nft_has_table(&rs, legacy::HOSTPORT_TABLE), "the earlier layout's table made");
-    assert_nft_hostport_in(&rs, want);
+    assert_nft_hostport_in(&rs, v4, v6, want);
 }
 
-fn assert_nft_hostport_in(rs: &[serde_json::Value], want: &[(&str, Elem)]) {
+fn assert_nft_hostport_in(rs: &[serde_json::Value], v4: Pairs, v6: Pairs, want: &[(&str, Elem)]) {
+    let mut sets: Vec<String> = HOSTPORT_SETS.iter().map(|s| s.to_string()).collect();
+    for (sfx, p) in [("4", v4), ("6", v6)] {
+        if p.legacy {
+            sets.push(format!("hairpin{sfx}"));
+        }
+        sets.extend(p.lens.iter().map(|n| format!("hairpin{sfx}_{n}")));
+    }
+    sets.sort();
     for (set, _) in want {
-        assert!(HOSTPORT_SETS.contains(set), "{set}");
+        assert!(sets.iter().any(|s| s == set), "{set} is not a set of the layout");
     }
     if !nft_has_table(rs, HOSTPORT_TABLE) {
         assert!(want.is_empty(), "table {HOSTPORT_TABLE} missing");
@@ -103,11 +116,13 @@ fn assert_nft_hostport_in(rs: &[serde_json::Value], want: &[(&str, Elem)]) {
     for (chain, hook, prio) in [("prerouting", "prerouting", -100), ("output", "output", -100), ("postrouting", "postrouting", 100)] {
         assert_eq!(nft_base_chain(rs, HOSTPORT_TABLE, chain), ("nat".into(), hook.into(), prio, "accept".into()));
     }
-    for chain in ["hostports", "prerouting", "output", "postrouting"] {
+    for chain in ["hostports", "prerouting", "output"] {
         assert_eq!(nft_rules(rs, HOSTPORT_TABLE, chain), nft_chain_rules(chain), "rules of {chain}");
     }
-    for set in HOSTPORT_SETS {
-        let w: Vec<Elem> = want.iter().filter(|(s, _)| *s == set).map(|(_, e)| e.clone()).collect();
+    assert_eq!(nft_rules(rs, HOSTPORT_TABLE, "postrouting"), nft_hairpin_rules(v4, v6), "rules of postrouting");
+    assert_eq!(nft_set_names(rs, HOSTPORT_TABLE), sets, "sets of {HOSTPORT_TABLE}");
+    for set in &sets {
+        let w: Vec<Elem> = want.iter().filter(|(s, _)| s == set).map(|(_, e)| e.clone()).collect();
         assert_eq!(nft_elems_sorted(rs, HOSTPORT_TABLE, set), sorted_elems(w), "{set}");
     }
 }
@@ -124,7 +139,7 @@ fn present(flavor: Flavor, s: &PortMapSpec) -> bool {
             let elems = |sets: &[&str]| -> Vec<Elem> { sets.iter().flat_map(|m| nft_elems(&rs, HOSTPORT_TABLE, m)).collect() };
             let owns = elems(&["owner4", "owner6"]).iter().any(|(_, d)| *d == owner);
             let mapped = elems(&["dnat4", "hostip4", "dnat6", "hostip6"]).iter().any(|(_, d)| addrs.contains(&d["concat"][0]));
-            let hairpin = elems(&["hairpin4", "hairpin6"]).iter().any(|(e, _)| addrs.contains(&e["concat"][0]));
+            let hairpin = nft_pair_sets(&rs, HOSTPORT_TABLE, "hairpin").iter().flat_map(|m| nft_elems(&rs, HOSTPORT_TABLE, m)).any(|(e, _)| addrs.contains(&e["concat"][0]));
             owns || mapped || hairpin
         }
         _ => Family::BOTH.iter().any(|f| {
@@ -139,12 +154,15 @@ fn add_check_del(flavor: Flavor) {
         let (fw, runner) = make(flavor);
         let a = web("a", 5);
         let n = count(&runner, || fw.add_portmap(&a).unwrap());
-        // first ever ADD on iptables: guards fail (no shared chains yet) -> read + write per family
-        assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 6 }, "first ADD");
+        // first ever ADD on iptables: guards fail (no shared chains yet) -> read + write per family;
+        // nftables: the table read (missing), read again under the namespace's lock, made in one
+        // transaction (postrouting depends on the hairpin prefix lengths the table has)
+        assert_eq!(n, if flavor == Flavor::Nft { 3 } else { 6 }, "first ADD");
         fw.check_portmap(&a).unwrap();
         let b = spec("b", 6, &[(8081, 81, Protocol::Tcp, None)]);
         let n = count(&runner, || fw.add_portmap(&b).unwrap());
-        assert_eq!(n, if flavor == Flavor::Nft { 1 } else { 2 }, "later ADD: one transaction per family");
+        // iptables: one transaction per family; nftables: a read and one transaction
+        assert_eq!(n, 2, "later ADD");
         fw.check_portmap(&b).unwrap();
 
         match flavor {
@@ -153,7 +171,7 @@ fn add_check_del(flavor: Flavor) {
                 let mut want = web_elements(&a.key);
                 want.extend([("dnat4", dn("tcp", 8081, "10.66.0.6", 81)), ("dnat6", dn("tcp", 8081, "fd66::6", 81))]);
                 want.extend(owned(6, &b.key));
-                assert_nft_hostport(&want);
+                assert_nft_hostport(SNAT4, SNAT6, &want);
             }
             _ => {
                 let r4 = ipt_rules(flavor, Family::V4, "nat");
@@ -180,7 +198,7 @@ fn add_check_del(flavor: Flavor) {
         if flavor == Flavor::Nft {
             let mut want = vec![("dnat4", dn("tcp", 8081, "10.66.0.6", 81)), ("dnat6", dn("tcp", 8081, "fd66::6", 81))];
             want.extend(owned(6, &b.key));
-            assert_nft_hostport(&want);
+            assert_nft_hostport(SNAT4, SNAT6, &want);
         }
         let n = count(&runner, || assert_eq!(fw.check_portmap(&a).unwrap_err().code(), 105));
         if flavor == Flavor::Nft {
@@ -195,7 +213,8 @@ fn add_check_del(flavor: Flavor) {
         fw.del_portmap(&b.key).unwrap();
         assert!(!present(flavor, &b));
         match flavor {
-            Flavor::Nft => assert_nft_hostport(&[]),
+            // the hairpin sets and rules of the lengths used stay
+            Flavor::Nft => assert_nft_hostport(SNAT4, SNAT6, &[]),
             _ => {
                 for fam in Family::BOTH {
                     let mut chains = ipt_user_chains(flavor, fam, "nat");
@@ -230,7 +249,7 @@ fn repeated_add_and_options(flavor: Flavor) {
         fw.add_portmap(&a).unwrap();
         fw.add_portmap(&a).unwrap();
         if flavor == Flavor::Nft {
-            assert_nft_hostport(&a_full());
+            assert_nft_hostport(SNAT4, SNAT6, &a_full());
         }
         fw.check_portmap(&a).unwrap();
         // changed options on a repeated ADD replace the attachment's rules
@@ -238,27 +257,32 @@ fn repeated_add_and_options(flavor: Flavor) {
         a.mark_masq_bit = 14;
         fw.add_portmap(&a).unwrap();
         fw.check_portmap(&a).unwrap();
+        // masqAll: every source towards the container is masqueraded on hairpin (the sets and
+        // rules of /0); the earlier hairpin elements are replaced (the ADD reads the whole table
+        // when the container address has an owner), their sets and rules stay
+        let (all4, all6) = (Pairs { legacy: false, lens: &[0, 24, 32] }, Pairs { legacy: false, lens: &[0, 64] });
         if flavor == Flavor::Nft {
-            // masqAll: every source towards the container is masqueraded on hairpin. NOTE: the
-            // blind ADD (nft-CLI executor) only adds elements, and the kernel takes the wider
-            // range next to the narrower ones: the earlier hairpin elements stay (harmless here,
-            // 0.0.0.0/0 covers them)
             let mut want = a_full();
-            want.extend([("hairpin4", nft_pair("10.66.0.5", "0.0.0.0/0")), ("hairpin6", nft_pair("fd66::5", "::/0"))]);
-            assert_nft_hostport(&want);
+            want.retain(|(set, _)| !set.starts_with("hairpin"));
+            want.extend([("hairpin4_0", nft_pair("10.66.0.5", "0.0.0.0")), ("hairpin6_0", nft_pair("fd66::5", "::"))]);
+            assert_nft_hostport(all4, all6, &want);
         }
         a.snat = false;
         a.mappings.truncate(1);
         fw.add_portmap(&a).unwrap();
         fw.check_portmap(&a).unwrap();
         if flavor == Flavor::Nft {
-            // NOTE, current behaviour, not the old layout's (whose repeated ADD refilled the
-            // attachment's chains): the blind ADD of fewer mappings without snat succeeds without
-            // reading and leaves the attachment's earlier elements — the dropped mappings
-            // (udp 5353, 8443 on 192.0.2.1, sctp 9000) and the hairpin masquerade — until its DEL
-            let mut want = a_full();
-            want.extend([("hairpin4", nft_pair("10.66.0.5", "0.0.0.0/0")), ("hairpin6", nft_pair("fd66::5", "::/0"))]);
-            assert_nft_hostport(&want);
+            // fewer mappings without snat: the attachment's elements replaced, the dropped
+            // mappings (udp 5353, 8443 on 192.0.2.1, sctp 9000) and the hairpin sources gone (as
+            // the old layout's refill of the attachment's chains did)
+            let k = key(NET, "a");
+            let want = [
+                ("dnat4", dn("tcp", 8080, "10.66.0.5", 80)),
+                ("dnat6", dn("tcp", 8080, "fd66::5", 80)),
+                ("owner4", own("10.66.0.5", &k)),
+                ("owner6", own("fd66::5", &k)),
+            ];
+            assert_nft_hostport(all4, all6, &want);
         }
         if flavor == Flavor::Nft {
             let mut c = a.clone();
@@ -281,7 +305,7 @@ fn repeated_add_and_options(flavor: Flavor) {
         fw.del_portmap(&a.key).unwrap();
         assert!(!present(flavor, &a));
         if flavor == Flavor::Nft {
-            assert_nft_hostport(&[]);
+            assert_nft_hostport(all4, all6, &[]);
         }
     });
 }
@@ -300,7 +324,7 @@ fn host_port_takeover(flavor: Flavor) {
             let mut want = vec![("dnat4", dn("tcp", 8080, "10.66.0.6", 8080)), ("dnat6", dn("tcp", 8080, "fd66::6", 8080))];
             want.extend(owned(5, &a.key));
             want.extend(owned(6, &b.key));
-            assert_nft_hostport(&want);
+            assert_nft_hostport(SNAT4, SNAT6, &want);
             assert_eq!(fw.check_portmap(&a).unwrap_err().code(), 105, "A lost its port");
         }
         // A's late DEL leaves B's port
@@ -310,7 +334,7 @@ fn host_port_takeover(flavor: Flavor) {
         if flavor == Flavor::Nft {
             let mut want = vec![("dnat4", dn("tcp", 8080, "10.66.0.6", 8080)), ("dnat6", dn("tcp", 8080, "fd66::6", 8080))];
             want.extend(owned(6, &b.key));
-            assert_nft_hostport(&want);
+            assert_nft_hostport(SNAT4, SNAT6, &want);
         }
     });
 }
@@ -355,8 +379,8 @@ fn gc_and_flush(flavor: Flavor) {
         let x_elems = vec![
             ("hostip4", hip("192.0.2.7", "tcp", 6080, "10.66.0.7", 80)),
             ("owner4", own("10.66.0.7", &x.key)),
-            ("hairpin4", nft_pair("10.66.0.7", "10.66.0.0/24")),
-            ("hairpin4", nft_pair("10.66.0.7", "127.0.0.1")),
+            ("hairpin4_24", nft_pair("10.66.0.7", "10.66.0.0")),
+            ("hairpin4_32", nft_pair("10.66.0.7", "127.0.0.1")),
         ];
         if flavor == Flavor::Nft {
             let mut want = a_elems();
@@ -364,14 +388,14 @@ fn gc_and_flush(flavor: Flavor) {
             want.extend(owned(6, &b.key));
             want.extend([("dnat4", dn("tcp", 7080, "10.66.0.6", 80)), ("dnat6", dn("tcp", 7080, "fd66::6", 80))]);
             want.push(("hostip6", hip("fd66::1", "udp", 7053, "fd66::6", 53)));
-            assert_nft_hostport(&want);
+            assert_nft_hostport(SNAT4, SNAT6, &want);
         }
         let n = count(&runner, || fw.gc_portmap(NET, std::slice::from_ref(&a.key)).unwrap());
         if flavor == Flavor::Nft {
             assert_eq!(n, 3, "GC: read + write, and a read of the earlier layout's table");
             let mut want = a_elems();
             want.extend(x_elems.clone());
-            assert_nft_hostport(&want);
+            assert_nft_hostport(SNAT4, SNAT6, &want);
         }
         fw.check_portmap(&a).unwrap();
         fw.check_portmap(&x).unwrap();
@@ -392,13 +416,14 @@ fn gc_and_flush(flavor: Flavor) {
         fw.gc_portmap(NET, &[]).unwrap();
         assert!(!present(flavor, &a));
         if flavor == Flavor::Nft {
-            assert_nft_hostport(&[]);
+            // (no table any more)
+            assert_nft_hostport(SNAT4, SNAT6, &[]);
         }
         // and ADD works again afterwards (the shared parts are recreated)
         fw.add_portmap(&a).unwrap();
         fw.check_portmap(&a).unwrap();
         if flavor == Flavor::Nft {
-            assert_nft_hostport(&a_elems());
+            assert_nft_hostport(SNAT4, SNAT6, &a_elems());
         }
     });
 }
@@ -479,10 +504,11 @@ fn nft_upgrade_from_the_chain_per_attachment_layout() {
 
         // a new attachment goes to the new table only
         let new = spec("new", 8, &[(9080, 80, Protocol::Tcp, None)]);
-        assert_eq!(count(&runner, || fw.add_portmap(&new).unwrap()), 1, "ADD");
+        // (the new table made: read, read again under the lock, write)
+        assert_eq!(count(&runner, || fw.add_portmap(&new).unwrap()), 3, "ADD");
         let mut new_elems = vec![("dnat4", dn("tcp", 9080, "10.66.0.8", 80)), ("dnat6", dn("tcp", 9080, "fd66::8", 80))];
         new_elems.extend(owned(8, &new.key));
-        let assert_new = || assert_nft_hostport_in(&nft_ruleset(), &new_elems);
+        let assert_new = || assert_nft_hostport_in(&nft_ruleset(), SNAT4, SNAT6, &new_elems);
         assert_new();
         assert_legacy_hostport(&[&old, &stale, &other]);
         assert_eq!(count(&runner, || fw.check_portmap(&new).unwrap()), 1, "CHECK held by the new layout");
@@ -510,6 +536,203 @@ fn nft_upgrade_from_the_chain_per_attachment_layout() {
         assert!(nft_chain_names(&rs, legacy::HOSTPORT_TABLE).iter().all(|c| !c.starts_with("p-") && !c.starts_with("s-")));
         assert_new();
         fw.del_portmap(&new.key).unwrap();
-        assert_nft_hostport_in(&nft_ruleset(), &[]);
+        assert_nft_hostport_in(&nft_ruleset(), SNAT4, SNAT6, &[]);
     });
+}
+
+/// The elements of `s` (mappings without host IP or with one of a family, snat) in the previous
+/// release's layout: DNAT and owner elements as now, the hairpin sources as ranges in the
+/// interval sets `hairpin4`/`hairpin6`.
+fn previous_release_elements(s: &PortMapSpec) -> Vec<(&'static str, Elem)> {
+    let (c4, c6) = (s.container_v4.unwrap(), s.container_v6.unwrap());
+    let (a4, a6) = (c4.ip().to_string(), c6.ip().to_string());
+    let mut v = Vec::new();
+    for m in &s.mappings {
+        let p = m.protocol.as_str();
+        match m.host_ip {
+            None => v.extend([("dnat4", dn(p, m.host_port, &a4, m.container_port)), ("dnat6", dn(p, m.host_port, &a6, m.container_port))]),
+            Some(h) if h.is_ipv4() => v.push(("hostip4", hip(&h.to_string(), p, m.host_port, &a4, m.container_port))),
+            Some(h) => v.push(("hostip6", hip(&h.to_string(), p, m.host_port, &a6, m.container_port))),
+        }
+    }
+    v.extend([("owner4", own(&a4, &s.key)), ("owner6", own(&a6, &s.key))]);
+    if s.masq_all {
+        v.extend([("hairpin4", nft_pair(&a4, "0.0.0.0/0")), ("hairpin6", nft_pair(&a6, "::/0"))]);
+    } else {
+        v.extend([
+            ("hairpin4", nft_pair(&a4, &format!("{}/{}", c4.network(), c4.prefix()))),
+            ("hairpin4", nft_pair(&a4, "127.0.0.1")),
+            ("hairpin6", nft_pair(&a6, &format!("{}/{}", c6.network(), c6.prefix()))),
+        ]);
+    }
+    v
+}
+
+/// A table the previous release made (interval sets `hairpin4`/`hairpin6` and their rules),
+/// then upgraded: CHECK passes for its attachments; ADDs keep the earlier release's hairpin rules
+/// and sets and add the rules of their own prefix lengths after them (ascending, /0 of masqAll
+/// first); DEL and GC delete an earlier attachment's hairpin sources from the interval sets.
+fn upgrade_from_the_interval_set_layout(fw: Box<dyn cni_firewall::Firewall>) {
+    let old = spec("old", 5, &[(8080, 80, Protocol::Tcp, None), (8443, 443, Protocol::Tcp, Some("192.0.2.1"))]);
+    let stale = spec("stale", 6, &[(7080, 80, Protocol::Tcp, None)]);
+    let mut old_all = spec("oldall", 7, &[(7081, 81, Protocol::Tcp, None)]);
+    old_all.masq_all = true;
+    sh_in("nft", &["-f", "-"], &previous_release_hostport(&[&old, &stale, &old_all]));
+    let legacy = Pairs { legacy: true, lens: &[] };
+    let mut want = previous_release_elements(&old);
+    want.extend(previous_release_elements(&stale));
+    want.extend(previous_release_elements(&old_all));
+    assert_nft_hostport(legacy, legacy, &want);
+    fw.check_portmap(&old).unwrap();
+    fw.check_portmap(&stale).unwrap();
+    fw.check_portmap(&old_all).unwrap();
+    let mut changed = old_all.clone();
+    changed.masq_all = false;
+    assert_eq!(fw.check_portmap(&changed).unwrap_err().code(), 105, "its subnet is not a hairpin source of its own");
+
+    let new = spec("new", 8, &[(9080, 80, Protocol::Tcp, None)]);
+    fw.add_portmap(&new).unwrap();
+    want.extend([("dnat4", dn("tcp", 9080, "10.66.0.8", 80)), ("dnat6", dn("tcp", 9080, "fd66::8", 80))]);
+    want.extend(owned(8, &new.key));
+    assert_nft_hostport(Pairs { legacy: true, lens: &[24, 32] }, Pairs { legacy: true, lens: &[64] }, &want);
+    let mut all = spec("all", 9, &[(9081, 80, Protocol::Tcp, None)]);
+    all.masq_all = true;
+    fw.add_portmap(&all).unwrap();
+    want.extend([("dnat4", dn("tcp", 9081, "10.66.0.9", 80)), ("dnat6", dn("tcp", 9081, "fd66::9", 80))]);
+    want.extend([("owner4", own("10.66.0.9", &all.key)), ("owner6", own("fd66::9", &all.key))]);
+    want.extend([("hairpin4_0", nft_pair("10.66.0.9", "0.0.0.0")), ("hairpin6_0", nft_pair("fd66::9", "::"))]);
+    let (v4, v6) = (Pairs { legacy: true, lens: &[0, 24, 32] }, Pairs { legacy: true, lens: &[0, 64] });
+    assert_nft_hostport(v4, v6, &want);
+    for s in [&old, &stale, &old_all, &new, &all] {
+        fw.check_portmap(s).unwrap_or_else(|e| panic!("{:?}: {e}", s.key));
+    }
+
+    // DEL of an earlier attachment: its hairpin sources leave the interval sets
+    fw.del_portmap(&old.key).unwrap();
+    let gone = previous_release_elements(&old);
+    want.retain(|e| !gone.contains(e));
+    assert_nft_hostport(v4, v6, &want);
+    assert_eq!(fw.check_portmap(&old).unwrap_err().code(), 105);
+    fw.check_portmap(&stale).unwrap();
+    // GC: likewise; the earlier release's sets and rules stay
+    fw.gc_portmap(NET, &[new.key.clone(), all.key.clone()]).unwrap();
+    let mut gone = previous_release_elements(&stale);
+    gone.extend(previous_release_elements(&old_all));
+    want.retain(|e| !gone.contains(e));
+    assert!(want.iter().all(|(set, _)| *set != "hairpin4" && *set != "hairpin6"));
+    assert_nft_hostport(v4, v6, &want);
+    assert_eq!(fw.check_portmap(&stale).unwrap_err().code(), 105);
+    assert_eq!(fw.check_portmap(&old_all).unwrap_err().code(), 105);
+    fw.check_portmap(&new).unwrap();
+    fw.check_portmap(&all).unwrap();
+}
+
+#[test]
+fn nft_upgrade_from_the_interval_set_layout() {
+    in_sandbox(|| upgrade_from_the_interval_set_layout(make(Flavor::Nft).0));
+}
+
+#[test]
+fn nft_native_upgrade_from_the_interval_set_layout() {
+    in_sandbox(|| upgrade_from_the_interval_set_layout(Box::new(cni_firewall::nft::NftFirewall::native())));
+}
+
+/// Port mappings of containers in subnets of different prefix lengths (each a hairpin rule of its
+/// own in postrouting, added by a refill of the chain) ADDed together on one table, each in a
+/// thread of its own: every length's rule ends up in the chain, once, in order, and every
+/// attachment passes CHECK. Some rounds on a missing table, some on one with the rules of the
+/// default /24 and /32, /64 already.
+fn concurrent_adds_of_new_prefix_lengths(native: bool) {
+    let fw = move || -> Box<dyn cni_firewall::Firewall> {
+        if native {
+            Box::new(cni_firewall::nft::NftFirewall::native())
+        } else {
+            make(Flavor::Nft).0
+        }
+    };
+    // v4 length, v6 length of each writer (/0: masqAll)
+    const LENS: [(u8, u8); 6] = [(0, 0), (8, 48), (16, 56), (20, 96), (28, 120), (30, 126)];
+    let spec_of = |i: usize| {
+        let (l4, l6) = LENS[i];
+        let mut s = spec(&format!("c{i}"), 0, &[(10000 + i as u16, 80, Protocol::Tcp, None)]);
+        s.container_v4 = Some(format!("10.{}.0.1/{}", 100 + i, l4.max(8)).parse().unwrap());
+        s.container_v6 = Some(format!("fd{i:02x}::1/{}", l6.max(48)).parse().unwrap());
+        s.masq_all = l4 == 0;
+        s
+    };
+    for round in 0..6 {
+        in_sandbox(move || {
+            let existing = round % 2 == 1;
+            let first = spec("first", 5, &[(8080, 80, Protocol::Tcp, None)]);
+            if existing {
+                fw().add_portmap(&first).unwrap();
+            }
+            let ns = NsHandle::current();
+            let start = std::sync::Arc::new(std::sync::Barrier::new(LENS.len()));
+            let hs: Vec<_> = (0..LENS.len())
+                .map(|i| {
+                    let start = start.clone();
+                    ns.spawn(move || {
+                        let fw = fw();
+                        start.wait();
+                        fw.add_portmap(&spec_of(i))
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap().unwrap();
+            }
+            // every writer's loopback pair is /32; masqAll's sources /0 only
+            let mut l4: Vec<u8> = vec![0, 8, 16, 20, 28, 30, 32];
+            let mut l6: Vec<u8> = vec![0, 48, 56, 96, 120, 126];
+            let mut want = Vec::new();
+            if existing {
+                l4.push(24);
+                l6.push(64);
+                want.extend([("dnat4", dn("tcp", 8080, "10.66.0.5", 80)), ("dnat6", dn("tcp", 8080, "fd66::5", 80))]);
+                want.extend(owned(5, &first.key));
+            }
+            l4.sort();
+            l6.sort();
+            let hairpin: Vec<(String, Elem)> = (0..LENS.len())
+                .flat_map(|i| {
+                    let s = spec_of(i);
+                    let (c4, c6) = (s.container_v4.unwrap(), s.container_v6.unwrap());
+                    let (a4, a6) = (c4.ip().to_string(), c6.ip().to_string());
+                    if s.masq_all {
+                        vec![("hairpin4_0".to_string(), nft_pair(&a4, "0.0.0.0")), ("hairpin6_0".to_string(), nft_pair(&a6, "::"))]
+                    } else {
+                        vec![
+                            (format!("hairpin4_{}", c4.prefix()), nft_pair(&a4, &c4.network().to_string())),
+                            ("hairpin4_32".to_string(), nft_pair(&a4, "127.0.0.1")),
+                            (format!("hairpin6_{}", c6.prefix()), nft_pair(&a6, &c6.network().to_string())),
+                        ]
+                    }
+                })
+                .collect();
+            for i in 0..LENS.len() {
+                let s = spec_of(i);
+                let (a4, a6) = (s.container_v4.unwrap().ip().to_string(), s.container_v6.unwrap().ip().to_string());
+                let p = 10000 + i as u16;
+                want.extend([("dnat4", dn("tcp", p, &a4, 80)), ("dnat6", dn("tcp", p, &a6, 80))]);
+                want.extend([("owner4", own(&a4, &s.key)), ("owner6", own(&a6, &s.key))]);
+            }
+            want.extend(hairpin.iter().map(|(set, e)| (set.as_str(), e.clone())));
+            assert_nft_hostport(lens(&l4), lens(&l6), &want);
+            let fw = fw();
+            for i in 0..LENS.len() {
+                fw.check_portmap(&spec_of(i)).unwrap_or_else(|e| panic!("round {round}, c{i}: {e}"));
+            }
+        });
+    }
+}
+
+#[test]
+fn nft_concurrent_adds_of_new_prefix_lengths() {
+    concurrent_adds_of_new_prefix_lengths(false);
+}
+
+#[test]
+fn nft_native_concurrent_adds_of_new_prefix_lengths() {
+    concurrent_adds_of_new_prefix_lengths(true);
 }

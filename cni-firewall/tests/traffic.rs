@@ -5,6 +5,19 @@
 //!   ctr  eth0 10.55.0.5/24 fd55::5/64  ── vc 10.55.0.1 fd55::1 [router = sandbox] ve 203.0.113.1 2001:db8:55::1 ── eth0 203.0.113.2 2001:db8:55::2  ext
 //!
 //! `ext` has no route back to the container subnets: only masquerade lets the container reach it.
+//!
+//! Exemptions per prefix length: two networks of different prefix lengths on one host, and a
+//! `peer` holding an address in each container's subnet behind the router (routed, not on the
+//! containers' links), with a route back to everything:
+//!
+//!   ctra eth0 10.55.0.5/24 fd55::5/64       ── vca 10.55.0.1/24 fd55::1/64 ┐
+//!   ctrb eth0 10.56.3.5/16 fd56:0:0:3::5/48 ── vcb 10.56.0.1/16 fd56::1/48 ┤ [router]
+//!   peer eth0 198.51.100.2 2001:db8:77::2   ── vp 198.51.100.1 2001:db8:77::1 ┤
+//!        lo 10.55.0.200 fd55::200 10.56.200.9 fd56:0:0:200::9             │
+//!   ext  (as above)                         ── ve ┘
+//!
+//! Traffic from a container to its own subnet keeps its source; to the other network's subnet and
+//! outside it is masqueraded.
 
 mod common;
 
@@ -141,6 +154,122 @@ fn port_mappings(flavor: Flavor) {
     });
 }
 
+struct TwoNets {
+    ctra: NamedNs,
+    ctrb: NamedNs,
+    peer: NamedNs,
+    ext: NamedNs,
+}
+
+fn two_networks() -> TwoNets {
+    let t = TwoNets { ctra: NamedNs::new(), ctrb: NamedNs::new(), peer: NamedNs::new(), ext: NamedNs::new() };
+    let inns = |ns: &NamedNs, args: &[&str]| {
+        let mut a = vec!["netns", "exec", ns.name.as_str()];
+        a.extend_from_slice(args);
+        sh("ip", &a);
+    };
+    for sysctl in ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"] {
+        sh("sysctl", &["-q", "-w", sysctl]);
+        for ns in [&t.ctra, &t.ctrb, &t.peer, &t.ext] {
+            inns(ns, &["sysctl", "-q", "-w", sysctl]);
+        }
+    }
+    sh("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
+    sh("sysctl", &["-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    // (router end, its addresses, the namespace, its addresses)
+    let links = [
+        ("vca", ["10.55.0.1/24", "fd55::1/64"], &t.ctra, ["10.55.0.5/24", "fd55::5/64"]),
+        ("vcb", ["10.56.0.1/16", "fd56::1/48"], &t.ctrb, ["10.56.3.5/16", "fd56:0:0:3::5/48"]),
+        ("vp", ["198.51.100.1/24", "2001:db8:77::1/64"], &t.peer, ["198.51.100.2/24", "2001:db8:77::2/64"]),
+        ("ve", ["203.0.113.1/24", "2001:db8:55::1/64"], &t.ext, ["203.0.113.2/24", "2001:db8:55::2/64"]),
+    ];
+    for (dev, mine, ns, theirs) in links {
+        sh("ip", &["link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+        for a in mine {
+            sh("ip", &["addr", "add", a, "dev", dev, "nodad"]);
+        }
+        sh("ip", &["link", "set", dev, "up"]);
+        inns(ns, &["ip", "link", "set", "lo", "up"]);
+        for a in theirs {
+            inns(ns, &["ip", "addr", "add", a, "dev", "eth0", "nodad"]);
+        }
+        inns(ns, &["ip", "link", "set", "eth0", "up"]);
+    }
+    for (ns, gw4, gw6) in [(&t.ctra, "10.55.0.1", "fd55::1"), (&t.ctrb, "10.56.0.1", "fd56::1"), (&t.peer, "198.51.100.1", "2001:db8:77::1")] {
+        inns(ns, &["ip", "route", "add", "default", "via", gw4]);
+        inns(ns, &["ip", "-6", "route", "add", "default", "via", gw6]);
+    }
+    // the peer's addresses in the containers' subnets: routed by the router, and by the containers
+    // through their gateway (not on their links)
+    for a in ["10.55.0.200", "10.56.200.9", "fd55::200", "fd56:0:0:200::9"] {
+        let host = if a.contains(':') { format!("{a}/128") } else { format!("{a}/32") };
+        inns(&t.peer, &["ip", "addr", "add", &host, "dev", "lo"]);
+        sh("ip", &["route", "add", &host, "via", if a.contains(':') { "2001:db8:77::2" } else { "198.51.100.2" }]);
+    }
+    inns(&t.ctra, &["ip", "route", "add", "10.55.0.200/32", "via", "10.55.0.1"]);
+    inns(&t.ctra, &["ip", "-6", "route", "add", "fd55::200/128", "via", "fd55::1"]);
+    inns(&t.ctrb, &["ip", "route", "add", "10.56.200.9/32", "via", "10.56.0.1"]);
+    inns(&t.ctrb, &["ip", "-6", "route", "add", "fd56:0:0:200::9/128", "via", "fd56::1"]);
+    t
+}
+
+/// The source addresses the peer sees for connections from each container to the peer's address
+/// in each container's subnet: (from a to a's subnet, a to b's, b to b's, b to a's), v4 then v6.
+fn sources_seen(t: &TwoNets) -> Vec<Option<String>> {
+    let server = serve(&t.peer, 8);
+    std::thread::sleep(Duration::from_millis(100));
+    let got = [
+        (&t.ctra, "10.55.0.200:80"),
+        (&t.ctra, "10.56.200.9:80"),
+        (&t.ctrb, "10.56.200.9:80"),
+        (&t.ctrb, "10.55.0.200:80"),
+        (&t.ctra, "[fd55::200]:80"),
+        (&t.ctra, "[fd56:0:0:200::9]:80"),
+        (&t.ctrb, "[fd56:0:0:200::9]:80"),
+        (&t.ctrb, "[fd55::200]:80"),
+    ]
+    .iter()
+    .map(|(ns, dst)| fetch(ns, dst))
+    .collect();
+    server.join().unwrap();
+    got
+}
+
+fn some(v: &[&str]) -> Vec<Option<String>> {
+    v.iter().map(|s| Some(s.to_string())).collect()
+}
+
+/// Two networks of different prefix lengths (/24 and /16, /64 and /48) masqueraded on one host:
+/// traffic from each container to its own subnet is exempt (keeps its source), to the other's
+/// subnet and outside masqueraded; after the DEL of one, the other's still are.
+fn exemptions_per_prefix_length_with(fw: Box<dyn cni_firewall::Firewall>) {
+    let t = two_networks();
+    let (a_src, b_src) = (["10.55.0.5", "fd55::5"], ["10.56.3.5", "fd56:0:0:3::5"]);
+    // routed without NAT at first: the peer sees the containers' addresses
+    let plain = some(&[a_src[0], a_src[0], b_src[0], b_src[0], a_src[1], a_src[1], b_src[1], b_src[1]]);
+    assert_eq!(sources_seen(&t), plain, "topology broken");
+    assert!(!ping(&t.ctra, "203.0.113.2") && !ping(&t.ctrb, "203.0.113.2"), "outside reachable without masquerade?");
+    let a = MasqSpec { key: key("neta", "a"), addrs: vec!["10.55.0.5/24".parse().unwrap(), "fd55::5/64".parse().unwrap()] };
+    let b = MasqSpec { key: key("netb", "b"), addrs: vec!["10.56.3.5/16".parse().unwrap(), "fd56:0:0:3::5/48".parse().unwrap()] };
+    fw.add_masquerade(&a).unwrap();
+    fw.add_masquerade(&b).unwrap();
+    let (r4, r6) = ("198.51.100.1", "2001:db8:77::1");
+    assert_eq!(sources_seen(&t), some(&[a_src[0], r4, b_src[0], r4, a_src[1], r6, b_src[1], r6]), "own subnet exempt, the other masqueraded");
+    for (ns, dst) in [(&t.ctra, "203.0.113.2"), (&t.ctrb, "203.0.113.2"), (&t.ctra, "2001:db8:55::2"), (&t.ctrb, "2001:db8:55::2")] {
+        assert!(ping(ns, dst), "{dst} not reached from {} (masquerade)", ns.name);
+    }
+    fw.del_masquerade(&a.key, &[]).unwrap();
+    assert_eq!(sources_seen(&t), some(&[a_src[0], a_src[0], b_src[0], r4, a_src[1], a_src[1], b_src[1], r6]), "after a's DEL");
+    assert!(!ping(&t.ctra, "203.0.113.2") && ping(&t.ctrb, "203.0.113.2"), "after a's DEL");
+    fw.del_masquerade(&b.key, &[]).unwrap();
+    assert_eq!(sources_seen(&t), plain, "after both DELs");
+}
+
+#[test]
+fn nft_native_exemptions_per_prefix_length() {
+    in_sandbox(|| exemptions_per_prefix_length_with(Box::new(cni_firewall::nft::NftFirewall::native())));
+}
+
 macro_rules! per_flavor {
     ($($f:ident),*) => {
         mod nft { use super::*; $( #[test] fn $f() { super::$f(Flavor::Nft) } )* }
@@ -149,4 +278,8 @@ macro_rules! per_flavor {
     };
 }
 
-per_flavor!(masquerade, port_mappings);
+fn exemptions_per_prefix_length(flavor: Flavor) {
+    in_sandbox(move || exemptions_per_prefix_length_with(make(flavor).0));
+}
+
+per_flavor!(masquerade, port_mappings, exemptions_per_prefix_length);

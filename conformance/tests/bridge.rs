@@ -103,12 +103,12 @@ fn masq_reaches_external(backend: &str) {
         "nftables" => {
             // The layout is ours (the reference v1.1.1 has no nftables backend): table
             // inet cnirs_masquerade2, the container address owned by the attachment in masq4, its
-            // exemption (address . subnet) in exempt4, constant rules; nothing in iptables, no
-            // table of the earlier layout.
+            // exemption (address . subnet address) in exempt4_24, the set of /24, looked up by the
+            // rule of /24; nothing in iptables, no table of the earlier layouts.
             assert!(cni_nat_lines(lab.host(), false).is_empty(), "nftables backend wrote iptables rules");
             let sets = masq_sets_with(&[
                 ("masq4", vec![format!("{ip} : {}", owner_marks(&net, &cid, "eth0"))]),
-                ("exempt4", vec![format!("{ip} . 10.10.2.0/24")]),
+                ("exempt4_24", vec![format!("{ip} . 10.10.2.0")]),
             ]);
             assert_masq_layout(lab.host(), &sets);
             assert_eq!(
@@ -123,12 +123,18 @@ fn masq_reaches_external(backend: &str) {
         // CHECK reads the elements: a missing exemption, or the address owned by another
         // attachment, fail it; restored, it passes again
         let nft = |args: &[&str]| lab.host().run_ok("nft", args).unwrap();
-        let exempt = format!("{{ {ip} . 10.10.2.0/24 }}");
-        nft(&["delete", "element", "inet", MASQ_TABLE, "exempt4", &exempt]);
+        let exempt = format!("{{ {ip} . 10.10.2.0 }}");
+        nft(&["delete", "element", "inet", MASQ_TABLE, "exempt4_24", &exempt]);
         let p = failure(lab.rt.check_list(&l, &rc), "CHECK without the exemption");
         eprintln!("CHECK without the exemption: {}", text_of(&p));
-        nft(&["add", "element", "inet", MASQ_TABLE, "exempt4", &exempt]);
+        nft(&["add", "element", "inet", MASQ_TABLE, "exempt4_24", &exempt]);
         lab.rt.check_list(&l, &rc).unwrap();
+        // the exemption rule of /24 gone (its set left): CHECK fails; the next ADD puts it back
+        let handle = rule_handle(lab.host(), MASQ_TABLE, "postrouting", "@exempt4_24");
+        nft(&["delete", "rule", "inet", MASQ_TABLE, "postrouting", "handle", &handle]);
+        let p = failure(lab.rt.check_list(&l, &rc), "CHECK without the exemption rule");
+        eprintln!("CHECK without the exemption rule: {}", text_of(&p));
+        assert!(text_of(&p).contains("@exempt4_24"), "the error should name the rule: {}", text_of(&p));
         nft(&["delete", "element", "inet", MASQ_TABLE, "masq4", &format!("{{ {ip} }}")]);
         let other = format!("{{ {ip} : {} }}", owner_marks(&net, &cid, "eth1"));
         nft(&["add", "element", "inet", MASQ_TABLE, "masq4", &other]);
@@ -136,14 +142,22 @@ fn masq_reaches_external(backend: &str) {
         eprintln!("CHECK with another owner: {}", text_of(&p));
         nft(&["delete", "element", "inet", MASQ_TABLE, "masq4", &format!("{{ {ip} }}")]);
         nft(&["add", "element", "inet", MASQ_TABLE, "masq4", &format!("{{ {ip} : {} }}", owner_marks(&net, &cid, "eth0"))]);
+        let p = failure(lab.rt.check_list(&l, &rc), "CHECK still without the exemption rule");
+        eprintln!("CHECK still without the exemption rule: {}", text_of(&p));
+        // another container's ADD refills the chain with the rules of the lengths in use
+        let c2 = lab.container();
+        let rc2 = lab.rc(&format!("masq-{backend}-1"), &c2);
+        let ip2 = result_ip(&lab.add(&l, &rc2), false);
         lab.rt.check_list(&l, &rc).unwrap();
+        lab.del(&l, &rc2);
+        assert!(!masq_present(lab.host(), &ip2), "masquerade of {ip2} left after DEL");
     }
 
     lab.del(&l, &rc);
     assert!(!masq_present(lab.host(), &ip), "masquerade of {ip} left after DEL:\n{}", nft_ruleset(lab.host()));
     if backend == "nftables" {
-        // DEL removes the elements and keeps the table with its constant chains
-        assert_masq_layout(lab.host(), &masq_sets_with(&[]));
+        // DEL removes the elements and keeps the table with its chain, and the set and rule of /24
+        assert_masq_layout(lab.host(), &masq_sets_with(&[("exempt4_24", vec![])]));
     }
     lab.assert_nothing_left(&net, "10.10.2.", &["ext0"]);
 }
@@ -659,7 +673,7 @@ fn gc_removes_stale_masq_and_lease(backend: &str) {
             lab.host(),
             &masq_sets_with(&[
                 ("masq4", vec![format!("{ip0} : {}", owner_marks("gc-net", "gc-0", "eth0"))]),
-                ("exempt4", vec![format!("{ip0} . 10.10.17.0/24")]),
+                ("exempt4_24", vec![format!("{ip0} . 10.10.17.0")]),
             ]),
         );
     }
@@ -751,6 +765,160 @@ fn parallel_adds_and_dels_on_a_new_bridge() {
     lab.assert_nothing_left("par-net", "10.10.21.", &[]);
 }
 
+/// Networks of different prefix lengths ADDed at once (one bridge plugin process each, nftables
+/// backend, on a host without our tables yet): each length's exemption rule is added to the
+/// masquerade table's base chain by a refill of the chain, under a lock on the host's network
+/// namespace, so none is lost; every attachment passes CHECK and reaches its gateway. DELs in
+/// parallel empty the sets, which stay with their rules.
+#[test]
+fn parallel_adds_of_networks_with_different_prefix_lengths() {
+    let lab = Lab::new();
+    let nets = [
+        ("len16", "10.31.0.0/16"),
+        ("len20", "10.32.0.0/20"),
+        ("len24", "10.33.0.0/24"),
+        ("len26", "10.34.0.0/26"),
+        ("len28", "10.35.0.0/28"),
+        ("len29", "10.36.0.0/29"),
+    ];
+    let lists: Vec<NetworkConfigList> = nets
+        .iter()
+        .map(|(n, subnet)| {
+            let fields = json!({"bridge": format!("br-{n}"), "isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables", "ipam": lab.ipam4(subnet)});
+            lab.list("1.0.0", &format!("{n}-net"), fields)
+        })
+        .collect();
+    let cs: Vec<ContainerNs> = nets.iter().map(|_| lab.container()).collect();
+    let rcs: Vec<RuntimeConf> = cs.iter().zip(&nets).map(|(c, (n, _))| lab.rc(&format!("{n}-0"), c)).collect();
+    let rts: Vec<Runtime> = (0..nets.len()).map(|i| Runtime { cache_dir: lab.sb.tempdir().join(format!("cache-{i}")), ..lab.rt.clone() }).collect();
+    let start = std::sync::Barrier::new(nets.len());
+    let results: Vec<Result<Value, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..nets.len())
+            .map(|i| {
+                let (l, rc, rt, start) = (&lists[i], &rcs[i], &rts[i], &start);
+                s.spawn(move || {
+                    start.wait();
+                    rt.add_list(l, rc).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ips: Vec<String> = results.iter().map(|r| result_ip(r.as_ref().unwrap_or_else(|e| panic!("parallel ADD failed: {e}")), false)).collect();
+    let mut masq4 = Vec::new();
+    let mut exempt = Vec::new();
+    for ((n, subnet), ip) in nets.iter().zip(&ips) {
+        masq4.push(format!("{ip} : {}", owner_marks(&format!("{n}-net"), &format!("{n}-0"), "eth0")));
+        exempt.push(pair_elem("exempt", ip, subnet));
+    }
+    let mut sets: Vec<(String, Vec<String>)> = vec![("masq4".into(), masq4)];
+    sets.extend(pair_sets(&exempt));
+    assert_eq!(sets.len(), 1 + nets.len(), "one exemption set per length: {sets:?}");
+    assert_masq_layout(lab.host(), &masq_sets_with(&sets));
+    for (i, (c, (_, subnet))) in cs.iter().zip(&nets).enumerate() {
+        rts[i].check_list(&lists[i], &rcs[i]).unwrap_or_else(|e| panic!("CHECK {}: {e}", rcs[i].container_id));
+        let gw = subnet.replace(".0/", ".1/");
+        assert_ping(c, gw.split('/').next().unwrap());
+    }
+    let dels: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..nets.len())
+            .map(|i| {
+                let (l, rc, rt) = (&lists[i], &rcs[i], &rts[i]);
+                s.spawn(move || rt.del_list(l, rc).map_err(|e| e.to_string()))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for d in dels {
+        d.unwrap_or_else(|e| panic!("parallel DEL failed: {e}"));
+    }
+    let emptied: Vec<(String, Vec<String>)> = sets.iter().skip(1).map(|(s, _)| (s.clone(), vec![])).collect();
+    assert_masq_layout(lab.host(), &masq_sets_with(&emptied));
+    for ((n, subnet), _) in nets.iter().zip(&ips) {
+        lab.assert_nothing_left(&format!("{n}-net"), &subnet[..subnet.rfind('.').unwrap() + 1], &[]);
+    }
+}
+
+/// A host upgraded from the previous release, whose masquerade table holds an attachment in the
+/// interval set `exempt4` (the attachment ADDed by the plugin, its table then replaced by the one
+/// that release made for it): CHECK of that attachment passes; the ADD of another keeps the
+/// previous release's rule and set and adds the set and rule of /24 after it; the old
+/// attachment's DEL deletes its exemption from the interval set; nothing is left of either.
+#[test]
+fn upgrade_from_the_previous_release_masquerade_layout() {
+    let lab = Lab::new();
+    let net = "upg-net";
+    let l = lab.list(
+        "1.0.0",
+        net,
+        json!({"bridge": "br-upg", "isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables", "ipam": lab.ipam4("10.10.30.0/24")}),
+    );
+    let (c0, c1) = (lab.container(), lab.container());
+    let (rc0, rc1) = (lab.rc("upg-old", &c0), lab.rc("upg-new", &c1));
+    let ip0 = result_ip(&lab.add(&l, &rc0), false);
+    let own0 = owner_marks(net, "upg-old", "eth0");
+    // the table as the previous release made it for this attachment
+    let script = format!(
+        "delete table inet {MASQ_TABLE}\n\
+         table inet {MASQ_TABLE} {{\n\
+         \tmap masq4 {{ type ipv4_addr : mark . mark . mark; }}\n\
+         \tset exempt4 {{ type ipv4_addr . ipv4_addr; flags interval; }}\n\
+         \tmap masq6 {{ type ipv6_addr : mark . mark . mark; }}\n\
+         \tset exempt6 {{ type ipv6_addr . ipv6_addr; flags interval; }}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         \t\tip daddr 224.0.0.0/4 return\n\
+         \t\tip saddr . ip daddr @exempt4 return\n\
+         \t\tip saddr @masq4 masquerade\n\
+         \t\tip6 daddr ff00::/8 return\n\
+         \t\tip6 saddr . ip6 daddr @exempt6 return\n\
+         \t\tip6 saddr @masq6 masquerade\n\
+         \t}}\n\
+         }}\n\
+         add element inet {MASQ_TABLE} masq4 {{ {ip0} : {own0} }}\n\
+         add element inet {MASQ_TABLE} exempt4 {{ {ip0} . 10.10.30.0/24 }}\n"
+    );
+    let file = lab.sb.tempdir().join("previous-release.nft");
+    std::fs::write(&file, script).unwrap();
+    lab.host().run_ok("nft", ["-f", file.to_str().unwrap()]).unwrap();
+    let legacy = |exempt4: Vec<String>| -> (String, Vec<String>) { ("exempt4".into(), exempt4) };
+    let empty6 = ("exempt6".to_string(), vec![]);
+    let old_masq = format!("{ip0} : {own0}");
+    let old_exempt = format!("{ip0} . 10.10.30.0/24");
+    assert_masq_layout(lab.host(), &masq_sets_with(&[("masq4".into(), vec![old_masq.clone()]), legacy(vec![old_exempt.clone()]), empty6.clone()]));
+    lab.rt.check_list(&l, &rc0).unwrap_or_else(|e| panic!("CHECK of the attachment made by the previous release: {e}"));
+
+    let ip1 = result_ip(&lab.add(&l, &rc1), false);
+    let new_masq = format!("{ip1} : {}", owner_marks(net, "upg-new", "eth0"));
+    assert_masq_layout(
+        lab.host(),
+        &masq_sets_with(&[
+            ("masq4".into(), vec![old_masq, new_masq.clone()]),
+            legacy(vec![old_exempt]),
+            empty6.clone(),
+            ("exempt4_24".into(), vec![format!("{ip1} . 10.10.30.0")]),
+        ]),
+    );
+    lab.rt.check_list(&l, &rc0).unwrap_or_else(|e| panic!("CHECK of the old attachment after the new ADD: {e}"));
+    lab.rt.check_list(&l, &rc1).unwrap();
+    assert_ping(&c0, "10.10.30.1");
+    assert_ping(&c1, &ip0);
+
+    lab.del(&l, &rc0);
+    assert!(!masq_present(lab.host(), &ip0), "masquerade of {ip0} left");
+    let only_new = masq_sets_with(&[
+        ("masq4".into(), vec![new_masq]),
+        legacy(vec![]),
+        empty6.clone(),
+        ("exempt4_24".into(), vec![format!("{ip1} . 10.10.30.0")]),
+    ]);
+    assert_masq_layout(lab.host(), &only_new);
+    lab.rt.check_list(&l, &rc1).unwrap();
+    lab.del(&l, &rc1);
+    assert_masq_layout(lab.host(), &masq_sets_with(&[legacy(vec![]), empty6, ("exempt4_24".into(), vec![])]));
+    lab.assert_nothing_left(net, "10.10.30.", &[]);
+}
+
 #[test]
 fn repeated_add_fails_and_keeps_the_first_attachment() {
     let lab = Lab::new();
@@ -792,11 +960,11 @@ fn two_interfaces_keep_their_own_masquerade(backend: &str) {
     // nftables: each address owned by its own interface's attachment
     let (own0, own1) = (owner_marks(&net, "twoif-0", "eth0"), owner_marks(&net, "twoif-0", "eth1"));
     assert_ne!(own0, own1);
-    let only_eth0 = masq_sets_with(&[("masq4", vec![format!("{ip0} : {own0}")]), ("exempt4", vec![format!("{ip0} . 10.10.23.0/24")])]);
+    let only_eth0 = masq_sets_with(&[("masq4", vec![format!("{ip0} : {own0}")]), ("exempt4_24", vec![format!("{ip0} . 10.10.23.0")])]);
     if backend == "nftables" {
         let both = masq_sets_with(&[
             ("masq4", vec![format!("{ip0} : {own0}"), format!("{ip1} : {own1}")]),
-            ("exempt4", vec![format!("{ip0} . 10.10.23.0/24"), format!("{ip1} . 10.10.23.0/24")]),
+            ("exempt4_24", vec![format!("{ip0} . 10.10.23.0"), format!("{ip1} . 10.10.23.0")]),
         ]);
         assert_masq_layout(lab.host(), &both);
     }
@@ -830,7 +998,7 @@ fn two_interfaces_keep_their_own_masquerade(backend: &str) {
     lab.del(&l, &rc0);
     assert!(!masq_present(lab.host(), &ip0));
     if backend == "nftables" {
-        assert_masq_layout(lab.host(), &masq_sets_with(&[]));
+        assert_masq_layout(lab.host(), &masq_sets_with(&[("exempt4_24", vec![])]));
     }
 }
 

@@ -271,7 +271,8 @@ fn chain_works_without_nft() {
     wire_external(lab.host(), &ext, "ext0", &format!("{HOST4}/24"), &format!("{EXT4}/24"));
     let path = nonft.path.display().to_string();
     let a = Chain { lab: &lab, list: list(&lab, "nat-a", "br-nata", "10.60.1.0/24", Some("nftables")), path: path.clone() };
-    let b = Chain { lab: &lab, list: list(&lab, "nat-b", "br-natb", "10.60.2.0/24", Some("nftables")), path };
+    // (network b a /16: the masquerade table gets an exemption set and rule per prefix length)
+    let b = Chain { lab: &lab, list: list(&lab, "nat-b", "br-natb", "10.62.0.0/16", Some("nftables")), path };
 
     let a1 = attach(&lab, &a, &nonft, "ctr-a1", Some(json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])));
     let a2 = attach(&lab, &a, &nonft, "ctr-a2", None);
@@ -290,10 +291,8 @@ fn chain_works_without_nft() {
                     format!("{} : {}", b1.ip, own("nat-b", &b1)),
                 ],
             ),
-            (
-                "exempt4",
-                vec![format!("{} . 10.60.1.0/24", a1.ip), format!("{} . 10.60.1.0/24", a2.ip), format!("{} . 10.60.2.0/24", b1.ip)],
-            ),
+            ("exempt4_24", vec![format!("{} . 10.60.1.0", a1.ip), format!("{} . 10.60.1.0", a2.ip)]),
+            ("exempt4_16", vec![format!("{} . 10.62.0.0", b1.ip)]),
         ]),
     );
     assert_hostport_layout(
@@ -301,7 +300,8 @@ fn chain_works_without_nft() {
         &hostport_sets_with(&[
             ("dnat4", vec![format!("tcp . 8080 : {} . 80", a1.ip)]),
             ("owner4", vec![format!("{} : {}", a1.ip, own("nat-a", &a1))]),
-            ("hairpin4", vec![format!("{} . 10.60.1.0/24", a1.ip), format!("{} . 127.0.0.1", a1.ip)]),
+            ("hairpin4_24", vec![format!("{} . 10.60.1.0", a1.ip)]),
+            ("hairpin4_32", vec![format!("{} . 127.0.0.1", a1.ip)]),
         ]),
     );
 
@@ -330,12 +330,15 @@ fn chain_works_without_nft() {
     nonft.run(|| a.del(&a1.rc, Some(&a1.result)));
     assert!(tcp_connect_seen(&l80, ext.path(), SocketAddr::new(ip(HOST4), 8080), BLOCKED_TIMEOUT).is_err());
     assert!(firewall_lines_mentioning(lab.host(), "ctr-a1").is_empty(), "{:?}", firewall_lines_mentioning(lab.host(), "ctr-a1"));
-    assert_hostport_layout(lab.host(), &hostport_sets_with(&[]));
+    // (the sets of the lengths used, and their rules, stay)
+    let hairpin_sets = hostport_sets_with(&[("hairpin4_24", vec![]), ("hairpin4_32", vec![])]);
+    assert_hostport_layout(lab.host(), &hairpin_sets);
     assert_masq_layout(
         lab.host(),
         &masq_sets_with(&[
             ("masq4", vec![format!("{} : {}", a2.ip, own("nat-a", &a2)), format!("{} : {}", b1.ip, own("nat-b", &b1))]),
-            ("exempt4", vec![format!("{} . 10.60.1.0/24", a2.ip), format!("{} . 10.60.2.0/24", b1.ip)]),
+            ("exempt4_24", vec![format!("{} . 10.60.1.0", a2.ip)]),
+            ("exempt4_16", vec![format!("{} . 10.62.0.0", b1.ip)]),
         ]),
     );
     assert_ping(&a2.ns, EXT4);
@@ -356,8 +359,8 @@ fn chain_works_without_nft() {
     for c in [&a1, &a2, &b1] {
         assert!(firewall_lines_with_addr(lab.host(), &c.ip).is_empty(), "{:?}", firewall_lines_with_addr(lab.host(), &c.ip));
     }
-    assert_masq_layout(lab.host(), &masq_sets_with(&[]));
-    assert_hostport_layout(lab.host(), &hostport_sets_with(&[]));
+    assert_masq_layout(lab.host(), &masq_sets_with(&[("exempt4_16", vec![]), ("exempt4_24", vec![])]));
+    assert_hostport_layout(lab.host(), &hairpin_sets);
     let left = nft_attachment_leftovers(lab.host());
     assert!(left.is_empty(), "{left:#?}");
 
@@ -381,7 +384,8 @@ fn automatic_choice_without_nft_is_nftables() {
         &hostport_sets_with(&[
             ("dnat4", vec![format!("tcp . 8081 : {} . 81", x.ip)]),
             ("owner4", vec![format!("{} : {}", x.ip, owner_marks("nat-auto", "ctr-auto", "eth0"))]),
-            ("hairpin4", vec![format!("{} . 10.61.1.0/24", x.ip), format!("{} . 127.0.0.1", x.ip)]),
+            ("hairpin4_24", vec![format!("{} . 10.61.1.0", x.ip)]),
+            ("hairpin4_32", vec![format!("{} . 127.0.0.1", x.ip)]),
         ]),
     );
     assert_ping(&x.ns, "10.61.1.1");

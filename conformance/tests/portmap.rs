@@ -130,7 +130,8 @@ impl Pm {
                     }
                 }
                 assert!(owned > 0, "no owner element of {cid} in inet {HOSTPORT_TABLE}:\n{}", dump());
-                assert_eq!(nft_chains(self.host(), HOSTPORT_TABLE).unwrap_or_default(), hostport_chains(), "{}", dump());
+                // the constant chains, and a hairpin rule for each hairpin set (per prefix length)
+                assert_eq!(nft_chains(self.host(), HOSTPORT_TABLE).unwrap_or_default(), hostport_chains(&sets), "{}", dump());
                 assert!(nft_table(self.host(), "inet", LEGACY_HOSTPORT_TABLE).is_none(), "a table of the earlier layout was made");
                 assert!(nat.is_empty(), "nftables backend wrote iptables rules: {nat:#?}");
             }
@@ -156,10 +157,11 @@ impl Pm {
         }
     }
 
-    /// nftables backend: table `inet cnirs_hostport2` is exactly the constant chains with the
-    /// elements `elems` (the sets not named are empty). Nothing to look at with iptables.
+    /// nftables backend: table `inet cnirs_hostport2` is exactly the constant chains and the
+    /// hairpin rules of the hairpin sets named, with the elements `elems` (the sets not named are
+    /// empty). Nothing to look at with iptables.
     #[track_caller]
-    fn assert_layout(&self, elems: &[(&str, Vec<String>)]) {
+    fn assert_layout(&self, elems: &[(String, Vec<String>)]) {
         if self.backend == "nftables" {
             assert_hostport_layout(self.host(), &hostport_sets_with(elems));
         }
@@ -173,12 +175,12 @@ impl Pm {
     }
 
     /// The elements one attachment with the IPv4 address `ip` in `subnet` owns besides its DNAT
-    /// elements: its owner element and its hairpin elements (its subnet and 127.0.0.1).
-    fn owned4(&self, cid: &str, ip: &str, subnet: &str) -> Vec<(&'static str, Vec<String>)> {
-        vec![
-            ("owner4", vec![format!("{ip} : {}", owner_marks(&self.net, cid, "eth0"))]),
-            ("hairpin4", vec![format!("{ip} . {subnet}"), format!("{ip} . 127.0.0.1")]),
-        ]
+    /// elements: its owner element and its hairpin sources (its subnet in the set of the subnet's
+    /// prefix length, 127.0.0.1 in the set of /32).
+    fn owned4(&self, cid: &str, ip: &str, subnet: &str) -> Vec<(String, Vec<String>)> {
+        let mut v = vec![("owner4".to_string(), vec![format!("{ip} : {}", owner_marks(&self.net, cid, "eth0"))])];
+        v.extend(pair_sets(&[pair_elem("hairpin", ip, subnet), pair_elem("hairpin", ip, "127.0.0.1/32")]));
+        v
     }
 
     /// Flush (`delete`: remove) our state behind the plugin's back: the nftables table, or every
@@ -238,9 +240,8 @@ fn external_tcp_udp_and_host_ip(backend: &'static str) {
     let ip = result_ip(&r, false);
     pm.assert_mapped("ctr-ext");
     let mut elems = pm.owned4("ctr-ext", &ip, "10.40.1.0/24");
-    elems.push(("dnat4", vec![format!("tcp . 8080 : {ip} . 80"), format!("udp . 5353 : {ip} . 53")]));
-    elems.push((
-        "hostip4",
+    elems.push(("dnat4".to_string(), vec![format!("tcp . 8080 : {ip} . 80"), format!("udp . 5353 : {ip} . 53")]));
+    elems.push(("hostip4".to_string(),
         vec![
             format!("{HOST4} . tcp . 8081 : {ip} . 81"),
             format!("{HOST4B} . tcp . 8082 : {ip} . 82"),
@@ -267,7 +268,7 @@ fn external_tcp_udp_and_host_ip(backend: &'static str) {
     pm.lab.check(&l, &rc);
     pm.lab.del(&l, &rc);
     pm.assert_unmapped("ctr-ext", &ip);
-    pm.assert_layout(&[]);
+    pm.assert_layout(&emptied(&elems));
     pm.assert_no_attachment_state();
     no_tcp(&t80, ext, sa(HOST4, 8080));
     no_udp(&u53, ext, sa(HOST4, 5353));
@@ -299,12 +300,12 @@ fn hairpin_and_localhost(backend: &'static str) {
     assert_eq!(sysctl(pm.host(), "net/ipv4/conf/ext0/route_localnet"), "0", "route_localnet only where needed");
 
     let mut elems = pm.owned4("ctr-hp", &ip, "10.40.2.0/24");
-    elems.push(("dnat4", vec![format!("tcp . 8080 : {ip} . 80"), format!("udp . 5353 : {ip} . 53")]));
+    elems.push(("dnat4".to_string(), vec![format!("tcp . 8080 : {ip} . 80"), format!("udp . 5353 : {ip} . 53")]));
     pm.assert_layout(&elems);
     pm.lab.check(&l, &rc);
     pm.lab.del(&l, &rc);
     pm.assert_unmapped("ctr-hp", &ip);
-    pm.assert_layout(&[]);
+    pm.assert_layout(&emptied(&elems));
     no_tcp(&t80, pm.host_path(), sa("127.0.0.1", 8080));
 }
 
@@ -325,12 +326,12 @@ fn ipv6_mappings(backend: &'static str) {
     pm.assert_mapped("ctr-v6");
     let mut elems = pm.owned4("ctr-v6", &ip4, "10.40.3.0/24");
     elems.extend([
-        ("dnat4", vec![format!("tcp . 8080 : {ip4} . 80"), format!("udp . 5353 : {ip4} . 53")]),
-        ("hostip4", vec![format!("{HOST4} . tcp . 8444 : {ip4} . 444")]),
-        ("owner6", vec![format!("{ip6} : {}", owner_marks(&pm.net, "ctr-v6", "eth0"))]),
-        ("hairpin6", vec![format!("{ip6} . fd00:40:3::/64")]),
-        ("dnat6", vec![format!("tcp . 8080 : {ip6} . 80"), format!("udp . 5353 : {ip6} . 53")]),
-        ("hostip6", vec![format!("{HOST6} . tcp . 8443 : {ip6} . 443")]),
+        ("dnat4".to_string(), vec![format!("tcp . 8080 : {ip4} . 80"), format!("udp . 5353 : {ip4} . 53")]),
+        ("hostip4".to_string(), vec![format!("{HOST4} . tcp . 8444 : {ip4} . 444")]),
+        ("owner6".to_string(), vec![format!("{ip6} : {}", owner_marks(&pm.net, "ctr-v6", "eth0"))]),
+        ("hairpin6_64".to_string(), vec![format!("{ip6} . fd00:40:3::")]),
+        ("dnat6".to_string(), vec![format!("tcp . 8080 : {ip6} . 80"), format!("udp . 5353 : {ip6} . 53")]),
+        ("hostip6".to_string(), vec![format!("{HOST6} . tcp . 8443 : {ip6} . 443")]),
     ]);
     pm.assert_layout(&elems);
     let ext = pm.ext.path();
@@ -352,7 +353,7 @@ fn ipv6_mappings(backend: &'static str) {
     pm.lab.del(&l, &rc);
     pm.assert_unmapped("ctr-v6", &ip4);
     pm.assert_unmapped("ctr-v6", &ip6);
-    pm.assert_layout(&[]);
+    pm.assert_layout(&emptied(&elems));
     no_tcp(&t80_6, ext, sa(HOST6, 8080));
 }
 
@@ -371,10 +372,10 @@ fn two_containers_del_one(backend: &'static str) {
     let dnat2 = [format!("tcp . 9090 : {ip2} . 80"), format!("udp . 6363 : {ip2} . 53")];
     let mut both = pm.owned4("ctr-one", &ip1, "10.40.4.0/24");
     both.extend(pm.owned4("ctr-two", &ip2, "10.40.4.0/24"));
-    both.push(("dnat4", dnat1.iter().chain(&dnat2).cloned().collect()));
+    both.push(("dnat4".to_string(), dnat1.iter().chain(&dnat2).cloned().collect()));
     pm.assert_layout(&both);
     let mut only2 = pm.owned4("ctr-two", &ip2, "10.40.4.0/24");
-    only2.push(("dnat4", dnat2.to_vec()));
+    only2.push(("dnat4".to_string(), dnat2.to_vec()));
     let ext = pm.ext.path();
     reach_tcp(&t1, ext, sa(HOST4, 8080));
     reach_udp(&u1, ext, sa(HOST4, 5353));
@@ -395,7 +396,7 @@ fn two_containers_del_one(backend: &'static str) {
     pm.lab.check(&l, &rc2);
     pm.lab.del(&l, &rc2);
     pm.assert_unmapped("ctr-two", &ip2);
-    pm.assert_layout(&[]);
+    pm.assert_layout(&emptied(&both));
     pm.assert_no_attachment_state();
 }
 
@@ -441,10 +442,10 @@ fn check_detects_removed_rules(backend: &'static str) {
         nft(&["add", "element", "inet", HOSTPORT_TABLE, "dnat4", &format!("{{ udp . 5353 : {ip2} . 53 }}")]);
         pm.lab.check(&l, &rc2);
         // its hairpin element gone
-        nft(&["delete", "element", "inet", HOSTPORT_TABLE, "hairpin4", &format!("{{ {ip2} . 127.0.0.1 }}")]);
+        nft(&["delete", "element", "inet", HOSTPORT_TABLE, "hairpin4_32", &format!("{{ {ip2} . 127.0.0.1 }}")]);
         let p = failure(pm.lab.rt.check_list(&l, &rc2), "CHECK without a hairpin element");
         eprintln!("CHECK ctr-chk2 without a hairpin element: {}", text_of(&p));
-        nft(&["add", "element", "inet", HOSTPORT_TABLE, "hairpin4", &format!("{{ {ip2} . 127.0.0.1 }}")]);
+        nft(&["add", "element", "inet", HOSTPORT_TABLE, "hairpin4_32", &format!("{{ {ip2} . 127.0.0.1 }}")]);
         pm.lab.check(&l, &rc2);
     }
 
@@ -511,7 +512,7 @@ fn del_idempotent_without_prev_result_and_after_flush(backend: &'static str) {
     let ip3 = result_ip(&pm.lab.add(&l, &rc3), false);
     pm.assert_mapped("ctr-del3");
     let mut elems = pm.owned4("ctr-del3", &ip3, "10.40.6.0/24");
-    elems.push(("dnat4", vec![format!("tcp . 9090 : {ip3} . 80")]));
+    elems.push(("dnat4".to_string(), vec![format!("tcp . 9090 : {ip3} . 80")]));
     pm.assert_layout(&elems);
     reach_tcp(&t3, ext, sa(HOST4, 9090));
     pm.lab.check(&l, &rc3);
@@ -576,7 +577,7 @@ fn gc_and_status(backend: &'static str) {
     no_tcp(&t1, ext, sa(HOST4, 9090));
     pm.assert_mapped("ctr-gc0");
     let mut elems = pm.owned4("ctr-gc0", &ip0, "10.40.8.0/24");
-    elems.push(("dnat4", vec![format!("tcp . 8080 : {ip0} . 80")]));
+    elems.push(("dnat4".to_string(), vec![format!("tcp . 8080 : {ip0} . 80")]));
     pm.assert_layout(&elems);
     reach_tcp(&t0, ext, sa(HOST4, 8080));
     pm.lab.check(&l, &rc0);
@@ -585,7 +586,7 @@ fn gc_and_status(backend: &'static str) {
     // GC with nothing valid (the runner DELs the cached attachment first; GC then finds nothing)
     pm.lab.rt.gc_list(&l, &[]).unwrap_or_else(|e| panic!("GC: {e}"));
     pm.assert_unmapped("ctr-gc0", &ip0);
-    pm.assert_layout(&[]);
+    pm.assert_layout(&emptied(&elems));
     pm.assert_no_attachment_state();
     no_tcp(&t0, ext, sa(HOST4, 8080));
 }

@@ -297,3 +297,224 @@ pub fn nft_base_chain(rs: &[Value], table: &str, name: &str) -> (String, String,
     let s = |f: &str| c[f].as_str().unwrap_or_else(|| panic!("{name}: no {f}")).to_string();
     (s("type"), s("hook"), c["prio"].as_i64().unwrap(), s("policy"))
 }
+
+// ---- pairs `address . network address`, one hash set per prefix length ----
+
+/// The netmask of the first `n` bits of an address (v4 or v6), as `nft` prints it.
+pub fn netmask(v6: bool, n: u8) -> String {
+    if v6 {
+        std::net::Ipv6Addr::from(u128::MAX.checked_shl(128 - u32::from(n)).unwrap_or(0)).to_string()
+    } else {
+        std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(n)).unwrap_or(0)).to_string()
+    }
+}
+
+/// `{"payload": {"protocol": .., "field": ..}}`.
+pub fn nft_payload(proto: &str, field: &str) -> Value {
+    serde_json::json!({"payload": {"protocol": proto, "field": field}})
+}
+
+/// Address field `field` (`saddr`/`daddr`) of `proto` (`ip`/`ip6`) masked to its first `n` bits
+/// as `nft -j` prints it in a concatenation (`{"&": [payload, "255.255.255.0"]}`); the field
+/// itself at full length (32 or 128: no mask).
+pub fn nft_masked(proto: &str, field: &str, n: u8) -> Value {
+    let v6 = proto == "ip6";
+    if n == if v6 { 128 } else { 32 } {
+        nft_payload(proto, field)
+    } else {
+        serde_json::json!({"&": [nft_payload(proto, field), netmask(v6, n)]})
+    }
+}
+
+/// The names of the sets and maps of table `inet <table>`, sorted.
+pub fn nft_set_names(rs: &[Value], table: &str) -> Vec<String> {
+    let mut v: Vec<String> =
+        ["set", "map"].iter().flat_map(|k| nft_objects(rs, k, table)).map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    v.sort();
+    v
+}
+
+/// The sets of `inet <table>` whose names start with `base` followed by the family digit (`4`
+/// or `6`): the earlier release's interval set (`exempt4`) and the per-length ones (`exempt4_24`).
+pub fn nft_pair_sets(rs: &[Value], table: &str, base: &str) -> Vec<String> {
+    nft_set_names(rs, table).into_iter().filter(|n| n.strip_prefix(base).is_some_and(|r| r.starts_with('4') || r.starts_with('6'))).collect()
+}
+
+/// What a base chain looks up of address pairs in one family: the earlier release's interval set
+/// (`exempt4`, `hairpin4`: its rule stays on tables that release made) and the prefix lengths with
+/// a rule of their own (ascending).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pairs<'a> {
+    pub legacy: bool,
+    pub lens: &'a [u8],
+}
+
+/// The prefix lengths `lens` (ascending), no earlier release's set.
+pub fn lens(lens: &[u8]) -> Pairs<'_> {
+    Pairs { legacy: false, lens }
+}
+
+/// The rules of the base chain `postrouting` of `inet cnirs_masquerade2` as `nft -j` prints them:
+/// per family, multicast exempt, the earlier release's exemptions (where `legacy`), one rule per
+/// prefix length (`ip saddr . ip daddr & 255.255.255.0 @exempt4_24 return`, the daddr unmasked at
+/// /32 and /128), then the masquerade of the attachments' addresses.
+pub fn nft_masq_rules(v4: Pairs, v6: Pairs) -> Vec<Value> {
+    use serde_json::json;
+    let mut v = Vec::new();
+    for (p, sfx, mc, pairs) in [("ip", "4", ("224.0.0.0", 4), v4), ("ip6", "6", ("ff00::", 8), v6)] {
+        let ret = json!({"return": null});
+        v.push(json!([{"match": {"op": "==", "left": nft_payload(p, "daddr"), "right": {"prefix": {"addr": mc.0, "len": mc.1}}}}, ret]));
+        if pairs.legacy {
+            let key = json!({"concat": [nft_payload(p, "saddr"), nft_payload(p, "daddr")]});
+            v.push(json!([{"match": {"op": "==", "left": key, "right": format!("@exempt{sfx}")}}, ret]));
+        }
+        for n in pairs.lens {
+            let key = json!({"concat": [nft_payload(p, "saddr"), nft_masked(p, "daddr", *n)]});
+            v.push(json!([{"match": {"op": "==", "left": key, "right": format!("@exempt{sfx}_{n}")}}, ret]));
+        }
+        v.push(json!([{"match": {"op": "==", "left": nft_payload(p, "saddr"), "right": format!("@masq{sfx}")}}, {"masquerade": null}]));
+    }
+    v
+}
+
+/// The rules of the base chain `postrouting` of `inet cnirs_hostport2` as `nft -j` prints them:
+/// per family, the earlier release's hairpin rule (where `legacy`), then one rule per prefix
+/// length of the hairpin sources (`ct status dnat ip daddr . ip saddr & 255.255.255.0
+/// @hairpin4_24 masquerade`, the saddr unmasked at /32 and /128).
+pub fn nft_hairpin_rules(v4: Pairs, v6: Pairs) -> Vec<Value> {
+    use serde_json::json;
+    let ct_dnat = json!({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}});
+    let mut v = Vec::new();
+    for (p, sfx, pairs) in [("ip", "4", v4), ("ip6", "6", v6)] {
+        if pairs.legacy {
+            let key = json!({"concat": [nft_payload(p, "daddr"), nft_payload(p, "saddr")]});
+            v.push(json!([ct_dnat, {"match": {"op": "==", "left": key, "right": format!("@hairpin{sfx}")}}, {"masquerade": null}]));
+        }
+        for n in pairs.lens {
+            let key = json!({"concat": [nft_payload(p, "daddr"), nft_masked(p, "saddr", *n)]});
+            v.push(json!([ct_dnat, {"match": {"op": "==", "left": key, "right": format!("@hairpin{sfx}_{n}")}}, {"masquerade": null}]));
+        }
+    }
+    v
+}
+
+// ---- the previous release's layouts of the tables (interval sets), as `nft -f` scripts ----
+
+/// The owner marks of `k` as `nft` takes them in a script (`0x… . 0x… . 0x…`).
+pub fn owner_text(k: &cni_firewall::AttachmentKey) -> String {
+    cni_firewall::nft::plan::owner_data(k).iter().map(|v| v.text()).collect::<Vec<_>>().join(" . ")
+}
+
+/// The exemptions the previous release wrote for `spec` into its interval sets: (family suffix,
+/// address, range as nft prints it) for each address and each of the attachment's subnets not
+/// inside another of them (an interval set refuses overlapping elements); a host subnet as the
+/// address.
+pub fn previous_release_exemptions(spec: &MasqSpec) -> Vec<(&'static str, String, String)> {
+    let mut v = Vec::new();
+    for (sfx, v4) in [("4", true), ("6", false)] {
+        let addrs: Vec<_> = spec.addrs.iter().filter(|a| a.is_ipv4() == v4).collect();
+        let mut nets: Vec<cni_firewall::IpNetwork> = addrs.iter().map(|a| cni_firewall::IpNetwork::new(a.network(), a.prefix()).unwrap()).collect();
+        nets.sort();
+        nets.dedup();
+        let outer: Vec<_> = nets.iter().filter(|n| !nets.iter().any(|o| o != *n && o.prefix() <= n.prefix() && o.contains(n.network()))).collect();
+        for a in &addrs {
+            for o in &outer {
+                let range = if o.prefix() == if v4 { 32 } else { 128 } { o.ip().to_string() } else { format!("{}/{}", o.network(), o.prefix()) };
+                v.push((sfx, a.ip().to_string(), range));
+            }
+        }
+    }
+    v
+}
+
+/// Table `inet cnirs_masquerade2` as the previous release made it (the interval sets `exempt4`
+/// and `exempt6` of `address . subnet`, looked up by one rule each), holding the attachments
+/// `specs` (see [`previous_release_exemptions`]), as an `nft -f` script.
+pub fn previous_release_masq(specs: &[&MasqSpec]) -> String {
+    let mut s = String::from(
+        "table inet cnirs_masquerade2 {\n\
+         \tmap masq4 { type ipv4_addr : mark . mark . mark; }\n\
+         \tset exempt4 { type ipv4_addr . ipv4_addr; flags interval; }\n\
+         \tmap masq6 { type ipv6_addr : mark . mark . mark; }\n\
+         \tset exempt6 { type ipv6_addr . ipv6_addr; flags interval; }\n\
+         \tchain postrouting {\n\
+         \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         \t\tip daddr 224.0.0.0/4 return\n\
+         \t\tip saddr . ip daddr @exempt4 return\n\
+         \t\tip saddr @masq4 masquerade\n\
+         \t\tip6 daddr ff00::/8 return\n\
+         \t\tip6 saddr . ip6 daddr @exempt6 return\n\
+         \t\tip6 saddr @masq6 masquerade\n\
+         \t}\n\
+         }\n"
+    );
+    for spec in specs {
+        for a in &spec.addrs {
+            let sfx = if a.is_ipv4() { "4" } else { "6" };
+            s.push_str(&format!("add element inet cnirs_masquerade2 masq{sfx} {{ {} : {} }}\n", a.ip(), owner_text(&spec.key)));
+        }
+        for (sfx, a, range) in previous_release_exemptions(spec) {
+            s.push_str(&format!("add element inet cnirs_masquerade2 exempt{sfx} {{ {a} . {range} }}\n"));
+        }
+    }
+    s
+}
+
+/// Table `inet cnirs_hostport2` as the previous release made it (the interval sets `hairpin4` and
+/// `hairpin6` of `container address . sources`, looked up by one rule each), holding the
+/// attachments `specs` (snat: each container address with its subnet, and for IPv4 with
+/// 127.0.0.1; masqAll: with every address), as an `nft -f` script.
+pub fn previous_release_hostport(specs: &[&PortMapSpec]) -> String {
+    let t = "cnirs_hostport2";
+    let mut s = format!("table inet {t} {{\n");
+    for (f, a) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
+        s.push_str(&format!(
+            "\tmap dnat{f} {{ type inet_proto . inet_service : {a} . inet_service; }}\n\
+             \tmap hostip{f} {{ type {a} . inet_proto . inet_service : {a} . inet_service; }}\n\
+             \tmap owner{f} {{ type {a} : mark . mark . mark; }}\n\
+             \tset hairpin{f} {{ type {a} . {a}; flags interval; }}\n"
+        ));
+    }
+    s.push_str(
+        "\tchain hostports {\n\
+         \t\tdnat ip to ip daddr . meta l4proto . th dport map @hostip4\n\
+         \t\tmeta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4\n\
+         \t\tdnat ip6 to ip6 daddr . meta l4proto . th dport map @hostip6\n\
+         \t\tmeta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6\n\
+         \t}\n\
+         \tchain prerouting {\n\t\ttype nat hook prerouting priority -100; policy accept;\n\t\tfib daddr type local jump hostports\n\t}\n\
+         \tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tfib daddr type local jump hostports\n\t}\n\
+         \tchain postrouting {\n\
+         \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         \t\tct status dnat ip daddr . ip saddr @hairpin4 masquerade\n\
+         \t\tct status dnat ip6 daddr . ip6 saddr @hairpin6 masquerade\n\
+         \t}\n\
+         }\n",
+    );
+    for spec in specs {
+        assert!(spec.snat, "the previous release's layout here: with snat");
+        for ctr in [spec.container_v4, spec.container_v6].into_iter().flatten() {
+            let (f, c) = (if ctr.is_ipv4() { "4" } else { "6" }, ctr.ip());
+            let add = |set: &str, e: String| format!("add element inet {t} {set}{f} {{ {e} }}\n");
+            for m in &spec.mappings {
+                let to = format!("{c} . {}", m.container_port);
+                match m.host_ip {
+                    None => s.push_str(&add("dnat", format!("{} . {} : {to}", m.protocol.as_str(), m.host_port))),
+                    Some(h) if h.is_ipv4() == ctr.is_ipv4() => s.push_str(&add("hostip", format!("{h} . {} . {} : {to}", m.protocol.as_str(), m.host_port))),
+                    Some(_) => {}
+                }
+            }
+            s.push_str(&add("owner", format!("{c} : {}", owner_text(&spec.key))));
+            if spec.masq_all {
+                s.push_str(&add("hairpin", format!("{c} . {}", if ctr.is_ipv4() { "0.0.0.0/0" } else { "::/0" })));
+            } else {
+                s.push_str(&add("hairpin", format!("{c} . {}/{}", ctr.network(), ctr.prefix())));
+                if ctr.is_ipv4() {
+                    s.push_str(&add("hairpin", format!("{c} . 127.0.0.1")));
+                }
+            }
+        }
+    }
+    s
+}
+

@@ -70,8 +70,9 @@ impl Handed {
 const SHARED_CHAIN_PREFIXES: &[&str] = &["CNI-HOSTPORT-", "CNI-ISOLATION-", "CNI-FORWARD", "CNI-ADMIN"];
 
 /// Our nftables tables (family inet) whose sets and maps hold nothing but per-attachment elements:
-/// masquerade and port mappings, in the current layout (`…2`: data maps and interval sets keyed by
-/// the containers' addresses and ports) and in the earlier one (verdict maps into a chain per
+/// masquerade and port mappings, in the current layout (`…2`: data maps and hash sets of address
+/// pairs keyed by the containers' addresses and ports; sets of the previous release's interval
+/// sets on tables it made) and in the earlier one (verdict maps into a chain per
 /// attachment, only torn down now). After every DEL they hold no element and no per-attachment
 /// chain. (`cnirs_isolation` keeps per-bridge state while the bridge exists.)
 pub const NFT_PER_ATTACHMENT_TABLES: &[&str] = &["cnirs_masquerade2", "cnirs_hostport2", "cnirs_masquerade", "cnirs_hostport"];
@@ -263,7 +264,7 @@ mod tests {
         assert_eq!(firewall_leftovers("iptables-save", dirty, &ips, &ids, &ifaces).len(), 2);
         let nft = "table inet cnirs_masquerade {\n  set addrs { elements = { 10.88.0.2 } }\n  comment \"cnibench-r0-c00001\"\n iifname \"veth1\" }";
         assert_eq!(firewall_leftovers("nft", nft, &ips, &ids, &ifaces).len(), 3);
-        let nft2 = "table inet cnirs_masquerade2 {\n\tmap masq4 {\n\t\ttype ipv4_addr : mark . mark . mark\n\t\telements = { 10.88.0.2 : 0x00000001 . 0x00000002 . 0x00000003 }\n\t}\n\tset exempt4 {\n\t\telements = { 10.88.0.2 . 10.88.0.0/16 }\n\t}\n}";
+        let nft2 = "table inet cnirs_masquerade2 {\n\tmap masq4 {\n\t\ttype ipv4_addr : mark . mark . mark\n\t\telements = { 10.88.0.2 : 0x00000001 . 0x00000002 . 0x00000003 }\n\t}\n\tset exempt4_16 {\n\t\ttype ipv4_addr . ipv4_addr\n\t\telements = { 10.88.0.2 . 10.88.0.0 }\n\t}\n}";
         assert_eq!(firewall_leftovers("nft", nft2, &ips, &ids, &ifaces).len(), 2);
         let nft3 = "table inet cnirs_hostport2 {\n\tmap dnat4 {\n\t\telements = { tcp . 20000 : 10.88.0.2 . 80,\n\t\t\t     tcp . 20001 : 10.88.0.3 . 80 }\n\t}\n}";
         assert_eq!(firewall_leftovers("nft", nft3, &ips, &ids, &ifaces).len(), 1);
@@ -282,12 +283,15 @@ mod tests {
             json!({ kind: o })
         };
         let chain = |table: &str, name: &str| json!({"chain": {"family": "inet", "table": table, "name": name}});
-        // after every DEL: the tables and their constant chains, empty sets; isolation's elements
+        // after every DEL: the tables and their chains, empty sets (per prefix length, and the
+        // previous release's interval set); isolation's elements
         let clean = json!({"nftables": [
             {"metainfo": {"version": "1.0.6"}},
             {"table": {"family": "inet", "name": "cnirs_masquerade2"}},
             set("cnirs_masquerade2", "map", "masq4", Value::Null),
             set("cnirs_masquerade2", "set", "exempt4", json!([])),
+            set("cnirs_masquerade2", "set", "exempt4_16", json!([])),
+            set("cnirs_hostport2", "set", "hairpin4_32", Value::Null),
             chain("cnirs_masquerade2", "postrouting"),
             set("cnirs_hostport2", "map", "dnat4", Value::Null),
             chain("cnirs_hostport2", "hostports"),
@@ -298,9 +302,11 @@ mod tests {
         ]});
         assert!(nft_attachment_leftovers(&clean).is_empty(), "{:?}", nft_attachment_leftovers(&clean));
         let dirty = json!({"nftables": [
-            // an owner element (its marks name no address of the round), an exemption, a DNAT element
+            // an owner element (its marks name no address of the round), exemptions (per length,
+            // in the previous release's interval set), a DNAT element
             set("cnirs_masquerade2", "map", "masq4", json!([["10.88.0.9", {"concat": [1, 2, 3]}]])),
-            set("cnirs_masquerade2", "set", "exempt4", json!([{"concat": ["10.88.0.9", {"prefix": {"addr": "10.88.0.0", "len": 16}}]}])),
+            set("cnirs_masquerade2", "set", "exempt4_16", json!([{"concat": ["10.88.0.9", "10.88.0.0"]}])),
+            set("cnirs_masquerade2", "set", "exempt4", json!([{"concat": ["10.88.0.8", {"prefix": {"addr": "10.88.0.0", "len": 16}}]}])),
             set("cnirs_hostport2", "map", "dnat4", json!([[{"concat": ["tcp", 20000]}, {"concat": ["10.88.0.9", 80]}]])),
             // the earlier layout: a verdict map element and the chain it leads to
             set("cnirs_masquerade", "map", "masq4", json!([["10.88.0.9", {"goto": {"target": "m-0123456789ab-0123456789abcdef"}}]])),
@@ -309,8 +315,10 @@ mod tests {
             chain("cnirs_hostport", "s-0123456789ab-0123456789abcdef"),
         ]});
         let bad = nft_attachment_leftovers(&dirty);
-        assert_eq!(bad.len(), 7, "{bad:#?}");
+        assert_eq!(bad.len(), 8, "{bad:#?}");
         assert!(bad[0].contains("inet cnirs_masquerade2 masq4"), "{bad:?}");
-        assert!(bad[6].contains("s-0123456789ab"), "{bad:?}");
+        assert!(bad[1].contains("inet cnirs_masquerade2 exempt4_16"), "{bad:?}");
+        assert!(bad[2].contains("inet cnirs_masquerade2 exempt4"), "{bad:?}");
+        assert!(bad[7].contains("s-0123456789ab"), "{bad:?}");
     }
 }

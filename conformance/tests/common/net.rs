@@ -222,10 +222,15 @@ pub fn nft_table(ns: &NamedNetns, family: &str, name: &str) -> Option<String> {
 // ---- our nftables layout (cni-firewall's nftables backend) ----
 //
 // Masquerade: `inet cnirs_masquerade2`; port mappings: `inet cnirs_hostport2`; isolation:
-// `inet cnirs_isolation`. No chain per attachment: attachments are elements of data maps and
-// interval sets, each container address owned by `mark . mark . mark` (see
-// `cni_firewall::nft::plan::owner_data`). The layout of earlier versions (`cnirs_masquerade`,
-// `cnirs_hostport`, chains `m-…`, `p-…`, `s-…` behind verdict maps) is only torn down.
+// `inet cnirs_isolation`. No chain per attachment: attachments are elements of data maps and of
+// hash sets of `address . network address` pairs, one set per prefix length in use (`exempt4_24`,
+// `hairpin4_32`), each looked up by a rule of its own with the other address masked to that
+// length (`ip saddr . ip daddr & 255.255.255.0 @exempt4_24 return`); sets and rules stay once
+// made. Each container address is owned by `mark . mark . mark` (see
+// `cni_firewall::nft::plan::owner_data`). The previous release's interval sets (`exempt4`,
+// `hairpin4`) and their rules stay on tables it made. The layout of earlier versions
+// (`cnirs_masquerade`, `cnirs_hostport`, chains `m-…`, `p-…`, `s-…` behind verdict maps) is only
+// torn down.
 
 /// The masquerade table (bridge `ipMasq`, nftables backend).
 pub const MASQ_TABLE: &str = "cnirs_masquerade2";
@@ -345,48 +350,119 @@ pub fn nft_chains(ns: &NamedNetns, table: &str) -> Option<std::collections::BTre
     Some(out)
 }
 
-/// The sets of the masquerade table `inet cnirs_masquerade2` with the elements `elems` (set
-/// name, elements); the sets not named are empty.
-pub fn masq_sets_with(elems: &[(&str, Vec<String>)]) -> std::collections::BTreeMap<String, Vec<String>> {
-    sets_with(&["masq4", "masq6", "exempt4", "exempt6"], elems)
+/// The netmask of the first `n` bits of an address (`v6` or not) as `nft` prints it.
+pub fn netmask(v6: bool, n: u8) -> String {
+    if v6 {
+        std::net::Ipv6Addr::from(u128::MAX.checked_shl(128 - u32::from(n)).unwrap_or(0)).to_string()
+    } else {
+        std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(n)).unwrap_or(0)).to_string()
+    }
 }
 
-/// The sets of the port mapping table `inet cnirs_hostport2` with the elements `elems`; the sets
-/// not named are empty.
-pub fn hostport_sets_with(elems: &[(&str, Vec<String>)]) -> std::collections::BTreeMap<String, Vec<String>> {
-    sets_with(&["dnat4", "dnat6", "hostip4", "hostip6", "owner4", "owner6", "hairpin4", "hairpin6"], elems)
+/// The set of `base` pairs (`exempt`, `hairpin`) of family `fam` (`4`, `6`) and prefix length `n`.
+pub fn pair_set(base: &str, fam: u8, n: u8) -> String {
+    format!("{base}{fam}_{n}")
 }
 
-fn sets_with(names: &[&str], elems: &[(&str, Vec<String>)]) -> std::collections::BTreeMap<String, Vec<String>> {
+/// What set `name` is of the `base` pairs: its family (4 or 6) and prefix length, `None` for the
+/// previous release's interval set (`exempt4`); not one of them: `None` at all.
+fn pair_set_of(base: &str, name: &str) -> Option<(u8, Option<u8>)> {
+    let rest = name.strip_prefix(base)?;
+    let (fam, len) = match rest.split_once('_') {
+        Some((f, n)) => (f, Some(n.parse::<u8>().ok()?)),
+        None => (rest, None),
+    };
+    let fam: u8 = fam.parse().ok().filter(|f| *f == 4 || *f == 6)?;
+    (len.is_none() || len <= Some(if fam == 4 { 32 } else { 128 })).then_some((fam, len))
+}
+
+/// An `address . network` pair of the set of the network's prefix length: (set, element as nft
+/// prints it), the network given as `addr/len`.
+pub fn pair_elem(base: &str, addr: &str, net: &str) -> (String, String) {
+    let (na, n) = net.split_once('/').expect("addr/len");
+    let fam = if addr.contains(':') { 6 } else { 4 };
+    (pair_set(base, fam, n.parse().unwrap()), format!("{addr} . {na}"))
+}
+
+/// Sets of `base` pairs with the elements `elems` (set, element), grouped by set.
+pub fn pair_sets(elems: &[(String, String)]) -> Vec<(String, Vec<String>)> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for (set, e) in elems {
+        out.entry(set.clone()).or_default().push(e.clone());
+    }
+    out.into_iter().collect()
+}
+
+/// The per-length pair sets named in `elems`, without elements: what is left of them once their
+/// attachments are gone (the sets stay, and their rules).
+pub fn emptied(elems: &[(String, Vec<String>)]) -> Vec<(String, Vec<String>)> {
+    elems.iter().filter(|(s, _)| s.contains('_')).map(|(s, _)| (s.clone(), vec![])).collect()
+}
+
+/// The sets of the masquerade table `inet cnirs_masquerade2`: `masq4` and `masq6`, and the
+/// exemption sets named in `elems` (set name, elements; per length, `exempt4_24`, or the previous
+/// release's `exempt4`), with those elements; an exemption set named with no element is there,
+/// empty (sets stay once made).
+pub fn masq_sets_with<S: AsRef<str>>(elems: &[(S, Vec<String>)]) -> std::collections::BTreeMap<String, Vec<String>> {
+    sets_with(&["masq4", "masq6"], "exempt", elems)
+}
+
+/// The sets of the port mapping table `inet cnirs_hostport2`: the DNAT and owner maps, and the
+/// hairpin sets named in `elems` (per length, `hairpin4_32`, or the previous release's
+/// `hairpin4`), with the elements `elems`; the sets not named are empty.
+pub fn hostport_sets_with<S: AsRef<str>>(elems: &[(S, Vec<String>)]) -> std::collections::BTreeMap<String, Vec<String>> {
+    sets_with(&["dnat4", "dnat6", "hostip4", "hostip6", "owner4", "owner6"], "hairpin", elems)
+}
+
+fn sets_with<S: AsRef<str>>(names: &[&str], pairs: &str, elems: &[(S, Vec<String>)]) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut out: std::collections::BTreeMap<String, Vec<String>> = names.iter().map(|n| (n.to_string(), vec![])).collect();
     for (name, e) in elems {
-        let set = out.get_mut(*name).unwrap_or_else(|| panic!("no set {name} in the layout"));
+        let name = name.as_ref();
+        assert!(names.contains(&name) || pair_set_of(pairs, name).is_some(), "no set {name} in the layout");
+        let set = out.entry(name.to_string()).or_default();
         set.extend(e.iter().cloned());
         set.sort();
     }
     out
 }
 
-/// The chains of `inet cnirs_masquerade2` (the same whatever the attachments).
-pub fn masq_chains() -> std::collections::BTreeMap<String, Vec<String>> {
-    let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
-    std::collections::BTreeMap::from([(
-        "postrouting".to_string(),
-        lines(&[
-            "type nat hook postrouting priority srcnat; policy accept;",
-            "ip daddr 224.0.0.0/4 return",
-            "ip saddr . ip daddr @exempt4 return",
-            "ip saddr @masq4 masquerade",
-            "ip6 daddr ff00::/8 return",
-            "ip6 saddr . ip6 daddr @exempt6 return",
-            "ip6 saddr @masq6 masquerade",
-        ]),
-    )])
+/// The rules looking up the `base` pairs of family `fam` of the sets among `sets`: the previous
+/// release's set's first, then one per prefix length, ascending, `line(address text, set)`
+/// making the rule of a set from the masked address (`ip daddr & 255.255.255.0`, unmasked at /32
+/// and /128).
+fn pair_rules(sets: &std::collections::BTreeMap<String, Vec<String>>, base: &str, fam: u8, field: &str, line: impl Fn(String, &str) -> String) -> Vec<String> {
+    let kw = if fam == 4 { "ip" } else { "ip6" };
+    let mut found: Vec<(Option<u8>, &str)> = sets.keys().filter_map(|s| pair_set_of(base, s).filter(|(f, _)| *f == fam).map(|(_, n)| (n, s.as_str()))).collect();
+    found.sort();
+    found
+        .into_iter()
+        .map(|(n, set)| match n {
+            Some(n) if n < if fam == 4 { 32 } else { 128 } => line(format!("{kw} {field} & {}", netmask(fam == 6, n)), set),
+            _ => line(format!("{kw} {field}"), set),
+        })
+        .collect()
 }
 
-/// The chains of `inet cnirs_hostport2` (the same whatever the attachments).
-pub fn hostport_chains() -> std::collections::BTreeMap<String, Vec<String>> {
+/// The chains of `inet cnirs_masquerade2` with the exemption sets `sets` (as [`masq_sets_with`]
+/// gives them): one exemption rule per set, in order.
+pub fn masq_chains(sets: &std::collections::BTreeMap<String, Vec<String>>) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut lines = vec!["type nat hook postrouting priority srcnat; policy accept;".to_string()];
+    for (fam, kw, mc) in [(4, "ip", "224.0.0.0/4"), (6, "ip6", "ff00::/8")] {
+        lines.push(format!("{kw} daddr {mc} return"));
+        lines.extend(pair_rules(sets, "exempt", fam, "daddr", |d, set| format!("{kw} saddr . {d} @{set} return")));
+        lines.push(format!("{kw} saddr @masq{fam} masquerade"));
+    }
+    std::collections::BTreeMap::from([("postrouting".to_string(), lines)])
+}
+
+/// The chains of `inet cnirs_hostport2` with the hairpin sets `sets` (as [`hostport_sets_with`]
+/// gives them): constant chains, and in postrouting one hairpin rule per set, in order.
+pub fn hostport_chains(sets: &std::collections::BTreeMap<String, Vec<String>>) -> std::collections::BTreeMap<String, Vec<String>> {
     let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let mut post = lines(&["type nat hook postrouting priority srcnat; policy accept;"]);
+    for (fam, kw) in [(4, "ip"), (6, "ip6")] {
+        post.extend(pair_rules(sets, "hairpin", fam, "saddr", |s, set| format!("ct status dnat {kw} daddr . {s} @{set} masquerade")));
+    }
     std::collections::BTreeMap::from([
         (
             "hostports".to_string(),
@@ -402,15 +478,17 @@ pub fn hostport_chains() -> std::collections::BTreeMap<String, Vec<String>> {
             lines(&["type nat hook prerouting priority dstnat; policy accept;", "fib daddr type local jump hostports"]),
         ),
         ("output".to_string(), lines(&["type nat hook output priority -100; policy accept;", "fib daddr type local jump hostports"])),
-        (
-            "postrouting".to_string(),
-            lines(&[
-                "type nat hook postrouting priority srcnat; policy accept;",
-                "ct status dnat ip daddr . ip saddr @hairpin4 masquerade",
-                "ct status dnat ip6 daddr . ip6 saddr @hairpin6 masquerade",
-            ]),
-        ),
+        ("postrouting".to_string(), post),
     ])
+}
+
+/// The handle of the one rule of chain `inet <table> <chain>` in `ns` whose text contains `needle`.
+#[track_caller]
+pub fn rule_handle(ns: &NamedNetns, table: &str, chain: &str, needle: &str) -> String {
+    let text = ns.run_ok("nft", ["-a", "list", "chain", "inet", table, chain]).unwrap();
+    let found: Vec<&str> = text.lines().filter(|l| l.contains(needle)).filter_map(|l| l.rsplit_once("# handle ").map(|(_, h)| h.trim())).collect();
+    assert_eq!(found.len(), 1, "rules of inet {table} {chain} with {needle}:\n{text}");
+    found[0].to_string()
 }
 
 /// Table `inet <table>` in `ns` holds exactly the chains `chains` and the sets `sets`.
@@ -422,16 +500,16 @@ fn assert_layout(ns: &NamedNetns, table: &str, chains: std::collections::BTreeMa
     assert_eq!(nft_chains(ns, table).unwrap_or_default(), chains, "chains of inet {table}:\n{}", dump());
 }
 
-/// Table `inet cnirs_masquerade2` in `ns` is exactly [`masq_chains`] with the sets `sets`.
+/// Table `inet cnirs_masquerade2` in `ns` is exactly the sets `sets` and [`masq_chains`] of them.
 #[track_caller]
 pub fn assert_masq_layout(ns: &NamedNetns, sets: &std::collections::BTreeMap<String, Vec<String>>) {
-    assert_layout(ns, MASQ_TABLE, masq_chains(), sets)
+    assert_layout(ns, MASQ_TABLE, masq_chains(sets), sets)
 }
 
-/// Table `inet cnirs_hostport2` in `ns` is exactly [`hostport_chains`] with the sets `sets`.
+/// Table `inet cnirs_hostport2` in `ns` is exactly the sets `sets` and [`hostport_chains`] of them.
 #[track_caller]
 pub fn assert_hostport_layout(ns: &NamedNetns, sets: &std::collections::BTreeMap<String, Vec<String>>) {
-    assert_layout(ns, HOSTPORT_TABLE, hostport_chains(), sets)
+    assert_layout(ns, HOSTPORT_TABLE, hostport_chains(sets), sets)
 }
 
 /// What is left of attachments in our per-attachment tables (new and earlier layout) in `ns`:

@@ -88,6 +88,11 @@ fn hairpin_rule(key: Vec<Field>, set: String) -> Rule {
     Rule::new(vec![Expr::CtStatusDnat, Expr::Lookup { key, set, negate: false }, Expr::Masquerade])
 }
 
+/// The rule masquerading the hairpin sources of prefix length `n`.
+fn len_hairpin_rule(f: Family, n: u8) -> Rule {
+    hairpin_rule(vec![Field::Daddr(f), masked(Field::Saddr(f), n)], hairpin_len_set(f, n))
+}
+
 /// The postrouting rules for the hairpin sets `sets` (per family).
 fn post_rules(sets: &[(Family, PairSets)]) -> Vec<Rule> {
     let mut v = Vec::new();
@@ -96,7 +101,7 @@ fn post_rules(sets: &[(Family, PairSets)]) -> Vec<Rule> {
         if used.legacy {
             v.push(hairpin_rule(vec![Field::Daddr(f), Field::Saddr(f)], hairpin_set(f)));
         }
-        v.extend(used.lengths.iter().map(|n| hairpin_rule(vec![Field::Daddr(f), masked(Field::Saddr(f), *n)], hairpin_len_set(f, *n))));
+        v.extend(used.lengths.iter().map(|n| len_hairpin_rule(f, *n)));
     }
     v
 }
@@ -336,11 +341,13 @@ pub fn check_portmap(spec: &PortMapSpec, st: Option<&TableState>) -> Result<(), 
     check_rules(st, "hostports", &hostports_rules(), "portmap")?;
     check_rules(st, "prerouting", &[entry_rule()], "portmap")?;
     check_rules(st, "output", &[entry_rule()], "portmap")?;
-    let own: Vec<(Family, PairSets)> = per_fam.iter().map(|(f, e)| (*f, PairSets::default().with(&e.hairpin))).collect();
-    check_rules(st, "postrouting", &post_rules(&own), "portmap")?;
     for (fam, want) in &per_fam {
+        // the hairpin sources: per length, or in the earlier release's interval set for
+        // attachments made then
+        let (f, legacy) = (*fam, hairpin_rule(vec![Field::Daddr(*fam), Field::Saddr(*fam)], hairpin_set(*fam)));
+        check_pairs(st, ("postrouting", HAIRPIN, f), &want.hairpin, (|n| len_hairpin_rule(f, n), legacy, &[]), "portmap")?;
         for (set, elems) in want.sets(*fam) {
-            if !elems.is_empty() {
+            if !elems.is_empty() && len_of_set(HAIRPIN, *fam, &set).is_none() {
                 check_elems(st, &set, elems, "portmap")?;
             }
         }

@@ -55,6 +55,14 @@ fn exempt_rule(f: Family, n: u8) -> Rule {
     ])
 }
 
+/// The previous release's rule looking up its interval set of exemptions.
+fn legacy_exempt_rule(f: Family) -> Rule {
+    Rule::new(vec![
+        Expr::Lookup { key: vec![Field::Saddr(f), Field::Daddr(f)], set: exempt_set(f), negate: false },
+        Expr::Verdict(Verdict::Return),
+    ])
+}
+
 /// The base chain's rules for the exemption sets `sets` (per family).
 fn postrouting_rules(sets: &[(Family, PairSets)]) -> Vec<Rule> {
     let mut v = Vec::new();
@@ -65,10 +73,7 @@ fn postrouting_rules(sets: &[(Family, PairSets)]) -> Vec<Rule> {
             Expr::Verdict(Verdict::Return),
         ]));
         if used.legacy {
-            v.push(Rule::new(vec![
-                Expr::Lookup { key: vec![Field::Saddr(f), Field::Daddr(f)], set: exempt_set(f), negate: false },
-                Expr::Verdict(Verdict::Return),
-            ]));
+            v.push(legacy_exempt_rule(f));
         }
         v.extend(used.lengths.iter().map(|n| exempt_rule(f, *n)));
         v.push(Rule::new(vec![
@@ -128,12 +133,15 @@ pub fn exempt_elems(spec: &MasqSpec, fam: Family) -> BTreeMap<u8, Vec<Element>> 
 }
 
 /// Whether an ADD planned from the state read for it (its own keys) needs the whole table: when
-/// another attachment owns one of its addresses (a DEL that never came). Its exemptions, in any
-/// set, go with it; only a full read finds them.
+/// one of its addresses already has an owner. Another attachment's (a DEL that never came)
+/// exemptions, in any set, go with it; this attachment's own from an earlier ADD with other
+/// prefix lengths (in the sets of those lengths, or in the earlier release's interval set) are
+/// replaced. Only a full read finds them: the read for the ADD holds the sets it adds to. A first
+/// ADD reads no more than its keys.
 pub fn masq_add_needs_full_read(spec: &MasqSpec, st: &TableState) -> bool {
     Family::BOTH.iter().any(|f| {
         let want = masq_elems(spec, *f);
-        st.set(&masq_map(*f)).is_some_and(|m| want.iter().any(|w| m.get(&w.key).is_some_and(|e| e != w)))
+        st.set(&masq_map(*f)).is_some_and(|m| want.iter().any(|w| m.get(&w.key).is_some()))
     })
 }
 
@@ -228,15 +236,17 @@ pub fn check_masq(spec: &MasqSpec, st: Option<&TableState>) -> Result<(), String
         return Ok(());
     }
     let Some(st) = st else { return Err(format!("table inet {MASQ_TABLE} is missing")) };
-    let own: Vec<(Family, PairSets)> = Family::BOTH.iter().map(|f| (*f, PairSets::default().with(&exempt_elems(spec, *f)))).collect();
+    // the rules of the multicast returns and the masquerade; the exemptions' (per length, or the
+    // earlier release's interval set for attachments made then) with the elements
+    let own: Vec<(Family, PairSets)> = Family::BOTH.iter().map(|f| (*f, PairSets::default())).collect();
     check_rules(st, "postrouting", &postrouting_rules(&own), "masquerade")?;
     for fam in Family::BOTH {
         let masq = masq_elems(spec, fam);
         if !masq.is_empty() {
             check_elems(st, &masq_map(fam), &masq, "masquerade")?;
-            for (n, elems) in exempt_elems(spec, fam) {
-                check_elems(st, &exempt_len_set(fam, n), &elems, "masquerade")?;
-            }
+            let subnets: Vec<IpNetwork> = spec.addrs.iter().filter(|a| Family::of_net(a) == fam).map(subnet).collect();
+            let rules = (|n| exempt_rule(fam, n), legacy_exempt_rule(fam), subnets.as_slice());
+            check_pairs(st, ("postrouting", EXEMPT, fam), &exempt_elems(spec, fam), rules, "masquerade")?;
         }
     }
     Ok(())

@@ -252,6 +252,56 @@ pub(crate) fn pair_sets_in(st: &TableState, base: &str, fam: Family) -> Vec<Stri
     st.sets.keys().filter(|n| **n == legacy || len_of_set(base, fam, n).is_some()).cloned().collect()
 }
 
+/// CHECK of `base` pairs of `fam` (`want`, by prefix length): each pair must be found by a rule
+/// of `chain`, either in the set of its length, looked up by that length's rule (`len_rule`), or
+/// in the earlier release's interval set, looked up by that set's rule (`legacy_rule`): the
+/// attachments made before an upgrade stay there, as that release wrote them: `address . range`
+/// with the pair's network as the range, or one of `outer` holding it (the masquerade wrote only
+/// the outermost of an attachment's nested subnets: an interval set refuses overlaps).
+pub(crate) fn check_pairs(
+    st: &TableState,
+    (chain, base, fam): (&str, &str, Family),
+    want: &BTreeMap<u8, Vec<Element>>,
+    (len_rule, legacy_rule, outer): (impl Fn(u8) -> Rule, Rule, &[IpNetwork]),
+    what: &str,
+) -> Result<(), String> {
+    let Some(c) = st.chain(chain) else { return Err(format!("{what}: chain {chain} is missing")) };
+    let has_rule = |r: &Rule| c.rules.iter().any(|x| x.matches(r));
+    let legacy = st.set(&format!("{base}{}", fam_suffix(fam))).filter(|_| has_rule(&legacy_rule));
+    // a range as the readers give it back: a prefix, a host as its address
+    let as_net = |v: &Value| match v {
+        Value::Prefix(p) => Some(subnet(p)),
+        Value::Addr(a) => IpNetwork::new(*a, max_len(fam)).ok(),
+        _ => None,
+    };
+    let in_legacy = |e: &Element, n: u8| {
+        let (Some(Value::Addr(a)), Some(Value::Addr(net))) = (e.key.first(), e.key.get(1)) else { return false };
+        let Ok(pair) = IpNetwork::new(*net, n) else { return false };
+        legacy.is_some_and(|s| {
+            s.elems.iter().any(|l| {
+                l.key.first() == Some(&Value::Addr(*a))
+                    && l.key.get(1).and_then(as_net).is_some_and(|r| r == pair || (outer.contains(&r) && r.prefix() <= n && r.contains(*net)))
+            })
+        })
+    };
+    for (n, elems) in want {
+        let rule = len_rule(*n);
+        let set = len_set(base, fam, *n);
+        let by_len = has_rule(&rule);
+        for e in elems {
+            if (by_len && st.set(&set).and_then(|s| s.get(&e.key)) == Some(e)) || in_legacy(e, *n) {
+                continue;
+            }
+            return Err(if by_len {
+                format!("{what}: map {set} lacks element `{}`", e.text())
+            } else {
+                format!("{what}: chain {chain} lacks rule `{}`", rule.text())
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The pairs `addr . net` for each of `nets`, by prefix length (network addresses, deduplicated).
 pub(crate) fn pairs_by_len(addr: IpAddr, nets: impl IntoIterator<Item = IpNetwork>) -> BTreeMap<u8, Vec<Element>> {
     let mut out: BTreeMap<u8, BTreeSet<Element>> = BTreeMap::new();
