@@ -396,11 +396,13 @@ add element inet cnirs_masquerade2 exempt6_64 {{ fd01::5 . fd01:: }}
         let add = s.find(&format!("add element inet cnirs_masquerade2 masq4 {{ 10.1.0.5 : {} }}", marks(&key("b")))).unwrap();
         let add_ex = s.find("add element inet cnirs_masquerade2 exempt4_24 { 10.1.0.5 . 10.1.0.0 }").unwrap();
         assert!(guard < del && del < add && del_ex < add_ex, "{s}");
-        // its own, unchanged: nothing deleted, no full read
+        // its own, repeated: a full read (its exemptions of other lengths go), nothing deleted
+        // when unchanged; a first ADD reads its keys only
         let st = state_with(&v4(false, &[24]), &[("10.1.0.5", &a)], &[("exempt4_24", "10.1.0.5", "10.1.0.0")]);
         let own = masq("a", &["10.1.0.5/24"]);
-        assert!(!masq_add_needs_full_read(&own, &st));
+        assert!(masq_add_needs_full_read(&own, &st));
         assert!(!render_script(&plan_masq_add_with_state(&own, Some(&st))).contains("delete"));
+        assert!(!masq_add_needs_full_read(&masq("a", &["10.1.0.6/24"]), &st));
     }
 
     #[test]
