@@ -166,8 +166,9 @@ impl NftFirewall {
     /// state, keep intact chains, write (retried when the table keeps changing); when
     /// `needs_full` says the plan needs more than that read (another attachment's state to
     /// evict), read the whole table. A plan that makes the table or changes a chain is read
-    /// again, planned and written under the namespace's lock ([`creation_lock`]), so that two
-    /// ADDs each adding a rule (a new prefix length) cannot refill a chain without the other's.
+    /// again (the whole table), planned and written under the namespace's lock
+    /// ([`creation_lock`]), so that two ADDs each adding a rule (a new prefix length) cannot
+    /// refill a chain without the other's, and a flushed chain gets all its rules back.
     /// With `blind` and the `nft` executor, a first transaction goes without a read (one
     /// process), and the read-plan-write follows only if it fails: for plans that are right
     /// whatever the table holds.
@@ -192,12 +193,14 @@ impl NftFirewall {
         let mut turn = None;
         let mut locked = false;
         for _ in 0..ATTEMPTS {
-            let mut st = self.exec.read_for_add(table, &blind_ops)?;
+            // a chain change is planned from the whole table: a chain that lost rules (flushed)
+            // gets back those of every set it serves
+            let mut st = if locked { self.exec.list_table(table)? } else { self.exec.read_for_add(table, &blind_ops)? };
             if st.is_none() && !locked {
                 // No table: make it under the lock, so that plugins racing to make it (the
                 // first ADDs on a host, in parallel) take turns instead of failing on it.
                 (turn, locked) = (creation_lock(), true);
-                st = self.exec.read_for_add(table, &blind_ops)?;
+                st = self.exec.list_table(table)?;
             }
             if st.as_ref().is_some_and(&needs_full) {
                 st = self.exec.list_table(table)?;

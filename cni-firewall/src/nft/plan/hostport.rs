@@ -109,7 +109,7 @@ fn post_rules(sets: &[(Family, PairSets)]) -> Vec<Rule> {
 /// The hairpin sets postrouting must look up after an ADD of `spec`: those it has (in `st`) and
 /// the attachment's.
 fn sets_after_add(per_fam: &[(Family, FamilyElems)], st: Option<&TableState>) -> Vec<(Family, PairSets)> {
-    per_fam.iter().map(|(f, e)| (*f, PairSets::in_chain(st, "postrouting", HAIRPIN, *f).with(&e.hairpin))).collect()
+    per_fam.iter().map(|(f, e)| (*f, PairSets::in_table(st, "postrouting", HAIRPIN, *f).with(&e.hairpin))).collect()
 }
 
 fn skeleton(per_fam: &[(Family, FamilyElems)], st: Option<&TableState>, ops: &mut Vec<Op>) {

@@ -87,7 +87,7 @@ fn postrouting_rules(sets: &[(Family, PairSets)]) -> Vec<Rule> {
 /// The exemption sets the base chain must look up after an ADD of `spec`: those it has (in `st`)
 /// and the attachment's.
 fn sets_after_add(spec: &MasqSpec, st: Option<&TableState>) -> Vec<(Family, PairSets)> {
-    Family::BOTH.iter().map(|f| (*f, PairSets::in_chain(st, "postrouting", EXEMPT, *f).with(&exempt_elems(spec, *f)))).collect()
+    Family::BOTH.iter().map(|f| (*f, PairSets::in_table(st, "postrouting", EXEMPT, *f).with(&exempt_elems(spec, *f)))).collect()
 }
 
 fn skeleton(spec: &MasqSpec, st: Option<&TableState>, ops: &mut Vec<Op>) {

@@ -222,17 +222,20 @@ pub(crate) struct PairSets {
 }
 
 impl PairSets {
-    /// As the rules of `chain` in `st` have them (nothing without a state).
-    pub fn in_chain(st: Option<&TableState>, chain: &str, base: &str, fam: Family) -> PairSets {
+    /// What `st` has (nothing without a state): the pair sets the rules of `chain` look up, and
+    /// every pair set it holds. A read of the whole table thus gives a flushed or edited chain
+    /// back the rules of every length whose set is there; the read for an ADD holds its own sets
+    /// only.
+    pub fn in_table(st: Option<&TableState>, chain: &str, base: &str, fam: Family) -> PairSets {
         let mut found = PairSets::default();
         let legacy = format!("{base}{}", fam_suffix(fam));
-        for r in st.and_then(|s| s.chain(chain)).map(|c| c.rules.as_slice()).unwrap_or_default() {
-            for set in r.sets_used() {
-                if set == legacy {
-                    found.legacy = true;
-                } else if let Some(n) = len_of_set(base, fam, &set) {
-                    found.lengths.insert(n);
-                }
+        let Some(st) = st else { return found };
+        let used = st.chain(chain).map(|c| c.rules.as_slice()).unwrap_or_default().iter().flat_map(|r| r.sets_used());
+        for set in used.chain(st.sets.keys().cloned()) {
+            if set == legacy {
+                found.legacy = true;
+            } else if let Some(n) = len_of_set(base, fam, &set) {
+                found.lengths.insert(n);
             }
         }
         found
