@@ -117,28 +117,12 @@ pub fn create_veth(
     Err(CniError::netlink("create veth", format!("no free host-side name after {VETH_NAME_TRIES} tries")))
 }
 
-/// IPv6 off on the host end, before its carrier comes up (the container end is still down).
-///
-/// A bridge port hands every frame to the bridge; addresses, routes and neighbour discovery of the
-/// host's side live on the bridge, never on a port. With IPv6 on, the kernel would give each port
-/// a link-local address, a `fe80::/64` and an `ff00::/8` route, duplicate address detection and
-/// router solicitations towards the container, and would walk the host's whole IPv6 routing
-/// table (which those routes make grow with every container) when the port's carrier changes,
-/// holding RTNL: work that grows with the number of containers on every ADD and DEL. Not an error
-/// when it cannot be done: the port works either way.
-fn disable_port_ipv6(name: &str) {
-    if let Err(e) = sysctl::write_if_present(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1") {
-        eprintln!("bridge: turning IPv6 off on bridge port {name:?}: {e}");
-    }
-}
-
 fn container_has(netns: &NetNs, ifname: &str) -> Result<bool, CniError> {
     netns.run(|| Ok(Netlink::open()?.link_by_name(ifname)?.is_some()))
 }
 
-/// Bridge-port settings of the host veth: IPv6 off, hairpin, isolation, VLANs.
+/// Bridge-port settings of the host veth: hairpin, isolation, VLANs.
 pub fn configure_port(nl: &mut Netlink, conf: &BridgeConf, host: &Link) -> Result<(), CniError> {
-    disable_port_ipv6(&host.name);
     if conf.hairpin || conf.port_isolation {
         let flags = BrPortFlags {
             hairpin: conf.hairpin.then_some(true),
