@@ -689,13 +689,7 @@ fn nft_native_upgrade_from_the_interval_set_layout() {
 /// length's rule ends up in the chain, once, in order, and every attachment passes CHECK. Some
 /// rounds on a missing table, some on a table that has the rules of /24 and /64 already.
 fn concurrent_adds_of_new_prefix_lengths(native: bool) {
-    let fw = move || -> Box<dyn cni_firewall::Firewall> {
-        if native {
-            Box::new(cni_firewall::nft::NftFirewall::native())
-        } else {
-            make(Flavor::Nft).0
-        }
-    };
+    let fw = move || nft_firewall(native);
     // v4 length, v6 length of each writer
     const LENS: [(u8, u8); 8] = [(8, 48), (12, 56), (16, 60), (20, 96), (26, 100), (28, 112), (30, 120), (32, 128)];
     let spec = |i: usize| {
@@ -708,21 +702,7 @@ fn concurrent_adds_of_new_prefix_lengths(native: bool) {
             if existing {
                 fw().add_masquerade(&masq(NET, "first", &["10.88.0.5/24", "fd88::5/64"])).unwrap();
             }
-            let ns = NsHandle::current();
-            let start = std::sync::Arc::new(std::sync::Barrier::new(LENS.len()));
-            let hs: Vec<_> = (0..LENS.len())
-                .map(|i| {
-                    let start = start.clone();
-                    ns.spawn(move || {
-                        let fw = fw();
-                        start.wait();
-                        fw.add_masquerade(&spec(i))
-                    })
-                })
-                .collect();
-            for h in hs {
-                h.join().unwrap().unwrap();
-            }
+            all_at_once(LENS.len(), fw, move |fw, i| fw.add_masquerade(&spec(i)));
             let mut l4: Vec<u8> = LENS.iter().map(|l| l.0).collect();
             let mut l6: Vec<u8> = LENS.iter().map(|l| l.1).collect();
             let mut want = Vec::new();

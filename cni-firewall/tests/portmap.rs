@@ -643,13 +643,7 @@ fn nft_native_upgrade_from_the_interval_set_layout() {
 /// attachment passes CHECK. Some rounds on a missing table, some on one with the rules of the
 /// default /24 and /32, /64 already.
 fn concurrent_adds_of_new_prefix_lengths(native: bool) {
-    let fw = move || -> Box<dyn cni_firewall::Firewall> {
-        if native {
-            Box::new(cni_firewall::nft::NftFirewall::native())
-        } else {
-            make(Flavor::Nft).0
-        }
-    };
+    let fw = move || nft_firewall(native);
     // v4 length, v6 length of each writer (/0: masqAll)
     const LENS: [(u8, u8); 6] = [(0, 0), (8, 48), (16, 56), (20, 96), (28, 120), (30, 126)];
     let spec_of = |i: usize| {
@@ -667,21 +661,7 @@ fn concurrent_adds_of_new_prefix_lengths(native: bool) {
             if existing {
                 fw().add_portmap(&first).unwrap();
             }
-            let ns = NsHandle::current();
-            let start = std::sync::Arc::new(std::sync::Barrier::new(LENS.len()));
-            let hs: Vec<_> = (0..LENS.len())
-                .map(|i| {
-                    let start = start.clone();
-                    ns.spawn(move || {
-                        let fw = fw();
-                        start.wait();
-                        fw.add_portmap(&spec_of(i))
-                    })
-                })
-                .collect();
-            for h in hs {
-                h.join().unwrap().unwrap();
-            }
+            all_at_once(LENS.len(), fw, move |fw, i| fw.add_portmap(&spec_of(i)));
             // every writer's loopback pair is /32; masqAll's sources /0 only
             let mut l4: Vec<u8> = vec![0, 8, 16, 20, 28, 30, 32];
             let mut l6: Vec<u8> = vec![0, 48, 56, 96, 120, 126];

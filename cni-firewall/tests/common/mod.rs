@@ -159,6 +159,39 @@ pub fn make(flavor: Flavor) -> (Box<dyn Firewall>, Arc<ProcessRunner>) {
     (fw, runner)
 }
 
+/// The nftables firewall: the native executor, or the `nft` one.
+pub fn nft_firewall(native: bool) -> Box<dyn Firewall> {
+    if native {
+        Box::new(NftFirewall::native())
+    } else {
+        make(Flavor::Nft).0
+    }
+}
+
+/// Run `f(0..n)` in `n` threads of the calling thread's namespace, started together (each with
+/// its own firewall from `fw`), and panic with the first error.
+pub fn all_at_once<E: std::fmt::Display + Send + 'static>(
+    n: usize,
+    fw: impl Fn() -> Box<dyn Firewall> + Send + Sync + Copy + 'static,
+    f: impl Fn(&dyn Firewall, usize) -> Result<(), E> + Send + Sync + Copy + 'static,
+) {
+    let ns = NsHandle::current();
+    let start = Arc::new(std::sync::Barrier::new(n));
+    let hs: Vec<_> = (0..n)
+        .map(|i| {
+            let start = start.clone();
+            ns.spawn(move || {
+                let fw = fw();
+                start.wait();
+                f(fw.as_ref(), i)
+            })
+        })
+        .collect();
+    for (i, h) in hs.into_iter().enumerate() {
+        h.join().unwrap().unwrap_or_else(|e| panic!("writer {i}: {e}"));
+    }
+}
+
 /// Processes spawned by `f` through `runner`.
 pub fn count(runner: &ProcessRunner, f: impl FnOnce()) -> usize {
     let before = runner.spawned();
