@@ -675,12 +675,12 @@ fn upgrade_from_the_interval_set_layout(fw: Box<dyn cni_firewall::Firewall>) {
 
 #[test]
 fn nft_upgrade_from_the_interval_set_layout() {
-    in_sandbox(|| upgrade_from_the_interval_set_layout(make(Flavor::Nft).0));
+    in_sandbox(|| upgrade_from_the_interval_set_layout(nft_firewall(false)));
 }
 
 #[test]
 fn nft_native_upgrade_from_the_interval_set_layout() {
-    in_sandbox(|| upgrade_from_the_interval_set_layout(Box::new(cni_firewall::nft::NftFirewall::native())));
+    in_sandbox(|| upgrade_from_the_interval_set_layout(nft_firewall(true)));
 }
 
 /// ADDs of attachments with different prefix lengths (each a rule of its own in the base chain,
