@@ -27,6 +27,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+/// `ip netns exec <ns> <args>`.
+fn inns(ns: &NamedNs, args: &[&str]) {
+    let mut a = vec!["netns", "exec", ns.name.as_str()];
+    a.extend_from_slice(args);
+    sh("ip", &a);
+}
+
 struct Topo {
     ctr: NamedNs,
     ext: NamedNs,
@@ -35,11 +42,6 @@ struct Topo {
 fn topology() -> Topo {
     let ctr = NamedNs::new();
     let ext = NamedNs::new();
-    let inns = |ns: &NamedNs, args: &[&str]| {
-        let mut a = vec!["netns", "exec", ns.name.as_str()];
-        a.extend_from_slice(args);
-        sh("ip", &a);
-    };
     // no duplicate address detection anywhere: link-local addresses usable at once (no tentative
     // phase during which neighbour discovery stalls)
     for sysctl in ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"] {
@@ -163,11 +165,6 @@ struct TwoNets {
 
 fn two_networks() -> TwoNets {
     let t = TwoNets { ctra: NamedNs::new(), ctrb: NamedNs::new(), peer: NamedNs::new(), ext: NamedNs::new() };
-    let inns = |ns: &NamedNs, args: &[&str]| {
-        let mut a = vec!["netns", "exec", ns.name.as_str()];
-        a.extend_from_slice(args);
-        sh("ip", &a);
-    };
     for sysctl in ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"] {
         sh("sysctl", &["-q", "-w", sysctl]);
         for ns in [&t.ctra, &t.ctrb, &t.peer, &t.ext] {

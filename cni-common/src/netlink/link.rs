@@ -196,48 +196,34 @@ pub(crate) fn veth_message(spec: &VethSpec<'_>) -> RouteNetlinkMessage {
     RouteNetlinkMessage::NewLink(msg)
 }
 
+/// A link dump request without statistics, of the ports of `master` if given.
+fn links_request(master: Option<u32>) -> Vec<u8> {
+    let mut req = LinkMessage::default();
+    req.attributes.push(skip_stats());
+    if let Some(m) = master {
+        req.attributes.push(LinkAttribute::Controller(m));
+    }
+    encode(RouteNetlinkMessage::GetLink(req), 0, 0)
+}
+
 impl Netlink {
     /// Every link of the namespace.
     pub fn links(&mut self) -> Result<Vec<Link>, NlError> {
-        self.dump_links(None)
-    }
-
-    /// The ports of bridge (or other master) `master`. The kernel filters the dump (strict dump
-    /// checking), so only the ports are sent back.
-    pub fn ports_of(&mut self, master: u32) -> Result<Vec<Link>, NlError> {
-        self.dump_links(Some(master))
+        self.sock.dump_raw(links_request(None), link_from_raw).map_err(|e| e.with_op("list links"))
     }
 
     /// Whether `master` has a port other than `except`. Asked on a socket of its own and read
     /// only until the first such port (see [`Socket::dump_finds`]): a bridge with hundreds of
-    /// ports costs a buffer of them, not a dump of every port with all its attributes.
+    /// ports costs a buffer of them, not a dump of every port with all its attributes. (The
+    /// kernel filters the dump by master: strict dump checking.)
     pub fn has_ports(&mut self, master: u32, except: Option<u32>) -> Result<bool, NlError> {
-        let mut req = LinkMessage::default();
-        req.attributes.push(skip_stats());
-        req.attributes.push(LinkAttribute::Controller(master));
-        let msg = encode(RouteNetlinkMessage::GetLink(req), 0, 0);
         Socket::open()
             .and_then(|sock| {
-                sock.dump_finds(msg, |raw| Ok(link_from_raw(raw)?.is_some_and(|l| l.master == Some(master) && Some(l.index) != except)))
+                sock.dump_finds(links_request(Some(master)), |raw| {
+                    Ok(link_from_raw(raw)?.is_some_and(|l| l.master == Some(master) && Some(l.index) != except))
+                })
             })
             .map_err(|e| e.with_op(format!("list ports of link index {master}")))
-    }
-
-    fn dump_links(&mut self, master: Option<u32>) -> Result<Vec<Link>, NlError> {
-        let mut req = LinkMessage::default();
-        req.attributes.push(skip_stats());
-        if let Some(m) = master {
-            req.attributes.push(LinkAttribute::Controller(m));
-        }
-        let op = || match master {
-            Some(m) => format!("list ports of link index {m}"),
-            None => "list links".to_string(),
-        };
-        let links = self
-            .sock
-            .dump_raw(encode(RouteNetlinkMessage::GetLink(req), 0, 0), link_from_raw)
-            .map_err(|e| e.with_op(op()))?;
-        Ok(links.into_iter().filter(|l| master.is_none() || l.master == master).collect())
     }
 
     /// The link called `name`, or `None` if there is none.

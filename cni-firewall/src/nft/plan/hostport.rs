@@ -270,10 +270,11 @@ fn evict(st: &TableState, fam: Family, want: &FamilyElems, ops: &mut Vec<Op>) {
         gone.dedup();
         delete_if_unchanged(&t, &set, gone, ops);
     }
-    for set in pair_sets_in(st, HAIRPIN, fam) {
-        let keep: &[Element] = len_of_set(HAIRPIN, fam, &set).and_then(|n| want.hairpin.get(&n)).map(Vec::as_slice).unwrap_or_default();
-        delete_matching(&t, st, &set, |e| key_addr(e).is_some_and(|a| ours.contains(&a)) && !keep.contains(e), ops);
-    }
+    // the address's pairs this ADD does not write (in the set of their length)
+    let stale = |n: Option<u8>, e: &Element| {
+        key_addr(e).is_some_and(|a| ours.contains(&a)) && !n.and_then(|n| want.hairpin.get(&n)).is_some_and(|k| k.contains(e))
+    };
+    delete_pairs(&t, st, (HAIRPIN, fam), stale, ops);
 }
 
 /// Removal of the container addresses `addrs` in `fam`: their owner elements as read
@@ -290,9 +291,7 @@ fn remove_addresses(st: &TableState, fam: Family, owners: Vec<Element>, orphan_a
             delete_if_unchanged(&t, &set, gone, ops);
         }
     }
-    for set in pair_sets_in(st, HAIRPIN, fam) {
-        delete_matching(&t, st, &set, |e| key_addr(e).is_some_and(|a| addrs.contains(&a)), ops);
-    }
+    delete_pairs(&t, st, (HAIRPIN, fam), |_, e| key_addr(e).is_some_and(|a| addrs.contains(&a)), ops);
 }
 
 /// DEL by key: the container addresses the attachment owns and everything of theirs.
@@ -300,9 +299,7 @@ pub fn plan_portmap_del(key: &AttachmentKey, st: &TableState) -> Vec<Op> {
     let owner = owner_data(key);
     let mut ops = Vec::new();
     for fam in Family::BOTH {
-        let owned: Vec<Element> =
-            st.set(&owner_map(fam)).map(|m| m.elems.iter().filter(|e| e.data == owner).cloned().collect()).unwrap_or_default();
-        remove_addresses(st, fam, owned, &BTreeSet::new(), &mut ops);
+        remove_addresses(st, fam, owned_by(st, &owner_map(fam), &owner), &BTreeSet::new(), &mut ops);
     }
     ops
 }

@@ -170,10 +170,11 @@ pub fn plan_masq_add_with_state(spec: &MasqSpec, st: Option<&TableState>) -> Vec
                     cur.elems.iter().filter(|e| key_addr(e).is_some_and(|a| ours.contains(&a)) && !masq.contains(e)).cloned().collect();
                 delete_if_unchanged(&t, &masq_map(fam), foreign, &mut ops);
             }
-            for set in pair_sets_in(st, EXEMPT, fam) {
-                let keep: &[Element] = len_of_set(EXEMPT, fam, &set).and_then(|n| exempt.get(&n)).map(Vec::as_slice).unwrap_or_default();
-                delete_matching(&t, st, &set, |e| key_addr(e).is_some_and(|a| ours.contains(&a)) && !keep.contains(e), &mut ops);
-            }
+            // the address's pairs this ADD does not write (in the set of their length)
+            let stale = |n: Option<u8>, e: &Element| {
+                key_addr(e).is_some_and(|a| ours.contains(&a)) && !n.and_then(|n| exempt.get(&n)).is_some_and(|k| k.contains(e))
+            };
+            delete_pairs(&t, st, (EXEMPT, fam), stale, &mut ops);
         }
         ops.push(Op::AddElements { table: t.clone(), set: masq_map(fam), elems: masq });
         for (n, elems) in exempt {
@@ -194,9 +195,7 @@ fn remove_addresses(st: &TableState, fam: Family, owned: Vec<Element>, ops: &mut
     let t = masq_table();
     let addrs: BTreeSet<IpAddr> = owned.iter().filter_map(key_addr).collect();
     delete_if_unchanged(&t, &masq_map(fam), owned, ops);
-    for set in pair_sets_in(st, EXEMPT, fam) {
-        delete_matching(&t, st, &set, |e| key_addr(e).is_some_and(|a| addrs.contains(&a)), ops);
-    }
+    delete_pairs(&t, st, (EXEMPT, fam), |_, e| key_addr(e).is_some_and(|a| addrs.contains(&a)), ops);
 }
 
 /// DEL by key: the attachment's addresses (found by owner) and their exemptions.
@@ -204,9 +203,7 @@ pub fn plan_masq_del(key: &AttachmentKey, st: &TableState) -> Vec<Op> {
     let owner = owner_data(key);
     let mut ops = Vec::new();
     for fam in Family::BOTH {
-        let owned: Vec<Element> =
-            st.set(&masq_map(fam)).map(|m| m.elems.iter().filter(|e| e.data == owner).cloned().collect()).unwrap_or_default();
-        remove_addresses(st, fam, owned, &mut ops);
+        remove_addresses(st, fam, owned_by(st, &masq_map(fam), &owner), &mut ops);
     }
     ops
 }
@@ -223,10 +220,7 @@ pub fn plan_masq_gc(network: &str, valid: &[AttachmentKey], st: &TableState) -> 
         let stale: Vec<Element> =
             all.into_iter().filter(|e| owner_in_network(&e.data, network) && !keep.contains(&e.data)).collect();
         remove_addresses(st, fam, stale, &mut ops);
-        for set in pair_sets_in(st, EXEMPT, fam) {
-            let orphan = |e: &Element| key_addr(e).is_some_and(|a| !owned_addrs.contains(&a));
-            delete_matching(&masq_table(), st, &set, orphan, &mut ops);
-        }
+        delete_pairs(&masq_table(), st, (EXEMPT, fam), |_, e| key_addr(e).is_some_and(|a| !owned_addrs.contains(&a)), &mut ops);
     }
     ops
 }
@@ -403,6 +397,17 @@ add element inet cnirs_masquerade2 exempt6_64 {{ fd01::5 . fd01:: }}
         assert!(masq_add_needs_full_read(&own, &st));
         assert!(!render_script(&plan_masq_add_with_state(&own, Some(&st))).contains("delete"));
         assert!(!masq_add_needs_full_read(&masq("a", &["10.1.0.6/24"]), &st));
+    }
+
+    /// A repeated ADD from 10.1.0.5/16 to /24: both pairs read `10.1.0.5 . 10.1.0.0`, but the /16
+    /// one is stale in its set and goes; the /24 one is added.
+    #[test]
+    fn repeated_add_with_another_length_of_the_same_network_address() {
+        let a = key("a");
+        let st = state_with(&v4(false, &[16]), &[("10.1.0.5", &a)], &[("exempt4_16", "10.1.0.5", "10.1.0.0")]);
+        let s = render_script(&plan_masq_add_with_state(&masq("a", &["10.1.0.5/24"]), Some(&st)));
+        assert!(s.contains("delete element inet cnirs_masquerade2 exempt4_16 { 10.1.0.5 . 10.1.0.0 }"), "{s}");
+        assert!(s.contains("add element inet cnirs_masquerade2 exempt4_24 { 10.1.0.5 . 10.1.0.0 }"), "{s}");
     }
 
     #[test]

@@ -305,6 +305,26 @@ pub(crate) fn check_pairs(
     Ok(())
 }
 
+/// Deletes of the pairs, in every `base` pair set of `fam` in `st`, that `pred` selects; it is
+/// given the set's prefix length (`None`: the earlier release's interval set) and the element.
+pub(crate) fn delete_pairs(
+    table: &TableRef,
+    st: &TableState,
+    (base, fam): (&str, Family),
+    pred: impl Fn(Option<u8>, &Element) -> bool,
+    ops: &mut Vec<Op>,
+) {
+    for set in pair_sets_in(st, base, fam) {
+        let len = len_of_set(base, fam, &set);
+        delete_matching(table, st, &set, |e| pred(len, e), ops);
+    }
+}
+
+/// The elements of map `map` in `st` whose data is `owner`.
+pub(crate) fn owned_by(st: &TableState, map: &str, owner: &[Value]) -> Vec<Element> {
+    st.set(map).map(|m| m.elems.iter().filter(|e| e.data == owner).cloned().collect()).unwrap_or_default()
+}
+
 /// The pairs `addr . net` for each of `nets`, by prefix length (network addresses, deduplicated).
 pub(crate) fn pairs_by_len(addr: IpAddr, nets: impl IntoIterator<Item = IpNetwork>) -> BTreeMap<u8, Vec<Element>> {
     let mut out: BTreeMap<u8, BTreeSet<Element>> = BTreeMap::new();
