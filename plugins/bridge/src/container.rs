@@ -20,26 +20,29 @@ pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[I
         return Ok(link);
     }
     let has_v6 = plan.addrs.iter().any(|a| a.is_ipv6());
+    // The namespace is new to `/proc/sys`: resolve its keys in a procfs instance of our own, not
+    // through the shared hash chain of every namespace's `net/ipv6` entry (see `sysctl`).
+    let sysctls = sysctl::Sysctls::private();
     if has_v6 {
         // IPv6 may be administratively disabled on new interfaces; addresses need it on.
-        sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
-        let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
+        sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
+        let _ = sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
     }
     if plan.disable_ipv6 {
         // Before the link comes up, so the kernel never starts IPv6 on it. Absent when the kernel
         // runs without IPv6: nothing to turn off.
-        sysctl::write_if_present(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")?;
+        sysctls.write_if_present(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")?;
     } else {
         // Duplicate address detection delays addresses (also the link-local one) by a second or
         // more; off unless asked, as the reference does. Absent when the kernel has IPv6
         // disabled: not an error.
         let dad = if conf.enable_dad { "1" } else { "0" };
-        let dad_set = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad);
+        let dad_set = sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad);
         if has_v6 {
             dad_set?;
         }
         if conf.enable_dad {
-            let _ = sysctl::write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+            let _ = sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
         }
     }
     for addr in &plan.addrs {
