@@ -605,6 +605,38 @@ fn ipv4_settings_over_netlink() {
 }
 
 #[test]
+fn ipv6_without_link_local_address() {
+    in_netns(|| {
+        let mut nl = Netlink::open().expect("open");
+        let (a, b) = veth_pair(&mut nl, "ll-a", "ll-b");
+        nl.set_ipv6_no_link_local(a.index).expect("addrgenmode none");
+        let ns = this_netns();
+        assert_eq!(ip_link(&ns, "ll-a")["inet6_addr_gen_mode"], "none", "{}", ip_link(&ns, "ll-a"));
+        assert_eq!(ip_link(&ns, "ll-b")["inet6_addr_gen_mode"], "eui64", "only the link named");
+        // Both ends up: the pair has a carrier, and only ll-b gets a link-local address.
+        nl.set_up(a.index).expect("up a");
+        nl.set_up(b.index).expect("up b");
+        let link_local = |nl: &mut Netlink, name: &str| {
+            let index = link(nl, name).index;
+            nl.addrs(Some(index), Some(IpFamily::V6))
+                .expect("addrs")
+                .into_iter()
+                .any(|x| matches!(x.addr, IpNetwork::V6(n) if n.ip().segments()[0] == 0xfe80))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !link_local(&mut nl, "ll-b") {
+            assert!(std::time::Instant::now() < deadline, "ll-b never got its link-local address");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!link_local(&mut nl, "ll-a"), "ll-a has a link-local address: {}", ip_link(&ns, "ll-a"));
+        // It keeps IPv6: an address added by hand is taken.
+        nl.add_addr(a.index, net("fd00:11::1/64"), AddrOpts { nodad: true, ..Default::default() }).expect("add v6");
+        let e = nl.set_ipv6_no_link_local(999_999).expect_err("no such link");
+        assert_eq!(e.errno(), Some(libc::ENODEV), "{e}");
+    });
+}
+
+#[test]
 fn detached_delete_returns_with_both_ends_gone_and_keeps_no_descriptor() {
     in_netns(|| {
         let (host, container, mut nl, br) = host_container_and_bridge();

@@ -4,6 +4,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode,
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
@@ -340,6 +341,23 @@ impl Netlink {
             .request_raw(msg, 0, |_| Ok(None::<()>))
             .map(drop)
             .map_err(|e| e.with_op(format!("set IPv4 settings of link index {index}")))
+    }
+
+    /// Give the link no IPv6 link-local address (`addrgenmode none`); the link keeps IPv6 (its
+    /// multicast route, addresses added by hand). Set before the link gets a carrier, this spares
+    /// the kernel the link-local address with its duplicate address detection, multicast reports
+    /// and router solicitations, and the `fe80::/64` routes; unlike the `disable_ipv6` sysctl,
+    /// which takes RTNL with `rtnl_trylock` and restarts the system call while another holds it,
+    /// this is an ordinary RTNL request. A kernel without IPv6 has nothing to stop: `Ok`.
+    pub fn set_ipv6_no_link_local(&mut self, index: u32) -> Result<(), NlError> {
+        let mut msg = link_msg(index);
+        msg.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+            In6AddrGenMode::None,
+        )])]));
+        match self.set_link(msg, index, "addrgenmode none") {
+            Err(e) if e.errno() == Some(libc::EAFNOSUPPORT) => Ok(()),
+            r => r,
+        }
     }
 
     /// Bring a link up.

@@ -121,8 +121,15 @@ fn container_has(netns: &NetNs, ifname: &str) -> Result<bool, CniError> {
     netns.run(|| Ok(Netlink::open()?.link_by_name(ifname)?.is_some()))
 }
 
-/// Bridge-port settings of the host veth: hairpin, isolation, VLANs.
+/// Bridge-port settings of the host veth: no IPv6 link-local address; hairpin, isolation, VLANs.
 pub fn configure_port(nl: &mut Netlink, conf: &BridgeConf, host: &Link) -> Result<(), CniError> {
+    // A bridge port needs no address of its own. Without a link-local address the port sends no
+    // duplicate address detection, multicast reports or router solicitations (which the bridge
+    // floods to every other port), and adds no `fe80::/64` route to the host's IPv6 table, in
+    // which the kernel walks every such route each time a port comes up. Before the container
+    // end comes up, so the kernel never starts any of it. A kernel without IPv6 has nothing to
+    // stop.
+    nl.set_ipv6_no_link_local(host.index)?;
     if conf.hairpin || conf.port_isolation {
         let flags = BrPortFlags {
             hairpin: conf.hairpin.then_some(true),
