@@ -77,6 +77,9 @@ pub struct Options {
     /// process whose children are all the benchmark's (not a test binary running tests in
     /// parallel).
     pub reap_orphans: bool,
+    /// Write every operation (side, P, round, ADD/DEL, order, wall and each plugin's wall and CPU)
+    /// to this file as CSV, for looking at how latencies move within a round.
+    pub samples_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -92,6 +95,7 @@ impl Options {
             count_spawns: true,
             progress: false,
             reap_orphans: false,
+            samples_file: None,
         }
     }
 }
@@ -208,6 +212,20 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
                 per_side[si].push(res);
             }
         }
+        if let Some(path) = &opts.samples_file {
+            let first = runs.is_empty();
+            let rows = sample_rows(&sides, &per_side, p, first);
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(!first)
+                .write(true)
+                .truncate(first)
+                .open(path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, rows.as_bytes()));
+            if let Err(e) = written {
+                return Err(BenchError::Setup(format!("write samples to {}: {e}", path.display())));
+            }
+        }
         let side_runs: Vec<SideRun> = sides.iter().zip(&per_side).map(|(s, rs)| aggregate(s, rs, opts.n)).collect();
         let ratios = (side_runs.len() == 2).then(|| ratios(&side_runs[0], &side_runs[1]));
         runs.push(RunReport { parallel: p, sides: side_runs, ratios });
@@ -291,6 +309,37 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Pool the rounds of one side.
+/// CSV lines of every operation of one worker count, after a header line if `header`:
+/// `side,p,round,op,order,wall_ms,plugins`, plugins as `name:wall_ms:cpu_ms;...`.
+fn sample_rows(sides: &[Side], per_side: &[Vec<RoundResult>], p: usize, header: bool) -> String {
+    let mut out = String::new();
+    if header {
+        out.push_str("side,p,round,op,order,wall_ms,plugins\n");
+    }
+    for (side, rounds) in sides.iter().zip(per_side) {
+        for (ri, r) in rounds.iter().enumerate() {
+            for (op, samples) in [("ADD", &r.adds), ("DEL", &r.dels)] {
+                for sample in samples.iter() {
+                    let execs: Vec<String> = sample
+                        .execs
+                        .iter()
+                        .map(|e| format!("{}:{:.3}:{:.3}", e.plugin, ms(e.wall), ms(e.user + e.sys)))
+                        .collect();
+                    out.push_str(&format!(
+                        "{},{p},{},{op},{},{:.3},{}\n",
+                        side.label,
+                        ri + 1,
+                        sample.order,
+                        ms(sample.wall),
+                        execs.join(";")
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
 fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
     let adds: Vec<Duration> = rounds.iter().flat_map(|r| r.adds.iter().map(|s| s.wall)).collect();
     let dels: Vec<Duration> = rounds.iter().flat_map(|r| r.dels.iter().map(|s| s.wall)).collect();

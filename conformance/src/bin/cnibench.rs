@@ -8,7 +8,7 @@ use conformance::bench::{self, Options, Scenario};
 
 const USAGE: &str = "usage: cnibench [--scenario bridge|bridge-portmap|full] [-n N] [-p P[,P...]] [--rounds R]
                 [--dir DIR] [--vs DIR] [--cni-version V] [--json] [--json-file PATH]
-                [--no-spawn-count] [--quiet]
+                [--samples-file PATH] [--no-spawn-count] [--quiet]
 
   --scenario S      bridge (bridge+host-local, isGateway, ipMasq; default), bridge-portmap (+ portmap,
                     2 published ports per container), full (+ isolation where the binary exists)
@@ -21,6 +21,9 @@ const USAGE: &str = "usage: cnibench [--scenario bridge|bridge-portmap|full] [-n
   --cni-version V   cniVersion of the conflist (default 1.0.0: the reference v1.1.1 supports <= 1.0.0)
   --json            print the report as JSON on stdout (instead of the tables)
   --json-file PATH  also write the JSON report to PATH
+  --samples-file PATH
+                    write every ADD and DEL to PATH as CSV (side, P, round, op, order, wall ms, and
+                    each plugin's wall and CPU ms), to see how latencies move within a round
   --no-spawn-count  skip counting spawned processes with strace
   --quiet           no progress lines on stderr
 
@@ -57,6 +60,7 @@ fn parse(args: &[String]) -> Result<(Options, bool, Option<PathBuf>), String> {
             "--cni-version" => opts.cni_version = val(a)?,
             "--json" => json = true,
             "--json-file" => json_file = Some(PathBuf::from(val(a)?)),
+            "--samples-file" => opts.samples_file = Some(PathBuf::from(val(a)?)),
             "--no-spawn-count" => opts.count_spawns = false,
             "--quiet" => opts.progress = false,
             "-h" | "--help" => return Err(String::new()),
