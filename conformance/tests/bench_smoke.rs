@@ -14,8 +14,25 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
     opts.parallel = vec![1, 2];
     // scripts/deps.sh installs strace; without it the spawn sample fails and says so.
     opts.count_spawns = true;
+    // Write back the file systems before each round, without the 5 s wait.
+    opts.settle = Some(std::time::Duration::ZERO);
+    let samples = std::env::temp_dir().join(format!("cnibench-smoke-{}.csv", std::process::id()));
+    opts.samples_file = Some(samples.clone());
 
     let report = bench::run(&opts).expect("benchmark run");
+    let csv = std::fs::read_to_string(&samples).expect("samples file");
+    let _ = std::fs::remove_file(&samples);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.first(), Some(&"side,p,round,op,order,wall_ms,plugins"), "{csv}");
+    // Both worker counts, 3 ADDs and 3 DELs each, every one with its bridge exec.
+    assert_eq!(lines.len(), 1 + 2 * 6, "{csv}");
+    for p in ["1", "2"] {
+        for op in ["ADD", "DEL"] {
+            let rows: Vec<&&str> = lines.iter().filter(|l| l.starts_with(&format!("A,{p},1,{op},"))).collect();
+            assert_eq!(rows.len(), 3, "P={p} {op}: {csv}");
+            assert!(rows.iter().all(|l| l.contains(",bridge:")), "{csv}");
+        }
+    }
     assert!(report.checks_passed(), "post-run checks failed:\n{}", report.violations.join("\n"));
     assert_eq!(report.n, 3);
     assert_eq!(report.sides.len(), 1);

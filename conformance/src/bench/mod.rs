@@ -80,6 +80,9 @@ pub struct Options {
     /// Write every operation (side, P, round, ADD/DEL, order, wall and each plugin's wall and CPU)
     /// to this file as CSV, for looking at how latencies move within a round.
     pub samples_file: Option<PathBuf>,
+    /// Before each round's timed phases, write back the file systems the round uses and wait
+    /// this long (see [`probe::settle`]); `None` starts at once.
+    pub settle: Option<Duration>,
 }
 
 impl Options {
@@ -96,6 +99,7 @@ impl Options {
             progress: false,
             reap_orphans: false,
             samples_file: None,
+            settle: Some(probe::SETTLE),
         }
     }
 }
@@ -181,7 +185,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
                 if interrupted() {
                     return Err(BenchError::Interrupted);
                 }
-                let res = round::run_round(s, r, opts.n, p, &opts.cni_version, opts.reap_orphans).map_err(|e| {
+                let res = round::run_round(s, r, opts.n, p, &opts.cni_version, opts.reap_orphans, opts.settle).map_err(|e| {
                     if interrupted() {
                         BenchError::Interrupted
                     } else {

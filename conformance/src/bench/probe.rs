@@ -357,6 +357,27 @@ pub struct Machine {
     pub loadavg_end: String,
 }
 
+/// How long a round waits, after writing back the file systems it uses, before its timed phases
+/// (see [`settle`]).
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// Let the file systems of `dirs` settle before a timed phase: write back their dirty data
+/// (`syncfs`), then wait `quiet`. ext4 without a journal (this VM's root file system) skips, when
+/// it allocates an inode, every free inode deleted less than 5 s ago, or 305 s ago while the
+/// inode table block is not yet written back (`recently_deleted`, one buffer lookup each). The
+/// previous round deleted thousands of files (leases, cache entries, namespace files); without
+/// this, every file the next round creates (leases, the runtime's cache entries) scans past them,
+/// and the more so the further the round gets. Errors are ignored: settling is best effort.
+pub fn settle(dirs: &[&Path], quiet: Duration) {
+    for d in dirs {
+        if let Ok(f) = std::fs::File::open(d) {
+            // SAFETY: syncfs on a descriptor we own.
+            unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+        }
+    }
+    std::thread::sleep(quiet);
+}
+
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

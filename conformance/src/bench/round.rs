@@ -53,10 +53,14 @@ pub fn run_round(
     p: usize,
     cni_version: &str,
     reap: bool,
+    settle: Option<Duration>,
 ) -> Result<RoundResult, BenchError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("side {}: {what}: {e}", side.label));
     let sb = Sandbox::new().map_err(|e| setup("sandbox", &e))?;
     let containers = make_containers(&sb, n).map_err(|e| setup("container namespaces", &e))?;
+    if let Some(quiet) = settle {
+        probe::settle(&[sb.tempdir(), Path::new("/run/netns")], quiet);
+    }
     let data_dir = sb.tempdir().join("ipam");
     let list = NetworkConfigList::from_json(&scenario::conflist(&side.chain, cni_version, &data_dir))
         .map_err(|e| setup("conflist", &e))?;

@@ -8,7 +8,7 @@ use conformance::bench::{self, Options, Scenario};
 
 const USAGE: &str = "usage: cnibench [--scenario bridge|bridge-portmap|full] [-n N] [-p P[,P...]] [--rounds R]
                 [--dir DIR] [--vs DIR] [--cni-version V] [--json] [--json-file PATH]
-                [--samples-file PATH] [--no-spawn-count] [--quiet]
+                [--samples-file PATH] [--no-spawn-count] [--no-settle] [--quiet]
 
   --scenario S      bridge (bridge+host-local, isGateway, ipMasq; default), bridge-portmap (+ portmap,
                     2 published ports per container), full (+ isolation where the binary exists)
@@ -25,6 +25,10 @@ const USAGE: &str = "usage: cnibench [--scenario bridge|bridge-portmap|full] [-n
                     write every ADD and DEL to PATH as CSV (side, P, round, op, order, wall ms, and
                     each plugin's wall and CPU ms), to see how latencies move within a round
   --no-spawn-count  skip counting spawned processes with strace
+  --no-settle       start each round's timed phases at once, instead of after writing back the
+                    file systems the round uses and waiting 5 s (so that the files the previous
+                    round deleted do not slow the inode allocations of this one on ext4 without
+                    a journal)
   --quiet           no progress lines on stderr
 
 Needs root (network namespaces). Everything runs in throwaway namespaces, removed on exit.
@@ -62,6 +66,7 @@ fn parse(args: &[String]) -> Result<(Options, bool, Option<PathBuf>), String> {
             "--json-file" => json_file = Some(PathBuf::from(val(a)?)),
             "--samples-file" => opts.samples_file = Some(PathBuf::from(val(a)?)),
             "--no-spawn-count" => opts.count_spawns = false,
+            "--no-settle" => opts.settle = None,
             "--quiet" => opts.progress = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
