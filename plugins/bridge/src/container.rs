@@ -10,8 +10,17 @@ use cni_common::sysctl;
 use ipnetwork::IpNetwork;
 
 /// Configure the container interface (already created, down) inside the current namespace;
-/// returns it as it was before the configuration (name, index, MAC).
-pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[IpConfig]) -> Result<Link, CniError> {
+/// returns it as it was before the configuration (name, index, MAC). `sysctls` resolves the
+/// namespace's sysctl keys: the namespace is new to `/proc/sys`, so a private procfs instance
+/// ([`sysctl::Sysctls::private`]) spares the walk of the shared hash chain of every namespace's
+/// `net/ipv6` entry.
+pub fn configure(
+    conf: &BridgeConf,
+    ifname: &str,
+    plan: &ContainerPlan,
+    ips: &[IpConfig],
+    sysctls: &sysctl::Sysctls,
+) -> Result<Link, CniError> {
     let mut nl = Netlink::open()?;
     let link = nl
         .link_by_name(ifname)?
@@ -20,9 +29,6 @@ pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[I
         return Ok(link);
     }
     let has_v6 = plan.addrs.iter().any(|a| a.is_ipv6());
-    // The namespace is new to `/proc/sys`: resolve its keys in a procfs instance of our own, not
-    // through the shared hash chain of every namespace's `net/ipv6` entry (see `sysctl`).
-    let sysctls = sysctl::Sysctls::private();
     if has_v6 {
         // IPv6 may be administratively disabled on new interfaces; addresses need it on.
         sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
