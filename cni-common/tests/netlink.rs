@@ -605,6 +605,18 @@ fn ipv4_settings_over_netlink() {
 }
 
 #[test]
+fn forwarding_over_netlink_follows_the_sysctls() {
+    in_netns(|| {
+        let mut nl = Netlink::open().expect("open");
+        for (family, key) in [(IpFamily::V4, "/proc/sys/net/ipv4/ip_forward"), (IpFamily::V6, "/proc/sys/net/ipv6/conf/all/forwarding")] {
+            assert_eq!(nl.forwarding(family).expect("read"), Some(false), "{family:?}: a new namespace does not forward");
+            std::fs::write(key, "1").unwrap_or_else(|e| panic!("write {key}: {e}"));
+            assert_eq!(nl.forwarding(family).expect("read"), Some(true), "{family:?} after writing {key}");
+        }
+    });
+}
+
+#[test]
 fn ipv6_without_link_local_address() {
     in_netns(|| {
         let mut nl = Netlink::open().expect("open");

@@ -26,6 +26,7 @@ mod error;
 mod handoff;
 mod link;
 mod mac;
+mod netconf;
 mod route;
 pub mod socket;
 

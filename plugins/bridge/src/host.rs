@@ -209,13 +209,21 @@ fn is_link_local(a: &IpNetwork) -> bool {
     }
 }
 
-/// Turn on forwarding for the families the gateway serves.
-pub fn enable_forwarding(gws: &[IpNetwork]) -> Result<(), CniError> {
-    if gws.iter().any(|g| g.is_ipv4()) {
-        sysctl::write_if_different("net/ipv4/ip_forward", "1")?;
-    }
-    if gws.iter().any(|g| g.is_ipv6()) {
-        sysctl::write_if_different("net/ipv6/conf/all/forwarding", "1")?;
+/// Turn on forwarding for the families the gateway serves. Read over netlink, written (when off)
+/// through `/proc/sys`: there, the lookup of `net/ipv4` walks the entry of every namespace that
+/// has looked up one of its keys (runtimes set such keys in every pod), the host's oldest of all.
+pub fn enable_forwarding(nl: &mut Netlink, gws: &[IpNetwork]) -> Result<(), CniError> {
+    for (family, key) in [(IpFamily::V4, "net/ipv4/ip_forward"), (IpFamily::V6, "net/ipv6/conf/all/forwarding")] {
+        if !gws.iter().any(|g| IpFamily::of(&g.ip()) == family) {
+            continue;
+        }
+        match nl.forwarding(family)? {
+            Some(true) => {}
+            Some(false) => sysctl::write(key, "1")?,
+            None => {
+                sysctl::write_if_different(key, "1")?;
+            }
+        }
     }
     Ok(())
 }

@@ -97,7 +97,7 @@ fn host_after_ipam(
     if conf.is_gateway {
         let gws = plan::bridge_gateways(&ipam.ips);
         host::set_gateway_addrs(nl, conf, bridge, &gws)?;
-        host::enable_forwarding(&gws)?;
+        host::enable_forwarding(nl, &gws)?;
     }
     if conf.ip_masq && !cplan.addrs.is_empty() {
         let fw = firewall(conf)?;
