@@ -18,15 +18,15 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
 
 use crate::error::CniError;
 
 /// The key as a path relative to `/proc/sys`, refusing keys that could leave `/proc/sys` or name
 /// nothing.
 fn relative(key: &str) -> Result<PathBuf, CniError> {
-    let bad = |why: &str| CniError::Io(format!("sysctl {key:?}: {why}"));
+    let bad = |why: &str| bad_key(key, why);
     let rel = key.strip_prefix("/proc/sys/").unwrap_or(key).trim_start_matches('/');
     let sep = if rel.contains('/') { '/' } else { '.' };
     let parts: Vec<&str> = rel.split(sep).collect();
@@ -37,6 +37,10 @@ fn relative(key: &str) -> Result<PathBuf, CniError> {
         return Err(bad("invalid key component"));
     }
     Ok(parts.into_iter().collect())
+}
+
+fn bad_key(key: &str, why: &str) -> CniError {
+    CniError::Io(format!("sysctl {key:?}: {why}"))
 }
 
 /// `/proc/sys/<key>` for a dotted or slash-separated key (see [`relative`]).
@@ -73,13 +77,14 @@ impl Sysctls {
     }
 
     /// Open the file of `key`, for writing or reading.
-    fn open(&self, key: &str, write: bool) -> Result<Result<File, std::io::Error>, CniError> {
+    fn open(&self, key: &str, write: bool) -> Result<std::io::Result<File>, CniError> {
+        let rel = relative(key)?;
         let Some(root) = &self.private_proc else {
-            let path = path(key)?;
-            return Ok(if write { fs::OpenOptions::new().write(true).open(&path) } else { File::open(&path) });
+            let path = Path::new("/proc/sys").join(rel);
+            return Ok(if write { fs::OpenOptions::new().write(true).open(path) } else { File::open(path) });
         };
-        let rel = PathBuf::from("sys").join(relative(key)?);
-        let c = CString::new(rel.as_os_str().as_bytes()).map_err(|_| CniError::Io(format!("sysctl {key:?}: invalid key component")))?;
+        // `relative` refused NUL bytes.
+        let c = CString::new(Path::new("sys").join(rel).into_os_string().into_vec()).map_err(|_| bad_key(key, "invalid key component"))?;
         let flags = libc::O_CLOEXEC | if write { libc::O_WRONLY } else { libc::O_RDONLY };
         // SAFETY: openat on a live directory fd with a NUL-terminated relative path.
         let fd = unsafe { libc::openat(root.as_raw_fd(), c.as_ptr(), flags) };

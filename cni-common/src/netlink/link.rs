@@ -9,7 +9,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use super::socket::{encode, put_attr, put_nested, Socket, HEADER_LEN};
+use super::socket::{encode, put_attr, put_nested, raw_message, Socket, HEADER_LEN};
 use super::{check_ifname, format_mac, Netlink, NlError};
 
 /// `IPV4_DEVCONF_ARP_NOTIFY` (`include/uapi/linux/ip.h`): `net.ipv4.conf.<link>.arp_notify`.
@@ -327,16 +327,10 @@ impl Netlink {
                 })
             })
         });
-        let len = HEADER_LEN + IFINFOMSG_LEN + attrs.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&RTM_SETLINK.to_ne_bytes());
-        msg.extend_from_slice(&[0; 10]); // flags, sequence number and port: stamped when sent
         // struct ifinfomsg: family, pad, type, index, flags, change
-        msg.extend_from_slice(&[0; 4]);
-        msg.extend_from_slice(&(index as i32).to_ne_bytes());
-        msg.extend_from_slice(&[0; 8]);
-        msg.extend_from_slice(&attrs);
+        let mut ifinfomsg = [0u8; IFINFOMSG_LEN];
+        ifinfomsg[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
+        let msg = raw_message(RTM_SETLINK, &ifinfomsg, &attrs);
         self.sock
             .request_raw(msg, 0, |_| Ok(None::<()>))
             .map(drop)

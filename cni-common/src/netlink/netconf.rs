@@ -1,7 +1,7 @@
 //! Namespace-wide IP settings read over netlink (`RTM_GETNETCONF`): the values of
 //! `net.ipv4.conf.all.*` / `net.ipv6.conf.all.*` without a path walk through `/proc/sys`.
 
-use super::socket::{iter_attrs, HEADER_LEN};
+use super::socket::{i32_at, iter_attrs, put_attr, raw_message, u16_at, HEADER_LEN};
 use super::{IpFamily, Netlink, NlError};
 
 const RTM_NEWNETCONF: u16 = 80;
@@ -15,29 +15,24 @@ const NETCONFMSG_LEN: usize = 4;
 
 /// `RTM_GETNETCONF` of the `all` settings of `family`.
 fn request(family: IpFamily) -> Vec<u8> {
-    let len = HEADER_LEN + NETCONFMSG_LEN + 8;
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&RTM_GETNETCONF.to_ne_bytes());
-    msg.extend_from_slice(&[0; 10]); // flags, sequence number and port: stamped when sent
-    msg.extend_from_slice(&[family.af(), 0, 0, 0]);
-    msg.extend_from_slice(&8u16.to_ne_bytes());
-    msg.extend_from_slice(&NETCONFA_IFINDEX.to_ne_bytes());
-    msg.extend_from_slice(&IFINDEX_ALL.to_ne_bytes());
-    msg
+    let mut attrs = Vec::with_capacity(8);
+    put_attr(&mut attrs, NETCONFA_IFINDEX, &IFINDEX_ALL.to_ne_bytes());
+    let netconfmsg: [u8; NETCONFMSG_LEN] = [family.af(), 0, 0, 0];
+    raw_message(RTM_GETNETCONF, &netconfmsg, &attrs)
 }
 
 /// `NETCONFA_FORWARDING` of an `RTM_NEWNETCONF` reply; `None` for other messages or when absent.
 fn forwarding_from_raw(raw: &[u8]) -> Result<Option<bool>, NlError> {
-    if raw.len() < HEADER_LEN + NETCONFMSG_LEN || u16::from_ne_bytes([raw[4], raw[5]]) != RTM_NEWNETCONF {
+    if raw.len() < HEADER_LEN + NETCONFMSG_LEN || u16_at(raw, 4) != RTM_NEWNETCONF {
         return Ok(None);
     }
     for attr in iter_attrs(&raw[HEADER_LEN + NETCONFMSG_LEN..], "netconf") {
         let (kind, value) = attr?;
         if kind == NETCONFA_FORWARDING {
-            let bytes: [u8; 4] =
-                value.try_into().map_err(|_| NlError::decode(format!("netconf forwarding of {} bytes", value.len())))?;
-            return Ok(Some(i32::from_ne_bytes(bytes) != 0));
+            if value.len() != 4 {
+                return Err(NlError::decode(format!("netconf forwarding of {} bytes", value.len())));
+            }
+            return Ok(Some(i32_at(value, 0) != 0));
         }
     }
     Ok(None)

@@ -652,15 +652,22 @@ impl<'a> Iterator for AttrIter<'a> {
 /// number left for the socket to fill in), `nfgenmsg { family, version 0, res_id }` (`res_id` in
 /// network byte order), then `attrs`.
 pub fn nfgen_message(kind: u16, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
-    let len = HEADER_LEN + NFGENMSG_LEN + attrs.len();
+    let [r0, r1] = res_id.to_be_bytes();
+    let nfgenmsg: [u8; NFGENMSG_LEN] = [family, 0, r0, r1]; // version NFNETLINK_V0
+    raw_message(kind, &nfgenmsg, attrs)
+}
+
+/// A netlink message of type `kind`: header (flags, sequence number and port id left for the
+/// socket to fill in), the type's fixed header `fixed` (its length a multiple of 4), then `attrs`.
+pub fn raw_message(kind: u16, fixed: &[u8], attrs: &[u8]) -> Vec<u8> {
+    let len = HEADER_LEN + fixed.len() + attrs.len();
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&(len as u32).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(&0u16.to_ne_bytes()); // flags
     out.extend_from_slice(&0u32.to_ne_bytes()); // sequence number
     out.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    out.extend_from_slice(&[family, 0]); // NFNETLINK_V0
-    out.extend_from_slice(&res_id.to_be_bytes());
+    out.extend_from_slice(fixed);
     out.extend_from_slice(attrs);
     out
 }
