@@ -1,13 +1,50 @@
 //! Delegation: run another plugin (IPAM) found in `CNI_PATH` with the same environment and the full
 //! config on stdin, pass its stderr through, and read its result or error object.
+//!
+//! A plugin may link the code of a plugin it delegates to and register it as a [`Builtin`]. When
+//! the file found in `CNI_PATH` is that same build (its identity note, [`crate::elfnote`], says
+//! so), the delegated call runs on a thread of the caller, through the same entry point
+//! ([`skel::serve`]) with the same environment and stdin, instead of an exec: the same code
+//! with the same input, without a process's start and exit. Any other file is executed.
 
+use crate::elfnote;
 use crate::error::{CniError, ErrorObject};
 use crate::result::CniResult;
-use crate::skel::{Command, Request};
+use crate::skel::{self, Command, Plugin, Request, Served};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
+
+/// A plugin linked into the calling executable, run in place of an exec of `name` when the
+/// executable found in `CNI_PATH` carries the identity note `identity`.
+pub struct Builtin {
+    /// The plugin's file name in `CNI_PATH`, e.g. `host-local`.
+    pub name: &'static str,
+    /// The build identity its executable carries (see [`crate::identity_note!`]).
+    pub identity: &'static str,
+    pub plugin: &'static (dyn Plugin + Sync),
+}
+
+static BUILTINS: OnceLock<&'static [Builtin]> = OnceLock::new();
+
+/// Register the plugins this executable links (once, from `main`, before [`skel::run`]).
+pub fn set_builtins(builtins: &'static [Builtin]) {
+    let _ = BUILTINS.set(builtins);
+}
+
+/// The registered builtin that `binary` (found in `CNI_PATH` for `plugin`) is a build of. A file
+/// that cannot be read or has no execute bit is left to the exec, which reports it.
+fn builtin_for(plugin: &str, binary: &Path) -> Option<&'static Builtin> {
+    use std::os::unix::fs::PermissionsExt;
+    let b = BUILTINS.get()?.iter().find(|b| b.name == plugin)?;
+    if std::fs::metadata(binary).ok()?.permissions().mode() & 0o111 == 0 {
+        return None;
+    }
+    let ids = elfnote::read_identities(binary).ok()?;
+    ids.iter().any(|id| id == b.identity.as_bytes()).then_some(b)
+}
 
 /// How often an exec that fails with ETXTBSY (binary being replaced) is retried.
 const TXTBSY_RETRIES: usize = 5;
@@ -31,14 +68,41 @@ pub fn find_in_path(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError>
 
 /// A delegated plugin that has been started and given its stdin; [`Running::finish`] waits for it.
 pub struct Running {
-    child: std::process::Child,
+    process: Process,
     plugin: String,
     command: Command,
 }
 
+enum Process {
+    Child(std::process::Child),
+    /// A [`Builtin`] serving the call on a thread of this process.
+    Thread(std::thread::JoinHandle<Served>),
+}
+
 /// Start `binary` with `command`, the caller's environment and `stdin` (written and closed before
-/// returning; a config larger than the pipe waits until the plugin reads it).
+/// returning; a config larger than the pipe waits until the plugin reads it), or its builtin.
 fn spawn(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<Running, CniError> {
+    let process = match builtin_for(plugin, binary) {
+        Some(b) => Process::Thread(spawn_builtin(b, command, stdin)?),
+        None => Process::Child(spawn_child(binary, plugin, command, stdin)?),
+    };
+    Ok(Running { process, plugin: plugin.into(), command })
+}
+
+/// Serve the call with `b` on a new thread, with this process's environment but `CNI_COMMAND`,
+/// as the exec would have it.
+fn spawn_builtin(b: &'static Builtin, command: Command, stdin: &[u8]) -> Result<std::thread::JoinHandle<Served>, CniError> {
+    let stdin = stdin.to_vec();
+    std::thread::Builder::new()
+        .name(b.name.into())
+        .spawn(move || {
+            let env = |k: &str| if k == "CNI_COMMAND" { Some(command.as_str().to_string()) } else { std::env::var(k).ok() };
+            skel::serve(b.plugin, &env, stdin)
+        })
+        .map_err(|e| CniError::Delegate { plugin: b.name.into(), reason: format!("start a thread for {}: {e}", b.name) })
+}
+
+fn spawn_child(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<std::process::Child, CniError> {
     let mut attempt = 0;
     let mut child = loop {
         let spawned = std::process::Command::new(binary)
@@ -59,30 +123,37 @@ fn spawn(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<
         // A plugin that exits without reading stdin closes the pipe: that is its business, not an error.
         let _ = input.write_all(stdin);
     }
-    Ok(Running { child, plugin: plugin.into(), command })
+    Ok(child)
 }
 
 impl Running {
     /// Wait for the plugin; its stdout on success, its error object (or a delegate error) otherwise.
     pub fn finish(self) -> Result<Vec<u8>, CniError> {
-        let Running { child, plugin, command } = self;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| CniError::Delegate { plugin: plugin.clone(), reason: format!("wait: {e}") })?;
-        if out.status.success() {
-            return Ok(out.stdout);
+        let Running { process, plugin, command } = self;
+        let (success, status, stdout) = match process {
+            Process::Child(child) => {
+                let out = child
+                    .wait_with_output()
+                    .map_err(|e| CniError::Delegate { plugin: plugin.clone(), reason: format!("wait: {e}") })?;
+                (out.status.success(), out.status.to_string(), out.stdout)
+            }
+            Process::Thread(thread) => {
+                // serve() catches the plugin's panics; this is the thread itself failing.
+                let served = thread.join().map_err(|_| CniError::Delegate {
+                    plugin: plugin.clone(),
+                    reason: format!("the thread serving {plugin} {} panicked", command.as_str()),
+                })?;
+                (served.code == 0, format!("exit status: {}", served.code), served.stdout.into_bytes())
+            }
+        };
+        if success {
+            return Ok(stdout);
         }
-        match ErrorObject::parse(&out.stdout) {
+        match ErrorObject::parse(&stdout) {
             Some(obj) if obj.code != 0 => Err(CniError::Passthrough { code: obj.code, msg: obj.msg, details: obj.details }),
             _ => Err(CniError::Delegate {
                 plugin: plugin.clone(),
-                reason: format!(
-                    "{} {} ({}): {}",
-                    plugin,
-                    command.as_str(),
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout).trim()
-                ),
+                reason: format!("{} {} ({}): {}", plugin, command.as_str(), status, String::from_utf8_lossy(&stdout).trim()),
             }),
         }
     }
@@ -142,6 +213,87 @@ pub fn start(plugin: &str, command: Command, req: &Request) -> Result<Running, C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// A plugin linked into this test executable (which carries the identity note of
+    /// `elfnote::tests`), recording the verbs it serves.
+    struct Fake;
+    static SERVED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+    impl Plugin for Fake {
+        fn name(&self) -> &'static str {
+            "fake-builtin"
+        }
+        fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+            SERVED.lock().unwrap().push((req.command.as_str().into(), req.container_id.clone()));
+            let v = serde_json::json!({"cniVersion": "1.0.0", "ips": [{"address": "10.1.2.3/24", "gateway": "10.1.2.1"}]});
+            CniResult::parse(&v, "1.0.0")
+        }
+        fn del(&self, req: &Request) -> Result<(), CniError> {
+            SERVED.lock().unwrap().push((req.command.as_str().into(), req.container_id.clone()));
+            Ok(())
+        }
+        fn check(&self, _req: &Request) -> Result<(), CniError> {
+            Err(CniError::Passthrough { code: 11, msg: "try again".into(), details: "fake".into() })
+        }
+    }
+
+    static TEST_BUILTINS: [Builtin; 2] = [
+        Builtin { name: "fake-builtin", identity: "cni-common-tests 1 unit", plugin: &Fake },
+        Builtin { name: "fake-other-build", identity: "cni-common-tests 2 unit", plugin: &Fake },
+    ];
+
+    fn served(id: &str) -> Vec<String> {
+        SERVED.lock().unwrap().iter().filter(|(_, c)| c == id).map(|(v, _)| v.clone()).collect()
+    }
+
+    #[test]
+    fn builtin_serves_in_process_only_for_its_own_build() {
+        use std::os::unix::fs::PermissionsExt;
+        set_builtins(&TEST_BUILTINS);
+        let dir = std::env::temp_dir().join(format!("cni-invoke-builtin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        // Our build: served on a thread, with the delegated verb as CNI_COMMAND.
+        std::os::unix::fs::symlink(&exe, dir.join("fake-builtin")).unwrap();
+        // Another build of it: the file is executed (a script standing in for it).
+        std::fs::write(
+            dir.join("fake-other-build"),
+            "#!/bin/sh\ncat >/dev/null\necho '{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.9.9.9/24\"}]}'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(dir.join("fake-other-build"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A delegated plugin gets the caller's environment, as an exec would: set what a runtime
+        // sets (no other test of this binary reads these variables).
+        std::env::set_var("CNI_CONTAINERID", "builtin-test");
+        std::env::set_var("CNI_NETNS", "/nonexistent/netns");
+        std::env::set_var("CNI_IFNAME", "eth0");
+        std::env::set_var("CNI_PATH", &dir);
+        std::env::set_var("CNI_NETNS_OVERRIDE", "1");
+        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "bridge"});
+        let env = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "builtin-test"), ("CNI_IFNAME", "eth0")];
+        let env = [&env[..], &[("CNI_NETNS", "/nonexistent/netns"), ("CNI_PATH", dir.to_str().unwrap())]].concat();
+        // The caller's own verb differs from the delegated one (a rollback's DEL during ADD).
+        let req = crate::skel::request_from(&env, &conf, &[]).unwrap();
+        let r = delegate_add("fake-builtin", &req).unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.1.2.3/24");
+        delegate("fake-builtin", Command::Del, &req).unwrap();
+        let e = delegate("fake-builtin", Command::Check, &req).unwrap_err();
+        assert_eq!((e.code(), e.to_string().contains("try again")), (11, true), "{e}");
+        assert_eq!(served("builtin-test"), ["ADD", "DEL"]);
+
+        let r = delegate_add("fake-other-build", &req).unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.9.9.9/24");
+        assert_eq!(served("builtin-test"), ["ADD", "DEL"]);
+
+        // Without an execute bit the exec would fail, and so does the delegation.
+        std::fs::remove_file(dir.join("fake-builtin")).unwrap();
+        std::fs::copy(&exe, dir.join("fake-builtin")).unwrap();
+        std::fs::set_permissions(dir.join("fake-builtin"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(delegate_add("fake-builtin", &req).is_err());
+        assert_eq!(served("builtin-test"), ["ADD", "DEL"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn find_rejects_bad_names_and_empty_path() {

@@ -6,7 +6,7 @@
 //! - [`result`]: results of every spec version and conversions between them
 //! - [`args`]: `CNI_ARGS` parsing
 //! - [`skel`]: the entry point every plugin calls (env, stdin, version negotiation, dispatch)
-//! - [`invoke`]: delegation to other plugins (IPAM) through `CNI_PATH`
+//! - [`invoke`]: delegation to other plugins (IPAM) through `CNI_PATH`; [`elfnote`]: build identity notes
 //! - [`netns`]: entering network namespaces
 //! - [`netlink`]: links, addresses, routes over rtnetlink; [`sysctl`]
 
@@ -24,6 +24,7 @@ pub mod result;
 pub mod args;
 pub mod skel;
 pub mod invoke;
+pub mod elfnote;
 pub mod gc;
 pub mod conntrack;
 pub mod oplog;

@@ -285,11 +285,9 @@ fn about(plugin: &dyn Plugin) -> String {
     )
 }
 
-fn dispatch(plugin: &dyn Plugin, req: &Request) -> Result<Option<String>, CniError> {
-    let override_set = matches!(
-        std::env::var("CNI_NETNS_OVERRIDE").map(|v| v.to_ascii_lowercase()).as_deref(),
-        Ok("1" | "true")
-    );
+fn dispatch(plugin: &dyn Plugin, req: &Request, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, CniError> {
+    let override_set =
+        matches!(env("CNI_NETNS_OVERRIDE").map(|v| v.to_ascii_lowercase()).as_deref(), Some("1" | "true"));
     check_not_own_netns(req, override_set)?;
     match req.command {
         Command::Add => plugin.add(req)?.to_json(&req.cni_version).map(Some),
@@ -302,10 +300,16 @@ fn dispatch(plugin: &dyn Plugin, req: &Request) -> Result<Option<String>, CniErr
 }
 
 /// One line in the operator log, when one is configured (see [`crate::oplog`]).
-fn log_operation(plugin: &dyn Plugin, stdin: &[u8], took: std::time::Duration, outcome: &Result<Option<String>, CniError>) {
+fn log_operation(
+    plugin: &dyn Plugin,
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    took: std::time::Duration,
+    outcome: &Result<Option<String>, CniError>,
+) {
     let conf = serde_json::from_slice::<Value>(stdin).ok();
-    let Some(path) = crate::oplog::target(conf.as_ref(), std::env::var(crate::oplog::ENV).ok()) else { return };
-    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let Some(path) = crate::oplog::target(conf.as_ref(), env(crate::oplog::ENV)) else { return };
+    let env = |k: &str| env(k).unwrap_or_default();
     let network = conf.as_ref().and_then(|c| c.get("name")).and_then(Value::as_str).unwrap_or_default();
     let entry = crate::oplog::Entry {
         plugin: plugin.name(),
@@ -319,54 +323,64 @@ fn log_operation(plugin: &dyn Plugin, stdin: &[u8], took: std::time::Duration, o
     crate::oplog::append(&path, &entry);
 }
 
+/// What one invocation printed on stdout, and its exit status.
+#[derive(Debug)]
+pub struct Served {
+    /// 0 on success, 1 when `stdout` holds an error object.
+    pub code: i32,
+    /// The result, the VERSION reply or the error object, with its newline; empty for a
+    /// successful DEL, CHECK, STATUS or GC.
+    pub stdout: String,
+}
+
+/// One invocation of `plugin`, from its environment (`env`) and config (`stdin`) to what it prints:
+/// everything a plugin process does between reading stdin and writing stdout, including the
+/// operator log line. [`run`] is this for the process; [`crate::invoke`] also uses it to run a
+/// plugin linked into the caller in place of an exec of the same build of it.
+pub fn serve(plugin: &dyn Plugin, env: &dyn Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Served {
+    let started = std::time::Instant::now();
+    let input = Input { env, stdin: stdin.clone() };
+    let outcome = match parse_request(input, plugin.supported_versions(), plugin.known_args()) {
+        Err(e) => Err(e),
+        Ok(Parsed::Version(v)) => Ok(Some(v.to_string())),
+        Ok(Parsed::Request(req)) => {
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(plugin, &req, env)));
+            res.unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(CniError::Internal(format!("plugin panicked: {what}")))
+            })
+        }
+    };
+    log_operation(plugin, env, &stdin, started.elapsed(), &outcome);
+    match outcome {
+        Ok(text) => Served { code: 0, stdout: text.map(|t| t + "\n").unwrap_or_default() },
+        Err(e) => Served { code: 1, stdout: e.to_json(&error_version(&stdin)) + "\n" },
+    }
+}
+
 /// Run `plugin` as the process: returns the exit code after printing the result or error object.
 pub fn run(plugin: &dyn Plugin) -> i32 {
     if std::env::var_os("CNI_COMMAND").is_none() {
         eprint!("{}", about(plugin));
         return 0;
     }
-    let started = std::time::Instant::now();
     let mut stdin = Vec::new();
     // Read one byte more than the limit so an oversized config is detected without reading it all.
-    let read = std::io::stdin().lock().take(MAX_STDIN as u64 + 1).read_to_end(&mut stdin);
-    let outcome = match read {
-        Err(e) => Err(CniError::Io(format!("reading config from stdin: {e}"))),
-        Ok(_) => {
-            let env = |k: &str| std::env::var(k).ok();
-            let input = Input { env: &env, stdin: stdin.clone() };
-            match parse_request(input, plugin.supported_versions(), plugin.known_args()) {
-                Err(e) => Err(e),
-                Ok(Parsed::Version(v)) => Ok(Some(v.to_string())),
-                Ok(Parsed::Request(req)) => {
-                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(plugin, &req)));
-                    res.unwrap_or_else(|p| {
-                        let what = p
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        Err(CniError::Internal(format!("plugin panicked: {what}")))
-                    })
-                }
-            }
+    let served = match std::io::stdin().lock().take(MAX_STDIN as u64 + 1).read_to_end(&mut stdin) {
+        Ok(_) => serve(plugin, &|k| std::env::var(k).ok(), stdin),
+        Err(e) => {
+            let e = CniError::Io(format!("reading config from stdin: {e}"));
+            Served { code: 1, stdout: e.to_json(&error_version(&stdin)) + "\n" }
         }
     };
-    log_operation(plugin, &stdin, started.elapsed(), &outcome);
     let mut out = std::io::stdout().lock();
-    match outcome {
-        Ok(text) => {
-            if let Some(t) = text {
-                let _ = writeln!(out, "{t}");
-            }
-            let _ = out.flush();
-            0
-        }
-        Err(e) => {
-            let _ = writeln!(out, "{}", e.to_json(&error_version(&stdin)));
-            let _ = out.flush();
-            1
-        }
-    }
+    let _ = out.write_all(served.stdout.as_bytes());
+    let _ = out.flush();
+    served.code
 }
 
 #[cfg(test)]

@@ -528,6 +528,34 @@ fn other_ipams_see_the_interface_on_add_and_del() {
     assert!(link_details(&c, "eth0").is_none(), "eth0 left after DEL");
 }
 
+/// bridge runs host-local in-process only when the `host-local` in CNI_PATH is its own build (the
+/// bench smoke test sees no exec of it then); anything else there is executed, for every verb.
+#[test]
+fn host_local_of_another_build_is_executed() {
+    let mut lab = Lab::new();
+    let ours = lab.rt.plugin_dirs[0].join("host-local");
+    let dir = lab.data_dir().join("wrapped-ipam-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("execs.log");
+    let script = format!("#!/bin/sh\necho \"$CNI_COMMAND\" >> {}\nexec {} \"$@\"\n", log.display(), ours.display());
+    let bin = dir.join("host-local");
+    std::fs::write(&bin, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    lab.rt.plugin_dirs.insert(0, dir.clone());
+    let l = lab.list("1.1.0", "wrapped-net", json!({"bridge": "br-wrap", "isGateway": true, "ipam": lab.ipam4("10.10.33.0/24")}));
+    let c = lab.container();
+    let rc = lab.rc("wrapped-0", &c);
+    let r = lab.add(&l, &rc);
+    assert_eq!(result_ip(&r, false), "10.10.33.2");
+    assert_eq!(lab.leases("wrapped-net"), vec!["10.10.33.2".to_string()]);
+    lab.check(&l, &rc);
+    lab.del(&l, &rc);
+    assert!(lab.leases("wrapped-net").is_empty(), "lease left: {:?}", lab.leases("wrapped-net"));
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(seen.lines().collect::<Vec<_>>(), ["ADD", "CHECK", "DEL"], "host-local execs: {seen}");
+}
+
 #[test]
 fn rollback_on_gateway_conflict_and_force_address() {
     let lab = Lab::new();

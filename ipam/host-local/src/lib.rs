@@ -25,6 +25,13 @@ use std::net::IpAddr;
 
 pub struct HostLocal;
 
+include!(concat!(env!("OUT_DIR"), "/identity.rs"));
+
+/// host-local as a builtin of a plugin that delegates to it (bridge): run in-process when the
+/// `host-local` found in `CNI_PATH` is this same build.
+pub const BUILTIN: cni_common::invoke::Builtin =
+    cni_common::invoke::Builtin { name: "host-local", identity: IDENTITY, plugin: &HostLocal };
+
 /// With `HOST_LOCAL_DEBUG` set, report on stderr how many full scans of the lease files a call
 /// made (0 when the index was trusted). A diagnostic used by the tests.
 fn debug_scans(store: &DiskStore) {

@@ -13,6 +13,10 @@ mod plugin;
 #[global_allocator]
 static ALLOC: cni_common::arena::Arena = cni_common::arena::Arena::new();
 
+/// Delegated plugins whose code bridge links: run in-process when `CNI_PATH` holds the same build.
+static BUILTINS: [cni_common::invoke::Builtin; 1] = [host_local::BUILTIN];
+
 fn main() {
+    cni_common::invoke::set_builtins(&BUILTINS);
     std::process::exit(cni_common::skel::run(&plugin::Bridge));
 }
