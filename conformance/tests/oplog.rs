@@ -44,3 +44,27 @@ fn one_line_per_operation_and_stdout_untouched() {
     let text2 = std::fs::read_to_string(&log2).unwrap();
     assert!(text2.contains("loopback ADD") && text2.contains("error code=8"), "{text2}");
 }
+
+/// bridge with our host-local: host-local runs in-process (its own build is in the directory) and
+/// still logs its own line for each verb, as the process it stands in for would.
+#[test]
+fn delegated_host_local_logs_its_own_lines() {
+    let lab = Lab::new();
+    let log = lab.sb.tempdir().join("ops.log");
+    let l = lab.list(
+        "1.1.0",
+        "oplog-br",
+        json!({"bridge": "br-oplog", "ipam": lab.ipam4("10.10.34.0/24"), "logFile": log.to_str().unwrap()}),
+    );
+    let c = lab.container();
+    let rc = lab.rc("oplog-br-0", &c);
+    lab.add(&l, &rc);
+    lab.del(&l, &rc);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let verbs: Vec<&str> = text
+        .lines()
+        .filter_map(|line| ["host-local ADD", "bridge ADD", "host-local DEL", "bridge DEL"].into_iter().find(|v| line.contains(&format!(" {v} "))))
+        .collect();
+    assert_eq!(verbs, ["host-local ADD", "bridge ADD", "host-local DEL", "bridge DEL"], "{text}");
+    assert!(text.lines().all(|l| l.contains("cid=\"oplog-br-0\"") && l.contains(" ok ")), "{text}");
+}
