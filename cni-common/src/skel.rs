@@ -355,10 +355,21 @@ pub fn serve(plugin: &dyn Plugin, env: &dyn Fn(&str) -> Option<String>, stdin: V
             })
         }
     };
-    log_operation(plugin, env, &stdin, started.elapsed(), &outcome);
+    conclude(plugin, env, &stdin, started, outcome)
+}
+
+/// Log the operation and lay out what it prints.
+fn conclude(
+    plugin: &dyn Plugin,
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    started: std::time::Instant,
+    outcome: Result<Option<String>, CniError>,
+) -> Served {
+    log_operation(plugin, env, stdin, started.elapsed(), &outcome);
     match outcome {
         Ok(text) => Served { code: 0, stdout: text.map(|t| t + "\n").unwrap_or_default() },
-        Err(e) => Served { code: 1, stdout: e.to_json(&error_version(&stdin)) + "\n" },
+        Err(e) => Served { code: 1, stdout: e.to_json(&error_version(stdin)) + "\n" },
     }
 }
 
@@ -368,14 +379,13 @@ pub fn run(plugin: &dyn Plugin) -> i32 {
         eprint!("{}", about(plugin));
         return 0;
     }
+    let started = std::time::Instant::now();
+    let env = |k: &str| std::env::var(k).ok();
     let mut stdin = Vec::new();
     // Read one byte more than the limit so an oversized config is detected without reading it all.
     let served = match std::io::stdin().lock().take(MAX_STDIN as u64 + 1).read_to_end(&mut stdin) {
-        Ok(_) => serve(plugin, &|k| std::env::var(k).ok(), stdin),
-        Err(e) => {
-            let e = CniError::Io(format!("reading config from stdin: {e}"));
-            Served { code: 1, stdout: e.to_json(&error_version(&stdin)) + "\n" }
-        }
+        Ok(_) => serve(plugin, &env, stdin),
+        Err(e) => conclude(plugin, &env, &stdin, started, Err(CniError::Io(format!("reading config from stdin: {e}")))),
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(served.stdout.as_bytes());
