@@ -588,7 +588,7 @@ fn current_namespace_is_recorded_on_enter() {
 fn ipv4_settings_over_netlink() {
     in_netns(|| {
         let mut nl = Netlink::open().expect("open");
-        let (a, _b) = veth_pair(&mut nl, "cf-a", "cf-b");
+        let (a, b) = veth_pair(&mut nl, "cf-a", "cf-b");
         let read = |name: &str, key: &str| {
             std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/{key}")).expect("read sysctl").trim().to_string()
         };
@@ -601,6 +601,16 @@ fn ipv4_settings_over_netlink() {
         let e = nl.set_ipv4_conf(999_999, &[(cni_common::netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)]).expect_err("no such link");
         assert_eq!(e.errno(), Some(libc::ENODEV), "{e}");
         assert!(e.to_string().contains("link index 999999"), "{e}");
+
+        // Read back over netlink: what the sysctl files say, set either way.
+        use cni_common::netlink::{IPV4_DEVCONF_ARP_NOTIFY, IPV4_DEVCONF_ROUTE_LOCALNET};
+        assert_eq!(nl.ipv4_conf(a.index, IPV4_DEVCONF_ARP_NOTIFY).expect("get"), Some(1));
+        assert_eq!(nl.ipv4_conf(a.index, IPV4_DEVCONF_ROUTE_LOCALNET).expect("get"), Some(0));
+        std::fs::write("/proc/sys/net/ipv4/conf/cf-a/route_localnet", "1").expect("write sysctl");
+        assert_eq!(nl.ipv4_conf(a.index, IPV4_DEVCONF_ROUTE_LOCALNET).expect("get"), Some(1));
+        assert_eq!(read("cf-b", "route_localnet"), "0");
+        assert_eq!(nl.ipv4_conf(b.index, IPV4_DEVCONF_ROUTE_LOCALNET).expect("get"), Some(0));
+        assert_eq!(nl.ipv4_conf(999_999, IPV4_DEVCONF_ROUTE_LOCALNET).expect("get"), None, "no such link");
     });
 }
 

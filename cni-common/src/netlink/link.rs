@@ -14,8 +14,14 @@ use super::{check_ifname, format_mac, Netlink, NlError};
 
 /// `IPV4_DEVCONF_ARP_NOTIFY` (`include/uapi/linux/ip.h`): `net.ipv4.conf.<link>.arp_notify`.
 pub const IPV4_DEVCONF_ARP_NOTIFY: u16 = 22;
-/// `RTM_SETLINK`.
+/// `IPV4_DEVCONF_ROUTE_LOCALNET`: `net.ipv4.conf.<link>.route_localnet`.
+pub const IPV4_DEVCONF_ROUTE_LOCALNET: u16 = 26;
+/// `RTM_GETLINK`, `RTM_SETLINK`.
+const RTM_GETLINK: u16 = 18;
 const RTM_SETLINK: u16 = 19;
+/// `IFLA_EXT_MASK` with `RTEXT_FILTER_SKIP_STATS`: a GETLINK reply without the statistics.
+const IFLA_EXT_MASK: u16 = 29;
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 /// `IFLA_AF_SPEC`, and `IFLA_INET_CONF` inside its `AF_INET` part.
 const IFLA_AF_SPEC: u16 = 26;
 const IFLA_INET_CONF: u16 = 1;
@@ -337,6 +343,24 @@ impl Netlink {
             .map_err(|e| e.with_op(format!("set IPv4 settings of link index {index}")))
     }
 
+    /// The per-link IPv4 setting `id` (an `IPV4_DEVCONF_*`, `net.ipv4.conf.<link>.*`) of link
+    /// `index`, read from the link itself (`RTM_GETLINK`), without the path walk through
+    /// `/proc/sys/net/ipv4`, whose entry in the host namespace sits behind one for every namespace
+    /// in which a `net.ipv4` key was looked up (runtimes set one in every pod). `None` when the
+    /// link does not exist or reports no IPv4 settings.
+    pub fn ipv4_conf(&mut self, index: u32, id: u16) -> Result<Option<u32>, NlError> {
+        let mut ifinfomsg = [0u8; IFINFOMSG_LEN];
+        ifinfomsg[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
+        let mut attrs = Vec::new();
+        put_attr(&mut attrs, IFLA_EXT_MASK, &RTEXT_FILTER_SKIP_STATS.to_ne_bytes());
+        let msg = raw_message(RTM_GETLINK, &ifinfomsg, &attrs);
+        match self.sock.request_raw(msg, 0, |raw| inet_conf_value(raw, id)) {
+            Ok(values) => Ok(values.into_iter().next()),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.with_op(format!("get IPv4 settings of link index {index}"))),
+        }
+    }
+
     /// Give the link no IPv6 link-local address (`addrgenmode none`); the link keeps IPv6 (its
     /// multicast route, addresses added by hand). Set before the link gets a carrier, this spares
     /// the kernel the link-local address with its duplicate address detection, multicast reports
@@ -412,6 +436,21 @@ impl Netlink {
     }
 }
 
+/// Setting `id` in the `IFLA_INET_CONF` array (one `u32` per `IPV4_DEVCONF_*`, from id 1) of the
+/// `AF_INET` part of `IFLA_AF_SPEC` in `raw`, a whole `RTM_NEWLINK` message.
+fn inet_conf_value(raw: &[u8], id: u16) -> Result<Option<u32>, NlError> {
+    use super::socket::find_attr;
+    let Some(attrs) = raw.get(HEADER_LEN + IFINFOMSG_LEN..) else { return Ok(None) };
+    if u16::from_ne_bytes([raw[4], raw[5]]) != RTM_NEWLINK {
+        return Ok(None);
+    }
+    let Some(af) = find_attr(attrs, IFLA_AF_SPEC, "link")? else { return Ok(None) };
+    let Some(inet) = find_attr(af, libc::AF_INET as u16, "IFLA_AF_SPEC")? else { return Ok(None) };
+    let Some(conf) = find_attr(inet, IFLA_INET_CONF, "AF_INET")? else { return Ok(None) };
+    let at = (usize::from(id).saturating_sub(1)) * 4;
+    Ok(conf.get(at..at + 4).filter(|_| id > 0).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::socket::encode;
@@ -430,6 +469,35 @@ mod tests {
             attrs = attrs.get((len + 3) & !3..)?;
         }
         None
+    }
+
+    /// An `RTM_NEWLINK` whose `AF_INET` settings hold `values` (ids 1, 2, ...), after an
+    /// unrelated attribute and an `AF_INET6` part.
+    fn newlink_with_inet_conf(values: &[u32]) -> Vec<u8> {
+        let mut attrs = Vec::new();
+        put_attr(&mut attrs, 4, &1500u32.to_ne_bytes()); // IFLA_MTU
+        put_nested(&mut attrs, IFLA_AF_SPEC, |af| {
+            put_nested(af, libc::AF_INET6 as u16, |v6| put_attr(v6, 8, &[1])); // IFLA_INET6_ADDR_GEN_MODE
+            put_nested(af, libc::AF_INET as u16, |inet| {
+                let conf: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
+                put_attr(inet, IFLA_INET_CONF, &conf);
+            })
+        });
+        raw_message(RTM_NEWLINK, &[0u8; IFINFOMSG_LEN], &attrs)
+    }
+
+    #[test]
+    fn inet_conf_values_by_id() {
+        let values: Vec<u32> = (1..=30).map(|i| i * 10).collect();
+        let raw = newlink_with_inet_conf(&values);
+        assert_eq!(inet_conf_value(&raw, 1).unwrap(), Some(10));
+        assert_eq!(inet_conf_value(&raw, IPV4_DEVCONF_ARP_NOTIFY).unwrap(), Some(220));
+        assert_eq!(inet_conf_value(&raw, IPV4_DEVCONF_ROUTE_LOCALNET).unwrap(), Some(260));
+        assert_eq!(inet_conf_value(&raw, 31).unwrap(), None, "beyond the array");
+        assert_eq!(inet_conf_value(&raw, 0).unwrap(), None, "ids start at 1");
+        // no AF_INET part, or another message
+        assert_eq!(inet_conf_value(&raw_message(RTM_NEWLINK, &[0u8; IFINFOMSG_LEN], &[]), 1).unwrap(), None);
+        assert_eq!(inet_conf_value(&raw_message(RTM_DELLINK, &[0u8; IFINFOMSG_LEN], &[]), 1).unwrap(), None);
     }
 
     #[test]

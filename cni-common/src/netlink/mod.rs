@@ -34,7 +34,7 @@ pub use addr::{Addr, AddrOpts};
 pub use bridge::{BrPortFlags, VLAN_FILTERING};
 pub use error::NlError;
 pub use handoff::DetachedDelete;
-pub use link::{Link, VethSpec, IPV4_DEVCONF_ARP_NOTIFY};
+pub use link::{Link, VethSpec, IPV4_DEVCONF_ARP_NOTIFY, IPV4_DEVCONF_ROUTE_LOCALNET};
 pub use mac::{format_mac, parse_mac, random_mac, random_veth_name};
 pub use route::{Route, SCOPE_LINK, TABLE_MAIN};
 
