@@ -8,7 +8,7 @@
 //! - [`segments`] and [`notes`] parse an ELF64 little-endian image; pure.
 //! - [`read_identities`] reads a file's notes of our name.
 
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -156,17 +156,8 @@ pub fn notes(segment: &[u8], align: usize) -> Vec<Note<'_>> {
 /// page, and a note segment that lies beyond it.
 pub fn read_identities(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     let file = std::fs::File::open(path)?;
-    let mut head = vec![0u8; HEAD];
-    let mut got = 0;
-    while got < HEAD {
-        match file.read_at(&mut head[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    head.truncate(got);
+    let mut head = Vec::with_capacity(HEAD);
+    (&file).take(HEAD as u64).read_to_end(&mut head)?;
     let mut out = Vec::new();
     for seg in segments(&head) {
         let inside = usize::try_from(seg.offset + seg.size).ok().filter(|&end| end <= head.len());
@@ -192,10 +183,12 @@ pub fn read_identities(path: &Path) -> io::Result<Vec<Vec<u8>>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    crate::identity_note!("cni-common-tests 1 unit");
+    /// The identity this test executable carries (the invoke tests use it too).
+    pub(crate) const TEST_IDENTITY: &str = "cni-common-tests 1 unit";
+    crate::identity_note!(TEST_IDENTITY);
 
     fn note(name: &[u8], kind: u32, desc: &[u8], align: usize) -> Vec<u8> {
         let up = |n: usize| (n + align - 1) & !(align - 1);
@@ -271,7 +264,7 @@ mod tests {
     fn the_macro_puts_the_note_into_the_executable() {
         let exe = std::fs::read_link("/proc/self/exe").expect("the test executable's path");
         let ids = read_identities(&exe).expect("read the test executable");
-        assert!(ids.iter().any(|d| d == b"cni-common-tests 1 unit"), "no identity note in {}: {ids:?}", exe.display());
+        assert!(ids.iter().any(|d| d == TEST_IDENTITY.as_bytes()), "no identity note in {}: {ids:?}", exe.display());
         let shell = read_identities(Path::new("/bin/sh")).expect("read /bin/sh");
         assert!(shell.is_empty());
     }

@@ -239,7 +239,7 @@ mod tests {
     }
 
     static TEST_BUILTINS: [Builtin; 2] = [
-        Builtin { name: "fake-builtin", identity: "cni-common-tests 1 unit", plugin: &Fake },
+        Builtin { name: "fake-builtin", identity: crate::elfnote::tests::TEST_IDENTITY, plugin: &Fake },
         Builtin { name: "fake-other-build", identity: "cni-common-tests 2 unit", plugin: &Fake },
     ];
 

@@ -16,12 +16,8 @@ use super::{check_ifname, format_mac, Netlink, NlError};
 pub const IPV4_DEVCONF_ARP_NOTIFY: u16 = 22;
 /// `IPV4_DEVCONF_ROUTE_LOCALNET`: `net.ipv4.conf.<link>.route_localnet`.
 pub const IPV4_DEVCONF_ROUTE_LOCALNET: u16 = 26;
-/// `RTM_GETLINK`, `RTM_SETLINK`.
-const RTM_GETLINK: u16 = 18;
+/// `RTM_SETLINK`.
 const RTM_SETLINK: u16 = 19;
-/// `IFLA_EXT_MASK` with `RTEXT_FILTER_SKIP_STATS`: a GETLINK reply without the statistics.
-const IFLA_EXT_MASK: u16 = 29;
-const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 /// `IFLA_AF_SPEC`, and `IFLA_INET_CONF` inside its `AF_INET` part.
 const IFLA_AF_SPEC: u16 = 26;
 const IFLA_INET_CONF: u16 = 1;
@@ -349,12 +345,9 @@ impl Netlink {
     /// in which a `net.ipv4` key was looked up (runtimes set one in every pod). `None` when the
     /// link does not exist or reports no IPv4 settings.
     pub fn ipv4_conf(&mut self, index: u32, id: u16) -> Result<Option<u32>, NlError> {
-        let mut ifinfomsg = [0u8; IFINFOMSG_LEN];
-        ifinfomsg[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
-        let mut attrs = Vec::new();
-        put_attr(&mut attrs, IFLA_EXT_MASK, &RTEXT_FILTER_SKIP_STATS.to_ne_bytes());
-        let msg = raw_message(RTM_GETLINK, &ifinfomsg, &attrs);
-        match self.sock.request_raw(msg, 0, |raw| inet_conf_value(raw, id)) {
+        let mut req = link_msg(index);
+        req.attributes.push(skip_stats());
+        match self.sock.request_raw(encode(RouteNetlinkMessage::GetLink(req), 0, 0), 0, |raw| inet_conf_value(raw, id)) {
             Ok(values) => Ok(values.into_iter().next()),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.with_op(format!("get IPv4 settings of link index {index}"))),
@@ -439,9 +432,9 @@ impl Netlink {
 /// Setting `id` in the `IFLA_INET_CONF` array (one `u32` per `IPV4_DEVCONF_*`, from id 1) of the
 /// `AF_INET` part of `IFLA_AF_SPEC` in `raw`, a whole `RTM_NEWLINK` message.
 fn inet_conf_value(raw: &[u8], id: u16) -> Result<Option<u32>, NlError> {
-    use super::socket::find_attr;
+    use super::socket::{find_attr, u16_at};
     let Some(attrs) = raw.get(HEADER_LEN + IFINFOMSG_LEN..) else { return Ok(None) };
-    if u16::from_ne_bytes([raw[4], raw[5]]) != RTM_NEWLINK {
+    if u16_at(raw, 4) != RTM_NEWLINK {
         return Ok(None);
     }
     let Some(af) = find_attr(attrs, IFLA_AF_SPEC, "link")? else { return Ok(None) };
