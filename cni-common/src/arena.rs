@@ -89,10 +89,21 @@ impl Arena {
                 MAPPING => std::hint::spin_loop(),
                 UNMAPPED => {
                     if self.base.compare_exchange(UNMAPPED, MAPPING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                        // SAFETY: a valid, non-zero layout; the system allocator maps a region this
-                        // large on demand, and it is never freed (the process exits instead).
-                        let p = unsafe { System.alloc(Layout::from_size_align_unchecked(ARENA_BYTES, 4096)) };
-                        let b = if p.is_null() { FAILED } else { p as usize };
+                        // Mapped directly rather than through the system allocator, whose
+                        // bookkeeping for it would cost pages of its own. Never unmapped: the
+                        // process exits instead.
+                        // SAFETY: an anonymous private mapping at an address of the kernel's choice.
+                        let p = unsafe {
+                            libc::mmap(
+                                std::ptr::null_mut(),
+                                ARENA_BYTES,
+                                libc::PROT_READ | libc::PROT_WRITE,
+                                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                                -1,
+                                0,
+                            )
+                        };
+                        let b = if p == libc::MAP_FAILED || p.is_null() { FAILED } else { p as usize };
                         self.base.store(b, Ordering::Release);
                         return (b != FAILED).then_some(b);
                     }
