@@ -77,6 +77,8 @@ enum Process {
     Child(std::process::Child),
     /// A [`Builtin`] serving the call on a thread of this process.
     Thread(std::thread::JoinHandle<Served>),
+    /// A [`Builtin`] that has served the call on the calling thread.
+    Served(Served),
 }
 
 /// Start `binary` with `command`, the caller's environment and `stdin` (written and closed before
@@ -95,11 +97,15 @@ fn spawn_builtin(b: &'static Builtin, command: Command, stdin: &[u8]) -> Result<
     let stdin = stdin.to_vec();
     std::thread::Builder::new()
         .name(b.name.into())
-        .spawn(move || {
-            let env = |k: &str| if k == "CNI_COMMAND" { Some(command.as_str().to_string()) } else { std::env::var(k).ok() };
-            skel::serve(b.plugin, &env, stdin)
-        })
+        .spawn(move || serve_builtin(b, command, stdin))
         .map_err(|e| CniError::Delegate { plugin: b.name.into(), reason: format!("start a thread for {}: {e}", b.name) })
+}
+
+/// Serve the call with `b` on the calling thread, with this process's environment but
+/// `CNI_COMMAND`, as the exec would have it.
+fn serve_builtin(b: &'static Builtin, command: Command, stdin: Vec<u8>) -> Served {
+    let env = |k: &str| if k == "CNI_COMMAND" { Some(command.as_str().to_string()) } else { std::env::var(k).ok() };
+    skel::serve(b.plugin, &env, stdin)
 }
 
 fn spawn_child(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<std::process::Child, CniError> {
@@ -130,6 +136,7 @@ impl Running {
     /// Wait for the plugin; its stdout on success, its error object (or a delegate error) otherwise.
     pub fn finish(self) -> Result<Vec<u8>, CniError> {
         let Running { process, plugin, command } = self;
+        let served = |s: Served| (s.code == 0, format!("exit status: {}", s.code), s.stdout.into_bytes());
         let (success, status, stdout) = match process {
             Process::Child(child) => {
                 let out = child
@@ -137,14 +144,12 @@ impl Running {
                     .map_err(|e| CniError::Delegate { plugin: plugin.clone(), reason: format!("wait: {e}") })?;
                 (out.status.success(), out.status.to_string(), out.stdout)
             }
-            Process::Thread(thread) => {
-                // serve() catches the plugin's panics; this is the thread itself failing.
-                let served = thread.join().map_err(|_| CniError::Delegate {
-                    plugin: plugin.clone(),
-                    reason: format!("the thread serving {plugin} {} panicked", command.as_str()),
-                })?;
-                (served.code == 0, format!("exit status: {}", served.code), served.stdout.into_bytes())
-            }
+            // serve() catches the plugin's panics; this is the thread itself failing.
+            Process::Thread(thread) => served(thread.join().map_err(|_| CniError::Delegate {
+                plugin: plugin.clone(),
+                reason: format!("the thread serving {plugin} {} panicked", command.as_str()),
+            })?),
+            Process::Served(s) => served(s),
         };
         if success {
             return Ok(stdout);
@@ -160,36 +165,27 @@ impl Running {
 }
 
 /// Run `binary` with `command`, the caller's environment and `stdin`; return its stdout on success.
+/// Its builtin, if it has one, serves the call on the calling thread.
 fn exec(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
-    spawn(binary, plugin, command, stdin)?.finish()
+    let process = match builtin_for(plugin, binary) {
+        Some(b) => Process::Served(serve_builtin(b, command, stdin.to_vec())),
+        None => Process::Child(spawn_child(binary, plugin, command, stdin)?),
+    };
+    Running { process, plugin: plugin.into(), command }.finish()
 }
 
-/// A delegated ADD running while the caller does other work: see [`start_add`].
-pub struct PendingAdd {
-    running: Running,
-    cni_version: String,
+/// The result a delegated ADD printed, in `cni_version`.
+fn parse_add_result(plugin: &str, stdout: &[u8], cni_version: &str) -> Result<CniResult, CniError> {
+    let v: Value = serde_json::from_slice(stdout)
+        .map_err(|e| CniError::Delegate { plugin: plugin.into(), reason: format!("result is not JSON: {e}") })?;
+    CniResult::parse(&v, cni_version).map_err(|e| e.context(format!("result of {plugin}")))
 }
 
-/// Start delegating ADD to `plugin` without waiting for it; [`PendingAdd::result`] collects it.
-pub fn start_add(plugin: &str, req: &Request) -> Result<PendingAdd, CniError> {
-    let bin = find_in_path(plugin, &req.path)?;
-    Ok(PendingAdd { running: spawn(&bin, plugin, Command::Add, &req.stdin)?, cni_version: req.cni_version.clone() })
-}
-
-impl PendingAdd {
-    /// Wait for the delegated ADD and parse its result.
-    pub fn result(self) -> Result<CniResult, CniError> {
-        let plugin = self.running.plugin.clone();
-        let stdout = self.running.finish()?;
-        let v: Value = serde_json::from_slice(&stdout)
-            .map_err(|e| CniError::Delegate { plugin: plugin.clone(), reason: format!("result is not JSON: {e}") })?;
-        CniResult::parse(&v, &self.cni_version).map_err(|e| e.context(format!("result of {plugin}")))
-    }
-}
-
-/// Delegate ADD to `plugin`; returns its result.
+/// Delegate ADD to `plugin`; returns its result. Its builtin, if it has one, serves the call on
+/// the calling thread.
 pub fn delegate_add(plugin: &str, req: &Request) -> Result<CniResult, CniError> {
-    start_add(plugin, req)?.result()
+    let bin = find_in_path(plugin, &req.path)?;
+    parse_add_result(plugin, &exec(&bin, plugin, Command::Add, &req.stdin)?, &req.cni_version)
 }
 
 /// Delegate DEL, CHECK, STATUS or GC to `plugin`, with the request's config.
@@ -218,19 +214,19 @@ mod tests {
     /// A plugin linked into this test executable (which carries the identity note of
     /// `elfnote::tests`), recording the verbs it serves.
     struct Fake;
-    static SERVED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+    static SERVED: Mutex<Vec<(String, String, std::thread::ThreadId)>> = Mutex::new(Vec::new());
 
     impl Plugin for Fake {
         fn name(&self) -> &'static str {
             "fake-builtin"
         }
         fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-            SERVED.lock().unwrap().push((req.command.as_str().into(), req.container_id.clone()));
+            SERVED.lock().unwrap().push((req.command.as_str().into(), req.container_id.clone(), std::thread::current().id()));
             let v = serde_json::json!({"cniVersion": "1.0.0", "ips": [{"address": "10.1.2.3/24", "gateway": "10.1.2.1"}]});
             CniResult::parse(&v, "1.0.0")
         }
         fn del(&self, req: &Request) -> Result<(), CniError> {
-            SERVED.lock().unwrap().push((req.command.as_str().into(), req.container_id.clone()));
+            SERVED.lock().unwrap().push((req.command.as_str().into(), req.container_id.clone(), std::thread::current().id()));
             Ok(())
         }
         fn check(&self, _req: &Request) -> Result<(), CniError> {
@@ -244,7 +240,12 @@ mod tests {
     ];
 
     fn served(id: &str) -> Vec<String> {
-        SERVED.lock().unwrap().iter().filter(|(_, c)| c == id).map(|(v, _)| v.clone()).collect()
+        SERVED.lock().unwrap().iter().filter(|(_, c, _)| c == id).map(|(v, _, _)| v.clone()).collect()
+    }
+
+    /// Whether the last call served for `id` ran on the calling thread.
+    fn served_here(id: &str) -> bool {
+        SERVED.lock().unwrap().iter().rev().find(|(_, c, _)| c == id).is_some_and(|(_, _, t)| *t == std::thread::current().id())
     }
 
     #[test]
@@ -277,21 +278,27 @@ mod tests {
         let req = crate::skel::request_from(&env, &conf, &[]).unwrap();
         let r = delegate_add("fake-builtin", &req).unwrap();
         assert_eq!(r.ips[0].address.to_string(), "10.1.2.3/24");
+        assert!(served_here("builtin-test"), "a waited-for delegation is served on the calling thread");
         delegate("fake-builtin", Command::Del, &req).unwrap();
+        assert!(served_here("builtin-test"));
         let e = delegate("fake-builtin", Command::Check, &req).unwrap_err();
         assert_eq!((e.code(), e.to_string().contains("try again")), (11, true), "{e}");
         assert_eq!(served("builtin-test"), ["ADD", "DEL"]);
+        // Started without waiting: served on a thread of its own.
+        start("fake-builtin", Command::Del, &req).unwrap().finish().unwrap();
+        assert!(!served_here("builtin-test"), "a started delegation runs on another thread");
+        assert_eq!(served("builtin-test"), ["ADD", "DEL", "DEL"]);
 
         let r = delegate_add("fake-other-build", &req).unwrap();
         assert_eq!(r.ips[0].address.to_string(), "10.9.9.9/24");
-        assert_eq!(served("builtin-test"), ["ADD", "DEL"]);
+        assert_eq!(served("builtin-test"), ["ADD", "DEL", "DEL"]);
 
         // Without an execute bit the exec would fail, and so does the delegation.
         std::fs::remove_file(dir.join("fake-builtin")).unwrap();
         std::fs::copy(&exe, dir.join("fake-builtin")).unwrap();
         std::fs::set_permissions(dir.join("fake-builtin"), std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(delegate_add("fake-builtin", &req).is_err());
-        assert_eq!(served("builtin-test"), ["ADD", "DEL"]);
+        assert_eq!(served("builtin-test"), ["ADD", "DEL", "DEL"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -83,74 +83,118 @@ fn host_side(
     Ok((bridge, host_veth))
 }
 
-/// Host-side work that needs the IPAM result: gateway addresses on the bridge, forwarding, and
-/// the masquerade.
-fn host_after_ipam(
+/// The addresses of an ADD, and what follows from them alone.
+struct Addressed {
+    /// The IPAM result, with the default gateways `isDefaultGateway` adds.
+    ipam: CniResult,
+    cplan: plan::ContainerPlan,
+}
+
+/// What [`address_and_masquerade`] did: its outcome and, for the undo list, what it made.
+struct Addressing {
+    outcome: Result<Addressed, CniError>,
+    /// IPAM allocated addresses (to release if the ADD fails later).
+    allocated: bool,
+    /// The masquerade added for these addresses (to remove if the ADD fails later).
+    masq: Option<Vec<IpNetwork>>,
+}
+
+impl Addressing {
+    fn failed(e: CniError) -> Addressing {
+        Addressing { outcome: Err(e), allocated: false, masq: None }
+    }
+}
+
+/// IPAM (`ipam_type`, or none), the container plan, and the masquerade of the container's
+/// addresses: everything of an ADD that needs the addresses but no interface. With an IPAM that
+/// never looks at the container's interface it runs on a second thread while the first makes the
+/// veth pair, so that the masquerade's nf_tables work is off the ADD's path.
+fn address_and_masquerade(req: &Request, conf: &BridgeConf, ipam_type: Option<&str>) -> Addressing {
+    let ipam = match ipam_type {
+        Some(t) => match invoke::delegate_add(t, req) {
+            Ok(r) => r,
+            Err(e) => return Addressing::failed(e),
+        },
+        None => CniResult::default(),
+    };
+    let mut masq = None;
+    let outcome = plan_and_masquerade(req, conf, ipam_type, ipam, &mut masq);
+    Addressing { outcome, allocated: ipam_type.is_some(), masq }
+}
+
+/// The container plan for `ipam`'s addresses, and their masquerade (in `masq` once it is added).
+fn plan_and_masquerade(
     req: &Request,
     conf: &BridgeConf,
-    nl: &mut Netlink,
-    bridge: &Link,
-    cplan: &plan::ContainerPlan,
-    ipam: &CniResult,
-    undo: &mut Undo,
-) -> Result<(), CniError> {
-    if conf.is_gateway {
-        let gws = plan::bridge_gateways(&ipam.ips);
-        host::set_gateway_addrs(nl, conf, bridge, &gws)?;
-        host::enable_forwarding(nl, &gws)?;
+    ipam_type: Option<&str>,
+    mut ipam: CniResult,
+    masq: &mut Option<Vec<IpNetwork>>,
+) -> Result<Addressed, CniError> {
+    if let (true, Some(t)) = (ipam.ips.is_empty(), ipam_type) {
+        return Err(CniError::Delegate { plugin: t.to_string(), reason: "IPAM returned no IP addresses".into() });
     }
+    plan::default_gateways(conf, &mut ipam.ips);
+    let cplan = plan::container_plan(conf, &ipam)?;
     if conf.ip_masq && !cplan.addrs.is_empty() {
-        let fw = firewall(conf)?;
-        fw.add_masquerade(&MasqSpec { key: key(req), addrs: cplan.addrs.clone() })?;
-        undo.masq = Some(cplan.addrs.clone());
+        firewall(conf)?.add_masquerade(&MasqSpec { key: key(req), addrs: cplan.addrs.clone() })?;
+        *masq = Some(cplan.addrs.clone());
     }
-    Ok(())
+    Ok(Addressed { ipam, cplan })
 }
 
 fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> Result<CniResult, CniError> {
     let netns = NetNs::open(&req.netns)?;
-    // An IPAM plugin that never looks at the container's interface runs while the veth pair is
-    // made (two processes, two cores); any other (dhcp, ...) runs after it, as in the reference.
-    let early = match &conf.ipam_type {
-        Some(t) if plan::ipam_independent_of_interface(t) => Some(invoke::start_add(t, req)?),
-        _ => None,
+    let ipam_type = conf.ipam_type.as_deref();
+    // An IPAM plugin that never looks at the container's interface runs, with the masquerade that
+    // needs only its addresses, while the veth pair is made (two threads, two cores); any other
+    // (dhcp, ...) runs after it, as in the reference.
+    let early = ipam_type.filter(|t| plan::ipam_independent_of_interface(t));
+    let (made, sysctls, addressing) = std::thread::scope(|s| {
+        let thread = early.map(|t| {
+            std::thread::Builder::new().name("ipam".into()).spawn_scoped(s, move || address_and_masquerade(req, conf, Some(t)))
+        });
+        let made = host_side(req, conf, nl, &netns, undo);
+        // Made while IPAM runs (~0.05 ms, idle time here); dropped by the container thread, while
+        // this one does the gateways.
+        let sysctls = if conf.disable_container_interface { Sysctls::shared() } else { Sysctls::private() };
+        let addressing = thread.map(|t| match t {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Addressing::failed(CniError::Internal("IPAM thread panicked".into()))),
+            Err(e) => Addressing::failed(CniError::Internal(format!("start the IPAM thread: {e}"))),
+        });
+        (made, sysctls, addressing)
+    });
+    let record = |a: &Addressing, undo: &mut Undo| {
+        if a.allocated {
+            undo.ipam = ipam_type.map(str::to_string);
+        }
+        undo.masq.clone_from(&a.masq);
     };
-    let made = host_side(req, conf, nl, &netns, undo);
-    // Made while IPAM runs (~0.05 ms, idle time here); dropped by the container thread, while
-    // this one does the host side.
-    let sysctls = if conf.disable_container_interface { Sysctls::shared() } else { Sysctls::private() };
-    let early = early.map(|p| p.result());
-    if let (Some(Ok(_)), Some(t)) = (&early, &conf.ipam_type) {
-        undo.ipam = Some(t.clone());
+    if let Some(a) = &addressing {
+        record(a, undo);
     }
     let (bridge, host_veth) = made?;
-
-    let mut ipam = match (&conf.ipam_type, early) {
-        (_, Some(r)) => r?,
-        (Some(t), None) => {
-            let r = invoke::delegate_add(t, req)?;
-            undo.ipam = Some(t.clone());
-            r
-        }
-        (None, None) => CniResult::default(),
-    };
-    if ipam.ips.is_empty() && conf.ipam_type.is_some() {
-        return Err(CniError::Delegate {
-            plugin: conf.ipam_type.clone().unwrap_or_default(),
-            reason: "IPAM returned no IP addresses".into(),
-        });
-    }
-    plan::default_gateways(conf, &mut ipam.ips);
-    let cplan = plan::container_plan(conf, &ipam)?;
-    // The container side and the host side no longer depend on each other: configure the
-    // container from a second thread (it enters the container namespace) while this one does the
-    // bridge's gateway addresses and the masquerade.
+    let addressing = addressing.unwrap_or_else(|| {
+        let a = address_and_masquerade(req, conf, ipam_type);
+        record(&a, undo);
+        a
+    });
+    let Addressed { ipam, cplan } = addressing.outcome?;
+    // The container side and the bridge's gateway addresses do not depend on each other: configure
+    // the container from a second thread (it enters the container namespace) while this one does
+    // the gateways.
     let (ctr, host) = std::thread::scope(|s| {
         let ctr = s.spawn(|| {
             let sysctls = sysctls;
             netns.run(|| container::configure(conf, &req.ifname, &cplan, &ipam.ips, &sysctls))
         });
-        let host = host_after_ipam(req, conf, nl, &bridge.link, &cplan, &ipam, undo);
+        let host = if conf.is_gateway {
+            let gws = plan::bridge_gateways(&ipam.ips);
+            host::set_gateway_addrs(nl, conf, &bridge.link, &gws).and_then(|()| host::enable_forwarding(nl, &gws))
+        } else {
+            Ok(())
+        };
         let ctr = ctr.join().unwrap_or_else(|_| Err(CniError::Internal("container configuration thread panicked".into())));
         (ctr, host)
     });
