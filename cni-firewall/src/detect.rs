@@ -193,7 +193,12 @@ fn legacy_tables_loaded() -> bool {
 /// reads, and a look for the iptables binaries when they matter. With `CNI_NFT_EXEC=1` the tables are listed by
 /// one `nft list tables` through `runner` instead.
 pub fn observe_host(runner: &dyn CommandRunner) -> HostFirewall {
-    let mut host = HostFirewall { iptables_in_use: legacy_tables_loaded(), ..Default::default() };
+    observe_iptables(observe_nft(runner))
+}
+
+/// The nf_tables part of [`observe_host`]: whether nf_tables answers, and which tables it holds.
+fn observe_nft(runner: &dyn CommandRunner) -> HostFirewall {
+    let mut host = HostFirewall::default();
     if crate::nft::exec_selected() {
         if let Some(nft) = find_program("nft") {
             host.nft = true;
@@ -211,6 +216,12 @@ pub fn observe_host(runner: &dyn CommandRunner) -> HostFirewall {
         host.ours_nft = ours;
         host.iptables_in_use |= ipt_tables;
     }
+    host
+}
+
+/// The rest of [`observe_host`]: loaded iptables-legacy tables, and the iptables tools.
+fn observe_iptables(mut host: HostFirewall) -> HostFirewall {
+    host.iptables_in_use |= legacy_tables_loaded();
     // The tools matter only when iptables is in use or nf_tables cannot be used (see `choose_for`
     // and `teardown_backends`); finding them walks PATH and resolves the alternatives' symlinks.
     if host.iptables_in_use || !host.nft {
@@ -244,7 +255,10 @@ pub fn choose_backend_with(configured: Option<&str>, runner: &dyn CommandRunner)
     if let Some(b) = configured_backend(configured)? {
         return Ok(b);
     }
-    choose_for(&observe_host(runner))
+    let host = observe_nft(runner);
+    // A table of ours decides (the first rule of `choose_for`): the rest is not looked at, which
+    // spares every ADD on a host that has them the /proc reads.
+    choose_for(&if host.ours_nft { host } else { observe_iptables(host) })
 }
 
 /// Backends to remove an attachment's state from (DEL, GC): the configured one, or, when the choice
