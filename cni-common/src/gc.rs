@@ -24,7 +24,7 @@ pub fn valid_attachments(raw: &Value) -> Result<Vec<Attachment>, CniError> {
     for key in [VALID_ATTACHMENTS, ATTACHMENTS] {
         if let Some(v) = raw.get(key) {
             found = true;
-            let list: Vec<Attachment> = serde_json::from_value(v.clone())
+            let list: Vec<Attachment> = Vec::<Attachment>::deserialize(v)
                 .map_err(|e| CniError::config(format!("field {key:?}: {e}")))?;
             out.extend(list);
         }

@@ -4,6 +4,7 @@
 //! [`parse_request`] is pure (environment and stdin in, [`Request`] out) so it is unit-tested without
 //! root; [`run`] wires it to the real process.
 
+use serde::Deserialize;
 use crate::args::CniArgs;
 use crate::config::{check_ifname, valid_name, PluginConf};
 use crate::error::CniError;
@@ -173,7 +174,7 @@ pub fn parse_request(input: Input, plugin_versions: &[&str], known_args: &[&str]
     if !raw.is_object() {
         return Err(CniError::decode("config on stdin", "not a JSON object"));
     }
-    let conf: PluginConf = serde_json::from_value(raw.clone()).map_err(|e| CniError::decode("config on stdin", e))?;
+    let conf: PluginConf = PluginConf::deserialize(&raw).map_err(|e| CniError::decode("config on stdin", e))?;
 
     // The reference library treats a missing cniVersion as 0.1.0.
     let cni_version = if conf.cni_version.is_empty() { "0.1.0".to_string() } else { conf.cni_version.clone() };
@@ -299,18 +300,18 @@ fn dispatch(plugin: &dyn Plugin, req: &Request, env: &dyn Fn(&str) -> Option<Str
     }
 }
 
-/// One line in the operator log, when one is configured (see [`crate::oplog`]).
+/// One line in the operator log, when one is configured (see [`crate::oplog`]) in `conf` (the
+/// config on stdin, if it is JSON) or the environment.
 fn log_operation(
     plugin: &dyn Plugin,
     env: &dyn Fn(&str) -> Option<String>,
-    stdin: &[u8],
+    conf: Option<&Value>,
     took: std::time::Duration,
     outcome: &Result<Option<String>, CniError>,
 ) {
-    let conf = serde_json::from_slice::<Value>(stdin).ok();
-    let Some(path) = crate::oplog::target(conf.as_ref(), env(crate::oplog::ENV)) else { return };
+    let Some(path) = crate::oplog::target(conf, env(crate::oplog::ENV)) else { return };
     let env = |k: &str| env(k).unwrap_or_default();
-    let network = conf.as_ref().and_then(|c| c.get("name")).and_then(Value::as_str).unwrap_or_default();
+    let network = conf.and_then(|c| c.get("name")).and_then(Value::as_str).unwrap_or_default();
     let entry = crate::oplog::Entry {
         plugin: plugin.name(),
         command: &env("CNI_COMMAND"),
@@ -340,33 +341,37 @@ pub struct Served {
 pub fn serve(plugin: &dyn Plugin, env: &dyn Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Served {
     let started = std::time::Instant::now();
     let input = Input { env, stdin: stdin.clone() };
-    let outcome = match parse_request(input, plugin.supported_versions(), plugin.known_args()) {
-        Err(e) => Err(e),
-        Ok(Parsed::Version(v)) => Ok(Some(v.to_string())),
+    let (outcome, req) = match parse_request(input, plugin.supported_versions(), plugin.known_args()) {
+        Err(e) => (Err(e), None),
+        Ok(Parsed::Version(v)) => (Ok(Some(v.to_string())), None),
         Ok(Parsed::Request(req)) => {
             let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(plugin, &req, env)));
-            res.unwrap_or_else(|p| {
+            let outcome = res.unwrap_or_else(|p| {
                 let what = p
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| p.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 Err(CniError::Internal(format!("plugin panicked: {what}")))
-            })
+            });
+            (outcome, Some(req))
         }
     };
-    conclude(plugin, env, &stdin, started, outcome)
+    // The config as the request parsed it; parsed here only when there is no request.
+    let conf = req.map(|r| r.raw).or_else(|| serde_json::from_slice(&stdin).ok());
+    conclude(plugin, env, conf.as_ref(), &stdin, started, outcome)
 }
 
 /// Log the operation and lay out what it prints.
 fn conclude(
     plugin: &dyn Plugin,
     env: &dyn Fn(&str) -> Option<String>,
+    conf: Option<&Value>,
     stdin: &[u8],
     started: std::time::Instant,
     outcome: Result<Option<String>, CniError>,
 ) -> Served {
-    log_operation(plugin, env, stdin, started.elapsed(), &outcome);
+    log_operation(plugin, env, conf, started.elapsed(), &outcome);
     match outcome {
         Ok(text) => Served { code: 0, stdout: text.map(|t| t + "\n").unwrap_or_default() },
         Err(e) => Served { code: 1, stdout: e.to_json(&error_version(stdin)) + "\n" },
@@ -385,7 +390,10 @@ pub fn run(plugin: &dyn Plugin) -> i32 {
     // Read one byte more than the limit so an oversized config is detected without reading it all.
     let served = match std::io::stdin().lock().take(MAX_STDIN as u64 + 1).read_to_end(&mut stdin) {
         Ok(_) => serve(plugin, &env, stdin),
-        Err(e) => conclude(plugin, &env, &stdin, started, Err(CniError::Io(format!("reading config from stdin: {e}")))),
+        Err(e) => {
+            let conf = serde_json::from_slice(&stdin).ok();
+            conclude(plugin, &env, conf.as_ref(), &stdin, started, Err(CniError::Io(format!("reading config from stdin: {e}"))))
+        }
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(served.stdout.as_bytes());

@@ -127,7 +127,7 @@ impl CniResult {
             legacy::from_v02(obj)?
         } else {
             let mut r: CniResult =
-                serde_json::from_value(v.clone()).map_err(|e| CniError::decode(format!("result (version {ver_s})"), e))?;
+                CniResult::deserialize(v).map_err(|e| CniError::decode(format!("result (version {ver_s})"), e))?;
             for ip in &mut r.ips {
                 ip.extra.remove(IP_VERSION_KEY);
             }

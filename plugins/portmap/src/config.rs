@@ -63,7 +63,7 @@ fn port(field: String, v: i64) -> Result<u16, CniError> {
 
 fn mappings(req: &Request) -> Result<Vec<PortMapping>, CniError> {
     let Some(v) = req.conf.runtime("portMappings") else { return Ok(vec![]) };
-    let raw: Vec<RawMapping> = serde_json::from_value(v.clone())
+    let raw: Vec<RawMapping> = Vec::<RawMapping>::deserialize(v)
         .map_err(|e| CniError::config(format!("field \"runtimeConfig.portMappings\": {e}")))?;
     raw.into_iter()
         .enumerate()
