@@ -26,7 +26,7 @@ pub mod decode;
 pub mod encode;
 
 use super::ops::{Op, SetData, SetDef, TableRef};
-use super::state::{SetState, TableState};
+use super::state::{ChainState, SetState, TableState};
 use super::NftExecutor;
 use crate::CniError;
 use cni_common::netlink::socket::Socket;
@@ -208,12 +208,14 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
     if !table_exists(sock, table, fam)? {
         return Ok(None);
     }
+    // The chains it fills, each asked for by name, and their rules, in one dump of the table's
+    // rules: the tables of this layout hold a few chains of a few rules each, however many
+    // attachments they serve.
     let mut chains = Vec::new();
-    let mut rules = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
+    let mut wanted_chains = std::collections::BTreeSet::new();
     for op in ops {
         let Op::AddChain { name, .. } = op else { continue };
-        if !seen.insert(name.as_str()) {
+        if !wanted_chains.insert(name.as_str()) {
             continue;
         }
         let mut a = Vec::new();
@@ -224,34 +226,41 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
             Err(e) if is_enoent(&e) => continue,
             Err(e) => return Err(e),
         }
+    }
+    let mut rules = Vec::new();
+    if !chains.is_empty() {
         let mut a = Vec::new();
         put_str(&mut a, NFTA_RULE_TABLE, &table.name);
-        put_str(&mut a, NFTA_RULE_CHAIN, name);
         let r = sock.dump_raw(encode::message(NFT_MSG_GETRULE, fam, &a), decode::parse_rule)?;
-        rules.extend(r.into_iter().filter(|(t, c, _)| *t == table.name && c == name).map(|(_, c, r)| (c, r)));
+        rules.extend(
+            r.into_iter()
+                .filter(|(t, c, _)| *t == table.name && chains.iter().any(|ch: &ChainState| ch.name == *c))
+                .map(|(_, c, r)| (c, r)),
+        );
     }
+    // The sets it adds elements to, from one dump of the table's sets.
+    let wanted_sets: Vec<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::AddElements { set, .. } => Some(set.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut sets: Vec<SetState> = Vec::new();
+    if !wanted_sets.is_empty() {
+        let mut a = Vec::new();
+        put_str(&mut a, NFTA_SET_TABLE, &table.name);
+        sets = sock
+            .dump_raw(encode::message(NFT_MSG_GETSET, fam, &a), decode::parse_set)?
+            .into_iter()
+            .filter(|(t, s, flags)| *t == table.name && flags & NFT_SET_ANONYMOUS == 0 && wanted_sets.contains(&s.name.as_str()))
+            .map(|(_, s, _)| s)
+            .collect();
+    }
     for op in ops {
         let Op::AddElements { set: name, elems, .. } = op else { continue };
-        let idx = match sets.iter().position(|s| s.name == *name) {
-            Some(i) => i,
-            None => {
-                let mut a = Vec::new();
-                put_str(&mut a, NFTA_SET_TABLE, &table.name);
-                put_str(&mut a, NFTA_SET_NAME, name);
-                match sock.request_raw(encode::message(NFT_MSG_GETSET, fam, &a), 0, decode::parse_set) {
-                    Ok(s) => match s.into_iter().next() {
-                        Some((_, set, _)) => {
-                            sets.push(set);
-                            sets.len() - 1
-                        }
-                        None => continue,
-                    },
-                    Err(e) if is_enoent(&e) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-        };
+        // a set that does not exist has no elements to find
+        let Some(idx) = sets.iter().position(|s| s.name == *name) else { continue };
         let shape = SetState { elems: Vec::new(), ..sets[idx].clone() };
         for e in elems {
             // The keys to ask for. An interval set is asked for the points of the wanted range:
@@ -299,9 +308,10 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
     Ok(Some(decode::assemble(chains, sets, rules)))
 }
 
-/// What an ADD of `ops` (its blind plan) depends on: the chains it fills, with their rules, and in
-/// the sets it adds elements to, the elements with those keys (found by key, `NFT_MSG_GETSETELEM`
-/// without a dump), with their verdicts or data. In an interval set the elements are found by
+/// What an ADD of `ops` (its blind plan) depends on: the chains it fills (asked for by name), with
+/// their rules (one dump of the table's rules), and in the sets it adds elements to (one dump of
+/// the table's sets), the elements with those keys (found by key, `NFT_MSG_GETSETELEM` without a
+/// dump), with their verdicts or data. In an interval set the elements are found by
 /// point: the first and the last key of each wanted element are asked for, and whatever elements
 /// contain them are returned with their own ranges (once each), so an element overlapping the
 /// wanted one is seen too. Its cost does not grow with the number of attachments in the table;
