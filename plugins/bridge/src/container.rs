@@ -14,12 +14,16 @@ use ipnetwork::IpNetwork;
 /// namespace's sysctl keys: the namespace is new to `/proc/sys`, so a private procfs instance
 /// ([`sysctl::Sysctls::private`]) spares the walk of the shared hash chain of every namespace's
 /// `net/ipv6` entry.
+/// The interface's sysctls are written first, through `sysctls`, which is then handed to
+/// `done_with_sysctls` (dropping a private procfs instance waits for a grace period: the caller
+/// can do that while this goes on).
 pub fn configure(
     conf: &BridgeConf,
     ifname: &str,
     plan: &ContainerPlan,
     ips: &[IpConfig],
-    sysctls: &sysctl::Sysctls,
+    sysctls: sysctl::Sysctls,
+    done_with_sysctls: impl FnOnce(sysctl::Sysctls),
 ) -> Result<Link, CniError> {
     let mut nl = Netlink::open()?;
     let link = nl
@@ -28,29 +32,9 @@ pub fn configure(
     if conf.disable_container_interface {
         return Ok(link);
     }
-    let has_v6 = plan.addrs.iter().any(|a| a.is_ipv6());
-    if has_v6 {
-        // IPv6 may be administratively disabled on new interfaces; addresses need it on.
-        sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
-        let _ = sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
-    }
-    if plan.disable_ipv6 {
-        // Before the link comes up, so the kernel never starts IPv6 on it. Absent when the kernel
-        // runs without IPv6: nothing to turn off.
-        sysctls.write_if_present(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")?;
-    } else {
-        // Duplicate address detection delays addresses (also the link-local one) by a second or
-        // more; off unless asked, as the reference does. Absent when the kernel has IPv6
-        // disabled: not an error.
-        let dad = if conf.enable_dad { "1" } else { "0" };
-        let dad_set = sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad);
-        if has_v6 {
-            dad_set?;
-        }
-        if conf.enable_dad {
-            let _ = sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
-        }
-    }
+    let written = write_sysctls(conf, ifname, plan, &sysctls);
+    done_with_sysctls(sysctls);
+    written?;
     for addr in &plan.addrs {
         nl.add_addr(link.index, *addr, AddrOpts { nodad: !conf.enable_dad, ..Default::default() })
             .map_err(|e| CniError::netlink(format!("add address {addr} to {ifname:?}"), e))?;
@@ -74,6 +58,34 @@ pub fn configure(
     // that. Reading it again now would first run its pending link-state event (a GETLINK does that)
     // while the kernel's link-watch worker may hold RTNL for the new bridge port's events.
     Ok(link)
+}
+
+/// The container interface's IPv6 sysctls, before it comes up.
+fn write_sysctls(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, sysctls: &sysctl::Sysctls) -> Result<(), CniError> {
+    let has_v6 = plan.addrs.iter().any(|a| a.is_ipv6());
+    if has_v6 {
+        // IPv6 may be administratively disabled on new interfaces; addresses need it on.
+        sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
+        let _ = sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
+    }
+    if plan.disable_ipv6 {
+        // Before the link comes up, so the kernel never starts IPv6 on it. Absent when the kernel
+        // runs without IPv6: nothing to turn off.
+        sysctls.write_if_present(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")?;
+    } else {
+        // Duplicate address detection delays addresses (also the link-local one) by a second or
+        // more; off unless asked, as the reference does. Absent when the kernel has IPv6
+        // disabled: not an error.
+        let dad = if conf.enable_dad { "1" } else { "0" };
+        let dad_set = sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/accept_dad"), dad);
+        if has_v6 {
+            dad_set?;
+        }
+        if conf.enable_dad {
+            let _ = sysctls.write_if_different(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+        }
+    }
+    Ok(())
 }
 
 /// The netlink form of a result route on the container interface.

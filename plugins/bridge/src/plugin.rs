@@ -154,8 +154,7 @@ fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> R
             std::thread::Builder::new().name("ipam".into()).spawn_scoped(s, move || address_and_masquerade(req, conf, Some(t)))
         });
         let made = host_side(req, conf, nl, &netns, undo);
-        // Made while IPAM runs (~0.05 ms, idle time here); dropped by the container thread, while
-        // this one does the gateways.
+        // Made while IPAM runs (~0.05 ms, idle time here), used by the container thread.
         let sysctls = if conf.disable_container_interface { Sysctls::shared() } else { Sysctls::private() };
         let addressing = thread.map(|t| match t {
             Ok(handle) => handle
@@ -185,9 +184,13 @@ fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> R
     // the container from a second thread (it enters the container namespace) while this one does
     // the gateways.
     let (ctr, host) = std::thread::scope(|s| {
+        let (give_back, given_back) = std::sync::mpsc::sync_channel(1);
         let ctr = s.spawn(|| {
             let sysctls = sysctls;
-            netns.run(|| container::configure(conf, &req.ifname, &cplan, &ipam.ips, &sysctls))
+            let give_back = give_back;
+            netns.run(|| {
+                container::configure(conf, &req.ifname, &cplan, &ipam.ips, sysctls, |done| drop(give_back.send(done)))
+            })
         });
         let host = if conf.is_gateway {
             let gws = plan::bridge_gateways(&ipam.ips);
@@ -195,6 +198,9 @@ fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> R
         } else {
             Ok(())
         };
+        // The private procfs instance goes here, once the container thread has written its sysctls:
+        // dropping it waits for a grace period, which this thread can spend while that one goes on.
+        drop(given_back.recv());
         let ctr = ctr.join().unwrap_or_else(|_| Err(CniError::Internal("container configuration thread panicked".into())));
         (ctr, host)
     });
