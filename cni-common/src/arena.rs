@@ -258,6 +258,11 @@ mod tests {
         Layout::from_size_align(size, align).unwrap()
     }
 
+    /// Whether the `n` bytes at `p` all hold `v`.
+    fn holds(p: *mut u8, n: usize, v: u8) -> bool {
+        unsafe { std::slice::from_raw_parts(p, n) }.iter().all(|b| *b == v)
+    }
+
     #[test]
     fn aligned_disjoint_and_writable() {
         let a = Arena::new();
@@ -320,12 +325,12 @@ mod tests {
         assert_eq!(unsafe { a.realloc(p, l, 128) }, p, "70 -> 128 bytes stays in the 128-byte block");
         let q = unsafe { a.realloc(p, layout(128, 8), 3000) };
         assert_ne!(q, p, "a larger class moves");
-        assert!(unsafe { std::slice::from_raw_parts(q, 70) }.iter().all(|b| *b == 9), "content kept");
+        assert!(holds(q, 70, 9), "content kept");
         assert_eq!(unsafe { a.alloc(layout(128, 8)) }, p, "the old block went back to its class");
         let r = unsafe { a.realloc(q, layout(3000, 8), 9000) };
-        assert!(unsafe { std::slice::from_raw_parts(r, 70) }.iter().all(|b| *b == 9), "content kept into the region");
+        assert!(holds(r, 70, 9), "content kept into the region");
         let s = unsafe { a.realloc(r, layout(9000, 8), 50) };
-        assert!(unsafe { std::slice::from_raw_parts(s, 50) }.iter().all(|b| *b == 9), "and back into a class");
+        assert!(holds(s, 50, 9), "and back into a class");
         unsafe {
             a.dealloc(s, layout(50, 8));
             a.dealloc(p, layout(128, 8));
@@ -342,11 +347,11 @@ mod tests {
         unsafe { std::ptr::write_bytes(p, 7, 100) };
         let q = unsafe { a.realloc(p, l, 10_000) };
         assert_eq!(q, p, "the last block grows in place");
-        assert!(unsafe { std::slice::from_raw_parts(q, 100) }.iter().all(|b| *b == 7));
+        assert!(holds(q, 100, 7));
         let other = unsafe { a.alloc(layout(10_000, 1)) };
         let r = unsafe { a.realloc(q, layout(10_000, 8), 20_000) };
         assert_ne!(r, q, "a block that is not the last moves");
-        assert!(unsafe { std::slice::from_raw_parts(r, 100) }.iter().all(|b| *b == 7), "content kept");
+        assert!(holds(r, 100, 7), "content kept");
         unsafe {
             a.dealloc(other, layout(10_000, 1));
             a.dealloc(r, layout(20_000, 8));
