@@ -100,3 +100,34 @@ fn error_version_falls_back() {
     assert_eq!(error_version(b"junk"), version::CURRENT);
     assert_eq!(error_version(b"{\"cniVersion\":\"7.7.7\"}"), version::CURRENT);
 }
+
+/// In a forked child (so that the test process's own descriptors stay as they are): with 0 and 2
+/// closed, the plugins' entry point puts /dev/null on both, and leaves 1 alone.
+#[test]
+fn closed_standard_descriptors_are_opened_on_dev_null() {
+    const LINKS: [&std::ffi::CStr; 3] = [c"/proc/self/fd/0", c"/proc/self/fd/1", c"/proc/self/fd/2"];
+    fn target(fd: usize, buf: &mut [u8; 64]) -> &[u8] {
+        // SAFETY: a NUL-terminated path and a buffer of the given length.
+        let n = unsafe { libc::readlink(LINKS[fd].as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        &buf[..n.max(0) as usize]
+    }
+    let mut before = [0u8; 64];
+    let before_1 = target(1, &mut before);
+    // SAFETY: the child only makes system calls and works on its stack (no allocation) before _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        unsafe {
+            libc::close(0);
+            libc::close(2);
+        }
+        super::keep_std_fds_open();
+        let (mut b0, mut b1, mut b2) = ([0u8; 64], [0u8; 64], [0u8; 64]);
+        let ok = target(0, &mut b0) == b"/dev/null" && target(2, &mut b2) == b"/dev/null" && target(1, &mut b1) == before_1;
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "descriptors 0 and 2 not on /dev/null after keep_std_fds_open (status {status:#x})");
+}

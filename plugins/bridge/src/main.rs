@@ -1,5 +1,8 @@
 //! CNI `bridge` plugin: a Linux bridge per network, a veth pair per container, gateway addresses on
 //! the bridge, IPAM delegation and optional masquerade.
+// Entered through `cni_common::plugin_main!`, without Rust's own start-up (see
+// `cni_common::skel::process_main`).
+#![cfg_attr(not(test), no_main)]
 
 mod check;
 mod config;
@@ -16,7 +19,6 @@ static ALLOC: cni_common::arena::Arena = cni_common::arena::Arena::new();
 /// Delegated plugins whose code bridge links: run in-process when `CNI_PATH` holds the same build.
 static BUILTINS: [cni_common::invoke::Builtin; 1] = [host_local::BUILTIN];
 
-fn main() {
+cni_common::plugin_main!(plugin::Bridge, {
     cni_common::invoke::set_builtins(&BUILTINS);
-    std::process::exit(cni_common::skel::run(&plugin::Bridge));
-}
+});

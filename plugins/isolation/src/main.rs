@@ -2,6 +2,9 @@
 //! DOCKER-ISOLATION chains), and with `icc: false` between containers of one bridge (Docker's
 //! `enable_icc=false`, done with bridge port isolation so it needs no br_netfilter). Chained after
 //! `bridge` (and `portmap`); passes prevResult through.
+// Entered through `cni_common::plugin_main!`, without Rust's own start-up (see
+// `cni_common::skel::process_main`).
+#![cfg_attr(not(test), no_main)]
 
 mod config;
 mod plugin;
@@ -12,6 +15,4 @@ mod ports;
 #[global_allocator]
 static ALLOC: cni_common::arena::Arena = cni_common::arena::Arena::new();
 
-fn main() {
-    std::process::exit(cni_common::skel::run(&plugin::Isolation));
-}
+cni_common::plugin_main!(plugin::Isolation);

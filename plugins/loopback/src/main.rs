@@ -1,5 +1,8 @@
 //! CNI `loopback` plugin: sets `lo` up (ADD) or down (DEL) inside the container's network namespace.
 //! It ignores `CNI_IFNAME`; chained, it passes `prevResult` through.
+// Entered through `cni_common::plugin_main!`, without Rust's own start-up (see
+// `cni_common::skel::process_main`).
+#![cfg_attr(not(test), no_main)]
 
 mod plugin;
 
@@ -8,6 +11,4 @@ mod plugin;
 #[global_allocator]
 static ALLOC: cni_common::arena::Arena = cni_common::arena::Arena::new();
 
-fn main() {
-    std::process::exit(cni_common::skel::run(&plugin::Loopback));
-}
+cni_common::plugin_main!(plugin::Loopback);
