@@ -26,7 +26,7 @@ pub mod decode;
 pub mod encode;
 
 use super::ops::{Op, SetData, SetDef, TableRef};
-use super::state::{ChainState, SetState, TableState};
+use super::state::{RuleState, SetState, TableState};
 use super::NftExecutor;
 use crate::CniError;
 use cni_common::netlink::socket::Socket;
@@ -126,6 +126,30 @@ fn table_exists(sock: &mut Socket, table: &TableRef, fam: u8) -> Result<bool, Nl
     }
 }
 
+/// The named sets of `table`, from one dump of its sets.
+fn table_sets(sock: &mut Socket, table: &TableRef) -> Result<Vec<SetState>, NlError> {
+    let mut a = Vec::new();
+    put_str(&mut a, NFTA_SET_TABLE, &table.name);
+    Ok(sock
+        .dump_raw(encode::message(NFT_MSG_GETSET, family_byte(table.family), &a), decode::parse_set)?
+        .into_iter()
+        .filter(|(t, _, flags)| *t == table.name && flags & NFT_SET_ANONYMOUS == 0)
+        .map(|(_, s, _)| s)
+        .collect())
+}
+
+/// The rules of `table` with the names of their chains, from one dump of its rules.
+fn table_rules(sock: &mut Socket, table: &TableRef) -> Result<Vec<(String, RuleState)>, NlError> {
+    let mut a = Vec::new();
+    put_str(&mut a, NFTA_RULE_TABLE, &table.name);
+    Ok(sock
+        .dump_raw(encode::message(NFT_MSG_GETRULE, family_byte(table.family), &a), decode::parse_rule)?
+        .into_iter()
+        .filter(|(t, _, _)| *t == table.name)
+        .map(|(_, c, r)| (c, r))
+        .collect())
+}
+
 /// Read `table` once (not checking the generation): `None` when it does not exist.
 fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, NlError> {
     let fam = family_byte(table.family);
@@ -138,16 +162,9 @@ fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, 
         .filter(|(t, _)| *t == table.name)
         .map(|(_, c)| c)
         .collect();
-    let mut a = Vec::new();
-    put_str(&mut a, NFTA_SET_TABLE, &table.name);
-    let sets: Vec<(SetState, u32)> = sock
-        .dump_raw(encode::message(NFT_MSG_GETSET, fam, &a), decode::parse_set)?
-        .into_iter()
-        .filter(|(t, _, flags)| *t == table.name && flags & NFT_SET_ANONYMOUS == 0)
-        .map(|(_, s, flags)| (s, flags))
-        .collect();
+    let sets = table_sets(sock, table)?;
     let mut full_sets = Vec::with_capacity(sets.len());
-    for (mut set, _flags) in sets {
+    for mut set in sets {
         let mut a = Vec::new();
         put_str(&mut a, NFTA_SET_ELEM_LIST_TABLE, &table.name);
         put_str(&mut a, NFTA_SET_ELEM_LIST_SET, &set.name);
@@ -158,14 +175,7 @@ fn read_once(sock: &mut Socket, table: &TableRef) -> Result<Option<TableState>, 
         set.elems.sort();
         full_sets.push(set);
     }
-    let mut a = Vec::new();
-    put_str(&mut a, NFTA_RULE_TABLE, &table.name);
-    let rules: Vec<_> = sock
-        .dump_raw(encode::message(NFT_MSG_GETRULE, fam, &a), decode::parse_rule)?
-        .into_iter()
-        .filter(|(t, _, _)| *t == table.name)
-        .map(|(_, c, r)| (c, r))
-        .collect();
+    let rules = table_rules(sock, table)?;
     Ok(Some(decode::assemble(chains, full_sets, rules)))
 }
 
@@ -227,17 +237,8 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
             Err(e) => return Err(e),
         }
     }
-    let mut rules = Vec::new();
-    if !chains.is_empty() {
-        let mut a = Vec::new();
-        put_str(&mut a, NFTA_RULE_TABLE, &table.name);
-        let r = sock.dump_raw(encode::message(NFT_MSG_GETRULE, fam, &a), decode::parse_rule)?;
-        rules.extend(
-            r.into_iter()
-                .filter(|(t, c, _)| *t == table.name && chains.iter().any(|ch: &ChainState| ch.name == *c))
-                .map(|(_, c, r)| (c, r)),
-        );
-    }
+    let mut rules = if chains.is_empty() { Vec::new() } else { table_rules(sock, table)? };
+    rules.retain(|(c, _)| wanted_chains.contains(c.as_str()));
     // The sets it adds elements to, from one dump of the table's sets.
     let wanted_sets: Vec<&str> = ops
         .iter()
@@ -246,17 +247,8 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
             _ => None,
         })
         .collect();
-    let mut sets: Vec<SetState> = Vec::new();
-    if !wanted_sets.is_empty() {
-        let mut a = Vec::new();
-        put_str(&mut a, NFTA_SET_TABLE, &table.name);
-        sets = sock
-            .dump_raw(encode::message(NFT_MSG_GETSET, fam, &a), decode::parse_set)?
-            .into_iter()
-            .filter(|(t, s, flags)| *t == table.name && flags & NFT_SET_ANONYMOUS == 0 && wanted_sets.contains(&s.name.as_str()))
-            .map(|(_, s, _)| s)
-            .collect();
-    }
+    let mut sets = if wanted_sets.is_empty() { Vec::new() } else { table_sets(sock, table)? };
+    sets.retain(|s| wanted_sets.contains(&s.name.as_str()));
     for op in ops {
         let Op::AddElements { set: name, elems, .. } = op else { continue };
         // a set that does not exist has no elements to find
@@ -347,17 +339,14 @@ fn look_up_sets(sock: &mut Socket, wanted: &[(TableRef, String)], sets: &mut enc
         }
     }
     for table in tables {
-        let fam = family_byte(table.family);
-        let mut a = Vec::new();
-        put_str(&mut a, NFTA_SET_TABLE, &table.name);
-        let found = match sock.dump_raw(encode::message(NFT_MSG_GETSET, fam, &a), decode::parse_set) {
+        let found = match table_sets(sock, table) {
             Ok(found) => found,
             Err(e) if is_enoent(&e) => continue,
             Err(e) => return Err(decode::read_error(&format!("list sets of table {} {}", table.family.as_str(), table.name), e)),
         };
-        for (t, s, _) in found {
+        for s in found {
             let ours = !s.key.is_empty() && !matches!(&s.data, SetData::Values(d) if d.is_empty());
-            if t == table.name && ours && wanted.iter().any(|(wt, ws)| wt == table && *ws == s.name) {
+            if ours && wanted.iter().any(|(wt, ws)| wt == table && *ws == s.name) {
                 sets.insert(table, SetDef { name: s.name, key: s.key, data: s.data, interval: s.interval });
             }
         }
