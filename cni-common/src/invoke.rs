@@ -102,10 +102,11 @@ fn spawn_builtin(b: &'static Builtin, command: Command, stdin: &[u8]) -> Result<
 }
 
 /// Serve the call with `b` on the calling thread, with this process's environment but
-/// `CNI_COMMAND`, as the exec would have it.
+/// `CNI_COMMAND`, as the exec would have it. A delegation is made from a verb of this process,
+/// whose request, with the same `CNI_NETNS`, was checked against the process's own namespace.
 fn serve_builtin(b: &'static Builtin, command: Command, stdin: Vec<u8>) -> Served {
     let env = |k: &str| if k == "CNI_COMMAND" { Some(command.as_str().to_string()) } else { std::env::var(k).ok() };
-    skel::serve(b.plugin, &env, stdin)
+    skel::serve_delegated(b.plugin, &env, stdin)
 }
 
 fn spawn_child(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<std::process::Child, CniError> {

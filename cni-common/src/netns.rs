@@ -97,12 +97,14 @@ impl NetNs {
     }
 
     /// Run `f` inside this namespace, then return to the thread's original namespace, even when `f`
-    /// fails or panics.
+    /// fails or panics. A thread that cannot go back (`setns` to the namespace it came from fails,
+    /// which the kernel does only when out of memory) must not go on in the wrong namespace, where
+    /// the host's changes, the rollback's among them, would land: the process aborts, saying so.
     pub fn run<T>(&self, f: impl FnOnce() -> Result<T, CniError>) -> Result<T, CniError> {
         let guard = Return { origin: NetNs::current()? };
         self.enter()?;
         let out = f();
-        guard.restore()?;
+        guard.restore();
         out
     }
 }
@@ -113,18 +115,23 @@ struct Return {
 }
 
 impl Return {
-    fn restore(self) -> Result<(), CniError> {
-        let r = self.origin.enter();
+    fn restore(mut self) {
+        self.go_back();
         std::mem::forget(self);
-        r
+    }
+
+    /// Back to the original namespace, or abort: a thread left in the wrong namespace must not go on.
+    fn go_back(&mut self) {
+        if let Err(e) = self.origin.enter() {
+            eprintln!("cannot return to the original network namespace ({e}): aborting");
+            std::process::abort();
+        }
     }
 }
 
 impl Drop for Return {
     fn drop(&mut self) {
-        // Only reached while unwinding: a thread left in the wrong namespace must not go on.
-        if self.origin.enter().is_err() {
-            std::process::abort();
-        }
+        // Only reached while unwinding.
+        self.go_back();
     }
 }

@@ -131,3 +131,52 @@ fn closed_standard_descriptors_are_opened_on_dev_null() {
     unsafe { libc::waitpid(pid, &mut status, 0) };
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "descriptors 0 and 2 not on /dev/null after keep_std_fds_open (status {status:#x})");
 }
+
+/// A plugin whose ADD succeeds with an empty result, counting its calls.
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl Plugin for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn add(&self, _: &Request) -> Result<CniResult, CniError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(CniResult::default())
+    }
+    fn del(&self, _: &Request) -> Result<(), CniError> {
+        Ok(())
+    }
+    fn check(&self, _: &Request) -> Result<(), CniError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn own_namespace_is_refused_unless_overridden_or_already_checked() {
+    // The namespace of the test's thread stands in for the plugin's own (no root needed: only
+    // opened and compared).
+    let own = format!("/proc/{}/task/{}/ns/net", std::process::id(), nix::unistd::gettid());
+    let plugin = Counting(std::sync::atomic::AtomicUsize::new(0));
+    let env_with = |extra: Option<(&'static str, &'static str)>| {
+        let mut map: HashMap<String, String> =
+            with(ADD, "CNI_NETNS", "").into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        map.insert("CNI_NETNS".into(), own.clone());
+        if let Some((k, v)) = extra {
+            map.insert(k.into(), v.into());
+        }
+        move |k: &str| map.get(k).cloned()
+    };
+    let served = serve(&plugin, &env_with(None), CONF.as_bytes().to_vec());
+    assert_eq!(served.code, 1, "{}", served.stdout);
+    let e: serde_json::Value = serde_json::from_str(&served.stdout).unwrap();
+    assert_eq!(e["code"], 8, "{e}");
+    assert!(e["details"].as_str().unwrap().contains("own network namespace"), "{e}");
+    assert_eq!(plugin.0.load(std::sync::atomic::Ordering::SeqCst), 0, "the verb must not run");
+
+    let served = serve(&plugin, &env_with(Some(("CNI_NETNS_OVERRIDE", "1"))), CONF.as_bytes().to_vec());
+    assert_eq!(served.code, 0, "{}", served.stdout);
+    // A delegation served in-process was checked with its caller's request.
+    let served = serve_delegated(&plugin, &env_with(None), CONF.as_bytes().to_vec());
+    assert_eq!(served.code, 0, "{}", served.stdout);
+    assert_eq!(plugin.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

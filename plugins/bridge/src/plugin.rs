@@ -142,83 +142,116 @@ fn plan_and_masquerade(
     Ok(Addressed { ipam, cplan })
 }
 
+/// The gateway addresses on the bridge, and forwarding on, for `ips` (with `isGateway`).
+fn gateway(conf: &BridgeConf, nl: &mut Netlink, bridge: &Link, ips: &[cni_common::result::IpConfig]) -> Result<(), CniError> {
+    if !conf.is_gateway {
+        return Ok(());
+    }
+    let gws = plan::bridge_gateways(ips);
+    host::set_gateway_addrs(nl, conf, bridge, &gws).and_then(|()| host::enable_forwarding(nl, &gws))
+}
+
+/// The second thread of an ADD whose IPAM never looks at the container's interface: IPAM and the
+/// masquerade (handed to the first thread as soon as they are done), then, once the first thread
+/// has made the veth pair and sent the bridge, the gateway addresses; last, it drops the private
+/// procfs the first thread is done with.
+fn second_thread(
+    req: &Request,
+    conf: &BridgeConf,
+    ipam_type: &str,
+    addressed: std::sync::mpsc::SyncSender<Addressing>,
+    bridge: std::sync::mpsc::Receiver<Link>,
+    procfs: std::sync::mpsc::Receiver<Sysctls>,
+) -> Option<Result<(), CniError>> {
+    let a = address_and_masquerade(req, conf, Some(ipam_type));
+    let ips = a.outcome.as_ref().ok().map(|ad| ad.ipam.ips.clone());
+    drop(addressed.send(a));
+    let gw = match (ips, bridge.recv()) {
+        (Some(ips), Ok(bridge)) => Some(Netlink::open().map_err(CniError::from).and_then(|mut nl| gateway(conf, &mut nl, &bridge, &ips))),
+        _ => None,
+    };
+    drop(procfs.recv());
+    gw
+}
+
 fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> Result<CniResult, CniError> {
     let netns = NetNs::open(&req.netns)?;
     let ipam_type = conf.ipam_type.as_deref();
-    // An IPAM plugin that never looks at the container's interface runs, with the masquerade that
-    // needs only its addresses, while the veth pair is made (two threads, two cores); any other
-    // (dhcp, ...) runs after it, as in the reference.
-    let early = ipam_type.filter(|t| plan::ipam_independent_of_interface(t));
-    let (made, sysctls, addressing) = std::thread::scope(|s| {
-        let thread = early.map(|t| {
-            std::thread::Builder::new().name("ipam".into()).spawn_scoped(s, move || address_and_masquerade(req, conf, Some(t)))
-        });
-        let made = host_side(req, conf, nl, &netns, undo);
-        // Made while IPAM runs (~0.05 ms, idle time here), used by the container thread.
-        let sysctls = if conf.disable_container_interface { Sysctls::shared() } else { Sysctls::private() };
-        let addressing = thread.map(|t| match t {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|_| Addressing::failed(CniError::Internal("IPAM thread panicked".into()))),
-            Err(e) => Addressing::failed(CniError::Internal(format!("start the IPAM thread: {e}"))),
-        });
-        (made, sysctls, addressing)
-    });
     let record = |a: &Addressing, undo: &mut Undo| {
         if a.allocated {
             undo.ipam = ipam_type.map(str::to_string);
         }
         undo.masq.clone_from(&a.masq);
     };
-    if let Some(a) = &addressing {
-        record(a, undo);
-    }
-    let (bridge, host_veth) = made?;
-    let addressing = addressing.unwrap_or_else(|| {
-        let a = address_and_masquerade(req, conf, ipam_type);
-        record(&a, undo);
-        a
-    });
-    let Addressed { ipam, cplan } = addressing.outcome?;
-    // The container side and the bridge's gateway addresses do not depend on each other: configure
-    // the container from a second thread (it enters the container namespace) while this one does
-    // the gateways.
-    let (ctr, host) = std::thread::scope(|s| {
-        let (give_back, given_back) = std::sync::mpsc::sync_channel(1);
-        let ctr = s.spawn(|| {
-            let sysctls = sysctls;
-            let give_back = give_back;
-            netns.run(|| {
-                container::configure(conf, &req.ifname, &cplan, &ipam.ips, sysctls, |done| drop(give_back.send(done)))
-            })
+    // An IPAM plugin that never looks at the container's interface runs, with the masquerade that
+    // needs only its addresses, on a second thread while this one makes the veth pair (two
+    // threads, two cores); any other (dhcp, ...) runs after it, as in the reference.
+    let early = ipam_type.filter(|t| plan::ipam_independent_of_interface(t));
+    std::thread::scope(|s| {
+        let (addressed_tx, addressed) = std::sync::mpsc::sync_channel(1);
+        let (bridge_tx, bridge_rx) = std::sync::mpsc::sync_channel(1);
+        let (procfs_tx, procfs_rx) = std::sync::mpsc::sync_channel(1);
+        let second = early.map(|t| {
+            std::thread::Builder::new()
+                .name("ipam".into())
+                .spawn_scoped(s, move || second_thread(req, conf, t, addressed_tx, bridge_rx, procfs_rx))
         });
-        let host = if conf.is_gateway {
-            let gws = plan::bridge_gateways(&ipam.ips);
-            host::set_gateway_addrs(nl, conf, &bridge.link, &gws).and_then(|()| host::enable_forwarding(nl, &gws))
-        } else {
-            Ok(())
+        let made = host_side(req, conf, nl, &netns, undo);
+        if let Ok((bridge, _)) = &made {
+            // the gateway goes on the bridge once the veth pair is made, as in the reference
+            drop(bridge_tx.send(bridge.link.clone()));
+        }
+        drop(bridge_tx);
+        // Made while IPAM runs (~0.05 ms, idle time here), used in the container namespace.
+        let sysctls = if conf.disable_container_interface { Sysctls::shared() } else { Sysctls::private() };
+        let addressing = match &second {
+            Some(Ok(_)) => Some(
+                addressed.recv().unwrap_or_else(|_| Addressing::failed(CniError::Internal("IPAM thread panicked".into()))),
+            ),
+            Some(Err(e)) => Some(Addressing::failed(CniError::Internal(format!("start the IPAM thread: {e}")))),
+            None => None,
         };
-        // The private procfs instance goes here, once the container thread has written its sysctls:
-        // dropping it waits for a grace period, which this thread can spend while that one goes on.
-        drop(given_back.recv());
-        let ctr = ctr.join().unwrap_or_else(|_| Err(CniError::Internal("container configuration thread panicked".into())));
-        (ctr, host)
-    });
-    let ctr = ctr?;
-    host?;
-    // Read MACs as they are now: the bridge's may have changed when the port joined.
-    let bridge_now = nl.link_by_index(bridge.link.index)?.unwrap_or(bridge.link);
-    let links = plan::Links {
-        bridge: &conf.bridge,
-        bridge_mac: host::mac_string(&bridge_now),
-        host: &host_veth.name,
-        host_mac: host::mac_string(&host_veth),
-        container: &req.ifname,
-        container_mac: host::mac_string(&ctr),
-        netns: &req.netns,
-        mtu: None,
-    };
-    Ok(plan::result(&links, &ipam, cplan.routes, req.conf.dns.as_ref()))
+        if let Some(a) = &addressing {
+            record(a, undo);
+        }
+        let (bridge, host_veth) = made?;
+        let addressing = addressing.unwrap_or_else(|| {
+            let a = address_and_masquerade(req, conf, ipam_type);
+            record(&a, undo);
+            a
+        });
+        let Addressed { ipam, cplan } = addressing.outcome?;
+        // The container side, from this thread in the container's namespace. The private procfs
+        // goes to the second thread once the sysctls are written: dropping it waits for a grace
+        // period, which that thread spends while this one goes on.
+        let ctr = netns.run(|| {
+            container::configure(conf, &req.ifname, &cplan, &ipam.ips, sysctls, |done| drop(procfs_tx.send(done)))
+        });
+        drop(procfs_tx);
+        let gw = match second {
+            Some(Ok(handle)) => handle.join().unwrap_or_else(|_| Some(Err(CniError::Internal("IPAM thread panicked".into())))),
+            _ => None,
+        };
+        let ctr = ctr?;
+        // without the second thread (or when it could not do them): the gateways here
+        match gw {
+            Some(r) => r?,
+            None => gateway(conf, nl, &bridge.link, &ipam.ips)?,
+        }
+        // Read MACs as they are now: the bridge's may have changed when the port joined.
+        let bridge_now = nl.link_by_index(bridge.link.index)?.unwrap_or(bridge.link);
+        let links = plan::Links {
+            bridge: &conf.bridge,
+            bridge_mac: host::mac_string(&bridge_now),
+            host: &host_veth.name,
+            host_mac: host::mac_string(&host_veth),
+            container: &req.ifname,
+            container_mac: host::mac_string(&ctr),
+            netns: &req.netns,
+            mtu: None,
+        };
+        Ok(plan::result(&links, &ipam, cplan.routes, req.conf.dns.as_ref()))
+    })
 }
 
 impl Plugin for Bridge {
