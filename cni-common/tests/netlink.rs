@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use cni_common::netlink::{
-    format_mac, parse_mac, AddrOpts, BrPortFlags, IpFamily, Link, Netlink, NlError, Route, VethSpec,
+    format_mac, parse_mac, AddrOpts, BrPortFlags, Changes, IpFamily, Link, Netlink, NlError, Route, VethSpec,
 };
 use cni_common::CniError;
 use cni_common::netns::NetNs;
@@ -705,5 +705,56 @@ fn detached_delete_returns_with_both_ends_gone_and_keeps_no_descriptor() {
         assert_eq!(err.op, "delete link \"lo\" (index 1)", "{err}");
         assert_eq!(err.errno(), Some(libc::EOPNOTSUPP), "{err}");
         assert!(cnl.link_by_name("lo").expect("get").is_some());
+    })
+}
+
+#[test]
+fn changes_applied_in_one_datagram_in_order_each_with_its_result() {
+    in_netns(|| {
+        let ns = this_netns();
+        let mut nl = Netlink::open().expect("open");
+        let (a, b) = veth_pair(&mut nl, "chg-a", "chg-b");
+        nl.set_up(b.index).expect("up b");
+        let v4 = net("10.21.0.2/24");
+        let v6 = net("fd00:21::2/64");
+        let default = Route { dst: Some(net("0.0.0.0/0")), gw: Some("10.21.0.1".parse().unwrap()), oif: Some(a.index), ..Route::default() };
+        let mut changes = Changes::new();
+        changes.add_addr(a.index, v4, AddrOpts::default());
+        changes.add_addr(a.index, v6, AddrOpts { nodad: true, ..AddrOpts::default() });
+        // in order: the route's gateway needs the address, and its device up
+        changes.set_up(a.index);
+        changes.set_ipv4_conf(a.index, &[(cni_common::netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)]);
+        changes.add_route(&default).expect("a valid route");
+        assert_eq!(changes.len(), 5);
+        let results = nl.apply(changes).expect("apply");
+        assert_eq!(results.len(), 5);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+        assert!(ip_flags(&ip_link(&ns, "chg-a")).contains(&"UP".to_string()));
+        let addrs = nl.addrs(Some(a.index), None).expect("list");
+        assert!(addrs.iter().any(|x| x.addr == v4) && addrs.iter().any(|x| x.addr == v6), "{addrs:?}");
+        assert_eq!(nl.ipv4_conf(a.index, cni_common::netlink::IPV4_DEVCONF_ARP_NOTIFY).expect("read"), Some(1));
+        let routes = ip(&ns, &["-4", "route", "show", "default"]);
+        assert_eq!(routes[0]["gateway"], "10.21.0.1", "{routes}");
+        assert_eq!(routes[0]["dev"], "chg-a", "{routes}");
+
+        // A failed change does not stop the next; each result names its change and the link.
+        let mut changes = Changes::new();
+        changes.add_addr(a.index, v4, AddrOpts::default());
+        changes.add_addr(a.index, net("10.22.0.2/24"), AddrOpts::default());
+        changes.add_route(&default).expect("a valid route");
+        let results = nl.apply(changes).expect("apply");
+        let e = results[0].as_ref().expect_err("the address exists");
+        assert!(e.is_exists(), "{e}");
+        assert_eq!(e.op, format!("add address 10.21.0.2/24 to link \"chg-a\" (index {})", a.index));
+        assert!(results[1].is_ok(), "{:?}", results[1]);
+        assert!(nl.addrs(Some(a.index), Some(IpFamily::V4)).expect("list").iter().any(|x| x.addr == net("10.22.0.2/24")));
+        let e = results[2].as_ref().expect_err("the route exists");
+        assert!(e.is_exists() && e.op.starts_with("add route default via 10.21.0.1 dev \"chg-a\""), "{e}");
+
+        // A route that cannot be expressed is refused before anything is sent.
+        let bad = Route { dst: Some(net("10.23.0.0/24")), gw: Some("fd00::1".parse().unwrap()), ..Route::default() };
+        assert!(Changes::new().add_route(&bad).is_err());
+        assert!(nl.apply(Changes::new()).expect("nothing to send").is_empty());
     })
 }

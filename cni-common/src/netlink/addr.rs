@@ -94,6 +94,11 @@ pub(crate) fn add_addr_message(index: u32, net: &IpNetwork, opts: AddrOpts) -> R
     RouteNetlinkMessage::NewAddress(msg)
 }
 
+/// How the addition of `addr` to the link `label` names itself in its error.
+pub(crate) fn add_addr_op(addr: &IpNetwork, label: &str) -> String {
+    format!("add address {addr} to link {label}")
+}
+
 impl Netlink {
     /// Addresses of the namespace, of link `index` only and/or of `family` only.
     ///
@@ -143,7 +148,7 @@ impl Netlink {
         let flags = if opts.replace { NLM_F_CREATE | NLM_F_REPLACE } else { NLM_F_CREATE | NLM_F_EXCL };
         match self.sock.request(add_addr_message(index, &addr, opts), flags) {
             Ok(_) => Ok(()),
-            Err(e) => Err(e.with_op(format!("add address {addr} to link {}", self.link_label(index)))),
+            Err(e) => Err(e.with_op(add_addr_op(&addr, &self.link_label(index)))),
         }
     }
 

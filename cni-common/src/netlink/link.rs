@@ -319,24 +319,10 @@ impl Netlink {
     /// walk through `/proc/sys`, whose directory entries for a name every namespace has (`eth0`)
     /// share one hash chain across all namespaces.
     pub fn set_ipv4_conf(&mut self, index: u32, settings: &[(u16, u32)]) -> Result<(), NlError> {
-        let mut attrs = Vec::new();
-        put_nested(&mut attrs, IFLA_AF_SPEC, |af| {
-            put_nested(af, libc::AF_INET as u16, |inet| {
-                put_nested(inet, IFLA_INET_CONF, |conf| {
-                    for (id, value) in settings {
-                        put_attr(conf, *id, &value.to_ne_bytes());
-                    }
-                })
-            })
-        });
-        // struct ifinfomsg: family, pad, type, index, flags, change
-        let mut ifinfomsg = [0u8; IFINFOMSG_LEN];
-        ifinfomsg[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
-        let msg = raw_message(RTM_SETLINK, &ifinfomsg, &attrs);
         self.sock
-            .request_raw(msg, 0, |_| Ok(None::<()>))
+            .request_raw(ipv4_conf_message(index, settings), 0, |_| Ok(None::<()>))
             .map(drop)
-            .map_err(|e| e.with_op(format!("set IPv4 settings of link index {index}")))
+            .map_err(|e| e.with_op(ipv4_conf_op(index)))
     }
 
     /// The per-link IPv4 setting `id` (an `IPV4_DEVCONF_*`, `net.ipv4.conf.<link>.*`) of link
@@ -412,12 +398,10 @@ impl Netlink {
     }
 
     fn set_flag(&mut self, index: u32, flag: LinkFlags, on: bool, what: &str) -> Result<(), NlError> {
-        let mut msg = link_msg(index);
-        msg.header.change_mask = flag;
-        if on {
-            msg.header.flags = flag;
+        match self.sock.request(flag_message(index, flag, on), 0) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.with_op(format!("set link {} {what}", self.link_label(index)))),
         }
-        self.set_link(msg, index, what)
     }
 
     /// Send `RTM_SETLINK`; on error name the link and the change (`set link "eth0" (index 3) mtu 9000`).
@@ -427,6 +411,39 @@ impl Netlink {
             Err(e) => Err(e.with_op(format!("set link {} {what}", self.link_label(index)))),
         }
     }
+}
+
+/// `RTM_SETLINK` turning `flag` of link `index` on or off.
+pub(crate) fn flag_message(index: u32, flag: LinkFlags, on: bool) -> RouteNetlinkMessage {
+    let mut msg = link_msg(index);
+    msg.header.change_mask = flag;
+    if on {
+        msg.header.flags = flag;
+    }
+    RouteNetlinkMessage::SetLink(msg)
+}
+
+/// `RTM_SETLINK` of per-link IPv4 settings (see [`Netlink::set_ipv4_conf`]).
+pub(crate) fn ipv4_conf_message(index: u32, settings: &[(u16, u32)]) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    put_nested(&mut attrs, IFLA_AF_SPEC, |af| {
+        put_nested(af, libc::AF_INET as u16, |inet| {
+            put_nested(inet, IFLA_INET_CONF, |conf| {
+                for (id, value) in settings {
+                    put_attr(conf, *id, &value.to_ne_bytes());
+                }
+            })
+        })
+    });
+    // struct ifinfomsg: family, pad, type, index, flags, change
+    let mut ifinfomsg = [0u8; IFINFOMSG_LEN];
+    ifinfomsg[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
+    raw_message(RTM_SETLINK, &ifinfomsg, &attrs)
+}
+
+/// How a change of per-link IPv4 settings names itself in its error.
+pub(crate) fn ipv4_conf_op(index: u32) -> String {
+    format!("set IPv4 settings of link index {index}")
 }
 
 /// Setting `id` in the `IFLA_INET_CONF` array (one `u32` per `IPV4_DEVCONF_*`, from id 1) of the

@@ -22,6 +22,7 @@
 
 mod addr;
 mod bridge;
+mod changes;
 mod error;
 mod handoff;
 mod link;
@@ -32,6 +33,7 @@ pub mod socket;
 
 pub use addr::{Addr, AddrOpts};
 pub use bridge::{BrPortFlags, VLAN_FILTERING};
+pub use changes::Changes;
 pub use error::NlError;
 pub use handoff::DetachedDelete;
 pub use link::{Link, VethSpec, IPV4_DEVCONF_ARP_NOTIFY, IPV4_DEVCONF_ROUTE_LOCALNET};

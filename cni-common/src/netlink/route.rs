@@ -57,7 +57,7 @@ impl Route {
             .or_else(|| self.src.as_ref().map(IpFamily::of))
     }
 
-    fn text(&self, dev: Option<&str>) -> String {
+    pub(crate) fn text(&self, dev: Option<&str>) -> String {
         let mut s = match self.dst {
             Some(d) if d.prefix() > 0 => normalized(d).to_string(),
             _ => "default".to_string(),

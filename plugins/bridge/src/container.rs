@@ -4,7 +4,7 @@
 use crate::config::BridgeConf;
 use crate::plan::{route_gateway, ContainerPlan};
 use cni_common::error::CniError;
-use cni_common::netlink::{AddrOpts, DetachedDelete, Link, Netlink, Route as NlRoute};
+use cni_common::netlink::{AddrOpts, Changes, DetachedDelete, Link, Netlink, Route as NlRoute};
 use cni_common::result::{IpConfig, Route};
 use cni_common::sysctl;
 use ipnetwork::IpNetwork;
@@ -35,23 +35,34 @@ pub fn configure(
     let written = write_sysctls(conf, ifname, plan, &sysctls);
     done_with_sysctls(sysctls);
     written?;
+    // Addresses, link up, arp_notify and routes in one datagram, applied by the kernel in this
+    // order (a route's gateway needs the address and the link up), each acknowledged on its own.
+    let mut changes = Changes::new();
     for addr in &plan.addrs {
-        nl.add_addr(link.index, *addr, AddrOpts { nodad: !conf.enable_dad, ..Default::default() })
-            .map_err(|e| CniError::netlink(format!("add address {addr} to {ifname:?}"), e))?;
+        changes.add_addr(link.index, *addr, AddrOpts { nodad: !conf.enable_dad, ..Default::default() });
     }
-    nl.set_up(link.index)?;
+    changes.set_up(link.index);
     // arp_notify=1 (as the reference leaves it): the kernel announces the address with a
-    // gratuitous ARP when the link later comes up again or changes its MAC. Set only now that the
+    // gratuitous ARP when the link later comes up again or changes its MAC. Set only once the
     // link is up, so ADD itself announces nothing, like the reference: an announcement is a
     // broadcast the bridge floods to every attached container, work that grows with their number.
     // Over netlink, as the sysctl file of an `eth0` is a lookup through every namespace's.
-    let _ = nl.set_ipv4_conf(link.index, &[(cni_common::netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)]);
+    changes.set_ipv4_conf(link.index, &[(cni_common::netlink::IPV4_DEVCONF_ARP_NOTIFY, 1)]);
     for r in &plan.routes {
-        let route = to_netlink(r, ips, link.index);
-        match nl.add_route(&route) {
-            Ok(()) => {}
-            Err(e) if e.is_exists() => {}
-            Err(e) => return Err(CniError::netlink(format!("add route {} via {:?} on {ifname:?}", r.dst, route.gw), e)),
+        changes.add_route(&to_netlink(r, ips, link.index))?;
+    }
+    // Errors name the change and the interface ("add address 10.1.0.5/24 to link "eth0" (index 2)").
+    let mut results = nl.apply(changes)?.into_iter();
+    for _ in &plan.addrs {
+        results.next().unwrap_or(Ok(()))?;
+    }
+    results.next().unwrap_or(Ok(()))?;
+    // arp_notify: best effort, as before (a kernel without the setting is no reason to fail)
+    let _ = results.next();
+    for _ in &plan.routes {
+        match results.next().unwrap_or(Ok(())) {
+            Err(e) if !e.is_exists() => return Err(e.into()),
+            _ => {}
         }
     }
     // The link as read before it went up: its MAC (all the result needs) does not change with
