@@ -215,12 +215,10 @@ pub fn read_table(sock: &mut Socket, table: &TableRef) -> Result<Option<TableSta
 fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Option<TableState>, NlError> {
     use cni_common::netlink::socket::put_nested;
     let fam = family_byte(table.family);
-    if !table_exists(sock, table, fam)? {
-        return Ok(None);
-    }
     // The chains it fills, each asked for by name, and their rules, in one dump of the table's
     // rules: the tables of this layout hold a few chains of a few rules each, however many
-    // attachments they serve.
+    // attachments they serve. A chain found says the table exists; only when none is (or none is
+    // wanted) is the table asked for.
     let mut chains = Vec::new();
     let mut wanted_chains = std::collections::BTreeSet::new();
     for op in ops {
@@ -236,6 +234,9 @@ fn read_for_once(sock: &mut Socket, table: &TableRef, ops: &[Op]) -> Result<Opti
             Err(e) if is_enoent(&e) => continue,
             Err(e) => return Err(e),
         }
+    }
+    if chains.is_empty() && !table_exists(sock, table, fam)? {
+        return Ok(None);
     }
     let mut rules = if chains.is_empty() { Vec::new() } else { table_rules(sock, table)? };
     rules.retain(|(c, _)| wanted_chains.contains(c.as_str()));
