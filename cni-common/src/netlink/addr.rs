@@ -94,6 +94,15 @@ pub(crate) fn add_addr_message(index: u32, net: &IpNetwork, opts: AddrOpts) -> R
     RouteNetlinkMessage::NewAddress(msg)
 }
 
+/// The request flags of an address addition with `opts`.
+pub(crate) fn add_addr_flags(opts: AddrOpts) -> u16 {
+    if opts.replace {
+        NLM_F_CREATE | NLM_F_REPLACE
+    } else {
+        NLM_F_CREATE | NLM_F_EXCL
+    }
+}
+
 /// How the addition of `addr` to the link `label` names itself in its error.
 pub(crate) fn add_addr_op(addr: &IpNetwork, label: &str) -> String {
     format!("add address {addr} to link {label}")
@@ -145,8 +154,7 @@ impl Netlink {
     /// Add `addr` (address and prefix length, e.g. `10.0.0.2/24`) to link `index`. An existing
     /// identical address is `EEXIST` unless [`AddrOpts::replace`].
     pub fn add_addr(&mut self, index: u32, addr: IpNetwork, opts: AddrOpts) -> Result<(), NlError> {
-        let flags = if opts.replace { NLM_F_CREATE | NLM_F_REPLACE } else { NLM_F_CREATE | NLM_F_EXCL };
-        match self.sock.request(add_addr_message(index, &addr, opts), flags) {
+        match self.sock.request(add_addr_message(index, &addr, opts), add_addr_flags(opts)) {
             Ok(_) => Ok(()),
             Err(e) => Err(e.with_op(add_addr_op(&addr, &self.link_label(index)))),
         }

@@ -5,12 +5,13 @@
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL};
 
-use super::addr::{add_addr_message, add_addr_op};
-use super::link::{flag_message, ipv4_conf_message, ipv4_conf_op};
-use super::route::{route_message, Route};
+use super::addr::{add_addr_flags, add_addr_message, add_addr_op};
+use super::link::{flag_message, ipv4_conf_message, ipv4_conf_op, set_link_op};
+use super::route::{route_message, route_op, Route};
 use super::socket::encode;
 use super::{AddrOpts, Netlink, NlError};
 use netlink_packet_route::link::LinkFlags;
+use netlink_packet_route::RouteNetlinkMessage;
 
 /// What a change does, to name it in its error.
 enum What {
@@ -34,13 +35,12 @@ impl Changes {
 
     /// As [`Netlink::add_addr`].
     pub fn add_addr(&mut self, index: u32, addr: IpNetwork, opts: AddrOpts) -> &mut Changes {
-        let flags = if opts.replace { NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE } else { NLM_F_CREATE | NLM_F_EXCL };
-        self.push(encode(add_addr_message(index, &addr, opts), 0, 0), flags, What::AddAddr { index, addr })
+        self.push(encode(add_addr_message(index, &addr, opts), 0, 0), add_addr_flags(opts), What::AddAddr { index, addr })
     }
 
     /// As [`Netlink::set_up`].
     pub fn set_up(&mut self, index: u32) -> &mut Changes {
-        self.push(encode(flag_message(index, LinkFlags::Up, true), 0, 0), 0, What::Up { index })
+        self.push(encode(RouteNetlinkMessage::SetLink(flag_message(index, LinkFlags::Up, true)), 0, 0), 0, What::Up { index })
     }
 
     /// As [`Netlink::set_ipv4_conf`].
@@ -50,7 +50,7 @@ impl Changes {
 
     /// As [`Netlink::add_route`]; a route that cannot be expressed is refused here.
     pub fn add_route(&mut self, route: &Route) -> Result<&mut Changes, NlError> {
-        let msg = route_message(route, false).map_err(|why| NlError::invalid(format!("add route {route}"), why))?;
+        let msg = route_message(route, false).map_err(|why| NlError::invalid(route_op("add", route, None), why))?;
         Ok(self.push(encode(msg, 0, 0), NLM_F_CREATE | NLM_F_EXCL, What::AddRoute(route.clone())))
     }
 
@@ -102,11 +102,11 @@ impl Netlink {
     fn name_failure(&mut self, what: &What, e: NlError) -> NlError {
         match what {
             What::AddAddr { index, addr } => e.with_op(add_addr_op(addr, &self.link_label(*index))),
-            What::Up { index } => e.with_op(format!("set link {} up", self.link_label(*index))),
+            What::Up { index } => e.with_op(set_link_op(&self.link_label(*index), "up")),
             What::Ipv4Conf { index } => e.with_op(ipv4_conf_op(*index)),
             What::AddRoute(route) => {
                 let dev = route.oif.map(|i| self.link_label(i));
-                e.with_op(format!("add route {}", route.text(dev.as_deref())))
+                e.with_op(route_op("add", route, dev.as_deref()))
             }
         }
     }

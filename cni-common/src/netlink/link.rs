@@ -398,29 +398,31 @@ impl Netlink {
     }
 
     fn set_flag(&mut self, index: u32, flag: LinkFlags, on: bool, what: &str) -> Result<(), NlError> {
-        match self.sock.request(flag_message(index, flag, on), 0) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.with_op(format!("set link {} {what}", self.link_label(index)))),
-        }
+        self.set_link(flag_message(index, flag, on), index, what)
     }
 
     /// Send `RTM_SETLINK`; on error name the link and the change (`set link "eth0" (index 3) mtu 9000`).
     fn set_link(&mut self, msg: LinkMessage, index: u32, what: &str) -> Result<(), NlError> {
         match self.sock.request(RouteNetlinkMessage::SetLink(msg), 0) {
             Ok(_) => Ok(()),
-            Err(e) => Err(e.with_op(format!("set link {} {what}", self.link_label(index)))),
+            Err(e) => Err(e.with_op(set_link_op(&self.link_label(index), what))),
         }
     }
 }
 
-/// `RTM_SETLINK` turning `flag` of link `index` on or off.
-pub(crate) fn flag_message(index: u32, flag: LinkFlags, on: bool) -> RouteNetlinkMessage {
+/// How a change `what` of the link `label` names itself in its error (`set link "eth0" (index 3) up`).
+pub(crate) fn set_link_op(label: &str, what: &str) -> String {
+    format!("set link {label} {what}")
+}
+
+/// The `RTM_SETLINK` message turning `flag` of link `index` on or off.
+pub(crate) fn flag_message(index: u32, flag: LinkFlags, on: bool) -> LinkMessage {
     let mut msg = link_msg(index);
     msg.header.change_mask = flag;
     if on {
         msg.header.flags = flag;
     }
-    RouteNetlinkMessage::SetLink(msg)
+    msg
 }
 
 /// `RTM_SETLINK` of per-link IPv4 settings (see [`Netlink::set_ipv4_conf`]).

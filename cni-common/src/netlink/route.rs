@@ -57,7 +57,7 @@ impl Route {
             .or_else(|| self.src.as_ref().map(IpFamily::of))
     }
 
-    pub(crate) fn text(&self, dev: Option<&str>) -> String {
+    fn text(&self, dev: Option<&str>) -> String {
         let mut s = match self.dst {
             Some(d) if d.prefix() > 0 => normalized(d).to_string(),
             _ => "default".to_string(),
@@ -112,6 +112,12 @@ fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
 
 /// The `RTM_NEWROUTE` (or `RTM_DELROUTE` when `delete`) message for `route`; `Err` explains why the
 /// route is not a valid request.
+/// How a change `verb` of `route` names itself in its error (`add route default via 10.0.0.1 dev
+/// "eth0" (index 2)`); `dev` is the label of its device.
+pub(crate) fn route_op(verb: &str, route: &Route, dev: Option<&str>) -> String {
+    format!("{verb} route {}", route.text(dev))
+}
+
 pub(crate) fn route_message(route: &Route, delete: bool) -> Result<RouteNetlinkMessage, String> {
     let family = route.family().ok_or("a route needs a destination or a gateway")?;
     for (what, ip) in [("gateway", route.gw), ("source", route.src)] {
@@ -297,7 +303,7 @@ impl Netlink {
             Ok(_) => Ok(()),
             Err(e) => {
                 let dev = route.oif.map(|i| self.link_label(i));
-                Err(e.with_op(format!("{verb} route {}", route.text(dev.as_deref()))))
+                Err(e.with_op(route_op(verb, route, dev.as_deref())))
             }
         }
     }
