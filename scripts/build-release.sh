@@ -23,11 +23,9 @@ fi
 # musl's memcpy/memmove pay a fixed `rep movsq` cost that dominates the short copies netlink
 # messages are made of: route them through cni_common::smallcopy (copies up to 32 bytes inline,
 # longer ones to musl). Encoding a portmap ADD's batch: 115 -> 42 us.
-# sha2's portable code: the AVX2 one is chosen at run time with CPUID, an exit to the hypervisor
-# on a VM, paid once per process for hashing a few dozen bytes (~0.01 ms per portmap ADD).
-extra='--cfg sha2_backend="soft"'
+extra=""
 if [[ "$triple" == *-musl ]]; then
-  extra="$extra --cfg cni_wrap_memcpy -C link-arg=-Wl,--wrap=memcpy -C link-arg=-Wl,--wrap=memmove"
+  extra="--cfg cni_wrap_memcpy -C link-arg=-Wl,--wrap=memcpy -C link-arg=-Wl,--wrap=memmove"
 fi
 # An explicit --target keeps the flags off build scripts and proc-macros, which must stay dynamic.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static $extra" \
