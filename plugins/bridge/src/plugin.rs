@@ -167,6 +167,7 @@ fn second_thread(
     let ips = a.outcome.as_ref().ok().map(|ad| ad.ipam.ips.clone());
     drop(addressed.send(a));
     let gw = match (ips, bridge.recv()) {
+        (Some(_), Ok(_)) if !conf.is_gateway => Some(Ok(())),
         (Some(ips), Ok(bridge)) => Some(Netlink::open().map_err(CniError::from).and_then(|mut nl| gateway(conf, &mut nl, &bridge, &ips))),
         _ => None,
     };
