@@ -11,7 +11,10 @@ use cni_common::skel::{Command, Plugin, Request};
 use cni_common::sysctl::Sysctls;
 use cni_firewall::{AttachmentKey, MasqSpec};
 use ipnetwork::IpNetwork;
+use cni_common::apart::spawn_apart;
 use std::os::fd::AsFd;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 pub struct Bridge;
 
@@ -159,9 +162,9 @@ fn second_thread(
     req: &Request,
     conf: &BridgeConf,
     ipam_type: &str,
-    addressed: std::sync::mpsc::SyncSender<Addressing>,
-    bridge: std::sync::mpsc::Receiver<Link>,
-    procfs: std::sync::mpsc::Receiver<Sysctls>,
+    addressed: SyncSender<Addressing>,
+    bridge: Receiver<Link>,
+    procfs: Receiver<Sysctls>,
 ) -> Option<Result<(), CniError>> {
     let a = address_and_masquerade(req, conf, Some(ipam_type));
     let ips = a.outcome.as_ref().ok().map(|ad| ad.ipam.ips.clone());
@@ -173,6 +176,68 @@ fn second_thread(
     };
     drop(procfs.recv());
     gw
+}
+
+/// The first thread's ends of its channels to the [`second_thread`], and that thread. Dropping it
+/// closes the channels, which lets the thread finish, and then waits for it: an ADD returns (or
+/// rolls back) only once the thread's IPAM and masquerade are over.
+struct Second {
+    addressed: Receiver<Addressing>,
+    bridge: Option<SyncSender<Link>>,
+    procfs: Option<SyncSender<Sysctls>>,
+    thread: Option<JoinHandle<Option<Result<(), CniError>>>>,
+}
+
+impl Second {
+    /// Start the second thread, on another CPU than this one's where there is one
+    /// (`cni_common::apart`): sharing this thread's CPU, it would take turns with the veth
+    /// creation instead of overlapping it.
+    fn start(req: &Request, conf: &BridgeConf, ipam_type: &str) -> Result<Second, CniError> {
+        let (addressed_tx, addressed) = sync_channel(1);
+        let (bridge_tx, bridge_rx) = sync_channel(1);
+        let (procfs_tx, procfs_rx) = sync_channel(1);
+        let (req, conf, ipam_type) = (req.clone(), conf.clone(), ipam_type.to_string());
+        let thread = spawn_apart("ipam", move || second_thread(&req, &conf, &ipam_type, addressed_tx, bridge_rx, procfs_rx))
+            .map_err(|e| CniError::Internal(format!("start the IPAM thread: {e}")))?;
+        Ok(Second { addressed, bridge: Some(bridge_tx), procfs: Some(procfs_tx), thread: Some(thread) })
+    }
+
+    /// The bridge, for the gateway addresses; `None`: the veth pair was not made, no gateways.
+    fn send_bridge(&mut self, bridge: Option<Link>) {
+        if let (Some(tx), Some(b)) = (self.bridge.take(), bridge) {
+            drop(tx.send(b));
+        }
+    }
+
+    /// What IPAM and the masquerade did.
+    fn addressing(&self) -> Addressing {
+        self.addressed.recv().unwrap_or_else(|_| Addressing::failed(CniError::Internal("IPAM thread panicked".into())))
+    }
+
+    /// Hand the private procfs over, to be dropped there (or here, when the thread is gone).
+    fn send_procfs(&self, procfs: Sysctls) {
+        if let Some(tx) = &self.procfs {
+            drop(tx.send(procfs));
+        }
+    }
+
+    /// Wait for the thread: `None` when it did not do the gateways (the first thread does them).
+    fn join(mut self) -> Option<Result<(), CniError>> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Option<Result<(), CniError>> {
+        self.bridge = None;
+        self.procfs = None;
+        let thread = self.thread.take()?;
+        thread.join().unwrap_or_else(|_| Some(Err(CniError::Internal("IPAM thread panicked".into()))))
+    }
+}
+
+impl Drop for Second {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
 }
 
 fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> Result<CniResult, CniError> {
@@ -187,72 +252,58 @@ fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> R
     // An IPAM plugin that never looks at the container's interface runs, with the masquerade that
     // needs only its addresses, on a second thread while this one makes the veth pair (two
     // threads, two cores); any other (dhcp, ...) runs after it, as in the reference.
-    let early = ipam_type.filter(|t| plan::ipam_independent_of_interface(t));
-    std::thread::scope(|s| {
-        let (addressed_tx, addressed) = std::sync::mpsc::sync_channel(1);
-        let (bridge_tx, bridge_rx) = std::sync::mpsc::sync_channel(1);
-        let (procfs_tx, procfs_rx) = std::sync::mpsc::sync_channel(1);
-        let second = early.map(|t| {
-            std::thread::Builder::new()
-                .name("ipam".into())
-                .spawn_scoped(s, move || second_thread(req, conf, t, addressed_tx, bridge_rx, procfs_rx))
-        });
-        let made = host_side(req, conf, nl, &netns, undo);
-        if let Ok((bridge, _)) = &made {
-            // the gateway goes on the bridge once the veth pair is made, as in the reference
-            drop(bridge_tx.send(bridge.link.clone()));
-        }
-        drop(bridge_tx);
-        // Made while IPAM runs (~0.05 ms, idle time here), used in the container namespace.
-        let sysctls = if conf.disable_container_interface { Sysctls::shared() } else { Sysctls::private() };
-        let addressing = match &second {
-            Some(Ok(_)) => Some(
-                addressed.recv().unwrap_or_else(|_| Addressing::failed(CniError::Internal("IPAM thread panicked".into()))),
-            ),
-            Some(Err(e)) => Some(Addressing::failed(CniError::Internal(format!("start the IPAM thread: {e}")))),
-            None => None,
-        };
-        if let Some(a) = &addressing {
-            record(a, undo);
-        }
-        let (bridge, host_veth) = made?;
-        let addressing = addressing.unwrap_or_else(|| {
-            let a = address_and_masquerade(req, conf, ipam_type);
-            record(&a, undo);
-            a
-        });
-        let Addressed { ipam, cplan } = addressing.outcome?;
-        // The container side, from this thread in the container's namespace. The private procfs
-        // goes to the second thread once the sysctls are written: dropping it waits for a grace
-        // period, which that thread spends while this one goes on.
-        let ctr = netns.run(|| {
-            container::configure(conf, &req.ifname, &cplan, &ipam.ips, sysctls, |done| drop(procfs_tx.send(done)))
-        });
-        drop(procfs_tx);
-        let gw = match second {
-            Some(Ok(handle)) => handle.join().unwrap_or_else(|_| Some(Err(CniError::Internal("IPAM thread panicked".into())))),
-            _ => None,
-        };
-        let ctr = ctr?;
-        // without the second thread (or when it could not do them): the gateways here
-        match gw {
-            Some(r) => r?,
-            None => gateway(conf, nl, &bridge.link, &ipam.ips)?,
-        }
-        // Read MACs as they are now: the bridge's may have changed when the port joined.
-        let bridge_now = nl.link_by_index(bridge.link.index)?.unwrap_or(bridge.link);
-        let links = plan::Links {
-            bridge: &conf.bridge,
-            bridge_mac: host::mac_string(&bridge_now),
-            host: &host_veth.name,
-            host_mac: host::mac_string(&host_veth),
-            container: &req.ifname,
-            container_mac: host::mac_string(&ctr),
-            netns: &req.netns,
-            mtu: None,
-        };
-        Ok(plan::result(&links, &ipam, cplan.routes, req.conf.dns.as_ref()))
-    })
+    let (mut second, not_started) = match ipam_type.filter(|t| plan::ipam_independent_of_interface(t)).map(|t| Second::start(req, conf, t)) {
+        Some(Ok(second)) => (Some(second), None),
+        Some(Err(e)) => (None, Some(Addressing::failed(e))),
+        None => (None, None),
+    };
+    let made = host_side(req, conf, nl, &netns, undo);
+    // the gateway goes on the bridge once the veth pair is made, as in the reference
+    if let Some(second) = &mut second {
+        second.send_bridge(made.as_ref().ok().map(|(bridge, _)| bridge.link.clone()));
+    }
+    // Made while IPAM runs (~0.05 ms, idle time here), used in the container namespace.
+    let sysctls = if conf.disable_container_interface { Sysctls::shared() } else { Sysctls::private() };
+    let addressing = second.as_ref().map(Second::addressing).or(not_started);
+    if let Some(a) = &addressing {
+        record(a, undo);
+    }
+    let (bridge, host_veth) = made?;
+    let addressing = addressing.unwrap_or_else(|| {
+        let a = address_and_masquerade(req, conf, ipam_type);
+        record(&a, undo);
+        a
+    });
+    let Addressed { ipam, cplan } = addressing.outcome?;
+    // The container side, from this thread in the container's namespace. The private procfs
+    // goes to the second thread once the sysctls are written: dropping it waits for a grace
+    // period, which that thread spends while this one goes on.
+    let ctr = netns.run(|| {
+        container::configure(conf, &req.ifname, &cplan, &ipam.ips, sysctls, |done| match &second {
+            Some(second) => second.send_procfs(done),
+            None => drop(done),
+        })
+    });
+    let gw = second.and_then(Second::join);
+    let ctr = ctr?;
+    // without the second thread (or when it could not do them): the gateways here
+    match gw {
+        Some(r) => r?,
+        None => gateway(conf, nl, &bridge.link, &ipam.ips)?,
+    }
+    // Read MACs as they are now: the bridge's may have changed when the port joined.
+    let bridge_now = nl.link_by_index(bridge.link.index)?.unwrap_or(bridge.link);
+    let links = plan::Links {
+        bridge: &conf.bridge,
+        bridge_mac: host::mac_string(&bridge_now),
+        host: &host_veth.name,
+        host_mac: host::mac_string(&host_veth),
+        container: &req.ifname,
+        container_mac: host::mac_string(&ctr),
+        netns: &req.netns,
+        mtu: None,
+    };
+    Ok(plan::result(&links, &ipam, cplan.routes, req.conf.dns.as_ref()))
 }
 
 impl Plugin for Bridge {
