@@ -95,8 +95,9 @@ fn spawn(binary: &Path, plugin: &str, command: Command, stdin: &[u8]) -> Result<
 /// as the exec would have it.
 fn spawn_builtin(b: &'static Builtin, command: Command, stdin: &[u8]) -> Result<std::thread::JoinHandle<Served>, CniError> {
     let stdin = stdin.to_vec();
-    // on another CPU than this thread's where there is one: it runs beside the caller's work
-    crate::apart::spawn_apart(b.name, move || serve_builtin(b, command, stdin))
+    std::thread::Builder::new()
+        .name(b.name.into())
+        .spawn(move || serve_builtin(b, command, stdin))
         .map_err(|e| CniError::Delegate { plugin: b.name.into(), reason: format!("start a thread for {}: {e}", b.name) })
 }
 
