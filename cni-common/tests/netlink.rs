@@ -49,8 +49,14 @@ fn enter(ns: &OwnedFd) {
     cni_common::netns::NetNs::forget_current();
 }
 
+/// Taken shared while a test runs a process, and exclusively by the test that checks which
+/// processes hold a pipe it made without `O_CLOEXEC`: `ip` forked meanwhile by a test on another
+/// thread would hold that pipe until it exits.
+static FORKING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// `ip -j <args>` run inside `ns`, parsed.
 fn ip(ns: &OwnedFd, args: &[&str]) -> Value {
+    let _forking = FORKING.read().unwrap_or_else(|e| e.into_inner());
     let fd = ns.as_raw_fd();
     let mut cmd = Command::new("ip");
     cmd.arg("-j").args(args);
@@ -670,7 +676,8 @@ fn detached_delete_returns_with_both_ends_gone_and_keeps_no_descriptor() {
         };
         nl.create_veth(&spec).expect("create veth");
         // The helper must not keep a descriptor like a runtime's stdout pipe (no O_CLOEXEC here:
-        // it closes every descriptor but its socket).
+        // it closes every descriptor but its socket). No other test forks while the pipe is open.
+        let only_fork = FORKING.write().unwrap_or_else(|e| e.into_inner());
         let mut fds = [0; 2];
         // SAFETY: a valid array of two ints.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
@@ -690,6 +697,7 @@ fn detached_delete_returns_with_both_ends_gone_and_keeps_no_descriptor() {
             assert_eq!(n, 0, "EOF expected on the pipe: the helper still holds its write end ({e})");
             libc::close(read_end);
         }
+        drop(only_fork);
         // Gone on both sides the moment the call returns (the helper may still be in the kernel).
         assert_eq!(cnl.link_by_name("eth0").expect("get"), None);
         assert!(ip(&container, &["link", "show", "type", "veth"]).as_array().expect("list").is_empty());
