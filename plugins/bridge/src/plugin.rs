@@ -2,6 +2,7 @@
 
 use crate::config::{self, BridgeConf};
 use crate::{container, host, plan};
+use cni_common::apart::spawn_apart;
 use cni_common::error::CniError;
 use cni_common::invoke;
 use cni_common::netlink::{Link, Netlink};
@@ -11,7 +12,6 @@ use cni_common::skel::{Command, Plugin, Request};
 use cni_common::sysctl::Sysctls;
 use cni_firewall::{AttachmentKey, MasqSpec};
 use ipnetwork::IpNetwork;
-use cni_common::apart::spawn_apart;
 use std::os::fd::AsFd;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
