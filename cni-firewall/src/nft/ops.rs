@@ -360,6 +360,15 @@ pub enum Expr {
 }
 
 impl Expr {
+    /// The set or map the statement looks up (`@name`), if any.
+    pub fn set_used(&self) -> Option<&str> {
+        match self {
+            Expr::Lookup { set, .. } => Some(set),
+            Expr::Vmap { map, .. } | Expr::DnatMap { map, .. } => Some(map),
+            _ => None,
+        }
+    }
+
     pub fn text(&self) -> String {
         match self {
             Expr::Cmp { field, negate, value } => {

@@ -58,7 +58,8 @@ impl RuleExprs {
 }
 
 impl RuleState {
-    /// The names of the sets and maps the rule looks up (`@name`).
+    /// The names of the sets and maps the rule looks up (`@name`): from the statements when the
+    /// rule was decoded to them (no JSON built), else from its `nft -j` form.
     pub fn sets_used(&self) -> Vec<String> {
         fn walk(j: &J, out: &mut Vec<String>) {
             match j {
@@ -72,9 +73,14 @@ impl RuleState {
                 _ => {}
             }
         }
-        let mut out = Vec::new();
-        walk(&self.exprs.json(), &mut out);
-        out
+        match &self.exprs {
+            RuleExprs::Decoded(exprs) => exprs.iter().filter_map(Expr::set_used).map(str::to_string).collect(),
+            RuleExprs::Json(j) => {
+                let mut out = Vec::new();
+                walk(j, &mut out);
+                out
+            }
+        }
     }
 
     /// Whether this is `rule` (same statements and comment).
@@ -303,5 +309,25 @@ mod tests {
         let iso = st.set("iso").unwrap();
         assert_eq!(iso.elems.len(), 2);
         assert_eq!(iso.elems[1].key, vec![Value::Ifname("br2".into())]);
+    }
+
+    #[test]
+    fn sets_used_names_the_sets_a_rule_looks_up_whichever_form_it_was_read_in() {
+        use crate::Family;
+        use super::super::ops::Field;
+        let exprs = vec![
+            // an interface named like a set reference is a value, not a set
+            Expr::Cmp { field: Field::Iifname, negate: false, value: Value::Ifname("@br".into()) },
+            Expr::Lookup { key: vec![Field::Saddr(Family::V4)], set: "pairs4".into(), negate: true },
+            Expr::DnatMap { family: Family::V4, key: vec![Field::L4proto, Field::ThDport], map: "dnat4".into() },
+            Expr::Vmap { key: vec![Field::Daddr(Family::V4)], map: "jumps".into() },
+            Expr::Masquerade,
+        ];
+        let decoded = RuleState { handle: 1, exprs: RuleExprs::Decoded(exprs.clone()), comment: None };
+        assert_eq!(decoded.sets_used(), vec!["pairs4", "dnat4", "jumps"]);
+        // The nft -j form of the same statements (the reader of `nft -j`): the same sets, and the
+        // interface too, which that form cannot tell from a set reference.
+        let json = RuleState { handle: 1, exprs: RuleExprs::Json(Rule::new(exprs).exprs_json()), comment: None };
+        assert_eq!(json.sets_used(), vec!["br", "pairs4", "dnat4", "jumps"]);
     }
 }
