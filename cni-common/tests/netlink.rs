@@ -293,6 +293,120 @@ fn veth_peer_created_in_other_netns_with_master() {
     })
 }
 
+/// A raw `NETLINK_ROUTE` socket in the calling thread's namespace, subscribed to link
+/// notifications (`RTMGRP_LINK`), non-blocking.
+fn link_monitor() -> OwnedFd {
+    // SAFETY: plain socket calls on a zeroed `sockaddr_nl`; the descriptor is owned on success.
+    unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, libc::NETLINK_ROUTE);
+        assert!(fd >= 0, "netlink socket: {}", std::io::Error::last_os_error());
+        let fd = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        let len = std::mem::size_of::<libc::sockaddr_nl>() as u32;
+        assert_eq!(libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_nl).cast(), len), 0, "bind");
+        fd
+    }
+}
+
+/// The bridge port states (`IFLA_BRPORT_STATE`) of link `index` in the `AF_BRIDGE` link
+/// notifications queued on `mon`, oldest first; waits up to `wait` for the first datagram.
+fn port_states_notified(mon: &OwnedFd, index: u32, wait: std::time::Duration) -> Vec<u8> {
+    let attrs = |b: &[u8]| {
+        let mut out = Vec::new();
+        let mut b = b;
+        while b.len() >= 4 {
+            let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+            let kind = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+            if len < 4 || len > b.len() {
+                break;
+            }
+            out.push((kind, b[4..len].to_vec()));
+            b = &b[((len + 3) & !3).min(b.len())..];
+        }
+        out
+    };
+    let mut states = Vec::new();
+    let mut pfd = libc::pollfd { fd: mon.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, wait.as_millis() as i32) };
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // SAFETY: reads into our own buffer.
+        let n = unsafe { libc::recv(mon.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            break;
+        }
+        let mut msg = &buf[..n as usize];
+        while msg.len() >= 16 {
+            let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+            let kind = u16::from_ne_bytes([msg[4], msg[5]]);
+            if len < 16 || len > msg.len() {
+                break;
+            }
+            let body = &msg[16..len];
+            // ifinfomsg: family, pad, type, index, flags, change (16 bytes)
+            if kind == libc::RTM_NEWLINK && body.len() >= 16 && body[0] == libc::AF_BRIDGE as u8 {
+                let ifindex = i32::from_ne_bytes([body[4], body[5], body[6], body[7]]);
+                if ifindex == index as i32 {
+                    for (k, v) in attrs(&body[16..]) {
+                        if k == libc::IFLA_PROTINFO {
+                            for (pk, pv) in attrs(&v) {
+                                if pk == 1 && !pv.is_empty() {
+                                    states.push(pv[0]); // IFLA_BRPORT_STATE
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            msg = &msg[((len + 3) & !3).min(msg.len())..];
+        }
+    }
+    states
+}
+
+#[test]
+fn dormant_port_is_first_enabled_when_its_peer_comes_up() {
+    const FORWARDING: u8 = 3; // BR_STATE_FORWARDING
+    in_netns(|| {
+        let (host, container, mut nl, br) = host_container_and_bridge();
+        nl.set_up(br.index).expect("bridge up");
+        let mon = link_monitor();
+        let spec = VethSpec {
+            peer_netns: Some(container.as_fd()),
+            master: Some(br.index),
+            up: true,
+            dormant: true,
+            ..VethSpec::new("vethhost0", "eth0")
+        };
+        nl.create_veth(&spec).expect("create veth");
+        let h = link(&mut nl, "vethhost0");
+        assert!(h.up && h.master == Some(br.index), "{h:?}");
+        // Joined up but dormant, the port was not enabled: no notification with it forwarding
+        // (an `UNKNOWN` port is enabled as it joins, then disabled when its missing carrier is
+        // seen). The join itself is notified, which shows the monitor works.
+        let before = port_states_notified(&mon, h.index, std::time::Duration::from_millis(200));
+        assert!(!before.is_empty(), "no bridge notification for the new port");
+        assert!(!before.contains(&FORWARDING), "port enabled before its peer came up: states {before:?}");
+
+        enter(&container);
+        let mut cnl = Netlink::open().expect("open container");
+        let eth0 = link(&mut cnl, "eth0");
+        cnl.set_up(eth0.index).expect("peer up");
+        enter(&host);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut after = Vec::new();
+        while !after.contains(&FORWARDING) {
+            assert!(std::time::Instant::now() < deadline, "port never forwarding after its peer came up: {after:?}");
+            after.extend(port_states_notified(&mon, h.index, std::time::Duration::from_millis(100)));
+        }
+        assert_eq!(ip_link(&host, "vethhost0")["linkinfo"]["info_slave_data"]["state"], "forwarding");
+        assert_eq!(ip_link(&host, "vethhost0")["operstate"], "UP");
+    })
+}
+
 #[test]
 fn link_attribute_changes() {
     in_netns(|| {
