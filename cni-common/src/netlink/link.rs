@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode,
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, State,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -142,29 +142,12 @@ pub struct VethSpec<'a> {
     pub master: Option<u32>,
     /// Bring the local end up at creation (`IFF_UP`).
     pub up: bool,
-    /// Create the local end with the operational state `DORMANT` (`IFLA_OPERSTATE`) instead of
-    /// `UNKNOWN`, until the kernel's link-state event for its carrier replaces it: a bridge
-    /// counts an `UNKNOWN` port as running and enables it when it joins up, before it has a
-    /// carrier, and disables it again when that event comes; each time the bridge restarts the
-    /// state machine of every port. Marked dormant, the port is first enabled when the peer
-    /// comes up.
-    pub dormant: bool,
 }
 
 impl<'a> VethSpec<'a> {
     /// A pair with both ends in the handle's namespace and nothing else set.
     pub fn new(name: &'a str, peer_name: &'a str) -> VethSpec<'a> {
-        VethSpec {
-            name,
-            peer_name,
-            peer_netns: None,
-            mtu: None,
-            mac: None,
-            peer_mac: None,
-            master: None,
-            up: false,
-            dormant: false,
-        }
+        VethSpec { name, peer_name, peer_netns: None, mtu: None, mac: None, peer_mac: None, master: None, up: false }
     }
 }
 
@@ -208,9 +191,6 @@ pub(crate) fn veth_message(spec: &VethSpec<'_>) -> RouteNetlinkMessage {
     }
     if let Some(master) = spec.master {
         msg.attributes.push(LinkAttribute::Controller(master));
-    }
-    if spec.dormant {
-        msg.attributes.push(LinkAttribute::OperState(State::Dormant));
     }
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
@@ -488,6 +468,7 @@ mod tests {
     use super::super::socket::encode;
     use super::*;
     use netlink_packet_core::NLM_F_REQUEST;
+    use netlink_packet_route::link::State;
 
     /// Find the attribute `kind` at the top level of an attribute stream.
     fn find_attr(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {

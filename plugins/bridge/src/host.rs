@@ -75,8 +75,7 @@ fn vlan_error(conf: &BridgeConf, e: cni_common::netlink::NlError) -> CniError {
 }
 
 /// Create the veth pair: host end (random `veth` + 8 hex name) in this namespace, enslaved to the
-/// bridge and up at creation, dormant until its carrier comes; container end named `ifname`
-/// created directly in `netns`.
+/// bridge and up at creation; container end named `ifname` created directly in `netns`.
 pub fn create_veth(
     nl: &mut Netlink,
     conf: &BridgeConf,
@@ -95,12 +94,6 @@ pub fn create_veth(
             peer_mac: conf.mac,
             master: Some(bridge.index),
             up: true,
-            // Else the bridge would enable the port as it joins (its state is still `UNKNOWN`),
-            // disable it when the kernel sees it has no carrier, and enable it again when the
-            // container end comes up: three passes over every port of the bridge, each
-            // restarting every port's multicast query timers (0.25 ms per ADD on the ADD's path
-            // with 500 ports, two more in the kernel's link-state worker, under RTNL).
-            dormant: true,
         };
         match nl.create_veth(&spec) {
             Ok(Some(echoed)) => return Ok(echoed),
