@@ -18,8 +18,14 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
     opts.settle = Some(std::time::Duration::ZERO);
     let samples = std::env::temp_dir().join(format!("cnibench-smoke-{}.csv", std::process::id()));
     opts.samples_file = Some(samples.clone());
+    let cache_base = std::env::temp_dir().join(format!("cnibench-smoke-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&cache_base).expect("cache base");
+    opts.cache_dir = Some(cache_base.clone());
 
     let report = bench::run(&opts).expect("benchmark run");
+    let left: Vec<_> = std::fs::read_dir(&cache_base).expect("cache base").collect();
+    let _ = std::fs::remove_dir_all(&cache_base);
+    assert!(left.is_empty(), "the rounds' result caches were not removed: {left:?}");
     let csv = std::fs::read_to_string(&samples).expect("samples file");
     let _ = std::fs::remove_file(&samples);
     let lines: Vec<&str> = csv.lines().collect();
@@ -73,11 +79,34 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
         assert_eq!(s.growth.len(), 1);
         assert_eq!((s.growth[0].from, s.growth[0].to), (1, 3));
         assert!(s.growth[0].add_p50_ms > 0.0);
+        let runtime = s.growth[0].runtime_p50_ms;
+        assert!(runtime > 0.0 && runtime < s.growth[0].add_p50_ms, "runtime's own part {runtime} ms: {:?}", s.growth[0]);
         assert_eq!(s.rounds.len(), 1);
     }
     let text = report.render();
     assert!(text.contains("checks: PASSED"), "{text}");
+    assert!(text.contains(&format!("the runtime's result cache is under {}", cache_base.display())), "{text}");
+    assert!(text.contains("runtime's own p50 ms, ADDs #1-3"), "{text}");
     let json = serde_json::to_value(&report).expect("report serialises");
     assert_eq!(json["scenario"], "bridge");
     assert!(json["runs"][0]["sides"][0]["add"]["p50_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_keeps_the_result_cache_where_it_is_told() {
+    conformance::require_root();
+    let dir = our_plugins(&["bridge", "host-local"]);
+    let mut opts = Options::new(Scenario::Bridge, &dir);
+    opts.n = 1;
+    opts.rounds = 1;
+    opts.count_spawns = false;
+    opts.settle = None;
+    // A path under a regular file cannot be made: the round must fail there, before any ADD.
+    let file = std::env::temp_dir().join(format!("cnibench-smoke-file-{}", std::process::id()));
+    std::fs::write(&file, b"").expect("file");
+    opts.cache_dir = Some(file.join("below"));
+    let err = bench::run(&opts).expect_err("a cache directory that cannot be made");
+    let _ = std::fs::remove_file(&file);
+    let msg = err.to_string();
+    assert!(msg.contains("result cache") && msg.contains("below"), "{msg}");
 }

@@ -83,6 +83,13 @@ pub struct Options {
     /// Before each round's timed phases, write back the file systems the round uses and wait
     /// this long (see [`probe::settle`]); `None` starts at once.
     pub settle: Option<Duration>,
+    /// Where each round keeps the runtime's result cache (libcni's `CacheDir`, one file per
+    /// attachment written on ADD); `None`: the round's sandbox directory under `TMPDIR`, with
+    /// the plugins' data. By default a tmpfs ([`probe::tmpfs_dir`]): the cache is the runtime's
+    /// work, the same for both sides, and on ext4 without a journal its file creations pass over
+    /// every inode freed in the last minutes, a cost that grows through a round and the rounds
+    /// before it and would count as the chain's growth.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -100,6 +107,7 @@ impl Options {
             reap_orphans: false,
             samples_file: None,
             settle: Some(probe::SETTLE),
+            cache_dir: probe::tmpfs_dir(),
         }
     }
 }
@@ -123,7 +131,11 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
     if let Some(b) = &opts.vs {
         dirs.push(("B", b.clone()));
     }
-    let snapshot = SnapshotDir::new().map_err(BenchError::Setup)?;
+    // One per run: runs of one process (tests) may overlap.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run_no = RUNS.fetch_add(1, Ordering::SeqCst);
+    let snapshot = ScratchDir::new(std::env::temp_dir().join(format!("cnibench-{}-{run_no}", std::process::id())))
+        .map_err(BenchError::Setup)?;
     let mut sides = Vec::new();
     let mut shown_dirs = Vec::new();
     for (label, dir) in dirs {
@@ -185,7 +197,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
                 if interrupted() {
                     return Err(BenchError::Interrupted);
                 }
-                let res = round::run_round(s, r, opts.n, p, &opts.cni_version, opts.reap_orphans, opts.settle).map_err(|e| {
+                let res = round::run_round(s, r, p, opts).map_err(|e| {
                     if interrupted() {
                         BenchError::Interrupted
                     } else {
@@ -244,6 +256,14 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         "plugin binaries are copied to a private directory at start (a rebuild during the run cannot change them)"
             .into(),
     );
+    notes.push(match &opts.cache_dir {
+        Some(d) => format!(
+            "the runtime's result cache is under {} (--cache-dir), the plugins' data (host-local's leases) under {}",
+            d.display(),
+            std::env::temp_dir().display()
+        ),
+        None => format!("the runtime's result cache and the plugins' data are under {}", std::env::temp_dir().display()),
+    });
     notes.push(
         "per-plugin times are runner-measured process lifetimes (spawn to reap); bridge includes its delegated \
          host-local; \"wait4 RSS\" is wait4's ru_maxrss, an upper bound: the largest of the plugin and the helpers \
@@ -279,21 +299,21 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-/// A private directory for copies of the measured binaries, removed on drop.
-struct SnapshotDir {
-    path: PathBuf,
+/// A private directory (copies of the measured binaries, a round's result cache), made empty at
+/// start and removed on drop.
+pub(crate) struct ScratchDir {
+    pub(crate) path: PathBuf,
 }
 
-impl SnapshotDir {
-    fn new() -> Result<SnapshotDir, String> {
-        let path = std::env::temp_dir().join(format!("cnibench-{}", std::process::id()));
+impl ScratchDir {
+    pub(crate) fn new(path: PathBuf) -> Result<ScratchDir, String> {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
-        Ok(SnapshotDir { path })
+        Ok(ScratchDir { path })
     }
 }
 
-impl Drop for SnapshotDir {
+impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
@@ -405,7 +425,15 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
                     (p.plugin.clone(), Summary::of(&w).p50_ms)
                 })
                 .collect();
-            GrowthBucket { from, to, add_p50_ms: Summary::of(&v).p50_ms, plugin_add_p50_ms }
+            let runtime: Vec<Duration> =
+                in_bucket().map(|s| s.wall.saturating_sub(s.execs.iter().map(|e| e.wall).sum())).collect();
+            GrowthBucket {
+                from,
+                to,
+                add_p50_ms: Summary::of(&v).p50_ms,
+                plugin_add_p50_ms,
+                runtime_p50_ms: Summary::of(&runtime).p50_ms,
+            }
         })
         .collect();
 

@@ -378,6 +378,17 @@ pub fn settle(dirs: &[&Path], quiet: Duration) {
     std::thread::sleep(quiet);
 }
 
+/// `/dev/shm` when it is a tmpfs (`statfs`), for files of the harness's own that should cost
+/// the same at every point of a run.
+pub fn tmpfs_dir() -> Option<PathBuf> {
+    let path = PathBuf::from("/dev/shm");
+    let c = std::ffi::CString::new("/dev/shm").ok()?;
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+    (ok && st.f_type == libc::TMPFS_MAGIC).then_some(path)
+}
+
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

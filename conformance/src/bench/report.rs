@@ -102,6 +102,9 @@ pub struct GrowthBucket {
     pub add_p50_ms: f64,
     /// ADD p50 of each plugin of the chain over the same ADDs: (plugin, ms).
     pub plugin_add_p50_ms: Vec<(String, f64)>,
+    /// p50 over the same ADDs of the runtime's own part of an ADD: the chain's wall time less its
+    /// plugins' (building each plugin's config, reading its result, writing the result cache).
+    pub runtime_p50_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -346,6 +349,12 @@ impl Report {
                         .collect();
                     rows.push(scalar(&format!("  {p} p50 ms, ADDs #{f}-{t}"), vals, &ms));
                 }
+                let vals = run
+                    .sides
+                    .iter()
+                    .map(|s| s.growth.iter().find(|g| g.from == f && g.to == t).map(|g| g.runtime_p50_ms))
+                    .collect();
+                rows.push(scalar(&format!("  runtime's own p50 ms, ADDs #{f}-{t}"), vals, &ms));
             }
             let f1 = |v: f64| format!("{v:.1}");
             rows.push(scalar("ADD/s (throughput)", run.sides.iter().map(|s| Some(s.add_per_s)).collect(), &f1));

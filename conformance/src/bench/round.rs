@@ -46,15 +46,10 @@ pub struct RoundResult {
     pub loadavg: String,
 }
 
-pub fn run_round(
-    side: &Side,
-    round: usize,
-    n: usize,
-    p: usize,
-    cni_version: &str,
-    reap: bool,
-    settle: Option<Duration>,
-) -> Result<RoundResult, BenchError> {
+/// One round of `side` with `p` workers: `opts.n` containers, ADD then DEL.
+pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> Result<RoundResult, BenchError> {
+    let (n, cni_version, reap, settle) = (opts.n, opts.cni_version.as_str(), opts.reap_orphans, opts.settle);
+    let cache_base = opts.cache_dir.as_deref();
     let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("side {}: {what}: {e}", side.label));
     let sb = Sandbox::new().map_err(|e| setup("sandbox", &e))?;
     let containers = make_containers(&sb, n).map_err(|e| setup("container namespaces", &e))?;
@@ -64,7 +59,14 @@ pub fn run_round(
     let data_dir = sb.tempdir().join("ipam");
     let list = NetworkConfigList::from_json(&scenario::conflist(&side.chain, cni_version, &data_dir))
         .map_err(|e| setup("conflist", &e))?;
-    let rt = sb.runtime(&side.dir);
+    let mut rt = sb.runtime(&side.dir);
+    let cache = match cache_base {
+        Some(base) => Some(super::ScratchDir::new(base.join(format!("{}-cni-cache", sb.id()))).map_err(|e| setup("result cache", &e))?),
+        None => None,
+    };
+    if let Some(c) = &cache {
+        rt.cache_dir.clone_from(&c.path);
+    }
     let rcs: Vec<RuntimeConf> =
         containers.iter().enumerate().map(|(i, c)| scenario::runtime_conf(&side.chain, round, i, c.path())).collect();
 

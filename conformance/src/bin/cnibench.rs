@@ -8,7 +8,7 @@ use conformance::bench::{self, Options, Scenario};
 
 const USAGE: &str = "usage: cnibench [--scenario bridge|bridge-portmap|full] [-n N] [-p P[,P...]] [--rounds R]
                 [--dir DIR] [--vs DIR] [--cni-version V] [--json] [--json-file PATH]
-                [--samples-file PATH] [--no-spawn-count] [--no-settle] [--quiet]
+                [--samples-file PATH] [--cache-dir DIR] [--no-spawn-count] [--no-settle] [--quiet]
 
   --scenario S      bridge (bridge+host-local, isGateway, ipMasq; default), bridge-portmap (+ portmap,
                     2 published ports per container), full (+ isolation where the binary exists)
@@ -24,6 +24,11 @@ const USAGE: &str = "usage: cnibench [--scenario bridge|bridge-portmap|full] [-n
   --samples-file PATH
                     write every ADD and DEL to PATH as CSV (side, P, round, op, order, wall ms, and
                     each plugin's wall and CPU ms), to see how latencies move within a round
+  --cache-dir DIR   keep the runtime's result cache (one file per attachment, written on each ADD)
+                    under DIR (default /dev/shm when it is a tmpfs, else the round's directory
+                    under TMPDIR, where the plugins' data always is): it is the runtime's work, the
+                    same for both sides, and on ext4 without a journal its file creations slow down
+                    as files are deleted, which would count as the plugins' growth
   --no-spawn-count  skip counting spawned processes with strace
   --no-settle       start each round's timed phases at once, instead of after writing back the
                     file systems the round uses and waiting 5 s (so that the files the previous
@@ -65,6 +70,7 @@ fn parse(args: &[String]) -> Result<(Options, bool, Option<PathBuf>), String> {
             "--json" => json = true,
             "--json-file" => json_file = Some(PathBuf::from(val(a)?)),
             "--samples-file" => opts.samples_file = Some(PathBuf::from(val(a)?)),
+            "--cache-dir" => opts.cache_dir = Some(PathBuf::from(val(a)?)),
             "--no-spawn-count" => opts.count_spawns = false,
             "--no-settle" => opts.settle = None,
             "--quiet" => opts.progress = false,
