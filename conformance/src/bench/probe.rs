@@ -386,7 +386,10 @@ pub fn tmpfs_dir() -> Option<PathBuf> {
     // SAFETY: statfs on a NUL-terminated path into a zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
-    (ok && st.f_type == libc::TMPFS_MAGIC).then_some(path)
+    // `f_type` and the magic are i64 with glibc, u64 and i64 with musl.
+    #[allow(clippy::unnecessary_cast)]
+    let tmpfs = st.f_type as u64 == libc::TMPFS_MAGIC as u64;
+    (ok && tmpfs).then_some(path)
 }
 
 pub fn loadavg() -> String {
