@@ -79,6 +79,12 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
         assert_eq!(s.growth.len(), 1);
         assert_eq!((s.growth[0].from, s.growth[0].to), (1, 3));
         assert!(s.growth[0].add_p50_ms > 0.0);
+        // The machine's speed is probed after the bucket's last ADD, at P=1 only.
+        assert_eq!(s.growth[0].cpu_probe_p50_us.is_some(), run.parallel == 1, "P={}: {:?}", run.parallel, s.growth[0]);
+        assert_eq!(s.rounds[0].cpu_probe_first_last_us.is_some(), run.parallel == 1, "P={}: {:?}", run.parallel, s.rounds[0]);
+        if let Some(us) = s.growth[0].cpu_probe_p50_us {
+            assert!(us > 0.0 && us < 1e6, "CPU probe {us} us");
+        }
         let runtime = s.growth[0].runtime_p50_ms;
         assert!(runtime > 0.0 && runtime < s.growth[0].add_p50_ms, "runtime's own part {runtime} ms: {:?}", s.growth[0]);
         assert_eq!(s.rounds.len(), 1);

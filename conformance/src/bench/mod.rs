@@ -427,12 +427,14 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
                 .collect();
             let runtime: Vec<Duration> =
                 in_bucket().map(|s| s.wall.saturating_sub(s.execs.iter().map(|e| e.wall).sum())).collect();
+            let probes: Vec<Duration> = in_bucket().filter_map(|s| s.cpu_probe).collect();
             GrowthBucket {
                 from,
                 to,
                 add_p50_ms: Summary::of(&v).p50_ms,
                 plugin_add_p50_ms,
                 runtime_p50_ms: Summary::of(&runtime).p50_ms,
+                cpu_probe_p50_us: (!probes.is_empty()).then(|| Summary::of(&probes).p50_ms * 1e3),
             }
         })
         .collect();
@@ -454,6 +456,10 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
             cpu_per_del_ms: ms(r.del_children_cpu) / n as f64,
             foreign_cpu_pct: r.foreign_cpu_pct,
             loadavg: r.loadavg.clone(),
+            cpu_probe_first_last_us: {
+                let probes: Vec<f64> = r.adds.iter().filter_map(|s| s.cpu_probe).map(|d| d.as_secs_f64() * 1e6).collect();
+                probes.first().zip(probes.last()).map(|(a, b)| (*a, *b))
+            },
         })
         .collect();
     let med = |f: &dyn Fn(&RoundStats) -> f64| median(&round_stats.iter().map(f).collect::<Vec<_>>());

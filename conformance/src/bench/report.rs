@@ -105,6 +105,9 @@ pub struct GrowthBucket {
     /// p50 over the same ADDs of the runtime's own part of an ADD: the chain's wall time less its
     /// plugins' (building each plugin's config, reading its result, writing the result cache).
     pub runtime_p50_ms: f64,
+    /// p50 over the rounds of the CPU probe taken right after the last of these ADDs (µs; `None`
+    /// at P > 1).
+    pub cpu_probe_p50_us: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,6 +121,9 @@ pub struct RoundStats {
     pub cpu_per_del_ms: f64,
     pub foreign_cpu_pct: f64,
     pub loadavg: String,
+    /// The CPU probe after the first and after the last by-order bucket of this round's ADDs (µs;
+    /// at P=1): how much the machine's own speed moved during the round.
+    pub cpu_probe_first_last_us: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -355,6 +361,14 @@ impl Report {
                     .map(|s| s.growth.iter().find(|g| g.from == f && g.to == t).map(|g| g.runtime_p50_ms))
                     .collect();
                 rows.push(scalar(&format!("  runtime's own p50 ms, ADDs #{f}-{t}"), vals, &ms));
+                let vals: Vec<Option<f64>> = run
+                    .sides
+                    .iter()
+                    .map(|s| s.growth.iter().find(|g| g.from == f && g.to == t).and_then(|g| g.cpu_probe_p50_us))
+                    .collect();
+                if vals.iter().any(Option::is_some) {
+                    rows.push(scalar(&format!("  CPU probe us, after ADD #{t}"), vals, &|v: f64| format!("{v:.0}")));
+                }
             }
             let f1 = |v: f64| format!("{v:.1}");
             rows.push(scalar("ADD/s (throughput)", run.sides.iter().map(|s| Some(s.add_per_s)).collect(), &f1));
@@ -393,13 +407,17 @@ impl Report {
 
             let _ = writeln!(
                 o,
-                "\nper round (ADD p50 / DEL p50 ms, ADD/s, foreign CPU % of machine during the round, loadavg):"
+                "\nper round (ADD p50 / DEL p50 ms, ADD/s, foreign CPU % of machine during the round, loadavg; at P=1 the CPU probe after the first and the last by-order bucket):"
             );
             for s in &run.sides {
                 for r in &s.rounds {
+                    let probe = r
+                        .cpu_probe_first_last_us
+                        .map(|(a, b)| format!("  CPU probe {a:.0} -> {b:.0} us ({:.2}x)", b / a.max(1e-9)))
+                        .unwrap_or_default();
                     let _ = writeln!(
                         o,
-                        "  {} round {}: {} / {}  {:.1} ADD/s  foreign CPU {:.0}%  load {}",
+                        "  {} round {}: {} / {}  {:.1} ADD/s  foreign CPU {:.0}%  load {}{probe}",
                         s.label,
                         r.round,
                         ms(r.add_p50_ms),

@@ -26,6 +26,10 @@ pub struct OpSample {
     pub wall: Duration,
     /// The plugin processes the operation ran.
     pub execs: Vec<ExecRecord>,
+    /// The machine's speed just after the operation, outside its wall time
+    /// ([`probe::cpu_probe`]): taken after the last ADD of each by-order bucket at P=1, so that
+    /// its pause comes before an ADD outside the bucket (or after the phase).
+    pub cpu_probe: Option<Duration>,
 }
 
 /// Everything measured in one round.
@@ -84,7 +88,10 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     };
 
     // ADD phase.
-    let add = phase(n, p, sb.host_path(), reap, |i| rt.add_list(&list, &rcs[i]).map(Some));
+    // At P=1 only: with other workers running, the probe would measure them.
+    let buckets = super::growth_buckets(n);
+    let probe_at = |order: usize| p == 1 && buckets.iter().any(|&(_, to)| to == order);
+    let add = phase(n, p, sb.host_path(), reap, probe_at, |i| rt.add_list(&list, &rcs[i]).map(Some));
     let add = add.map_err(|(i, e)| op_err("ADD", i, e))?;
     res.add_phase = add.wall;
     res.add_children_cpu = add.children_cpu;
@@ -96,7 +103,7 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     res.firewall_seen = firewall_seen(&sb);
 
     // DEL phase.
-    let del = phase(n, p, sb.host_path(), reap, |i| rt.del_list(&list, &rcs[i]).map(|()| None));
+    let del = phase(n, p, sb.host_path(), reap, |_| false, |i| rt.del_list(&list, &rcs[i]).map(|()| None));
     let del = del.map_err(|(i, e)| op_err("DEL", i, e))?;
     res.del_phase = del.wall;
     res.del_children_cpu = del.children_cpu;
@@ -170,9 +177,10 @@ struct Phase {
 /// the first error (returned with the container index). Each worker enters the sandbox host
 /// namespace `host_ns` before the timed section, so the runner spawns plugins from it the way a
 /// runtime does (posix_spawn from the host namespace), without namespace work per exec.
-fn phase<F>(n: usize, p: usize, host_ns: &Path, reap: bool, op: F) -> Result<Phase, (usize, String)>
+fn phase<F, G>(n: usize, p: usize, host_ns: &Path, reap: bool, probe_at: G, op: F) -> Result<Phase, (usize, String)>
 where
     F: Fn(usize) -> Result<Option<Value>, RunError> + Sync,
+    G: Fn(usize) -> bool + Sync,
 {
     let p = p.clamp(1, n.max(1));
     let barrier = Barrier::new(p + 1);
@@ -182,7 +190,7 @@ where
     let (outs, wall, children_cpu, orphans_left): (Vec<WorkerOut>, Duration, Duration, bool) = std::thread::scope(|s| {
         let hs: Vec<_> = (0..p)
             .map(|w| {
-                let (barrier, next, abort, op) = (&barrier, &next, &abort, &op);
+                let (barrier, next, abort, op, probe_at) = (&barrier, &next, &abort, &op, &probe_at);
                 s.spawn(move || -> WorkerOut {
                     let entered = ThreadInNs::enter(host_ns);
                     start_exec_recording();
@@ -202,10 +210,12 @@ where
                         let t = Instant::now();
                         let r = op(i);
                         let wall = t.elapsed();
+                        // After the operation: the pause must not fall before one that is measured.
+                        let cpu_probe = probe_at(order).then(probe::cpu_probe);
                         let execs = take_exec_records();
                         match r {
                             Ok(v) => {
-                                samples.push(OpSample { order, wall, execs });
+                                samples.push(OpSample { order, wall, execs, cpu_probe });
                                 if let Some(v) = v {
                                     values.push((i, v));
                                 }
