@@ -1,7 +1,7 @@
 //! One timed round of one side: fresh sandbox, N container namespaces (untimed), ADD phase with P
 //! workers, DEL phase with P workers, post-run checks.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::path::Path;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -186,11 +186,13 @@ where
     let barrier = Barrier::new(p + 1);
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
+    // Time spent in CPU probes, taken out of the phase's wall time (its throughput).
+    let paused = AtomicU64::new(0);
     type WorkerOut = Result<(Vec<OpSample>, Vec<(usize, Value)>), (usize, String)>;
     let (outs, wall, children_cpu, orphans_left): (Vec<WorkerOut>, Duration, Duration, bool) = std::thread::scope(|s| {
         let hs: Vec<_> = (0..p)
             .map(|w| {
-                let (barrier, next, abort, op, probe_at) = (&barrier, &next, &abort, &op, &probe_at);
+                let (barrier, next, abort, op, probe_at, paused) = (&barrier, &next, &abort, &op, &probe_at, &paused);
                 s.spawn(move || -> WorkerOut {
                     let entered = ThreadInNs::enter(host_ns);
                     start_exec_recording();
@@ -211,7 +213,12 @@ where
                         let r = op(i);
                         let wall = t.elapsed();
                         // After the operation: the pause must not fall before one that is measured.
-                        let cpu_probe = probe_at(order).then(probe::cpu_probe);
+                        let cpu_probe = probe_at(order).then(|| {
+                            let t = Instant::now();
+                            let d = probe::cpu_probe();
+                            paused.fetch_add(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
+                            d
+                        });
                         let execs = take_exec_records();
                         match r {
                             Ok(v) => {
@@ -237,7 +244,7 @@ where
         let t0 = Instant::now();
         let outs: Vec<WorkerOut> =
             hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err((0, "benchmark worker panicked".into())))).collect();
-        let wall = t0.elapsed();
+        let wall = t0.elapsed().saturating_sub(Duration::from_nanos(paused.load(Ordering::SeqCst)));
         // No plugin runs now: with `reap`, every child left is one they left behind.
         let orphans_left = reap && !probe::reap_orphans(probe::ORPHAN_LIMIT);
         (outs, wall, probe::own_cpu().1.saturating_sub(cpu0), orphans_left)
