@@ -4,13 +4,19 @@
 use conformance::bench::{self, Options, Scenario};
 use conformance::plugins::our_plugins;
 
-#[test]
-fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
+/// Options for one round of `n` containers of the bridge scenario against our debug plugins.
+fn tiny(n: usize) -> Options {
     conformance::require_root();
     let dir = our_plugins(&["bridge", "host-local"]);
     let mut opts = Options::new(Scenario::Bridge, &dir);
-    opts.n = 3;
+    opts.n = n;
     opts.rounds = 1;
+    opts
+}
+
+#[test]
+fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
+    let mut opts = tiny(3);
     opts.parallel = vec![1, 2];
     // scripts/deps.sh installs strace; without it the spawn sample fails and says so.
     opts.count_spawns = true;
@@ -100,11 +106,7 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
 
 #[test]
 fn bench_keeps_the_result_cache_where_it_is_told() {
-    conformance::require_root();
-    let dir = our_plugins(&["bridge", "host-local"]);
-    let mut opts = Options::new(Scenario::Bridge, &dir);
-    opts.n = 1;
-    opts.rounds = 1;
+    let mut opts = tiny(1);
     opts.count_spawns = false;
     opts.settle = None;
     // A path under a regular file cannot be made: the round must fail there, before any ADD.

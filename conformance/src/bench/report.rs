@@ -336,36 +336,17 @@ impl Report {
             };
             let buckets: Vec<(usize, usize)> = run.sides[0].growth.iter().map(|g| (g.from, g.to)).collect();
             for (f, t) in buckets {
-                let vals = run
-                    .sides
-                    .iter()
-                    .map(|s| s.growth.iter().find(|g| g.from == f && g.to == t).map(|g| g.add_p50_ms))
-                    .collect();
-                rows.push(scalar(&format!("ADD p50 ms, ADDs #{f}-{t}"), vals, &ms));
+                // One value per side from its bucket f..=t.
+                let per_side = |get: &dyn Fn(&GrowthBucket) -> Option<f64>| -> Vec<Option<f64>> {
+                    run.sides.iter().map(|s| s.growth.iter().find(|g| g.from == f && g.to == t).and_then(get)).collect()
+                };
+                rows.push(scalar(&format!("ADD p50 ms, ADDs #{f}-{t}"), per_side(&|g| Some(g.add_p50_ms)), &ms));
                 for p in run.sides[0].plugins.iter().map(|x| &x.plugin) {
-                    let vals = run
-                        .sides
-                        .iter()
-                        .map(|s| {
-                            s.growth
-                                .iter()
-                                .find(|g| g.from == f && g.to == t)
-                                .and_then(|g| g.plugin_add_p50_ms.iter().find(|(n, _)| n == p).map(|(_, v)| *v))
-                        })
-                        .collect();
+                    let vals = per_side(&|g| g.plugin_add_p50_ms.iter().find(|(n, _)| n == p).map(|(_, v)| *v));
                     rows.push(scalar(&format!("  {p} p50 ms, ADDs #{f}-{t}"), vals, &ms));
                 }
-                let vals = run
-                    .sides
-                    .iter()
-                    .map(|s| s.growth.iter().find(|g| g.from == f && g.to == t).map(|g| g.runtime_p50_ms))
-                    .collect();
-                rows.push(scalar(&format!("  runtime's own p50 ms, ADDs #{f}-{t}"), vals, &ms));
-                let vals: Vec<Option<f64>> = run
-                    .sides
-                    .iter()
-                    .map(|s| s.growth.iter().find(|g| g.from == f && g.to == t).and_then(|g| g.cpu_probe_p50_us))
-                    .collect();
+                rows.push(scalar(&format!("  runtime's own p50 ms, ADDs #{f}-{t}"), per_side(&|g| Some(g.runtime_p50_ms)), &ms));
+                let vals = per_side(&|g| g.cpu_probe_p50_us);
                 if vals.iter().any(Option::is_some) {
                     rows.push(scalar(&format!("  CPU probe us, after ADD #{t}"), vals, &|v: f64| format!("{v:.0}")));
                 }
