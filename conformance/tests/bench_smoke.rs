@@ -4,6 +4,16 @@
 use conformance::bench::{self, Options, Scenario};
 use conformance::plugins::our_plugins;
 
+/// A file or directory of the test's own, removed when dropped (also when an assertion fails).
+struct Removed(std::path::PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Options for one round of `n` containers of the bridge scenario against our debug plugins.
 fn tiny(n: usize) -> Options {
     conformance::require_root();
@@ -22,18 +32,16 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
     opts.count_spawns = true;
     // Write back the file systems before each round, without the 5 s wait.
     opts.settle = Some(std::time::Duration::ZERO);
-    let samples = std::env::temp_dir().join(format!("cnibench-smoke-{}.csv", std::process::id()));
-    opts.samples_file = Some(samples.clone());
-    let cache_base = std::env::temp_dir().join(format!("cnibench-smoke-cache-{}", std::process::id()));
-    std::fs::create_dir_all(&cache_base).expect("cache base");
-    opts.cache_dir = Some(cache_base.clone());
+    let samples = Removed(std::env::temp_dir().join(format!("cnibench-smoke-{}.csv", std::process::id())));
+    opts.samples_file = Some(samples.0.clone());
+    let cache_base = Removed(std::env::temp_dir().join(format!("cnibench-smoke-cache-{}", std::process::id())));
+    std::fs::create_dir_all(&cache_base.0).expect("cache base");
+    opts.cache_dir = Some(cache_base.0.clone());
 
     let report = bench::run(&opts).expect("benchmark run");
-    let left: Vec<_> = std::fs::read_dir(&cache_base).expect("cache base").collect();
-    let _ = std::fs::remove_dir_all(&cache_base);
+    let left: Vec<_> = std::fs::read_dir(&cache_base.0).expect("cache base").collect();
     assert!(left.is_empty(), "the rounds' result caches were not removed: {left:?}");
-    let csv = std::fs::read_to_string(&samples).expect("samples file");
-    let _ = std::fs::remove_file(&samples);
+    let csv = std::fs::read_to_string(&samples.0).expect("samples file");
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.first(), Some(&"side,p,round,op,order,wall_ms,plugins"), "{csv}");
     // Both worker counts, 3 ADDs and 3 DELs each, every one with its bridge exec.
@@ -97,7 +105,7 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
     }
     let text = report.render();
     assert!(text.contains("checks: PASSED"), "{text}");
-    assert!(text.contains(&format!("the runtime's result cache is under {}", cache_base.display())), "{text}");
+    assert!(text.contains(&format!("the runtime's result cache is under {}", cache_base.0.display())), "{text}");
     assert!(text.contains("runtime's own p50 ms, ADDs #1-3"), "{text}");
     let json = serde_json::to_value(&report).expect("report serialises");
     assert_eq!(json["scenario"], "bridge");
@@ -110,11 +118,10 @@ fn bench_keeps_the_result_cache_where_it_is_told() {
     opts.count_spawns = false;
     opts.settle = None;
     // A path under a regular file cannot be made: the round must fail there, before any ADD.
-    let file = std::env::temp_dir().join(format!("cnibench-smoke-file-{}", std::process::id()));
-    std::fs::write(&file, b"").expect("file");
-    opts.cache_dir = Some(file.join("below"));
+    let file = Removed(std::env::temp_dir().join(format!("cnibench-smoke-file-{}", std::process::id())));
+    std::fs::write(&file.0, b"").expect("file");
+    opts.cache_dir = Some(file.0.join("below"));
     let err = bench::run(&opts).expect_err("a cache directory that cannot be made");
-    let _ = std::fs::remove_file(&file);
     let msg = err.to_string();
     assert!(msg.contains("result cache") && msg.contains("below"), "{msg}");
 }
