@@ -332,7 +332,9 @@ pub fn reap_stale() {
             }
         }
     }
-    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+    // Sandbox directories, and the result caches cnibench keeps beside them on a tmpfs.
+    for dir in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if dead(&name) && e.path().is_dir() {
@@ -352,5 +354,27 @@ mod tests {
         assert_eq!(owner_pid("cnit-123-4"), Some(123));
         assert_eq!(owner_pid("other-123"), None);
         assert_eq!(owner_pid("cnit-x-1"), None);
+        assert_eq!(owner_pid("cnit-123-4-cni-cache"), Some(123));
+    }
+
+    #[test]
+    fn stale_result_cache_on_the_tmpfs_is_reaped() {
+        let shm = Path::new("/dev/shm");
+        assert!(shm.is_dir(), "this test needs /dev/shm");
+        // A pid that has just ended: a child we waited for.
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        let stale = shm.join(format!("{PREFIX}{pid}-0-cni-cache"));
+        let mine = shm.join(format!("{PREFIX}{}-999-cni-cache", std::process::id()));
+        for d in [&stale, &mine] {
+            std::fs::create_dir_all(d.join("results")).expect("make dir");
+        }
+        reap_stale();
+        let (stale_left, mine_left) = (stale.exists(), mine.exists());
+        let _ = std::fs::remove_dir_all(&stale);
+        let _ = std::fs::remove_dir_all(&mine);
+        assert!(!stale_left, "{} was left", stale.display());
+        assert!(mine_left, "a live owner's directory was removed");
     }
 }
