@@ -18,6 +18,8 @@ use crate::runner::Runtime;
 /// Prefix of every namespace and directory a sandbox makes.
 const PREFIX: &str = "cnit-";
 const NETNS_DIR: &str = "/run/netns";
+/// The tmpfs where cnibench keeps each round's result cache beside the sandbox (named after it).
+pub const SHM_DIR: &str = "/dev/shm";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 static REAP: Once = Once::new();
@@ -333,7 +335,7 @@ pub fn reap_stale() {
         }
     }
     // Sandbox directories, and the result caches cnibench keeps beside them on a tmpfs.
-    for dir in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+    for dir in [std::env::temp_dir(), PathBuf::from(SHM_DIR)] {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -359,7 +361,7 @@ mod tests {
 
     #[test]
     fn stale_result_cache_on_the_tmpfs_is_reaped() {
-        let shm = Path::new("/dev/shm");
+        let shm = Path::new(SHM_DIR);
         assert!(shm.is_dir(), "this test needs /dev/shm");
         // A pid that has just ended: a child we waited for.
         let mut child = std::process::Command::new("true").spawn().expect("spawn true");

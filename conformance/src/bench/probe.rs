@@ -378,11 +378,11 @@ pub fn settle(dirs: &[&Path], quiet: Duration) {
     std::thread::sleep(quiet);
 }
 
-/// `/dev/shm` when it is a tmpfs (`statfs`), for files of the harness's own that should cost
-/// the same at every point of a run.
+/// `/dev/shm` ([`crate::sandbox::SHM_DIR`]) when it is a tmpfs (`statfs`), for files of the
+/// harness's own that should cost the same at every point of a run.
 pub fn tmpfs_dir() -> Option<PathBuf> {
-    let path = PathBuf::from("/dev/shm");
-    let c = std::ffi::CString::new("/dev/shm").ok()?;
+    let path = PathBuf::from(crate::sandbox::SHM_DIR);
+    let c = std::ffi::CString::new(crate::sandbox::SHM_DIR).ok()?;
     // SAFETY: statfs on a NUL-terminated path into a zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
