@@ -94,10 +94,12 @@ pub(crate) fn thread_is_in(path: &Path) -> bool {
 /// (slave of the process's, so nothing propagates back) that shows the namespace's sysfs on
 /// `/sys`: what [`NsTarget::apply`] does in every child, done once for a worker thread. Processes
 /// the thread spawns inherit both, so the runner can spawn them with `posix_spawn` (vfork) as a
-/// runtime does, instead of a fork plus namespace work per plugin. Dropping it moves the thread back.
+/// runtime does, instead of a fork plus namespace work per plugin. Dropping it moves the thread back,
+/// also into a namespace it had entered this way (entries nest).
 pub struct ThreadInNs {
     old_net: NetNs,
     old_mnt: File,
+    old_entered: Option<(u64, u64)>,
 }
 
 impl ThreadInNs {
@@ -105,7 +107,11 @@ impl ThreadInNs {
         let as_io = |e: cni_common::error::CniError| io::Error::other(e.to_string());
         let target = NetNs::open(path).map_err(as_io)?;
         let id = target.id().map_err(as_io)?;
-        let back = ThreadInNs { old_net: NetNs::current().map_err(as_io)?, old_mnt: File::open("/proc/thread-self/ns/mnt")? };
+        let back = ThreadInNs {
+            old_net: NetNs::current().map_err(as_io)?,
+            old_mnt: File::open("/proc/thread-self/ns/mnt")?,
+            old_entered: ENTERED.with(|e| e.get()),
+        };
         // On an error `back` moves the thread back.
         target.enter().map_err(as_io)?;
         // SAFETY: raw syscalls on static C strings that change only this thread.
@@ -117,7 +123,7 @@ impl ThreadInNs {
 
 impl Drop for ThreadInNs {
     fn drop(&mut self) {
-        ENTERED.with(|e| e.set(None));
+        ENTERED.with(|e| e.set(self.old_entered));
         if let Err(e) = self.old_net.enter() {
             eprintln!("conformance: could not move a worker thread back to its network namespace: {e}");
         }

@@ -43,15 +43,29 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
     assert!(left.is_empty(), "the rounds' result caches were not removed: {left:?}");
     let csv = std::fs::read_to_string(&samples.0).expect("samples file");
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines.first(), Some(&"side,p,round,op,order,wall_ms,plugins"), "{csv}");
-    // Both worker counts, 3 ADDs and 3 DELs each, every one with its bridge exec.
+    assert_eq!(lines.first(), Some(&"side,p,round,op,order,wall_ms,plugins,control_ms"), "{csv}");
+    // Both worker counts, 3 ADDs and 3 DELs each, every one with its bridge exec and no other
+    // (the control ADDs' execs are not the operation's).
     assert_eq!(lines.len(), 1 + 2 * 6, "{csv}");
     for p in ["1", "2"] {
         for op in ["ADD", "DEL"] {
             let rows: Vec<&&str> = lines.iter().filter(|l| l.starts_with(&format!("A,{p},1,{op},"))).collect();
             assert_eq!(rows.len(), 3, "P={p} {op}: {csv}");
-            assert!(rows.iter().all(|l| l.contains(",bridge:")), "{csv}");
+            assert!(rows.iter().all(|l| l.matches("bridge:").count() == 1), "{csv}");
         }
+    }
+    // The control ADDs: at P=1 only, around the bucket (#1-3): 2 before its first ADD, 1 after
+    // its last.
+    let control = |l: &&str| l.rsplit(',').next().unwrap_or("").to_string();
+    for l in lines.iter().skip(1) {
+        let want = if l.starts_with("A,1,1,ADD,1,") {
+            2
+        } else if l.starts_with("A,1,1,ADD,3,") {
+            1
+        } else {
+            0
+        };
+        assert_eq!(control(l).split(';').filter(|x| !x.is_empty()).count(), want, "{l}");
     }
     assert!(report.checks_passed(), "post-run checks failed:\n{}", report.violations.join("\n"));
     assert_eq!(report.n, 3);
@@ -99,6 +113,12 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
         if let Some(us) = s.growth[0].cpu_probe_p50_us {
             assert!(us > 0.0 && us < 1e6, "CPU probe {us} us");
         }
+        // So are the control ADDs run.
+        assert_eq!(s.growth[0].control_add_p50_ms.is_some(), run.parallel == 1, "P={}: {:?}", run.parallel, s.growth[0]);
+        assert_eq!(s.rounds[0].control_first_last_ms.is_some(), run.parallel == 1, "P={}: {:?}", run.parallel, s.rounds[0]);
+        if let Some(c) = s.growth[0].control_add_p50_ms {
+            assert!(c > 0.0 && c < 60_000.0, "control ADD {c} ms");
+        }
         let runtime = s.growth[0].runtime_p50_ms;
         assert!(runtime > 0.0 && runtime < s.growth[0].add_p50_ms, "runtime's own part {runtime} ms: {:?}", s.growth[0]);
         assert_eq!(s.rounds.len(), 1);
@@ -107,6 +127,7 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
     assert!(text.contains("checks: PASSED"), "{text}");
     assert!(text.contains(&format!("the runtime's result cache is under {}", cache_base.0.display())), "{text}");
     assert!(text.contains("runtime's own p50 ms, ADDs #1-3"), "{text}");
+    assert!(text.contains("control ADD p50 ms, empty bridge, around ADDs #1-3"), "{text}");
     let json = serde_json::to_value(&report).expect("report serialises");
     assert_eq!(json["scenario"], "bridge");
     assert!(json["runs"][0]["sides"][0]["add"]["p50_ms"].as_f64().unwrap() > 0.0);
@@ -124,4 +145,18 @@ fn bench_keeps_the_result_cache_where_it_is_told() {
     let err = bench::run(&opts).expect_err("a cache directory that cannot be made");
     let msg = err.to_string();
     assert!(msg.contains("result cache") && msg.contains("below"), "{msg}");
+}
+
+#[test]
+fn bench_without_control_adds_runs_none() {
+    let mut opts = tiny(2);
+    opts.count_spawns = false;
+    opts.settle = None;
+    opts.control = false;
+    let report = bench::run(&opts).expect("benchmark run");
+    assert!(report.checks_passed(), "post-run checks failed:\n{}", report.violations.join("\n"));
+    let s = &report.runs[0].sides[0];
+    assert!(s.growth.iter().all(|g| g.control_add_p50_ms.is_none()), "{:?}", s.growth);
+    assert!(s.rounds.iter().all(|r| r.control_first_last_ms.is_none()), "{:?}", s.rounds);
+    assert!(s.growth[0].cpu_probe_p50_us.is_some(), "the CPU probe does not depend on the control ADDs");
 }

@@ -11,6 +11,7 @@
 //! removed on drop, also on error and while a panic unwinds.
 
 pub mod checks;
+pub mod control;
 pub mod probe;
 pub mod report;
 pub mod round;
@@ -90,6 +91,11 @@ pub struct Options {
     /// every inode freed in the last minutes, a cost that grows through a round and the rounds
     /// before it and would count as the chain's growth.
     pub cache_dir: Option<PathBuf>,
+    /// At P=1, just before the first and just after the last ADD of each by-order bucket, run
+    /// control ADDs: the same chain into an empty bridge of a sandbox of their own ([`control`]),
+    /// outside the phase's time, to show how the machine's speed for the chain moved during the
+    /// round.
+    pub control: bool,
 }
 
 impl Options {
@@ -108,6 +114,7 @@ impl Options {
             samples_file: None,
             settle: Some(probe::SETTLE),
             cache_dir: probe::tmpfs_dir(),
+            control: true,
         }
     }
 }
@@ -332,13 +339,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Pool the rounds of one side.
 /// CSV lines of every operation of one worker count, after a header line if `header`:
-/// `side,p,round,op,order,wall_ms,plugins`, plugins as `name:wall_ms:cpu_ms;...`.
+/// `side,p,round,op,order,wall_ms,plugins,control_ms`, plugins as `name:wall_ms:cpu_ms;...`,
+/// control_ms the control ADDs run after this operation as `ms;ms;...` (most often none).
 fn sample_rows(sides: &[Side], per_side: &[Vec<RoundResult>], p: usize, header: bool) -> String {
     let mut out = String::new();
     if header {
-        out.push_str("side,p,round,op,order,wall_ms,plugins\n");
+        out.push_str("side,p,round,op,order,wall_ms,plugins,control_ms\n");
     }
     for (side, rounds) in sides.iter().zip(per_side) {
         for (ri, r) in rounds.iter().enumerate() {
@@ -349,13 +356,15 @@ fn sample_rows(sides: &[Side], per_side: &[Vec<RoundResult>], p: usize, header: 
                         .iter()
                         .map(|e| format!("{}:{:.3}:{:.3}", e.plugin, ms(e.wall), ms(e.user + e.sys)))
                         .collect();
+                    let control: Vec<String> = sample.control.iter().map(|d| format!("{:.3}", ms(*d))).collect();
                     out.push_str(&format!(
-                        "{},{p},{},{op},{},{:.3},{}\n",
+                        "{},{p},{},{op},{},{:.3},{},{}\n",
                         side.label,
                         ri + 1,
                         sample.order,
                         ms(sample.wall),
-                        execs.join(";")
+                        execs.join(";"),
+                        control.join(";")
                     ));
                 }
             }
@@ -364,6 +373,7 @@ fn sample_rows(sides: &[Side], per_side: &[Vec<RoundResult>], p: usize, header: 
     out
 }
 
+/// Pool the rounds of one side.
 fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
     let adds: Vec<Duration> = rounds.iter().flat_map(|r| r.adds.iter().map(|s| s.wall)).collect();
     let dels: Vec<Duration> = rounds.iter().flat_map(|r| r.dels.iter().map(|s| s.wall)).collect();
@@ -428,6 +438,7 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
             let runtime: Vec<Duration> =
                 in_bucket().map(|s| s.wall.saturating_sub(s.execs.iter().map(|e| e.wall).sum())).collect();
             let probes: Vec<Duration> = in_bucket().filter_map(|s| s.cpu_probe).collect();
+            let control: Vec<Duration> = in_bucket().flat_map(|s| s.control.iter().copied()).collect();
             GrowthBucket {
                 from,
                 to,
@@ -435,6 +446,7 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
                 plugin_add_p50_ms,
                 runtime_p50_ms: Summary::of(&runtime).p50_ms,
                 cpu_probe_p50_us: (!probes.is_empty()).then(|| Summary::of(&probes).p50_ms * 1e3),
+                control_add_p50_ms: (!control.is_empty()).then(|| Summary::of(&control).p50_ms),
             }
         })
         .collect();
@@ -459,6 +471,23 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
             cpu_probe_first_last_us: {
                 let probes: Vec<f64> = r.adds.iter().filter_map(|s| s.cpu_probe).map(|d| d.as_secs_f64() * 1e6).collect();
                 probes.first().zip(probes.last()).map(|(a, b)| (*a, *b))
+            },
+            control_first_last_ms: {
+                let p50s: Vec<f64> = growth_buckets(n)
+                    .into_iter()
+                    .map(|(from, to)| {
+                        let c: Vec<Duration> = r
+                            .adds
+                            .iter()
+                            .filter(|s| s.order >= from && s.order <= to)
+                            .flat_map(|s| s.control.iter().copied())
+                            .collect();
+                        c
+                    })
+                    .filter(|c| !c.is_empty())
+                    .map(|c| Summary::of(&c).p50_ms)
+                    .collect();
+                p50s.first().zip(p50s.last()).map(|(a, b)| (*a, *b))
             },
         })
         .collect();
@@ -586,6 +615,14 @@ fn targets(opts: &Options, rep: &Report) -> Vec<Target> {
                 if let (Some(f), Some(l)) = (bucket(b, 1), bucket(b, 491)) {
                     g.measured.push_str(&format!(" (B: {:.2}x)", l / f.max(1e-9)));
                 }
+            }
+            let control = |s: &SideRun, f: usize| s.growth.iter().find(|b| b.from == f).and_then(|b| b.control_add_p50_ms);
+            if let (Some(cf), Some(cl)) = (control(&run.sides[0], 1), control(&run.sides[0], 491)) {
+                let drift = cl / cf.max(1e-9);
+                g.measured.push_str(&format!(
+                    "; control ADDs around them {cf:.2} -> {cl:.2} ms: the machine {drift:.2}x, growth without it {:.2}x",
+                    r / drift.max(1e-9)
+                ));
             }
             g.met = Some(r <= 1.3);
         }

@@ -108,6 +108,10 @@ pub struct GrowthBucket {
     /// p50 over the rounds of the CPU probe taken right after the last of these ADDs (µs; `None`
     /// at P > 1).
     pub cpu_probe_p50_us: Option<f64>,
+    /// p50 over the rounds of the control ADDs run just before the first and just after the last
+    /// of these ADDs: the same chain into an empty bridge (`bench::control`; ms, `None` at P > 1
+    /// or without them).
+    pub control_add_p50_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,6 +128,9 @@ pub struct RoundStats {
     /// The CPU probe after the first and after the last by-order bucket of this round's ADDs (µs;
     /// at P=1): how much the machine's own speed moved during the round.
     pub cpu_probe_first_last_us: Option<(f64, f64)>,
+    /// p50 of the control ADDs around the first and around the last by-order bucket (ms; at P=1):
+    /// how much the machine's speed for the chain itself moved during the round.
+    pub control_first_last_ms: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -350,6 +357,10 @@ impl Report {
                 if vals.iter().any(Option::is_some) {
                     rows.push(scalar(&format!("  CPU probe us, after ADD #{t}"), vals, &|v: f64| format!("{v:.0}")));
                 }
+                let vals = per_side(&|g| g.control_add_p50_ms);
+                if vals.iter().any(Option::is_some) {
+                    rows.push(scalar(&format!("  control ADD p50 ms, empty bridge, around ADDs #{f}-{t}"), vals, &ms));
+                }
             }
             let f1 = |v: f64| format!("{v:.1}");
             rows.push(scalar("ADD/s (throughput)", run.sides.iter().map(|s| Some(s.add_per_s)).collect(), &f1));
@@ -388,7 +399,7 @@ impl Report {
 
             let _ = writeln!(
                 o,
-                "\nper round (ADD p50 / DEL p50 ms, ADD/s, foreign CPU % of machine during the round, loadavg; at P=1 the CPU probe after the first and the last by-order bucket):"
+                "\nper round (ADD p50 / DEL p50 ms, ADD/s, foreign CPU % of machine during the round, loadavg; at P=1 the CPU probe after, and the control ADDs' p50 around, the first and the last by-order bucket):"
             );
             for s in &run.sides {
                 for r in &s.rounds {
@@ -396,9 +407,13 @@ impl Report {
                         .cpu_probe_first_last_us
                         .map(|(a, b)| format!("  CPU probe {a:.0} -> {b:.0} us ({:.2}x)", b / a.max(1e-9)))
                         .unwrap_or_default();
+                    let control = r
+                        .control_first_last_ms
+                        .map(|(a, b)| format!("  control {a:.2} -> {b:.2} ms ({:.2}x)", b / a.max(1e-9)))
+                        .unwrap_or_default();
                     let _ = writeln!(
                         o,
-                        "  {} round {}: {} / {}  {:.1} ADD/s  foreign CPU {:.0}%  load {}{probe}",
+                        "  {} round {}: {} / {}  {:.1} ADD/s  foreign CPU {:.0}%  load {}{probe}{control}",
                         s.label,
                         r.round,
                         ms(r.add_p50_ms),

@@ -2,18 +2,19 @@
 //! workers, DEL phase with P workers, post-run checks.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::checks::{self, Handed};
+use super::control::Controls;
 use super::probe;
 use super::scenario::{self, BRIDGE};
 use super::{interrupted, BenchError, Side};
 use crate::runner::{
-    start_exec_recording, stop_exec_recording, take_exec_records, ExecRecord, NetworkConfigList, RunError, RuntimeConf,
+    start_exec_recording, stop_exec_recording, take_exec_records, ExecRecord, NetworkConfigList, RunError, Runtime, RuntimeConf,
 };
 use crate::nsexec::ThreadInNs;
 use crate::sandbox::{ContainerNs, Sandbox};
@@ -30,6 +31,9 @@ pub struct OpSample {
     /// ([`probe::cpu_probe`]): taken after the last ADD of each by-order bucket at P=1, so that
     /// its pause comes before an ADD outside the bucket (or after the phase).
     pub cpu_probe: Option<Duration>,
+    /// The control ADDs run just before and just after this operation ([`Controls::around`]):
+    /// empty but around the first and the last ADD of each by-order bucket at P=1.
+    pub control: Vec<Duration>,
 }
 
 /// Everything measured in one round.
@@ -50,29 +54,57 @@ pub struct RoundResult {
     pub loadavg: String,
 }
 
+/// A sandbox made ready for the chain of a side: container namespaces (made before anything is
+/// timed), the conflist with host-local's leases under the sandbox's directory, a runtime (its
+/// result cache under `cache_base` when given) and the runtime config of each container. Fields
+/// drop in order: the container namespaces before their sandbox.
+pub(crate) struct Rig {
+    /// Held until the rig is dropped, which removes them (the namespaces the `rcs` point to).
+    _containers: Vec<ContainerNs>,
+    pub(crate) rt: Runtime,
+    /// Held until the rig is dropped, which removes it.
+    _cache: Option<super::ScratchDir>,
+    pub(crate) list: NetworkConfigList,
+    pub(crate) rcs: Vec<RuntimeConf>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) sb: Sandbox,
+}
+
+impl Rig {
+    pub(crate) fn new(side: &Side, round: usize, n: usize, cni_version: &str, cache_base: Option<&Path>) -> Result<Rig, BenchError> {
+        let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("side {}: {what}: {e}", side.label));
+        let sb = Sandbox::new().map_err(|e| setup("sandbox", &e))?;
+        let containers = make_containers(&sb, n).map_err(|e| setup("container namespaces", &e))?;
+        let data_dir = sb.tempdir().join("ipam");
+        let list = NetworkConfigList::from_json(&scenario::conflist(&side.chain, cni_version, &data_dir))
+            .map_err(|e| setup("conflist", &e))?;
+        let mut rt = sb.runtime(&side.dir);
+        let cache = match cache_base {
+            Some(base) => Some(super::ScratchDir::new(base.join(format!("{}-cni-cache", sb.id()))).map_err(|e| setup("result cache", &e))?),
+            None => None,
+        };
+        if let Some(c) = &cache {
+            rt.cache_dir.clone_from(&c.path);
+        }
+        let rcs = containers.iter().enumerate().map(|(i, c)| scenario::runtime_conf(&side.chain, round, i, c.path())).collect();
+        Ok(Rig { _containers: containers, rt, _cache: cache, list, rcs, data_dir, sb })
+    }
+}
+
 /// One round of `side` with `p` workers: `opts.n` containers, ADD then DEL.
 pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> Result<RoundResult, BenchError> {
     let (n, cni_version, reap, settle) = (opts.n, opts.cni_version.as_str(), opts.reap_orphans, opts.settle);
-    let cache_base = opts.cache_dir.as_deref();
-    let setup = |what: &str, e: &dyn std::fmt::Display| BenchError::Setup(format!("side {}: {what}: {e}", side.label));
-    let sb = Sandbox::new().map_err(|e| setup("sandbox", &e))?;
-    let containers = make_containers(&sb, n).map_err(|e| setup("container namespaces", &e))?;
-    if let Some(quiet) = settle {
-        probe::settle(&[sb.tempdir(), Path::new("/run/netns")], quiet);
-    }
-    let data_dir = sb.tempdir().join("ipam");
-    let list = NetworkConfigList::from_json(&scenario::conflist(&side.chain, cni_version, &data_dir))
-        .map_err(|e| setup("conflist", &e))?;
-    let mut rt = sb.runtime(&side.dir);
-    let cache = match cache_base {
-        Some(base) => Some(super::ScratchDir::new(base.join(format!("{}-cni-cache", sb.id()))).map_err(|e| setup("result cache", &e))?),
-        None => None,
+    let rig = Rig::new(side, round, n, cni_version, opts.cache_dir.as_deref())?;
+    // At P=1 only, like the CPU probe: with other workers running, the control ADDs would share
+    // the machine with them.
+    let controls = match (opts.control, p) {
+        (true, 1) => Some(Controls::new(side, round, opts)?),
+        _ => None,
     };
-    if let Some(c) = &cache {
-        rt.cache_dir.clone_from(&c.path);
+    if let Some(quiet) = settle {
+        probe::settle(&[rig.sb.tempdir(), Path::new("/run/netns")], quiet);
     }
-    let rcs: Vec<RuntimeConf> =
-        containers.iter().enumerate().map(|(i, c)| scenario::runtime_conf(&side.chain, round, i, c.path())).collect();
+    let Rig { ref sb, ref rt, ref list, ref rcs, ref data_dir, .. } = rig;
 
     let mut res = RoundResult { loadavg: probe::loadavg(), ..RoundResult::default() };
     let busy0 = probe::machine_busy();
@@ -91,7 +123,8 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     // At P=1 only: with other workers running, the probe would measure them.
     let buckets = super::growth_buckets(n);
     let probe_at = |order: usize| p == 1 && buckets.iter().any(|&(_, to)| to == order);
-    let add = phase(n, p, sb.host_path(), reap, probe_at, |i| rt.add_list(&list, &rcs[i]).map(Some));
+    let control = |order: usize, before: bool| controls.as_ref().map_or(Ok(Vec::new()), |c| c.around(order, before));
+    let add = phase(n, p, sb.host_path(), reap, probe_at, control, |i| rt.add_list(list, &rcs[i]).map(Some));
     let add = add.map_err(|(i, e)| op_err("ADD", i, e))?;
     res.add_phase = add.wall;
     res.add_children_cpu = add.children_cpu;
@@ -100,10 +133,11 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
         handed.add_result(&rcs[*i].container_id, v, BRIDGE);
     }
     res.adds = add.samples;
-    res.firewall_seen = firewall_seen(&sb);
+    res.firewall_seen = firewall_seen(sb);
 
     // DEL phase.
-    let del = phase(n, p, sb.host_path(), reap, |_| false, |i| rt.del_list(&list, &rcs[i]).map(|()| None));
+    let no_control = |_, _| Ok(Vec::new());
+    let del = phase(n, p, sb.host_path(), reap, |_| false, no_control, |i| rt.del_list(list, &rcs[i]).map(|()| None));
     let del = del.map_err(|(i, e)| op_err("DEL", i, e))?;
     res.del_phase = del.wall;
     res.del_children_cpu = del.children_cpu;
@@ -116,15 +150,18 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1) as f64;
     res.foreign_cpu_pct = 100.0 * foreign.as_secs_f64() / (wall.as_secs_f64() * cores).max(1e-9);
 
-    res.violations = checks::after_del(&sb, &rt, &data_dir, &handed);
+    res.violations = checks::after_del(sb, rt, data_dir, &handed);
     if add.orphans_left || del.orphans_left {
         res.violations.push(format!(
             "processes left by the plugins still running {} s after the phase ended",
             probe::ORPHAN_LIMIT.as_secs()
         ));
     }
-    drop(containers);
-    drop(sb);
+    // The control ADDs' containers are deleted after the timed phases, and checked like the round's.
+    if let Some(c) = controls {
+        res.violations.extend(c.finish(reap));
+    }
+    drop(rig);
     Ok(res)
 }
 
@@ -177,22 +214,32 @@ struct Phase {
 /// the first error (returned with the container index). Each worker enters the sandbox host
 /// namespace `host_ns` before the timed section, so the runner spawns plugins from it the way a
 /// runtime does (posix_spawn from the host namespace), without namespace work per exec.
-fn phase<F, G>(n: usize, p: usize, host_ns: &Path, reap: bool, probe_at: G, op: F) -> Result<Phase, (usize, String)>
+///
+/// Outside an operation's wall time and the phase's: before it, `control(order, true)`; after
+/// it, the CPU probe where `probe_at` says so, then `control(order, false)`. `control` runs the
+/// control ADDs due there ([`Controls::around`]); their CPU is left out of the phase's too, and
+/// their plugins out of the operation's records.
+fn phase<F, G, H>(n: usize, p: usize, host_ns: &Path, reap: bool, probe_at: G, control: H, op: F) -> Result<Phase, (usize, String)>
 where
     F: Fn(usize) -> Result<Option<Value>, RunError> + Sync,
     G: Fn(usize) -> bool + Sync,
+    H: Fn(usize, bool) -> Result<Vec<Duration>, String> + Sync,
 {
     let p = p.clamp(1, n.max(1));
     let barrier = Barrier::new(p + 1);
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
-    // Time spent in CPU probes, taken out of the phase's wall time (its throughput).
+    // Time spent in CPU probes and control ADDs, taken out of the phase's wall time (its
+    // throughput), and the control ADDs' CPU, out of the phase's.
     let paused = AtomicU64::new(0);
+    let paused_cpu = AtomicU64::new(0);
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     type WorkerOut = Result<(Vec<OpSample>, Vec<(usize, Value)>), (usize, String)>;
     let (outs, wall, children_cpu, orphans_left): (Vec<WorkerOut>, Duration, Duration, bool) = std::thread::scope(|s| {
         let hs: Vec<_> = (0..p)
             .map(|w| {
                 let (barrier, next, abort, op, probe_at, paused) = (&barrier, &next, &abort, &op, &probe_at, &paused);
+                let (control, paused_cpu, nanos) = (&control, &paused_cpu, &nanos);
                 s.spawn(move || -> WorkerOut {
                     let entered = ThreadInNs::enter(host_ns);
                     start_exec_recording();
@@ -209,6 +256,21 @@ where
                             return Err((i, "interrupted".into()));
                         }
                         let order = next.fetch_add(1, Ordering::SeqCst) + 1;
+                        // The control ADDs due around this operation, outside its time and the
+                        // phase's; their plugins are not the operation's.
+                        let around = |before: bool| {
+                            let (t, cpu) = (Instant::now(), probe::own_cpu().1);
+                            let c = control(order, before);
+                            paused_cpu.fetch_add(nanos(probe::own_cpu().1.saturating_sub(cpu)), Ordering::SeqCst);
+                            paused.fetch_add(nanos(t.elapsed()), Ordering::SeqCst);
+                            drop(take_exec_records());
+                            c.map_err(|e| {
+                                abort.store(true, Ordering::SeqCst);
+                                stop_exec_recording();
+                                (i, format!("control ADDs {} ADD #{order}: {e}", if before { "before" } else { "after" }))
+                            })
+                        };
+                        let mut control = around(true)?;
                         let t = Instant::now();
                         let r = op(i);
                         let wall = t.elapsed();
@@ -216,13 +278,16 @@ where
                         let cpu_probe = probe_at(order).then(|| {
                             let t = Instant::now();
                             let d = probe::cpu_probe();
-                            paused.fetch_add(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
+                            paused.fetch_add(nanos(t.elapsed()), Ordering::SeqCst);
                             d
                         });
                         let execs = take_exec_records();
+                        if r.is_ok() {
+                            control.extend(around(false)?);
+                        }
                         match r {
                             Ok(v) => {
-                                samples.push(OpSample { order, wall, execs, cpu_probe });
+                                samples.push(OpSample { order, wall, execs, cpu_probe, control });
                                 if let Some(v) = v {
                                     values.push((i, v));
                                 }
@@ -247,7 +312,8 @@ where
         let wall = t0.elapsed().saturating_sub(Duration::from_nanos(paused.load(Ordering::SeqCst)));
         // No plugin runs now: with `reap`, every child left is one they left behind.
         let orphans_left = reap && !probe::reap_orphans(probe::ORPHAN_LIMIT);
-        (outs, wall, probe::own_cpu().1.saturating_sub(cpu0), orphans_left)
+        let cpu = probe::own_cpu().1.saturating_sub(cpu0).saturating_sub(Duration::from_nanos(paused_cpu.load(Ordering::SeqCst)));
+        (outs, wall, cpu, orphans_left)
     });
     let mut samples = Vec::with_capacity(n);
     let mut values = Vec::with_capacity(n);
