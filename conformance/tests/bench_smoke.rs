@@ -37,6 +37,7 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
     let cache_base = Removed(std::env::temp_dir().join(format!("cnibench-smoke-cache-{}", std::process::id())));
     std::fs::create_dir_all(&cache_base.0).expect("cache base");
     opts.cache_dir = Some(cache_base.0.clone());
+    opts.control = true;
 
     let report = bench::run(&opts).expect("benchmark run");
     let left: Vec<_> = std::fs::read_dir(&cache_base.0).expect("cache base").collect();
@@ -148,11 +149,11 @@ fn bench_keeps_the_result_cache_where_it_is_told() {
 }
 
 #[test]
-fn bench_without_control_adds_runs_none() {
+fn bench_runs_no_control_adds_unless_asked() {
     let mut opts = tiny(2);
     opts.count_spawns = false;
     opts.settle = None;
-    opts.control = false;
+    assert!(!opts.control, "control ADDs are off by default");
     let report = bench::run(&opts).expect("benchmark run");
     assert!(report.checks_passed(), "post-run checks failed:\n{}", report.violations.join("\n"));
     let s = &report.runs[0].sides[0];

@@ -9,7 +9,7 @@ use conformance::bench::{self, Options, Scenario};
 const USAGE: &str = "usage: cnibench [--scenario bridge|bridge-portmap|full] [-n N] [-p P[,P...]] [--rounds R]
                 [--dir DIR] [--vs DIR] [--cni-version V] [--json] [--json-file PATH]
                 [--samples-file PATH] [--cache-dir DIR] [--no-spawn-count] [--no-settle]
-                [--no-control] [--quiet]
+                [--control] [--quiet]
 
   --scenario S      bridge (bridge+host-local, isGateway, ipMasq; default), bridge-portmap (+ portmap,
                     2 published ports per container), full (+ isolation where the binary exists)
@@ -35,10 +35,12 @@ const USAGE: &str = "usage: cnibench [--scenario bridge|bridge-portmap|full] [-n
                     file systems the round uses and waiting 5 s (so that the files the previous
                     round deleted do not slow the inode allocations of this one on ext4 without
                     a journal)
-  --no-control      skip the control ADDs: at P=1, just before the first and just after the last
-                    ADD of each by-order bucket (ADDs #1-10, #491-500, ...), the same chain ADDed
-                    into an empty bridge of a sandbox of their own, outside the measured time, to
-                    show how the machine's speed for the chain moved between the buckets
+  --control         control ADDs: at P=1, just before the first and just after the last ADD of
+                    each by-order bucket (ADDs #1-10, #491-500, ...), the same chain ADDed into an
+                    empty bridge of a sandbox of their own, outside the measured time, to show how
+                    the machine's speed for the chain moved between the buckets (for growth runs:
+                    the work an ADD leaves to the kernel then falls on a control ADD, outside the
+                    phase's time, which could flatter the P=1 throughput)
   --quiet           no progress lines on stderr
 
 Needs root (network namespaces). Everything runs in throwaway namespaces, removed on exit.
@@ -78,7 +80,7 @@ fn parse(args: &[String]) -> Result<(Options, bool, Option<PathBuf>), String> {
             "--cache-dir" => opts.cache_dir = Some(PathBuf::from(val(a)?)),
             "--no-spawn-count" => opts.count_spawns = false,
             "--no-settle" => opts.settle = None,
-            "--no-control" => opts.control = false,
+            "--control" => opts.control = true,
             "--quiet" => opts.progress = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
