@@ -137,3 +137,38 @@ impl Drop for ThreadInNs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{thread_is_in, ThreadInNs};
+    use crate::sandbox::Sandbox;
+
+    /// The control ADDs of cnibench enter a second sandbox from a worker already in the first:
+    /// leaving the second must put the thread back in the first, where the runner spawns plugins
+    /// without namespace work.
+    #[test]
+    fn entries_nest_and_leaving_the_inner_one_returns_to_the_outer() {
+        crate::require_root();
+        let (outer, inner) = (Sandbox::new().expect("sandbox"), Sandbox::new().expect("sandbox"));
+        outer.host().run_ok("ip", ["link", "add", "nest0a", "type", "veth", "peer", "name", "nest0b"]).expect("veth");
+        let sysfs_links = || -> Vec<String> {
+            std::fs::read_dir("/sys/class/net")
+                .expect("/sys/class/net")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _outer = ThreadInNs::enter(outer.host_path()).expect("enter the outer sandbox");
+                {
+                    let _inner = ThreadInNs::enter(inner.host_path()).expect("enter the inner sandbox");
+                    assert!(thread_is_in(inner.host_path()) && !thread_is_in(outer.host_path()));
+                    assert!(!sysfs_links().iter().any(|n| n == "nest0a"), "the inner sandbox shows the outer's sysfs");
+                }
+                assert!(thread_is_in(outer.host_path()), "leaving the inner sandbox did not restore the outer entry");
+                assert!(sysfs_links().iter().any(|n| n == "nest0a"), "not back in the outer sandbox's sysfs: {:?}", sysfs_links());
+            });
+        });
+        assert!(!thread_is_in(outer.host_path()), "this thread never entered");
+    }
+}

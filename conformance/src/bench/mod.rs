@@ -343,7 +343,8 @@ fn ms(d: Duration) -> f64 {
 
 /// CSV lines of every operation of one worker count, after a header line if `header`:
 /// `side,p,round,op,order,wall_ms,plugins,control_ms`, plugins as `name:wall_ms:cpu_ms;...`,
-/// control_ms the control ADDs run after this operation as `ms;ms;...` (most often none).
+/// control_ms the control ADDs run just before and just after this operation as `ms;ms;...`
+/// (most often none).
 fn sample_rows(sides: &[Side], per_side: &[Vec<RoundResult>], p: usize, header: bool) -> String {
     let mut out = String::new();
     if header {
@@ -478,13 +479,8 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
                 let p50s: Vec<f64> = growth_buckets(n)
                     .into_iter()
                     .map(|(from, to)| {
-                        let c: Vec<Duration> = r
-                            .adds
-                            .iter()
-                            .filter(|s| s.order >= from && s.order <= to)
-                            .flat_map(|s| s.control.iter().copied())
-                            .collect();
-                        c
+                        let in_bucket = r.adds.iter().filter(|s| s.order >= from && s.order <= to);
+                        in_bucket.flat_map(|s| s.control.iter().copied()).collect::<Vec<Duration>>()
                     })
                     .filter(|c| !c.is_empty())
                     .map(|c| Summary::of(&c).p50_ms)
