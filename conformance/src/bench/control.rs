@@ -69,6 +69,11 @@ impl Controls {
         Ok(Controls { slots })
     }
 
+    /// Whether control ADDs are due just before (`before`) or just after ADD #`order`.
+    pub fn due(&self, order: usize, before: bool) -> bool {
+        self.slots.iter().any(|s| !due(s.from, s.to, s.rig.rcs.len(), order, before).is_empty())
+    }
+
     /// Just before (`before`) or just after ADD #`order`: the control ADDs due there, one after
     /// the other, from their sandbox's host namespace (the calling thread enters it and comes
     /// back); each one's wall time, or nothing when none is due.

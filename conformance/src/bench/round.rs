@@ -123,8 +123,7 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     // At P=1 only: with other workers running, the probe would measure them.
     let buckets = super::growth_buckets(n);
     let probe_at = |order: usize| p == 1 && buckets.iter().any(|&(_, to)| to == order);
-    let control = |order: usize, before: bool| controls.as_ref().map_or(Ok(Vec::new()), |c| c.around(order, before));
-    let add = phase(n, p, sb.host_path(), reap, probe_at, control, |i| rt.add_list(list, &rcs[i]).map(Some));
+    let add = phase(n, p, sb.host_path(), reap, probe_at, controls.as_ref(), |i| rt.add_list(list, &rcs[i]).map(Some));
     let add = add.map_err(|(i, e)| op_err("ADD", i, e))?;
     res.add_phase = add.wall;
     res.add_children_cpu = add.children_cpu;
@@ -136,8 +135,7 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     res.firewall_seen = firewall_seen(sb);
 
     // DEL phase.
-    let no_control = |_, _| Ok(Vec::new());
-    let del = phase(n, p, sb.host_path(), reap, |_| false, no_control, |i| rt.del_list(list, &rcs[i]).map(|()| None));
+    let del = phase(n, p, sb.host_path(), reap, |_| false, None, |i| rt.del_list(list, &rcs[i]).map(|()| None));
     let del = del.map_err(|(i, e)| op_err("DEL", i, e))?;
     res.del_phase = del.wall;
     res.del_children_cpu = del.children_cpu;
@@ -215,15 +213,22 @@ struct Phase {
 /// namespace `host_ns` before the timed section, so the runner spawns plugins from it the way a
 /// runtime does (posix_spawn from the host namespace), without namespace work per exec.
 ///
-/// Outside an operation's wall time and the phase's: before it, `control(order, true)`; after
-/// it, the CPU probe where `probe_at` says so, then `control(order, false)`. `control` runs the
-/// control ADDs due there ([`Controls::around`]); their CPU is left out of the phase's too, and
-/// their plugins out of the operation's records.
-fn phase<F, G, H>(n: usize, p: usize, host_ns: &Path, reap: bool, probe_at: G, control: H, op: F) -> Result<Phase, (usize, String)>
+/// Outside an operation's wall time and the phase's: the control ADDs due just before it, then
+/// after it the CPU probe where `probe_at` says so and the control ADDs due just after it
+/// ([`Controls::around`]); their CPU is left out of the phase's too, and their plugins out of the
+/// operation's records.
+fn phase<F, G>(
+    n: usize,
+    p: usize,
+    host_ns: &Path,
+    reap: bool,
+    probe_at: G,
+    controls: Option<&Controls>,
+    op: F,
+) -> Result<Phase, (usize, String)>
 where
     F: Fn(usize) -> Result<Option<Value>, RunError> + Sync,
     G: Fn(usize) -> bool + Sync,
-    H: Fn(usize, bool) -> Result<Vec<Duration>, String> + Sync,
 {
     let p = p.clamp(1, n.max(1));
     let barrier = Barrier::new(p + 1);
@@ -239,7 +244,7 @@ where
         let hs: Vec<_> = (0..p)
             .map(|w| {
                 let (barrier, next, abort, op, probe_at, paused) = (&barrier, &next, &abort, &op, &probe_at, &paused);
-                let (control, paused_cpu, nanos) = (&control, &paused_cpu, &nanos);
+                let (paused_cpu, nanos) = (&paused_cpu, &nanos);
                 s.spawn(move || -> WorkerOut {
                     let entered = ThreadInNs::enter(host_ns);
                     start_exec_recording();
@@ -259,8 +264,9 @@ where
                         // The control ADDs due around this operation, outside its time and the
                         // phase's; their plugins are not the operation's.
                         let around = |before: bool| {
+                            let Some(controls) = controls.filter(|c| c.due(order, before)) else { return Ok(Vec::new()) };
                             let (t, cpu) = (Instant::now(), probe::own_cpu().1);
-                            let c = control(order, before);
+                            let c = controls.around(order, before);
                             paused_cpu.fetch_add(nanos(probe::own_cpu().1.saturating_sub(cpu)), Ordering::SeqCst);
                             paused.fetch_add(nanos(t.elapsed()), Ordering::SeqCst);
                             drop(take_exec_records());
