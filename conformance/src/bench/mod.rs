@@ -428,7 +428,7 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
     let growth = growth_buckets(n)
         .into_iter()
         .map(|(from, to)| {
-            let in_bucket = || rounds.iter().flat_map(|r| r.adds.iter().filter(|s| s.order >= from && s.order <= to));
+            let in_bucket = || rounds.iter().flat_map(|r| bucket(&r.adds, from, to));
             let v: Vec<Duration> = in_bucket().map(|s| s.wall).collect();
             let plugin_add_p50_ms = plugins
                 .iter()
@@ -478,10 +478,7 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
             control_first_last_ms: {
                 let p50s: Vec<f64> = growth_buckets(n)
                     .into_iter()
-                    .map(|(from, to)| {
-                        let in_bucket = r.adds.iter().filter(|s| s.order >= from && s.order <= to);
-                        in_bucket.flat_map(|s| s.control.iter().copied()).collect::<Vec<Duration>>()
-                    })
+                    .map(|(from, to)| bucket(&r.adds, from, to).flat_map(|s| s.control.iter().copied()).collect::<Vec<Duration>>())
                     .filter(|c| !c.is_empty())
                     .map(|c| Summary::of(&c).p50_ms)
                     .collect();
@@ -504,6 +501,11 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
         wait4_cpu_per_del_ms: median(&rounds.iter().map(|r| wait4_cpu(&r.dels)).collect::<Vec<_>>()),
         rounds: round_stats,
     }
+}
+
+/// The operations of `ops` in the by-order bucket `from..=to`.
+fn bucket(ops: &[round::OpSample], from: usize, to: usize) -> impl Iterator<Item = &round::OpSample> {
+    ops.iter().filter(move |s| (from..=to).contains(&s.order))
 }
 
 /// ADD order buckets: 1–10, 91–100, 491–500 where N allows, and the last ten.

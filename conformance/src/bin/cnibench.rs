@@ -23,8 +23,9 @@ const USAGE: &str = "usage: cnibench [--scenario bridge|bridge-portmap|full] [-n
   --json            print the report as JSON on stdout (instead of the tables)
   --json-file PATH  also write the JSON report to PATH
   --samples-file PATH
-                    write every ADD and DEL to PATH as CSV (side, P, round, op, order, wall ms, and
-                    each plugin's wall and CPU ms), to see how latencies move within a round
+                    write every ADD and DEL to PATH as CSV (side, P, round, op, order, wall ms,
+                    each plugin's wall and CPU ms, and the wall ms of the control ADDs run around
+                    it), to see how latencies move within a round
   --cache-dir DIR   keep the runtime's result cache (one file per attachment, written on each ADD)
                     under DIR (default /dev/shm when it is a tmpfs, else the round's directory
                     under TMPDIR, where the plugins' data always is): it is the runtime's work, the
