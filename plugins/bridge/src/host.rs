@@ -74,10 +74,15 @@ fn vlan_error(conf: &BridgeConf, e: cni_common::netlink::NlError) -> CniError {
     }
 }
 
-/// Create the veth pair: host end (random `veth` + 8 hex name) in this namespace, up at creation
-/// and not yet a bridge port ([`join_bridge`] once the container end is up); container end named
-/// `ifname`, down, created directly in `netns`.
-pub fn create_veth(nl: &mut Netlink, conf: &BridgeConf, netns: &NetNs, ifname: &str) -> Result<Link, CniError> {
+/// Create the veth pair: host end (random `veth` + 8 hex name) in this namespace, enslaved to the
+/// bridge and up at creation; container end named `ifname` created directly in `netns`.
+pub fn create_veth(
+    nl: &mut Netlink,
+    conf: &BridgeConf,
+    bridge: &Link,
+    netns: &NetNs,
+    ifname: &str,
+) -> Result<Link, CniError> {
     for _ in 0..VETH_NAME_TRIES {
         let name = random_veth_name();
         let spec = VethSpec {
@@ -87,7 +92,7 @@ pub fn create_veth(nl: &mut Netlink, conf: &BridgeConf, netns: &NetNs, ifname: &
             mtu: conf.mtu,
             mac: None,
             peer_mac: conf.mac,
-            master: None,
+            master: Some(bridge.index),
             up: true,
         };
         match nl.create_veth(&spec) {
@@ -116,8 +121,8 @@ fn container_has(netns: &NetNs, ifname: &str) -> Result<bool, CniError> {
     netns.run(|| Ok(Netlink::open()?.link_by_name(ifname)?.is_some()))
 }
 
-/// The host veth before its carrier comes (with the container end): no IPv6 link-local address.
-pub fn prepare_port(nl: &mut Netlink, host: &Link) -> Result<(), CniError> {
+/// Bridge-port settings of the host veth: no IPv6 link-local address; hairpin, isolation, VLANs.
+pub fn configure_port(nl: &mut Netlink, conf: &BridgeConf, host: &Link) -> Result<(), CniError> {
     // A bridge port needs no address of its own. Without a link-local address the port sends no
     // duplicate address detection, multicast reports or router solicitations (which the bridge
     // floods to every other port), and adds no `fe80::/64` route to the host's IPv6 table, in
@@ -125,23 +130,6 @@ pub fn prepare_port(nl: &mut Netlink, host: &Link) -> Result<(), CniError> {
     // end comes up, so the kernel never starts any of it. A kernel without IPv6 has nothing to
     // stop.
     nl.set_ipv6_no_link_local(host.index)?;
-    Ok(())
-}
-
-/// Make the host veth a port of the bridge, once the pair has its carrier (the container end is
-/// up), with its port settings: hairpin, isolation, VLANs.
-///
-/// Joined at creation instead, before the container end is up, the port would be enabled at the
-/// join (the kernel's link-state worker has not yet recorded the missing carrier), disabled when
-/// the worker records it, and enabled again when the container end comes up. Each of these walks
-/// every port of the bridge, restarting two multicast query timers on each, and a disable also
-/// walks the whole forwarding database: work that grows with the containers attached. Joined with
-/// its carrier, the port is enabled once, at the join or, when the worker has recorded the missing
-/// carrier but not yet its return, by the worker.
-pub fn join_bridge(nl: &mut Netlink, conf: &BridgeConf, bridge: &Link, host: &Link) -> Result<(), CniError> {
-    nl.set_master(host.index, Some(bridge.index)).map_err(|e| {
-        CniError::netlink(format!("attach host veth {:?} to bridge {:?}", host.name, conf.bridge), e)
-    })?;
     if conf.hairpin || conf.port_isolation {
         let flags = BrPortFlags {
             hairpin: conf.hairpin.then_some(true),

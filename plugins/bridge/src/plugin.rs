@@ -68,7 +68,7 @@ impl Undo {
 }
 
 /// The bridge (made if missing) and the host end of a new veth pair whose other end is `ifname` in
-/// the container; the host end joins the bridge later ([`host::join_bridge`]).
+/// the container, configured as a bridge port.
 fn host_side(
     req: &Request,
     conf: &BridgeConf,
@@ -80,9 +80,9 @@ fn host_side(
     if bridge.created {
         undo.bridge_created = Some(bridge.link.index);
     }
-    let host_veth = host::create_veth(nl, conf, netns, &req.ifname)?;
+    let host_veth = host::create_veth(nl, conf, &bridge.link, netns, &req.ifname)?;
     undo.host_veth = Some(host_veth.index);
-    host::prepare_port(nl, &host_veth)?;
+    host::configure_port(nl, conf, &host_veth)?;
     Ok((bridge, host_veth))
 }
 
@@ -277,16 +277,13 @@ fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> R
     let Addressed { ipam, cplan } = addressing.outcome?;
     // The container side, from this thread in the container's namespace. The private procfs
     // goes to the second thread once the sysctls are written: dropping it waits for a grace
-    // period, which that thread spends while this one goes on. Then, the pair having its carrier,
-    // the host end joins the bridge (see `host::join_bridge`).
-    let ctr = netns
-        .run(|| {
-            container::configure(conf, &req.ifname, &cplan, &ipam.ips, sysctls, |done| match &second {
-                Some(second) => second.send_procfs(done),
-                None => drop(done),
-            })
+    // period, which that thread spends while this one goes on.
+    let ctr = netns.run(|| {
+        container::configure(conf, &req.ifname, &cplan, &ipam.ips, sysctls, |done| match &second {
+            Some(second) => second.send_procfs(done),
+            None => drop(done),
         })
-        .and_then(|ctr| host::join_bridge(nl, conf, &bridge.link, &host_veth).map(|()| ctr));
+    });
     let gw = second.and_then(Second::join);
     let ctr = ctr?;
     // without the second thread (or when it could not do them): the gateways here
