@@ -9,7 +9,9 @@
 # the chain of A and the chain of B run one right after the other, in the order A,B for odd i and
 # B,A for even i, so that both sides see the same machine speed. Each plugin is timed from just
 # before its exec to its exit. Prints the medians of the per-pair ratios A/B (bridge, portmap,
-# chain) and of each side's times. Everything it made is removed on exit, also on failure.
+# chain) and of each side's times, and with N >= 20 the same for the first and the last tenth of
+# the containers (growth with the ports attached). Everything it made is removed on exit, also on
+# failure.
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -96,3 +98,17 @@ printf 'median of the pair ratios A/B: bridge %.3f  portmap %.3f  chain %.3f\n' 
   "$(col '$1/$3')" "$(col '$2/$4')" "$(col '($1+$2)/($3+$4)')"
 printf 'median ms, A / B: bridge %.2f / %.2f  portmap %.2f / %.2f  chain %.2f / %.2f\n' \
   "$(col '$1/1000')" "$(col '$3/1000')" "$(col '$2/1000')" "$(col '$4/1000')" "$(col '($1+$2)/1000')" "$(col '($3+$4)/1000')"
+
+# By order: the first and the last tenth of the containers, to compare how each side grows with
+# the ports attached to its bridge (with N of a few hundred).
+if [ "$N" -ge 20 ]; then
+  tenth=$((N / 10))
+  head -n "$tenth" "$work/pairs" > "$work/first"
+  tail -n "$tenth" "$work/pairs" > "$work/last"
+  for part in first last; do
+    colp() { awk "{print $1}" "$work/$part" | median; }
+    printf '%-5s tenth: pair ratio A/B bridge %.3f  chain %.3f;  median ms A / B: bridge %.2f / %.2f  chain %.2f / %.2f\n' \
+      "$part" "$(colp '$1/$3')" "$(colp '($1+$2)/($3+$4)')" "$(colp '$1/1000')" "$(colp '$3/1000')" \
+      "$(colp '($1+$2)/1000')" "$(colp '($3+$4)/1000')"
+  done
+fi
