@@ -92,7 +92,8 @@ ip netns exec "$host" bash "$work/loop.sh" "$DA" "$DB" "$N" "$id" "$work" > "$wo
 
 # Columns: bridge A, portmap A, bridge B, portmap B (us). Medians with sort.
 median() { sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-col() { awk "{print $1}" "$work/pairs" | median; }
+# col EXPR [FILE]: the median of an awk expression over the pairs (default: all of them).
+col() { awk "{print $1}" "${2:-$work/pairs}" | median; }
 echo "pairs: $N (A = $DA, B = $DB)"
 printf 'median of the pair ratios A/B: bridge %.3f  portmap %.3f  chain %.3f\n' \
   "$(col '$1/$3')" "$(col '$2/$4')" "$(col '($1+$2)/($3+$4)')"
@@ -106,9 +107,9 @@ if [ "$N" -ge 20 ]; then
   head -n "$tenth" "$work/pairs" > "$work/first"
   tail -n "$tenth" "$work/pairs" > "$work/last"
   for part in first last; do
-    colp() { awk "{print $1}" "$work/$part" | median; }
+    f="$work/$part"
     printf '%-5s tenth: pair ratio A/B bridge %.3f  chain %.3f;  median ms A / B: bridge %.2f / %.2f  chain %.2f / %.2f\n' \
-      "$part" "$(colp '$1/$3')" "$(colp '($1+$2)/($3+$4)')" "$(colp '$1/1000')" "$(colp '$3/1000')" \
-      "$(colp '($1+$2)/1000')" "$(colp '($3+$4)/1000')"
+      "$part" "$(col '$1/$3' "$f")" "$(col '($1+$2)/($3+$4)' "$f")" "$(col '$1/1000' "$f")" "$(col '$3/1000' "$f")" \
+      "$(col '($1+$2)/1000' "$f")" "$(col '($3+$4)/1000' "$f")"
   done
 fi
