@@ -274,6 +274,8 @@ fn veth_peer_created_in_other_netns_with_master() {
         let j = ip_link(&host, "vethhost0");
         assert_eq!(j["master"], "br0");
         assert!(ip_flags(&j).contains(&"UP".to_string()));
+        // one queue each way on both ends: the kernel's one real queue, without its per-CPU extras
+        assert_eq!((j["num_tx_queues"].as_u64(), j["num_rx_queues"].as_u64()), (Some(1), Some(1)), "{j}");
 
         let err = nl.create_veth(&spec).expect_err("same names again");
         assert!(err.is_exists(), "{err}");
@@ -290,6 +292,7 @@ fn veth_peer_created_in_other_netns_with_master() {
         let j = ip_link(&container, "eth0");
         assert_eq!(j["address"], "02:00:00:00:aa:02");
         assert_eq!(j["mtu"], 1450);
+        assert_eq!((j["num_tx_queues"].as_u64(), j["num_rx_queues"].as_u64()), (Some(1), Some(1)), "{j}");
     })
 }
 

@@ -164,6 +164,13 @@ pub(crate) fn link_msg(index: u32) -> LinkMessage {
 }
 
 /// `RTM_NEWLINK` creating the veth pair of `spec`.
+///
+/// Each end asks for one transmit and one receive queue, the one real queue of each that the
+/// kernel's default gives it too. Without the counts the kernel allocates a queue per possible CPU,
+/// registers each with its sysfs directory, and then (`veth_init_queues`) lowers the real counts
+/// to one on the registered device, which waits out an expedited RCU grace period per end while
+/// holding RTNL: the largest part of a veth creation that every other RTNL user (other ADDs, the
+/// kernel's link-state worker) waits behind.
 pub(crate) fn veth_message(spec: &VethSpec<'_>) -> RouteNetlinkMessage {
     let mut peer = LinkMessage::default();
     peer.attributes.push(LinkAttribute::IfName(spec.peer_name.to_string()));
@@ -176,6 +183,7 @@ pub(crate) fn veth_message(spec: &VethSpec<'_>) -> RouteNetlinkMessage {
     if let Some(fd) = spec.peer_netns {
         peer.attributes.push(LinkAttribute::NetNsFd(fd.as_raw_fd()));
     }
+    peer.attributes.extend(single_queue());
 
     let mut msg = LinkMessage::default();
     if spec.up {
@@ -192,11 +200,17 @@ pub(crate) fn veth_message(spec: &VethSpec<'_>) -> RouteNetlinkMessage {
     if let Some(master) = spec.master {
         msg.attributes.push(LinkAttribute::Controller(master));
     }
+    msg.attributes.extend(single_queue());
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
     RouteNetlinkMessage::NewLink(msg)
+}
+
+/// One transmit and one receive queue (see [`veth_message`]).
+fn single_queue() -> [LinkAttribute; 2] {
+    [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]
 }
 
 /// A link dump request without statistics, of the ports of `master` if given.
@@ -532,6 +546,8 @@ mod tests {
         assert_eq!(find_attr(attrs, libc::IFLA_IFNAME).unwrap(), b"veth1a2b3c4d\0");
         assert_eq!(find_attr(attrs, libc::IFLA_MASTER).unwrap(), 9u32.to_ne_bytes());
         assert!(find_attr(attrs, libc::IFLA_NET_NS_FD).is_none(), "netns fd belongs to the peer only");
+        assert_eq!(find_attr(attrs, libc::IFLA_NUM_TX_QUEUES).unwrap(), 1u32.to_ne_bytes());
+        assert_eq!(find_attr(attrs, libc::IFLA_NUM_RX_QUEUES).unwrap(), 1u32.to_ne_bytes());
         let info = find_attr(attrs, libc::IFLA_LINKINFO).unwrap();
         assert_eq!(find_attr(info, libc::IFLA_INFO_KIND).unwrap(), b"veth\0");
         let data = find_attr(info, libc::IFLA_INFO_DATA).unwrap();
@@ -539,6 +555,8 @@ mod tests {
         let peer_attrs = &peer[16..]; // after the peer's ifinfomsg
         assert_eq!(find_attr(peer_attrs, libc::IFLA_IFNAME).unwrap(), b"eth0\0");
         assert_eq!(find_attr(peer_attrs, libc::IFLA_MTU).unwrap(), 1400u32.to_ne_bytes());
+        assert_eq!(find_attr(peer_attrs, libc::IFLA_NUM_TX_QUEUES).unwrap(), 1u32.to_ne_bytes());
+        assert_eq!(find_attr(peer_attrs, libc::IFLA_NUM_RX_QUEUES).unwrap(), 1u32.to_ne_bytes());
         assert_eq!(
             find_attr(peer_attrs, libc::IFLA_NET_NS_FD).unwrap(),
             (std::os::fd::AsRawFd::as_raw_fd(&file) as u32).to_ne_bytes()
