@@ -169,8 +169,8 @@ pub(crate) fn link_msg(index: u32) -> LinkMessage {
 /// kernel's default gives it too. Without the counts the kernel allocates a queue per possible CPU,
 /// registers each with its sysfs directory, and then (`veth_init_queues`) lowers the real counts
 /// to one on the registered device, which waits out an expedited RCU grace period per end while
-/// holding RTNL: the largest part of a veth creation that every other RTNL user (other ADDs, the
-/// kernel's link-state worker) waits behind.
+/// holding RTNL, a wait that every other RTNL user (parallel ADDs and DELs, the kernel's link-state
+/// worker) sits behind. What differs from the default: `ethtool -L` cannot raise the channels.
 pub(crate) fn veth_message(spec: &VethSpec<'_>) -> RouteNetlinkMessage {
     let mut peer = LinkMessage::default();
     peer.attributes.push(LinkAttribute::IfName(spec.peer_name.to_string()));
