@@ -90,6 +90,11 @@ fn ip_flags(link: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `(num_tx_queues, num_rx_queues)` of an `ip -j -d link` object.
+fn queue_counts(link: &Value) -> (Option<u64>, Option<u64>) {
+    (link["num_tx_queues"].as_u64(), link["num_rx_queues"].as_u64())
+}
+
 fn link(nl: &mut Netlink, name: &str) -> Link {
     nl.link_by_name(name).expect("get link").unwrap_or_else(|| panic!("link {name} missing"))
 }
@@ -275,7 +280,7 @@ fn veth_peer_created_in_other_netns_with_master() {
         assert_eq!(j["master"], "br0");
         assert!(ip_flags(&j).contains(&"UP".to_string()));
         // one queue each way on both ends: the kernel's one real queue, without its per-CPU extras
-        assert_eq!((j["num_tx_queues"].as_u64(), j["num_rx_queues"].as_u64()), (Some(1), Some(1)), "{j}");
+        assert_eq!(queue_counts(&j), (Some(1), Some(1)), "{j}");
 
         let err = nl.create_veth(&spec).expect_err("same names again");
         assert!(err.is_exists(), "{err}");
@@ -292,7 +297,7 @@ fn veth_peer_created_in_other_netns_with_master() {
         let j = ip_link(&container, "eth0");
         assert_eq!(j["address"], "02:00:00:00:aa:02");
         assert_eq!(j["mtu"], 1450);
-        assert_eq!((j["num_tx_queues"].as_u64(), j["num_rx_queues"].as_u64()), (Some(1), Some(1)), "{j}");
+        assert_eq!(queue_counts(&j), (Some(1), Some(1)), "{j}");
     })
 }
 
