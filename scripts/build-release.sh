@@ -23,9 +23,15 @@ fi
 # musl's memcpy/memmove pay a fixed `rep movsq` cost that dominates the short copies netlink
 # messages are made of: route them through cni_common::smallcopy (copies up to 32 bytes inline,
 # longer ones to musl). Encoding a portmap ADD's batch: 115 -> 42 us.
+# Position-dependent (ET_EXEC, as the reference's binaries are), not static-pie: a static-pie
+# plugin relocates itself at every start, writing ~1900 pointers into 10 pages of .data.rel.ro and
+# the GOT, each a copy-on-write fault, on every ADD and DEL. Without it a bridge ADD faults 70 pages
+# instead of 78, and the paired bridge+portmap chain takes 0.93x the time (conformance/BENCH.md,
+# session 18). What it gives up: the executable's own code and data are not placed at random
+# (its stack, heap and mappings still are).
 extra=""
 if [[ "$triple" == *-musl ]]; then
-  extra="--cfg cni_wrap_memcpy -C link-arg=-Wl,--wrap=memcpy -C link-arg=-Wl,--wrap=memmove"
+  extra="-C relocation-model=static --cfg cni_wrap_memcpy -C link-arg=-Wl,--wrap=memcpy -C link-arg=-Wl,--wrap=memmove"
 fi
 # An explicit --target keeps the flags off build scripts and proc-macros, which must stay dynamic.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static $extra" \
