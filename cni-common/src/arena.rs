@@ -103,7 +103,8 @@ impl Arena {
                                 0,
                             )
                         };
-                        if p != libc::MAP_FAILED {
+                        let b = if p == libc::MAP_FAILED || p.is_null() { FAILED } else { p as usize };
+                        if b != FAILED {
                             // The region is 2 MiB-aligned by size, so where transparent huge pages
                             // are "always" (the kernel's default in several distributions) its
                             // first touch would get a huge page: 2 MiB zeroed and resident instead
@@ -115,10 +116,9 @@ impl Arena {
                             // split and re-merged the mapping the main thread allocates from
                             // (bridge+portmap chain 0.94x without the merging, paired A/B).
                             // Failing (a kernel without THP) changes nothing.
-                            // SAFETY: `p` is the start of the ARENA_BYTES just mapped.
-                            unsafe { libc::madvise(p, ARENA_BYTES, libc::MADV_NOHUGEPAGE) };
+                            // SAFETY: `b` is the start of the ARENA_BYTES just mapped.
+                            unsafe { libc::madvise(b as *mut libc::c_void, ARENA_BYTES, libc::MADV_NOHUGEPAGE) };
                         }
-                        let b = if p == libc::MAP_FAILED || p.is_null() { FAILED } else { p as usize };
                         self.base.store(b, Ordering::Release);
                         return (b != FAILED).then_some(b);
                     }
