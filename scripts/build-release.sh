@@ -29,9 +29,13 @@ fi
 # instead of 78, and the paired bridge+portmap chain takes 0.93x the time (conformance/BENCH.md,
 # session 18). What it gives up: the executable's own code and data are not placed at random
 # (its stack, heap and mappings still are).
-extra=""
+# SHA-512 (the firewall's owner marks and chain names) in plain code: the sha2 crate's default
+# picks its AVX2 code at run time with `cpuid`, which a virtual machine traps (three of them took
+# ~30 us of every bridge, portmap and isolation process here; BENCH.md, session 19). The digests
+# are of a few short strings; the portable code hashes them in about a microsecond.
+extra='--cfg sha2_backend="soft"'
 if [[ "$triple" == *-musl ]]; then
-  extra="-C relocation-model=static --cfg cni_wrap_memcpy -C link-arg=-Wl,--wrap=memcpy -C link-arg=-Wl,--wrap=memmove"
+  extra="$extra -C relocation-model=static --cfg cni_wrap_memcpy -C link-arg=-Wl,--wrap=memcpy -C link-arg=-Wl,--wrap=memmove"
 fi
 # An explicit --target keeps the flags off build scripts and proc-macros, which must stay dynamic.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static $extra" \
