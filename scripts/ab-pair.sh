@@ -43,6 +43,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Each side runs fresh copies of its plugins. On the VMs this is measured on, where a file's pages
+# sit in memory biased one build by up to 5 % for as long as the file stayed put (the same
+# binaries came out 4 % slower from one file and 2 % faster from a new copy; BENCH.md, session
+# 19): new copies every run, and runs in both orders, keep that from passing for a difference.
+for s in a b; do
+  src=$([ "$s" = a ] && echo "$DA" || echo "$DB")
+  mkdir "$work/bin-$s"
+  cp "$src/bridge" "$src/portmap" "$src/host-local" "$work/bin-$s/"
+done
+
 ip netns add "$host"
 ip -n "$host" link set lo up
 for s in a b; do
@@ -88,7 +98,7 @@ for i in $(seq 1 "$N"); do
 done
 EOF
 
-ip netns exec "$host" bash "$work/loop.sh" "$DA" "$DB" "$N" "$id" "$work" > "$work/pairs"
+ip netns exec "$host" bash "$work/loop.sh" "$work/bin-a" "$work/bin-b" "$N" "$id" "$work" > "$work/pairs"
 
 # Columns: bridge A, portmap A, bridge B, portmap B (us). Medians with sort.
 median() { sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
