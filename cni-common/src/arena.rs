@@ -113,8 +113,8 @@ impl Arena {
                             // The flag also keeps the region a mapping of its own: bridge's IPAM
                             // thread gets its stack right below it, and with equal flags the two
                             // merged, so that the thread's start (mprotect) and exit (munmap)
-                            // split and re-merged the mapping the main thread allocates from
-                            // (bridge+portmap chain 0.94x without the merging, paired A/B).
+                            // split and re-merged the mapping the main thread allocates from (no
+                            // difference in time that paired runs can see, 0.996x).
                             // Failing (a kernel without THP) changes nothing.
                             // SAFETY: `b` is the start of the ARENA_BYTES just mapped.
                             unsafe { libc::madvise(b as *mut libc::c_void, ARENA_BYTES, libc::MADV_NOHUGEPAGE) };
