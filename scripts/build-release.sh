@@ -26,8 +26,8 @@ fi
 # Position-dependent (ET_EXEC, as the reference's binaries are), not static-pie: a static-pie
 # plugin relocates itself at every start, writing ~1900 pointers into 10 pages of .data.rel.ro and
 # the GOT, each a copy-on-write fault, on every ADD and DEL. Without it a bridge ADD faults 70 pages
-# instead of 78, and the paired bridge+portmap chain takes 0.93x the time (conformance/BENCH.md,
-# session 18). What it gives up: the executable's own code and data are not placed at random
+# instead of 78, and the paired bridge+portmap chain takes 0.97-0.99x the time (conformance/BENCH.md,
+# sessions 18 and 19). What it gives up: the executable's own code and data are not placed at random
 # (its stack, heap and mappings still are).
 # SHA-512 (the firewall's owner marks and chain names) in plain code: the sha2 crate's default
 # picks its AVX2 code at run time with `cpuid`, which a virtual machine traps (three of them took
