@@ -77,6 +77,11 @@ pub struct SideRun {
     /// The same from the per-process `wait4` rusage (cross-check).
     pub wait4_cpu_per_add_ms: f64,
     pub wait4_cpu_per_del_ms: f64,
+    /// Median over rounds of all cores' busy time during the ADD phase / N: the plugins, the
+    /// runtime, the kernel's threads and anything foreign. At a P that keeps every core busy,
+    /// the ADD throughput is the cores divided by this. `None` when a round could not measure it
+    /// (no cpuidle, or control ADDs in the phase).
+    pub machine_cpu_per_add_ms: Option<f64>,
     pub rounds: Vec<RoundStats>,
 }
 
@@ -123,6 +128,8 @@ pub struct RoundStats {
     pub del_per_s: f64,
     pub cpu_per_add_ms: f64,
     pub cpu_per_del_ms: f64,
+    /// All cores' busy time during the ADD phase / N (see `SideRun::machine_cpu_per_add_ms`).
+    pub machine_cpu_per_add_ms: Option<f64>,
     pub foreign_cpu_pct: f64,
     pub loadavg: String,
     /// The CPU probe after the first and after the last by-order bucket of this round's ADDs (µs;
@@ -380,6 +387,10 @@ impl Report {
                 run.sides.iter().map(|s| Some(s.wait4_cpu_per_add_ms)).collect(),
                 &ms,
             ));
+            let vals: Vec<Option<f64>> = run.sides.iter().map(|s| s.machine_cpu_per_add_ms).collect();
+            if vals.iter().any(Option::is_some) {
+                rows.push(scalar("machine CPU ms per ADD (all cores busy / N)", vals, &ms));
+            }
             for p in &plugin_names {
                 let vals = run
                     .sides

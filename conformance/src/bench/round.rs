@@ -46,6 +46,10 @@ pub struct RoundResult {
     /// `getrusage(RUSAGE_CHILDREN)` user+sys delta over the phase.
     pub add_children_cpu: Duration,
     pub del_children_cpu: Duration,
+    /// Busy time of all cores over the ADD phase (its wall time times the cores, less their idle
+    /// time: everything the machine did, plugins, runtime, kernel threads, anything foreign);
+    /// `None` without cpuidle or when control ADDs or CPU probes paused the phase.
+    pub add_machine_busy: Option<Duration>,
     /// Firewall objects seen in the sandbox host after the ADD phase.
     pub firewall_seen: Vec<String>,
     pub violations: Vec<String>,
@@ -127,6 +131,7 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     let add = add.map_err(|(i, e)| op_err("ADD", i, e))?;
     res.add_phase = add.wall;
     res.add_children_cpu = add.children_cpu;
+    res.add_machine_busy = add.machine_busy;
     let mut handed = Handed::default();
     for (i, v) in &add.values {
         handed.add_result(&rcs[*i].container_id, v, BRIDGE);
@@ -206,6 +211,9 @@ struct Phase {
     children_cpu: Duration,
     /// Some of those were still running after [`probe::ORPHAN_LIMIT`].
     orphans_left: bool,
+    /// All cores' busy time from the workers' start to the last one's end (see
+    /// [`RoundResult::add_machine_busy`]).
+    machine_busy: Option<Duration>,
 }
 
 /// Run `op(i)` for every container with `p` workers; worker `w` does `w, w+p, w+2p, ...`. Stops at
@@ -240,7 +248,8 @@ where
     let paused_cpu = AtomicU64::new(0);
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     type WorkerOut = Result<(Vec<OpSample>, Vec<(usize, Value)>), (usize, String)>;
-    let (outs, wall, children_cpu, orphans_left): (Vec<WorkerOut>, Duration, Duration, bool) = std::thread::scope(|s| {
+    type Joined = (Vec<WorkerOut>, Duration, Duration, bool, Option<Duration>);
+    let (outs, wall, children_cpu, orphans_left, machine_busy): Joined = std::thread::scope(|s| {
         let hs: Vec<_> = (0..p)
             .map(|w| {
                 let (barrier, next, abort, op, probe_at, paused) = (&barrier, &next, &abort, &op, &probe_at, &paused);
@@ -311,15 +320,21 @@ where
             })
             .collect();
         let cpu0 = probe::own_cpu().1;
+        let idle0 = probe::machine_idle();
         barrier.wait();
         let t0 = Instant::now();
         let outs: Vec<WorkerOut> =
             hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err((0, "benchmark worker panicked".into())))).collect();
-        let wall = t0.elapsed().saturating_sub(Duration::from_nanos(paused.load(Ordering::SeqCst)));
+        let span = t0.elapsed();
+        let idle = idle0.zip(probe::machine_idle()).map(|(a, b)| b.saturating_sub(a));
+        let paused_ns = paused.load(Ordering::SeqCst);
+        let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1) as u32;
+        let machine_busy = idle.filter(|_| paused_ns == 0).map(|i| (span * cores).saturating_sub(i));
+        let wall = span.saturating_sub(Duration::from_nanos(paused_ns));
         // No plugin runs now: with `reap`, every child left is one they left behind.
         let orphans_left = reap && !probe::reap_orphans(probe::ORPHAN_LIMIT);
         let cpu = probe::own_cpu().1.saturating_sub(cpu0).saturating_sub(Duration::from_nanos(paused_cpu.load(Ordering::SeqCst)));
-        (outs, wall, cpu, orphans_left)
+        (outs, wall, cpu, orphans_left, machine_busy)
     });
     let mut samples = Vec::with_capacity(n);
     let mut values = Vec::with_capacity(n);
@@ -329,7 +344,7 @@ where
         values.extend(v);
     }
     samples.sort_by_key(|s| s.order);
-    Ok(Phase { samples, values, wall, children_cpu, orphans_left })
+    Ok(Phase { samples, values, wall, children_cpu, orphans_left, machine_busy })
 }
 
 /// Firewall objects in the sandbox host: nftables tables and the number of `CNI-*` iptables chains.
