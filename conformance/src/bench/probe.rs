@@ -442,28 +442,35 @@ pub fn machine_busy() -> Duration {
     Duration::from_micros(busy * 1_000_000 / hz)
 }
 
-/// Idle time of all cores so far, to the microsecond, from cpuidle's per-state residency
-/// (`/sys/devices/system/cpu/cpu*/cpuidle/state*/time`); `None` without cpuidle. `/proc/stat`
-/// counts in 10 ms units, too coarse for a phase of 50 ADDs at P=8 (60-90 ms). A core idle at
-/// the moment of reading has its current idle period left out (it is counted when it ends).
+/// Idle time of all cores so far, to the nanosecond, from the scheduler tick's per-CPU idle
+/// accounting in `/proc/timer_list` (`idle_sleeptime` + `iowait_sleeptime`, plus the idle period
+/// a core is in at the moment of reading, from `idle_entrytime` to `now`); `None` where the file
+/// cannot be read (it needs root) or has no such fields. `/proc/stat` counts in 10 ms units, too
+/// coarse for a phase of 50 ADDs at P=8 (60-90 ms), and cpuidle's residency counts an idle period
+/// only once it ends, so a core asleep when the phase starts would add its whole sleep.
 pub fn machine_idle() -> Option<Duration> {
+    parse_timer_list_idle(&std::fs::read_to_string("/proc/timer_list").ok()?)
+}
+
+/// The idle time of all CPUs in the text of `/proc/timer_list` (see [`machine_idle`]).
+pub fn parse_timer_list_idle(text: &str) -> Option<Duration> {
+    let nsecs = |line: &str| line.split(':').nth(1)?.split_whitespace().next()?.parse::<u64>().ok();
+    let now = text.lines().find_map(|l| l.strip_prefix("now at "))?.split_whitespace().next()?.parse::<u64>().ok()?;
     let mut total = 0u64;
-    let mut seen = false;
-    for cpu in std::fs::read_dir("/sys/devices/system/cpu").ok()?.flatten() {
-        let name = cpu.file_name();
-        let Some(num) = name.to_str().and_then(|n| n.strip_prefix("cpu")) else { continue };
-        if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(states) = std::fs::read_dir(cpu.path().join("cpuidle")) else { continue };
-        for st in states.flatten() {
-            if let Some(us) = std::fs::read_to_string(st.path().join("time")).ok().and_then(|t| t.trim().parse::<u64>().ok()) {
-                total += us;
-                seen = true;
-            }
-        }
+    let mut cpus = 0;
+    // One block per CPU; each field is read from the CPU's tick_sched section.
+    for block in text.split("\ncpu: ").skip(1) {
+        let field = |name: &str| block.lines().find(|l| l.trim_start().starts_with(name)).and_then(nsecs);
+        let Some(sleep) = field(".idle_sleeptime") else { continue };
+        let iowait = field(".iowait_sleeptime").unwrap_or(0);
+        let entry = field(".idle_entrytime").unwrap_or(0);
+        let left = field(".idle_exittime").unwrap_or(0).max(field(".idle_waketime").unwrap_or(0));
+        // In an idle period now: it entered after it last left.
+        let ongoing = if entry > left { now.saturating_sub(entry) } else { 0 };
+        total += sleep + iowait + ongoing;
+        cpus += 1;
     }
-    seen.then(|| Duration::from_micros(total))
+    (cpus > 0).then(|| Duration::from_nanos(total))
 }
 
 /// CPU time (user + sys) of this process itself and of its reaped children so far.
@@ -481,6 +488,14 @@ pub fn own_cpu() -> (Duration, Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timer_list_idle_counts_the_ongoing_idle_period() {
+        // CPU 0 is running (left idle after entering), CPU 1 has been idle since 900 ns.
+        let text = "Timer List Version: v0.10\nHRTIMER_MAX_CLOCK_BASES: 8\nnow at 1000 nsecs\n\ncpu: 0\n clock 0:\n  .idle_entrytime : 500 nsecs\n  .idle_waketime  : 600 nsecs\n  .idle_exittime  : 610 nsecs\n  .idle_sleeptime : 300 nsecs\n  .iowait_sleeptime: 20 nsecs\n\ncpu: 1\n  .idle_entrytime : 900 nsecs\n  .idle_waketime  : 700 nsecs\n  .idle_exittime  : 710 nsecs\n  .idle_sleeptime : 400 nsecs\n  .iowait_sleeptime: 0 nsecs\n\nTick Device: mode:     1\n";
+        assert_eq!(parse_timer_list_idle(text), Some(Duration::from_nanos(300 + 20 + 400 + 100)));
+        assert_eq!(parse_timer_list_idle("now at 5 nsecs\n"), None);
+    }
 
     #[test]
     fn strace_parsing() {

@@ -80,7 +80,7 @@ pub struct SideRun {
     /// Median over rounds of all cores' busy time during the ADD phase / N: the plugins, the
     /// runtime, the kernel's threads and anything foreign. At a P that keeps every core busy,
     /// the ADD throughput is the cores divided by this. `None` when a round could not measure it
-    /// (no cpuidle, or control ADDs in the phase).
+    /// (no `/proc/timer_list`, or control ADDs in the phase).
     pub machine_cpu_per_add_ms: Option<f64>,
     pub rounds: Vec<RoundStats>,
 }

@@ -47,8 +47,8 @@ pub struct RoundResult {
     pub add_children_cpu: Duration,
     pub del_children_cpu: Duration,
     /// Busy time of all cores over the ADD phase (its wall time times the cores, less their idle
-    /// time: everything the machine did, plugins, runtime, kernel threads, anything foreign);
-    /// `None` without cpuidle or when control ADDs or CPU probes paused the phase.
+    /// time: everything the machine did, plugins, runtime, kernel threads, anything foreign),
+    /// less the CPU probes' time; `None` without `/proc/timer_list` or with control ADDs.
     pub add_machine_busy: Option<Duration>,
     /// Firewall objects seen in the sandbox host after the ADD phase.
     pub firewall_seen: Vec<String>,
@@ -329,7 +329,10 @@ where
         let idle = idle0.zip(probe::machine_idle()).map(|(a, b)| b.saturating_sub(a));
         let paused_ns = paused.load(Ordering::SeqCst);
         let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1) as u32;
-        let machine_busy = idle.filter(|_| paused_ns == 0).map(|i| (span * cores).saturating_sub(i));
+        // The CPU probes keep one core busy while they run; control ADDs, an unknown share.
+        let machine_busy = idle
+            .filter(|_| controls.is_none())
+            .map(|i| (span * cores).saturating_sub(i).saturating_sub(Duration::from_nanos(paused_ns)));
         let wall = span.saturating_sub(Duration::from_nanos(paused_ns));
         // No plugin runs now: with `reap`, every child left is one they left behind.
         let orphans_left = reap && !probe::reap_orphans(probe::ORPHAN_LIMIT);
