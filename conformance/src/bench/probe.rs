@@ -429,17 +429,12 @@ pub fn machine() -> Machine {
     }
 }
 
-/// Busy CPU time of the whole machine so far (all cores), from `/proc/stat`.
-pub fn machine_busy() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return Duration::ZERO };
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return Duration::ZERO };
-    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy: u64 = f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    Duration::from_micros(busy * 1_000_000 / hz)
+/// All cores' busy time over the last `span`, given [`machine_idle`] read at its start: the span
+/// times the cores, less the idle time since. `None` when the idle time cannot be read.
+pub fn machine_busy_since(idle0: Option<Duration>, span: Duration) -> Option<Duration> {
+    let idle = machine_idle()?.saturating_sub(idle0?);
+    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1) as u32;
+    Some((span * cores).saturating_sub(idle))
 }
 
 /// Idle time of all cores so far, to the nanosecond, from the scheduler tick's per-CPU idle

@@ -111,7 +111,7 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     let Rig { ref sb, ref rt, ref list, ref rcs, ref data_dir, .. } = rig;
 
     let mut res = RoundResult { loadavg: probe::loadavg(), ..RoundResult::default() };
-    let busy0 = probe::machine_busy();
+    let idle0 = probe::machine_idle();
     let own0 = probe::own_cpu();
     let t0 = Instant::now();
 
@@ -149,7 +149,8 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     let wall = t0.elapsed();
     let own1 = probe::own_cpu();
     let ours = (own1.0 + own1.1).saturating_sub(own0.0 + own0.1);
-    let foreign = probe::machine_busy().saturating_sub(busy0).saturating_sub(ours);
+    let busy = probe::machine_busy_since(idle0, wall).unwrap_or_default();
+    let foreign = busy.saturating_sub(ours);
     let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1) as f64;
     res.foreign_cpu_pct = 100.0 * foreign.as_secs_f64() / (wall.as_secs_f64() * cores).max(1e-9);
 
@@ -326,13 +327,10 @@ where
         let outs: Vec<WorkerOut> =
             hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err((0, "benchmark worker panicked".into())))).collect();
         let span = t0.elapsed();
-        let idle = idle0.zip(probe::machine_idle()).map(|(a, b)| b.saturating_sub(a));
+        let busy = probe::machine_busy_since(idle0, span);
         let paused_ns = paused.load(Ordering::SeqCst);
-        let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1) as u32;
         // The CPU probes keep one core busy while they run; control ADDs, an unknown share.
-        let machine_busy = idle
-            .filter(|_| controls.is_none())
-            .map(|i| (span * cores).saturating_sub(i).saturating_sub(Duration::from_nanos(paused_ns)));
+        let machine_busy = busy.filter(|_| controls.is_none()).map(|b| b.saturating_sub(Duration::from_nanos(paused_ns)));
         let wall = span.saturating_sub(Duration::from_nanos(paused_ns));
         // No plugin runs now: with `reap`, every child left is one they left behind.
         let orphans_left = reap && !probe::reap_orphans(probe::ORPHAN_LIMIT);
