@@ -105,6 +105,11 @@ fn bench_bridge_tiny_run_reports_sane_numbers_and_leaves_nothing_behind() {
         assert!(s.add_per_s > 0.0 && s.del_per_s > 0.0);
         assert!(s.cpu_per_add_ms > 0.0 && s.cpu_per_del_ms > 0.0);
         assert!(s.wait4_cpu_per_add_ms > 0.0);
+        // The harness's own CPU is measured where the machine's is: not with control ADDs (P=1).
+        assert_eq!(s.harness_cpu_per_add_ms.is_some(), run.parallel != 1, "P={}: {:?}", run.parallel, s.harness_cpu_per_add_ms);
+        if let (Some(h), Some(m)) = (s.harness_cpu_per_add_ms, s.machine_cpu_per_add_ms) {
+            assert!(h > 0.0 && h <= m, "harness {h} ms vs machine {m} ms per ADD");
+        }
         assert_eq!(s.growth.len(), 1);
         assert_eq!((s.growth[0].from, s.growth[0].to), (1, 3));
         assert!(s.growth[0].add_p50_ms > 0.0);

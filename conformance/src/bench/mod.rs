@@ -470,6 +470,7 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
             cpu_per_add_ms: ms(r.add_children_cpu) / n as f64,
             cpu_per_del_ms: ms(r.del_children_cpu) / n as f64,
             machine_cpu_per_add_ms: r.add_machine_busy.map(|b| ms(b) / n as f64),
+            harness_cpu_per_add_ms: r.add_harness_cpu.map(|c| ms(c) / n as f64),
             foreign_cpu_pct: r.foreign_cpu_pct,
             loadavg: r.loadavg.clone(),
             cpu_probe_first_last_us: {
@@ -488,6 +489,11 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
         })
         .collect();
     let med = |f: &dyn Fn(&RoundStats) -> f64| median(&round_stats.iter().map(f).collect::<Vec<_>>());
+    // The median when every round has the value.
+    let med_all = |f: &dyn Fn(&RoundStats) -> Option<f64>| {
+        let v: Vec<f64> = round_stats.iter().filter_map(f).collect();
+        (v.len() == round_stats.len() && !v.is_empty()).then(|| median(&v))
+    };
     SideRun {
         label: side.label.clone(),
         add: Summary::of(&adds),
@@ -500,10 +506,8 @@ fn aggregate(side: &Side, rounds: &[RoundResult], n: usize) -> SideRun {
         cpu_per_del_ms: med(&|r| r.cpu_per_del_ms),
         wait4_cpu_per_add_ms: median(&rounds.iter().map(|r| wait4_cpu(&r.adds)).collect::<Vec<_>>()),
         wait4_cpu_per_del_ms: median(&rounds.iter().map(|r| wait4_cpu(&r.dels)).collect::<Vec<_>>()),
-        machine_cpu_per_add_ms: {
-            let v: Vec<f64> = round_stats.iter().filter_map(|r| r.machine_cpu_per_add_ms).collect();
-            (v.len() == round_stats.len() && !v.is_empty()).then(|| median(&v))
-        },
+        machine_cpu_per_add_ms: med_all(&|r| r.machine_cpu_per_add_ms),
+        harness_cpu_per_add_ms: med_all(&|r| r.harness_cpu_per_add_ms),
         rounds: round_stats,
     }
 }

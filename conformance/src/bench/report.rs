@@ -82,6 +82,10 @@ pub struct SideRun {
     /// the ADD throughput is the cores divided by this. `None` when a round could not measure it
     /// (no `/proc/timer_list`, or control ADDs in the phase).
     pub machine_cpu_per_add_ms: Option<f64>,
+    /// Median over rounds of the harness's own CPU time during the ADD phase / N: the runtime's
+    /// part of the machine's time (its threads; what its spawned children do before they exec
+    /// counts as theirs). Same `None` cases as `machine_cpu_per_add_ms`.
+    pub harness_cpu_per_add_ms: Option<f64>,
     pub rounds: Vec<RoundStats>,
 }
 
@@ -130,6 +134,8 @@ pub struct RoundStats {
     pub cpu_per_del_ms: f64,
     /// All cores' busy time during the ADD phase / N (see `SideRun::machine_cpu_per_add_ms`).
     pub machine_cpu_per_add_ms: Option<f64>,
+    /// The harness's own CPU during the ADD phase / N (see `SideRun::harness_cpu_per_add_ms`).
+    pub harness_cpu_per_add_ms: Option<f64>,
     pub foreign_cpu_pct: f64,
     pub loadavg: String,
     /// The CPU probe after the first and after the last by-order bucket of this round's ADDs (µs;
@@ -390,6 +396,10 @@ impl Report {
             let vals: Vec<Option<f64>> = run.sides.iter().map(|s| s.machine_cpu_per_add_ms).collect();
             if vals.iter().any(Option::is_some) {
                 rows.push(scalar("machine CPU ms per ADD (all cores busy / N)", vals, &ms));
+            }
+            let vals: Vec<Option<f64>> = run.sides.iter().map(|s| s.harness_cpu_per_add_ms).collect();
+            if vals.iter().any(Option::is_some) {
+                rows.push(scalar("  of which the harness's own (runtime threads)", vals, &ms));
             }
             for p in &plugin_names {
                 let vals = run

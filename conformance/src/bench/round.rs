@@ -50,6 +50,10 @@ pub struct RoundResult {
     /// time: everything the machine did, plugins, runtime, kernel threads, anything foreign),
     /// less the CPU probes' time; `None` without `/proc/timer_list` or with control ADDs.
     pub add_machine_busy: Option<Duration>,
+    /// This process's own CPU time (user + sys of all its threads, the runtime's part of the
+    /// machine's busy time: configs, spawning and reaping, results, cache files) over the ADD
+    /// phase, less the CPU probes' time; `None` with control ADDs (as `add_machine_busy`).
+    pub add_harness_cpu: Option<Duration>,
     /// Firewall objects seen in the sandbox host after the ADD phase.
     pub firewall_seen: Vec<String>,
     pub violations: Vec<String>,
@@ -132,6 +136,7 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     res.add_phase = add.wall;
     res.add_children_cpu = add.children_cpu;
     res.add_machine_busy = add.machine_busy;
+    res.add_harness_cpu = add.harness_cpu;
     let mut handed = Handed::default();
     for (i, v) in &add.values {
         handed.add_result(&rcs[*i].container_id, v, BRIDGE);
@@ -215,6 +220,8 @@ struct Phase {
     /// All cores' busy time from the workers' start to the last one's end (see
     /// [`RoundResult::add_machine_busy`]).
     machine_busy: Option<Duration>,
+    /// This process's own CPU time over the same span (see [`RoundResult::add_harness_cpu`]).
+    harness_cpu: Option<Duration>,
 }
 
 /// Run `op(i)` for every container with `p` workers; worker `w` does `w, w+p, w+2p, ...`. Stops at
@@ -249,8 +256,8 @@ where
     let paused_cpu = AtomicU64::new(0);
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     type WorkerOut = Result<(Vec<OpSample>, Vec<(usize, Value)>), (usize, String)>;
-    type Joined = (Vec<WorkerOut>, Duration, Duration, bool, Option<Duration>);
-    let (outs, wall, children_cpu, orphans_left, machine_busy): Joined = std::thread::scope(|s| {
+    type Joined = (Vec<WorkerOut>, Duration, Duration, bool, Option<Duration>, Option<Duration>);
+    let (outs, wall, children_cpu, orphans_left, machine_busy, harness_cpu): Joined = std::thread::scope(|s| {
         let hs: Vec<_> = (0..p)
             .map(|w| {
                 let (barrier, next, abort, op, probe_at, paused) = (&barrier, &next, &abort, &op, &probe_at, &paused);
@@ -320,7 +327,7 @@ where
                 })
             })
             .collect();
-        let cpu0 = probe::own_cpu().1;
+        let (self0, cpu0) = probe::own_cpu();
         let idle0 = probe::machine_idle();
         barrier.wait();
         let t0 = Instant::now();
@@ -328,14 +335,17 @@ where
             hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err((0, "benchmark worker panicked".into())))).collect();
         let span = t0.elapsed();
         let busy = probe::machine_busy_since(idle0, span);
+        let self_cpu = probe::own_cpu().0.saturating_sub(self0);
         let paused_ns = paused.load(Ordering::SeqCst);
         // The CPU probes keep one core busy while they run; control ADDs, an unknown share.
         let machine_busy = busy.filter(|_| controls.is_none()).map(|b| b.saturating_sub(Duration::from_nanos(paused_ns)));
+        // The probes are this process's CPU too (a loop on one thread: its wall time).
+        let harness_cpu = controls.is_none().then(|| self_cpu.saturating_sub(Duration::from_nanos(paused_ns)));
         let wall = span.saturating_sub(Duration::from_nanos(paused_ns));
         // No plugin runs now: with `reap`, every child left is one they left behind.
         let orphans_left = reap && !probe::reap_orphans(probe::ORPHAN_LIMIT);
         let cpu = probe::own_cpu().1.saturating_sub(cpu0).saturating_sub(Duration::from_nanos(paused_cpu.load(Ordering::SeqCst)));
-        (outs, wall, cpu, orphans_left, machine_busy)
+        (outs, wall, cpu, orphans_left, machine_busy, harness_cpu)
     });
     let mut samples = Vec::with_capacity(n);
     let mut values = Vec::with_capacity(n);
@@ -345,7 +355,7 @@ where
         values.extend(v);
     }
     samples.sort_by_key(|s| s.order);
-    Ok(Phase { samples, values, wall, children_cpu, orphans_left, machine_busy })
+    Ok(Phase { samples, values, wall, children_cpu, orphans_left, machine_busy, harness_cpu })
 }
 
 /// Firewall objects in the sandbox host: nftables tables and the number of `CNI-*` iptables chains.
