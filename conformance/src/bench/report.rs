@@ -393,13 +393,17 @@ impl Report {
                 run.sides.iter().map(|s| Some(s.wait4_cpu_per_add_ms)).collect(),
                 &ms,
             ));
-            let vals: Vec<Option<f64>> = run.sides.iter().map(|s| s.machine_cpu_per_add_ms).collect();
-            if vals.iter().any(Option::is_some) {
-                rows.push(scalar("machine CPU ms per ADD (all cores busy / N)", vals, &ms));
-            }
-            let vals: Vec<Option<f64>> = run.sides.iter().map(|s| s.harness_cpu_per_add_ms).collect();
-            if vals.iter().any(Option::is_some) {
-                rows.push(scalar("  of which the harness's own (runtime threads)", vals, &ms));
+            // Rows that a run without the machine's idle accounting (or with control ADDs) lacks.
+            type Get = fn(&SideRun) -> Option<f64>;
+            let optional: [(&str, Get); 2] = [
+                ("machine CPU ms per ADD (all cores busy / N)", |s| s.machine_cpu_per_add_ms),
+                ("  of which the harness's own (runtime threads)", |s| s.harness_cpu_per_add_ms),
+            ];
+            for (label, get) in optional {
+                let vals: Vec<Option<f64>> = run.sides.iter().map(get).collect();
+                if vals.iter().any(Option::is_some) {
+                    rows.push(scalar(label, vals, &ms));
+                }
             }
             for p in &plugin_names {
                 let vals = run
