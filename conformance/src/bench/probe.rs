@@ -420,9 +420,14 @@ pub fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// The CPUs this process may run on (1 when that cannot be told).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 pub fn machine() -> Machine {
     Machine {
-        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cores: cores(),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
         loadavg_start: loadavg(),
         loadavg_end: String::new(),
@@ -433,8 +438,8 @@ pub fn machine() -> Machine {
 /// times the cores, less the idle time since. `None` when the idle time cannot be read.
 pub fn machine_busy_since(idle0: Option<Duration>, span: Duration) -> Option<Duration> {
     let idle = machine_idle()?.saturating_sub(idle0?);
-    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1) as u32;
-    Some((span * cores).saturating_sub(idle))
+    let cores = u32::try_from(cores()).unwrap_or(u32::MAX);
+    Some(span.saturating_mul(cores).saturating_sub(idle))
 }
 
 /// Idle time of all cores so far, to the nanosecond, from the scheduler tick's per-CPU idle

@@ -156,7 +156,7 @@ pub fn run_round(side: &Side, round: usize, p: usize, opts: &super::Options) -> 
     let ours = (own1.0 + own1.1).saturating_sub(own0.0 + own0.1);
     let busy = probe::machine_busy_since(idle0, wall).unwrap_or_default();
     let foreign = busy.saturating_sub(ours);
-    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1) as f64;
+    let cores = probe::cores() as f64;
     res.foreign_cpu_pct = 100.0 * foreign.as_secs_f64() / (wall.as_secs_f64() * cores).max(1e-9);
 
     res.violations = checks::after_del(sb, rt, data_dir, &handed);
