@@ -9,7 +9,6 @@
 //! - [`invoke`]: delegation to other plugins (IPAM) through `CNI_PATH`; [`elfnote`]: build identity notes
 //! - [`netns`]: entering network namespaces
 //! - [`netlink`]: links, addresses, routes over rtnetlink; [`sysctl`]
-//! - [`apart`]: helper threads started on another CPU than their parent's
 
 pub mod arena;
 pub mod smallcopy;
@@ -29,4 +28,3 @@ pub mod elfnote;
 pub mod gc;
 pub mod conntrack;
 pub mod oplog;
-pub mod apart;

@@ -14,16 +14,13 @@ use ipnetwork::IpNetwork;
 /// namespace's sysctl keys: the namespace is new to `/proc/sys`, so a private procfs instance
 /// ([`sysctl::Sysctls::private`]) spares the walk of the shared hash chain of every namespace's
 /// `net/ipv6` entry.
-/// The interface's sysctls are written first, through `sysctls`, which is then handed to
-/// `done_with_sysctls` (dropping a private procfs instance waits for a grace period: the caller
-/// can do that while this goes on).
+/// The interface's sysctls are written first, through `sysctls`, which is dropped then.
 pub fn configure(
     conf: &BridgeConf,
     ifname: &str,
     plan: &ContainerPlan,
     ips: &[IpConfig],
     sysctls: sysctl::Sysctls,
-    done_with_sysctls: impl FnOnce(sysctl::Sysctls),
 ) -> Result<Link, CniError> {
     let mut nl = Netlink::open()?;
     let link = nl
@@ -32,9 +29,8 @@ pub fn configure(
     if conf.disable_container_interface {
         return Ok(link);
     }
-    let written = write_sysctls(conf, ifname, plan, &sysctls);
-    done_with_sysctls(sysctls);
-    written?;
+    write_sysctls(conf, ifname, plan, &sysctls)?;
+    drop(sysctls);
     // Addresses, link up, arp_notify and routes in one datagram, applied by the kernel in this
     // order (a route's gateway needs the address and the link up), each acknowledged on its own.
     let mut changes = Changes::new();

@@ -2,7 +2,6 @@
 
 use crate::config::{self, BridgeConf};
 use crate::{container, host, plan};
-use cni_common::apart::spawn_apart;
 use cni_common::error::CniError;
 use cni_common::invoke;
 use cni_common::netlink::{Link, Netlink};
@@ -13,8 +12,6 @@ use cni_common::sysctl::Sysctls;
 use cni_firewall::{AttachmentKey, MasqSpec};
 use ipnetwork::IpNetwork;
 use std::os::fd::AsFd;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::thread::JoinHandle;
 
 pub struct Bridge;
 
@@ -93,54 +90,26 @@ struct Addressed {
     cplan: plan::ContainerPlan,
 }
 
-/// What [`address_and_masquerade`] did: its outcome and, for the undo list, what it made.
-struct Addressing {
-    outcome: Result<Addressed, CniError>,
-    /// IPAM allocated addresses (to release if the ADD fails later).
-    allocated: bool,
-    /// The masquerade added for these addresses (to remove if the ADD fails later).
-    masq: Option<Vec<IpNetwork>>,
-}
-
-impl Addressing {
-    fn failed(e: CniError) -> Addressing {
-        Addressing { outcome: Err(e), allocated: false, masq: None }
-    }
-}
-
 /// IPAM (`ipam_type`, or none), the container plan, and the masquerade of the container's
-/// addresses: everything of an ADD that needs the addresses but no interface. With an IPAM that
-/// never looks at the container's interface it runs on a second thread while the first makes the
-/// veth pair, so that the masquerade's nf_tables work is off the ADD's path.
-fn address_and_masquerade(req: &Request, conf: &BridgeConf, ipam_type: Option<&str>) -> Addressing {
-    let ipam = match ipam_type {
-        Some(t) => match invoke::delegate_add(t, req) {
-            Ok(r) => r,
-            Err(e) => return Addressing::failed(e),
-        },
+/// addresses: everything of an ADD that needs the addresses. What it makes goes on the undo list
+/// as it is made.
+fn address_and_masquerade(req: &Request, conf: &BridgeConf, ipam_type: Option<&str>, undo: &mut Undo) -> Result<Addressed, CniError> {
+    let mut ipam = match ipam_type {
+        Some(t) => {
+            let r = invoke::delegate_add(t, req)?;
+            undo.ipam = Some(t.to_string());
+            if r.ips.is_empty() {
+                return Err(CniError::Delegate { plugin: t.to_string(), reason: "IPAM returned no IP addresses".into() });
+            }
+            r
+        }
         None => CniResult::default(),
     };
-    let mut masq = None;
-    let outcome = plan_and_masquerade(req, conf, ipam_type, ipam, &mut masq);
-    Addressing { outcome, allocated: ipam_type.is_some(), masq }
-}
-
-/// The container plan for `ipam`'s addresses, and their masquerade (in `masq` once it is added).
-fn plan_and_masquerade(
-    req: &Request,
-    conf: &BridgeConf,
-    ipam_type: Option<&str>,
-    mut ipam: CniResult,
-    masq: &mut Option<Vec<IpNetwork>>,
-) -> Result<Addressed, CniError> {
-    if let (true, Some(t)) = (ipam.ips.is_empty(), ipam_type) {
-        return Err(CniError::Delegate { plugin: t.to_string(), reason: "IPAM returned no IP addresses".into() });
-    }
     plan::default_gateways(conf, &mut ipam.ips);
     let cplan = plan::container_plan(conf, &ipam)?;
     if conf.ip_masq && !cplan.addrs.is_empty() {
         firewall(conf)?.add_masquerade(&MasqSpec { key: key(req), addrs: cplan.addrs.clone() })?;
-        *masq = Some(cplan.addrs.clone());
+        undo.masq = Some(cplan.addrs.clone());
     }
     Ok(Addressed { ipam, cplan })
 }
@@ -154,150 +123,24 @@ fn gateway(conf: &BridgeConf, nl: &mut Netlink, bridge: &Link, ips: &[cni_common
     host::set_gateway_addrs(nl, conf, bridge, &gws).and_then(|()| host::enable_forwarding(nl, &gws))
 }
 
-/// The second thread of an ADD whose IPAM never looks at the container's interface: IPAM and the
-/// masquerade (handed to the first thread as soon as they are done), then, once the first thread
-/// has made the veth pair and sent the bridge, the gateway addresses; last, it drops the private
-/// procfs the first thread is done with.
-fn second_thread(
-    req: &Request,
-    conf: &BridgeConf,
-    ipam_type: &str,
-    addressed: SyncSender<Addressing>,
-    bridge: Receiver<Link>,
-    procfs: Receiver<Sysctls>,
-) -> Option<Result<(), CniError>> {
-    let a = address_and_masquerade(req, conf, Some(ipam_type));
-    let ips = a.outcome.as_ref().ok().map(|ad| ad.ipam.ips.clone());
-    drop(addressed.send(a));
-    let gw = match (ips, bridge.recv()) {
-        (Some(_), Ok(_)) if !conf.is_gateway => Some(Ok(())),
-        (Some(ips), Ok(bridge)) => Some(Netlink::open().map_err(CniError::from).and_then(|mut nl| gateway(conf, &mut nl, &bridge, &ips))),
-        _ => None,
-    };
-    drop(procfs.recv());
-    gw
-}
-
-/// The first thread's ends of its channels to the [`second_thread`], and that thread. Dropping it
-/// closes the channels, which lets the thread finish, and then waits for it: an ADD returns (or
-/// rolls back) only once the thread's IPAM and masquerade are over.
-struct Second {
-    addressed: Receiver<Addressing>,
-    bridge: Option<SyncSender<Link>>,
-    procfs: Option<SyncSender<Sysctls>>,
-    thread: Option<JoinHandle<Option<Result<(), CniError>>>>,
-}
-
-impl Second {
-    /// Start the second thread, on another CPU than this one's where there is one
-    /// (`cni_common::apart`): sharing this thread's CPU, it would take turns with the veth
-    /// creation instead of overlapping it.
-    fn start(req: &Request, conf: &BridgeConf, ipam_type: &str) -> Result<Second, CniError> {
-        let (addressed_tx, addressed) = sync_channel(1);
-        let (bridge_tx, bridge_rx) = sync_channel(1);
-        let (procfs_tx, procfs_rx) = sync_channel(1);
-        let (req, conf, ipam_type) = (req.clone(), conf.clone(), ipam_type.to_string());
-        let thread = spawn_apart("ipam", move || second_thread(&req, &conf, &ipam_type, addressed_tx, bridge_rx, procfs_rx))
-            .map_err(|e| CniError::Internal(format!("start the IPAM thread: {e}")))?;
-        Ok(Second { addressed, bridge: Some(bridge_tx), procfs: Some(procfs_tx), thread: Some(thread) })
-    }
-
-    /// The bridge, for the gateway addresses; `None`: the veth pair was not made, no gateways.
-    fn send_bridge(&mut self, bridge: Option<Link>) {
-        if let (Some(tx), Some(b)) = (self.bridge.take(), bridge) {
-            drop(tx.send(b));
-        }
-    }
-
-    /// What IPAM and the masquerade did.
-    fn addressing(&self) -> Addressing {
-        self.addressed.recv().unwrap_or_else(|_| Addressing::failed(CniError::Internal("IPAM thread panicked".into())))
-    }
-
-    /// Hand the private procfs over, to be dropped there (or here, when the thread is gone).
-    fn send_procfs(&self, procfs: Sysctls) {
-        if let Some(tx) = &self.procfs {
-            drop(tx.send(procfs));
-        }
-    }
-
-    /// Wait for the thread: `None` when it did not do the gateways (the first thread does them).
-    fn join(mut self) -> Option<Result<(), CniError>> {
-        self.finish()
-    }
-
-    fn finish(&mut self) -> Option<Result<(), CniError>> {
-        self.bridge = None;
-        self.procfs = None;
-        let thread = self.thread.take()?;
-        thread.join().unwrap_or_else(|_| Some(Err(CniError::Internal("IPAM thread panicked".into()))))
-    }
-}
-
-impl Drop for Second {
-    fn drop(&mut self) {
-        let _ = self.finish();
-    }
-}
-
+/// One thread, one step after the other, in the reference's order: the bridge and the veth pair,
+/// IPAM, the masquerade, the container side, the gateways. (Until session 28 IPAM and the
+/// masquerade ran on a second thread while this one made the veth pair. That bought no latency on
+/// an idle machine and cost 7-8 % more machine time per ADD with 8 parallel ADDs: the thread's
+/// start, placement and stack, a second netlink socket, and the two threads spinning on RTNL for
+/// each other; conformance/BENCH.md, session 28.)
 fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> Result<CniResult, CniError> {
     let netns = NetNs::open(&req.netns)?;
-    let ipam_type = conf.ipam_type.as_deref();
-    let record = |a: &Addressing, undo: &mut Undo| {
-        if a.allocated {
-            undo.ipam = ipam_type.map(str::to_string);
-        }
-        undo.masq.clone_from(&a.masq);
-    };
-    // An IPAM plugin that never looks at the container's interface runs, with the masquerade that
-    // needs only its addresses, on a second thread while this one makes the veth pair (two
-    // threads, two cores); any other (dhcp, ...) runs after it, as in the reference.
-    let (mut second, not_started) = match ipam_type.filter(|t| plan::ipam_independent_of_interface(t)).map(|t| Second::start(req, conf, t)) {
-        Some(Ok(second)) => (Some(second), None),
-        Some(Err(e)) => (None, Some(Addressing::failed(e))),
-        None => (None, None),
-    };
-    let made = host_side(req, conf, nl, &netns, undo);
-    // the gateway goes on the bridge once the veth pair is made, as in the reference
-    if let Some(second) = &mut second {
-        second.send_bridge(made.as_ref().ok().map(|(bridge, _)| bridge.link.clone()));
-    }
-    // Made while IPAM runs (~0.05 ms, idle time here), used in the container namespace.
+    let (bridge, host_veth) = host_side(req, conf, nl, &netns, undo)?;
+    let Addressed { ipam, cplan } = address_and_masquerade(req, conf, conf.ipam_type.as_deref(), undo)?;
+    // The container side, from this thread in the container's namespace; a namespace new to
+    // `/proc/sys` gets its sysctls through a procfs instance of this process's own.
     let sysctls = if conf.disable_container_interface { Sysctls::shared() } else { Sysctls::private() };
-    let addressing = second.as_ref().map(Second::addressing).or(not_started);
-    if let Some(a) = &addressing {
-        record(a, undo);
-    }
-    let (bridge, host_veth) = made?;
-    let addressing = addressing.unwrap_or_else(|| {
-        let a = address_and_masquerade(req, conf, ipam_type);
-        record(&a, undo);
-        a
-    });
-    let Addressed { ipam, cplan } = addressing.outcome?;
-    // The container side, from this thread in the container's namespace. The private procfs
-    // goes to the second thread once the sysctls are written: dropping it waits for a grace
-    // period, which that thread spends while this one goes on.
-    let ctr = netns.run(|| {
-        container::configure(conf, &req.ifname, &cplan, &ipam.ips, sysctls, |done| match &second {
-            Some(second) => second.send_procfs(done),
-            None => drop(done),
-        })
-    });
+    let ctr = netns.run(|| container::configure(conf, &req.ifname, &cplan, &ipam.ips, sysctls))?;
     // The host end comes up now that the container end is up: carrier at once, one port enable
     // (see host::create_veth).
-    let host_up = match &ctr {
-        Ok(_) => nl.set_up(host_veth.index).map_err(|e| CniError::netlink(format!("bring host veth {:?} up", host_veth.name), e)),
-        Err(_) => Ok(()),
-    };
-    let gw = second.and_then(Second::join);
-    let ctr = ctr?;
-    host_up?;
-    // without the second thread (or when it could not do them): the gateways here
-    match gw {
-        Some(r) => r?,
-        None => gateway(conf, nl, &bridge.link, &ipam.ips)?,
-    }
+    nl.set_up(host_veth.index).map_err(|e| CniError::netlink(format!("bring host veth {:?} up", host_veth.name), e))?;
+    gateway(conf, nl, &bridge.link, &ipam.ips)?;
     // Read MACs as they are now: the bridge's may have changed when the port joined.
     let bridge_now = nl.link_by_index(bridge.link.index)?.unwrap_or(bridge.link);
     let links = plan::Links {
