@@ -149,8 +149,8 @@ pub fn result(links: &Links, ipam: &CniResult, routes: Vec<Route>, conf_dns: Opt
     }
 }
 
-/// Whether IPAM plugin `ipam_type` works without the container's interface, so its ADD may run
-/// while the veth pair is being made and its DEL while the pair is deleted. Only the reference's
+/// Whether IPAM plugin `ipam_type` works without the container's interface, so that its DEL may
+/// run while the veth pair is deleted. Only the reference's
 /// file- and config-based IPAMs qualify; `dhcp` needs the interface, and an unknown plugin is
 /// assumed to.
 pub fn ipam_independent_of_interface(ipam_type: &str) -> bool {
@@ -160,7 +160,7 @@ pub fn ipam_independent_of_interface(ipam_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn only_known_ipams_run_early() {
+    fn only_known_ipams_release_alongside_the_deletion() {
         assert!(super::ipam_independent_of_interface("host-local"));
         assert!(super::ipam_independent_of_interface("static"));
         assert!(!super::ipam_independent_of_interface("dhcp"));

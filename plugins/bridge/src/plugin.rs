@@ -90,11 +90,11 @@ struct Addressed {
     cplan: plan::ContainerPlan,
 }
 
-/// IPAM (`ipam_type`, or none), the container plan, and the masquerade of the container's
-/// addresses: everything of an ADD that needs the addresses. What it makes goes on the undo list
-/// as it is made.
-fn address_and_masquerade(req: &Request, conf: &BridgeConf, ipam_type: Option<&str>, undo: &mut Undo) -> Result<Addressed, CniError> {
-    let mut ipam = match ipam_type {
+/// IPAM (the configured plugin, or none), the container plan, and the masquerade of the
+/// container's addresses: everything of an ADD that needs the addresses. What it makes goes on the
+/// undo list as it is made.
+fn address_and_masquerade(req: &Request, conf: &BridgeConf, undo: &mut Undo) -> Result<Addressed, CniError> {
+    let mut ipam = match conf.ipam_type.as_deref() {
         Some(t) => {
             let r = invoke::delegate_add(t, req)?;
             undo.ipam = Some(t.to_string());
@@ -132,7 +132,7 @@ fn gateway(conf: &BridgeConf, nl: &mut Netlink, bridge: &Link, ips: &[cni_common
 fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> Result<CniResult, CniError> {
     let netns = NetNs::open(&req.netns)?;
     let (bridge, host_veth) = host_side(req, conf, nl, &netns, undo)?;
-    let Addressed { ipam, cplan } = address_and_masquerade(req, conf, conf.ipam_type.as_deref(), undo)?;
+    let Addressed { ipam, cplan } = address_and_masquerade(req, conf, undo)?;
     // The container side, from this thread in the container's namespace; a namespace new to
     // `/proc/sys` gets its sysctls through a procfs instance of this process's own.
     let sysctls = if conf.disable_container_interface { Sysctls::shared() } else { Sysctls::private() };
