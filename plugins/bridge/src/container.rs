@@ -10,18 +10,11 @@ use cni_common::sysctl;
 use ipnetwork::IpNetwork;
 
 /// Configure the container interface (already created, down) inside the current namespace;
-/// returns it as it was before the configuration (name, index, MAC). `sysctls` resolves the
-/// namespace's sysctl keys: the namespace is new to `/proc/sys`, so a private procfs instance
-/// ([`sysctl::Sysctls::private`]) spares the walk of the shared hash chain of every namespace's
-/// `net/ipv6` entry.
-/// The interface's sysctls are written first, through `sysctls`, which is dropped then.
-pub fn configure(
-    conf: &BridgeConf,
-    ifname: &str,
-    plan: &ContainerPlan,
-    ips: &[IpConfig],
-    sysctls: sysctl::Sysctls,
-) -> Result<Link, CniError> {
+/// returns it as it was before the configuration (name, index, MAC). The interface's sysctls are
+/// written first, through a private procfs instance ([`sysctl::Sysctls::private`]), released as
+/// soon as they are: the namespace is new to `/proc/sys`, and the instance spares the walk of the
+/// shared hash chain of every namespace's `net/ipv6` entry.
+pub fn configure(conf: &BridgeConf, ifname: &str, plan: &ContainerPlan, ips: &[IpConfig]) -> Result<Link, CniError> {
     let mut nl = Netlink::open()?;
     let link = nl
         .link_by_name(ifname)?
@@ -29,8 +22,7 @@ pub fn configure(
     if conf.disable_container_interface {
         return Ok(link);
     }
-    write_sysctls(conf, ifname, plan, &sysctls)?;
-    drop(sysctls);
+    write_sysctls(conf, ifname, plan, &sysctl::Sysctls::private())?;
     // Addresses, link up, arp_notify and routes in one datagram, applied by the kernel in this
     // order (a route's gateway needs the address and the link up), each acknowledged on its own.
     let mut changes = Changes::new();

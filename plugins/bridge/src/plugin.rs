@@ -8,7 +8,6 @@ use cni_common::netlink::{Link, Netlink};
 use cni_common::netns::NetNs;
 use cni_common::result::CniResult;
 use cni_common::skel::{Command, Plugin, Request};
-use cni_common::sysctl::Sysctls;
 use cni_firewall::{AttachmentKey, MasqSpec};
 use ipnetwork::IpNetwork;
 use std::os::fd::AsFd;
@@ -133,10 +132,8 @@ fn add(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &mut Undo) -> R
     let netns = NetNs::open(&req.netns)?;
     let (bridge, host_veth) = host_side(req, conf, nl, &netns, undo)?;
     let Addressed { ipam, cplan } = address_and_masquerade(req, conf, undo)?;
-    // The container side, from this thread in the container's namespace; a namespace new to
-    // `/proc/sys` gets its sysctls through a procfs instance of this process's own.
-    let sysctls = if conf.disable_container_interface { Sysctls::shared() } else { Sysctls::private() };
-    let ctr = netns.run(|| container::configure(conf, &req.ifname, &cplan, &ipam.ips, sysctls))?;
+    // The container side, from this thread in the container's namespace.
+    let ctr = netns.run(|| container::configure(conf, &req.ifname, &cplan, &ipam.ips))?;
     // The host end comes up now that the container end is up: carrier at once, one port enable
     // (see host::create_veth).
     nl.set_up(host_veth.index).map_err(|e| CniError::netlink(format!("bring host veth {:?} up", host_veth.name), e))?;
